@@ -1,0 +1,271 @@
+"""model.py against the reference outputs in tests/fixtures/models (HF transformers' LlamaForCausalLM, fp32)."""
+import json, shutil, struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model import ModelArgs, Transformer, greedy
+
+FIX = Path(__file__).parent / "fixtures" / "models"
+MODELS = ["llama2-mha", "codellama-gqa"]  # HF single-file fp32 / HF 2-shard bf16 GQA theta 1e6
+CASES = [(m, layout) for m in MODELS for layout in ["hf", "meta"]]
+
+
+def load(path, **kw):
+    return Transformer.from_pretrained(path, dtype=kw.pop("dtype", torch.float32), **kw)
+
+
+def expected(name):
+    return {k: torch.from_numpy(v) for k, v in np.load(FIX / name / "expected.npz").items()}
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {(m, lay): load(FIX / m / lay) for m, lay in CASES}
+
+
+@pytest.mark.parametrize("name,layout", CASES)
+def test_logits_match_reference(models, name, layout):
+    e = expected(name)
+    with torch.no_grad():
+        logits = models[name, layout](e["input_ids"])
+    assert logits.dtype == torch.float32 and logits.shape == e["logits"].shape
+    assert (logits - e["logits"]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("name,layout", CASES)
+def test_greedy_with_cache_matches_reference(models, name, layout):
+    e = expected(name)
+    assert greedy(models[name, layout], e["prompt_ids"][0].tolist(), 24) == e["greedy_ids"].tolist()
+
+
+def test_stored_dtype_kept_by_default():
+    assert Transformer.from_pretrained(FIX / "codellama-gqa" / "hf").output.weight.dtype == torch.bfloat16
+    assert Transformer.from_pretrained(FIX / "llama2-mha" / "hf").output.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_cached_decoding_equals_full_recompute(models, name):
+    model, e = models[name, "hf"], expected(name)
+    seq = e["input_ids"][:1]                       # [1, 24]
+    with torch.no_grad():
+        full = model(seq)
+        cache = model.new_cache(1, 32)
+        steps = [model(seq[:, :10], cache=cache)]  # prefill 10, then one token at a time
+        for p in range(10, 24):
+            steps.append(model(seq[:, p:p + 1], positions=torch.tensor([[p]]), cache=cache))
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_batched_ragged_decoding_equals_each_alone(models, name):
+    """Right-padded prefill of 3 prompts into cache rows 2, 0, 3 (rows hold stale junk), then per-row decode."""
+    model, e = models[name, "hf"], expected(name)
+    ids = e["input_ids"].reshape(-1)
+    prompts, n_new, pad = [ids[:5], ids[5:14], ids[14:21]], 6, 0
+    with torch.no_grad():
+        solo = []
+        for p in prompts:
+            seq = p.tolist()
+            for _ in range(n_new):
+                seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+            solo.append(seq)
+        cache = model.new_cache(4, 40)
+        rows = torch.tensor([2, 0, 3])
+        model(torch.randint(0, 50, (4, 30)), cache=cache)  # junk a previous batch left behind
+        T = max(len(p) for p in prompts)
+        batch = torch.tensor([p.tolist() + [pad] * (T - len(p)) for p in prompts])
+        logits = model(batch, cache=cache, rows=rows)
+        lens = torch.tensor([len(p) for p in prompts])
+        seqs = [p.tolist() for p in prompts]
+        nxt = logits[torch.arange(3), lens - 1].argmax(-1)
+        for step in range(n_new):
+            for s, t in zip(seqs, nxt.tolist()):
+                s.append(t)
+            if step == n_new - 1:
+                break
+            logits = model(nxt[:, None], positions=(lens + step)[:, None], cache=cache, rows=rows)
+            nxt = logits[:, -1].argmax(-1)
+    assert seqs == solo
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_packed_doc_ids_equals_each_document_alone(models, name):
+    model, e = models[name, "hf"], expected(name)
+    docs = [e["input_ids"][0, :7], e["input_ids"][1, :11], e["input_ids"][0, 3:9]]
+    tokens = torch.cat(docs)[None]
+    positions = torch.cat([torch.arange(len(d)) for d in docs])[None]
+    doc_ids = torch.cat([torch.full((len(d),), i) for i, d in enumerate(docs)])[None]
+    with torch.no_grad():
+        packed = model(tokens, positions=positions, doc_ids=doc_ids)[0]
+        alone = torch.cat([model(d[None])[0] for d in docs])
+    assert torch.allclose(packed, alone, atol=1e-5)
+
+
+def split_meta(src, dst, n):
+    """Write consolidated.00..n-1.pth as Meta's model parallelism does (independent of model.py)."""
+    dst.mkdir()
+    shutil.copy(src / "params.json", dst / "params.json")
+    sd = torch.load(src / "consolidated.00.pth", weights_only=True)
+    parts = [{} for _ in range(n)]
+    for k, t in sd.items():
+        if t.dim() == 1:
+            pieces = [t.clone()] * n
+        else:
+            dim = 1 if any(s in k for s in ("wo.", "w2.", "tok_embeddings.")) else 0
+            pieces = [c.clone() for c in t.chunk(n, dim=dim)]
+        for p, c in zip(parts, pieces):
+            p[k] = c
+    for i, p in enumerate(parts):
+        torch.save(p, dst / f"consolidated.{i:02d}.pth")
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("n", [2, 4])
+def test_meta_model_parallel_shards(tmp_path, name, n):
+    split_meta(FIX / name / "meta", tmp_path / "mp", n)
+    e = expected(name)
+    with torch.no_grad():
+        logits = load(tmp_path / "mp")(e["input_ids"])
+    assert (logits - e["logits"]).abs().max() < 1e-4
+
+
+def read_safetensors_numpy(file):
+    """Independent reader (numpy only) used to check what save_pretrained wrote."""
+    raw = Path(file).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert n % 8 == 0
+    header, out = json.loads(raw[8:8 + n]), {}
+    for k, v in header.items():
+        if k != "__metadata__":
+            a, b = v["data_offsets"]
+            assert v["dtype"] in ("F32", "BF16")
+            data = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=np.float32 if v["dtype"] == "F32" else np.uint16)
+            if v["dtype"] == "BF16":  # bf16 = top half of a float32
+                data = (data.astype(np.uint32) << 16).view(np.float32)
+            out[k] = data.reshape(v["shape"])
+    return out
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_save_pretrained_round_trip(models, tmp_path, name):
+    e = expected(name)
+    model = models[name, "meta"]  # Meta in, HF out: checks the q/k permutation direction too
+    model.save_pretrained(tmp_path / "one")
+    model.save_pretrained(tmp_path / "many", max_shard_bytes=60_000)
+    shards = sorted((tmp_path / "many").glob("model-*-of-*.safetensors"))
+    assert len(shards) > 2 and not (tmp_path / "many" / "model.safetensors").exists()
+    index = json.loads((tmp_path / "many" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {s.name for s in shards}
+    # the weights written equal the reference HF files (fp32 upcast of the fixture), name for name
+    ref = {}
+    for f in sorted((FIX / name / "hf").glob("*.safetensors")):
+        ref.update(read_safetensors_numpy(f))
+    mine = read_safetensors_numpy(tmp_path / "one" / "model.safetensors")
+    assert mine.keys() == ref.keys()
+    assert all(np.array_equal(mine[k], ref[k]) for k in ref)
+    with torch.no_grad():
+        before = model(e["input_ids"])
+        for d in ["one", "many"]:
+            assert torch.equal(load(tmp_path / d)(e["input_ids"]), before)
+
+
+def test_save_bf16_and_resave_removes_stale_shards(tmp_path):
+    model = Transformer.from_pretrained(FIX / "codellama-gqa" / "hf")  # bf16 as stored
+    model.save_pretrained(tmp_path, max_shard_bytes=100_000)
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    again = Transformer.from_pretrained(tmp_path)
+    assert again.output.weight.dtype == torch.bfloat16
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_grow_vocab(models):
+    model = load(FIX / "llama2-mha" / "hf")
+    e = expected("llama2-mha")
+    old_emb, old_out = model.tok_embeddings.weight.detach().numpy().copy(), model.output.weight.detach().numpy().copy()
+    model.grow_vocab(328)
+    assert model.args.vocab_size == 328 and model.tok_embeddings.weight.shape == (328, 64)
+    assert np.allclose(model.tok_embeddings.weight[320:].detach().numpy(), old_emb.mean(0), atol=1e-6)
+    assert np.allclose(model.output.weight[320:].detach().numpy(), old_out.mean(0), atol=1e-6)
+    with torch.no_grad():
+        logits = model(e["input_ids"])
+    assert logits.shape[-1] == 328
+    assert (logits[..., :320] - e["logits"]).abs().max() < 1e-4
+    # a mean output row gives the mean of the old logits
+    assert torch.allclose(logits[..., 320], e["logits"].mean(-1), atol=1e-4)
+    model(torch.tensor([[327, 1, 325]]))  # new ids embed
+
+
+def copy_hf(name, tmp_path):
+    dst = tmp_path / "ckpt"
+    shutil.copytree(FIX / name / "hf", dst)
+    return dst
+
+
+def edit_config(path, **changes):
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(changes)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def test_error_missing_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        Transformer.from_pretrained(tmp_path)
+
+
+def test_error_shard_missing_from_index(tmp_path):
+    d = copy_hf("codellama-gqa", tmp_path)
+    (d / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model-00002-of-00002.safetensors"):
+        Transformer.from_pretrained(d)
+
+
+def test_error_wrong_shape(tmp_path):
+    d = copy_hf("llama2-mha", tmp_path)
+    edit_config(d, intermediate_size=176)
+    with pytest.raises(ValueError, match=r"model\.safetensors.*mlp\..*shape"):
+        Transformer.from_pretrained(d)
+
+
+@pytest.mark.parametrize("key,value", [("rope_scaling", {"type": "linear", "factor": 2.0}),
+                                       ("tie_word_embeddings", True), ("hidden_act", "gelu"),
+                                       ("attention_bias", True), ("sliding_window", 4096)])
+def test_error_config_changes_math(tmp_path, key, value):
+    d = copy_hf("llama2-mha", tmp_path)
+    edit_config(d, **{key: value})
+    with pytest.raises(ValueError, match=rf"config\.json.*{key}"):
+        Transformer.from_pretrained(d)
+
+
+def test_error_missing_and_unexpected_tensors(tmp_path):
+    model = load(FIX / "llama2-mha" / "hf")
+    model.save_pretrained(tmp_path / "a")
+    edit_config(tmp_path / "a", num_hidden_layers=3)   # file lacks layer 2
+    with pytest.raises(ValueError, match=r"lacks tensors.*model\.layers\.2\."):
+        Transformer.from_pretrained(tmp_path / "a")
+    edit_config(tmp_path / "a", num_hidden_layers=1)   # file has an extra layer 1
+    with pytest.raises(ValueError, match=r"model\.safetensors: unexpected tensor 'model\.layers\.1\."):
+        Transformer.from_pretrained(tmp_path / "a")
+
+
+def test_error_meta_params(tmp_path):
+    d = tmp_path / "meta"
+    shutil.copytree(FIX / "llama2-mha" / "meta", d)
+    p = json.loads((d / "params.json").read_text())
+    (d / "params.json").write_text(json.dumps({**p, "multiple_of": 64}))  # wrong FFN width
+    with pytest.raises(ValueError, match=r"consolidated\.00\.pth.*w1.*shape"):
+        Transformer.from_pretrained(d)
+    (d / "consolidated.00.pth").unlink()
+    with pytest.raises(FileNotFoundError, match="consolidated"):
+        Transformer.from_pretrained(d)
+
+
+def test_fresh_model_forward_and_cache_shapes():
+    model = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, hidden_dim=64))
+    cache = model.new_cache(3, 16)
+    assert cache.k[0].shape == (3, 16, 2, 8) and len(cache.v) == 2
+    with pytest.raises(ValueError, match="max_len"):
+        model(torch.zeros(1, 17, dtype=torch.long), cache=cache)
