@@ -1,0 +1,495 @@
+"""
+MathCoder's data: LCE conversations -> training tensors, and how the paper builds the data.
+
+An LCE solution (METHOD.md §1) interleaves natural-language Text, Python Code and the Execution output:
+
+    <|system|><|text|>{system}<|endofblock|><|endofmessage|><|user|><|text|>{question}<|endofblock|>
+    <|endofmessage|><|assistant|><|text|>...<|endofblock|><|code|>...<|endofblock|><|execution|>...
+    <|endofblock|><|text|>... \\boxed{42}<|endofblock|><|endofmessage|>
+
+§3 of the paper: the loss is on what the model must learn to WRITE: the assistant's text and code blocks
+(their opening token and <|endofblock|> included) and the final <|endofmessage|>. The system and user
+messages and every execution block (written by the interpreter at inference time) get label -100.
+
+    python lce_data.py stats data.jsonl --tokenizer tok.model    # records, tokens, loss share, lengths
+    python lce_data.py synth --n 2000 --n-test 200 --out train.jsonl --test-out test.jsonl
+"""
+import argparse
+import bisect
+import json
+import os
+import random
+import re
+import sys
+import time
+from collections import Counter
+
+import torch
+
+from tokenizer import SPECIAL_TOKENS, Tokenizer
+
+DEFAULT_SYSTEM = 'Below is a math problem. Please solve it step by step and put your answer in "\\boxed{}".'
+ROLES = ("system", "user", "assistant")
+BLOCKS = ("text", "code", "execution")
+IGNORE = -100                      # label of tokens that carry no loss (PyTorch's cross_entropy ignore_index
+
+
+class DataError(ValueError):       # "file, line N, field F: problem"
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading and validating records
+def read_jsonl_records(path, skip_bad=False, stats=None) -> list[dict]:
+    """Records in the messages schema (MathCodeInstruct) or the authors' output format (`debug_result`),
+    validated and normalised to the messages schema. A bad record raises DataError naming file, line and
+    field; with skip_bad it is counted, reported on stderr and in `stats`, and left out."""
+    stats = {} if stats is None else stats
+    stats.update(records=0, bad=0, errors=[])
+    out, n_lines = [], 0
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            n_lines += 1
+            try:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}, line {lineno}, field <record>: invalid JSON ({e.msg})") from None
+                out.append(normalize_record(rec, f"{path}, line {lineno}"))
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                stats["bad"] += 1
+                stats["errors"].append(str(e))
+                print(f"skipping bad record: {e}", file=sys.stderr)
+    if n_lines == 0:
+        raise DataError(f"{path}, line 0, field <file>: empty file (no records)")
+    stats["records"] = len(out)
+    if stats["bad"]:
+        print(f"{path}: skipped {stats['bad']} bad of {n_lines} records", file=sys.stderr)
+    return out
+
+
+def normalize_record(rec, where="<record>") -> dict:
+    """Validate one record and return it in the messages schema (id and ground_truth kept)."""
+    def need(ok, field, problem):
+        if not ok:
+            raise DataError(f"{where}, field {field}: {problem}")
+    need(isinstance(rec, dict), "<record>", "expected a JSON object")
+    need("messages" in rec or "debug_result" in rec, "messages", "missing (no 'messages' or 'debug_result')")
+    # the authors' outputs: a flat list of {"role", "content": str} holding the assistant's blocks too
+    msgs = _from_debug_result(rec, need) if "debug_result" in rec else rec["messages"]
+    need(isinstance(msgs, list) and msgs, "messages", "expected a non-empty list")
+    for i, m in enumerate(msgs):
+        f = f"messages[{i}]"
+        need(isinstance(m, dict), f, "expected an object with 'role' and 'content'")
+        for key in ("role", "content"):
+            need(key in m, f"{f}.{key}", "missing")
+        need(m["role"] in ROLES, f"{f}.role", f"unknown role {m['role']!r} (expected one of {', '.join(ROLES)})")
+        need(isinstance(m["content"], list) and m["content"], f"{f}.content", "expected a non-empty list of blocks")
+        for j, b in enumerate(m["content"]):
+            g = f"{f}.content[{j}]"
+            need(isinstance(b, dict), g, "expected an object with 'type' and 'content'")
+            for key in ("type", "content"):
+                need(key in b, f"{g}.{key}", "missing")
+            need(b["type"] in BLOCKS, f"{g}.type",
+                 f"unknown block type {b['type']!r} (expected one of {', '.join(BLOCKS)})")
+            need(isinstance(b["content"], str), f"{g}.content",
+                 f"expected a string, got {type(b['content']).__name__}")
+            need(b["type"] == "text" or m["role"] == "assistant", f"{g}.type",
+                 f"a {m['role']} message may only hold text blocks, not {b['type']!r}")
+        need(m["role"] != "assistant" or m["content"][-1]["type"] != "execution",
+             f"{f}.content[{len(m['content']) - 1}]", "assistant turn ends on an execution block")
+    need(any(m["role"] == "user" for m in msgs), "messages", "no user message")
+    out = {"messages": [{"role": m["role"], "content": [{"type": b["type"], "content": b["content"]}
+                                                      for b in m["content"]]} for m in msgs]}
+    out.update({k: rec[k] for k in ("id", "ground_truth") if k in rec})
+    return out
+
+
+def _from_debug_result(rec, need) -> list[dict]:
+    """[{"role": "system"|"user"|"text"|"code"|"execution", "content": str}, ...] -> messages. The authors'
+    script appends the extracted answer as one more text item equal to `completion`: that is not something
+    the model wrote, so it is dropped."""
+    items = rec["debug_result"]
+    need(isinstance(items, list), "debug_result", "expected a list")
+    msgs = []
+    for i, it in enumerate(items):
+        need(isinstance(it, dict) and "role" in it and "content" in it, f"debug_result[{i}]",
+             "expected an object with 'role' and 'content'")
+        role, content = it["role"], it["content"]
+        need(role in ("system", "user") + BLOCKS, f"debug_result[{i}].role", f"unknown role {role!r}")
+        if (i == len(items) - 1 and role == "text" and content == rec.get("completion")
+                and msgs and msgs[-1]["role"] == "assistant"):
+            break                                  # the appended answer
+        if role in ("system", "user"):
+            msgs.append({"role": role, "content": [{"type": "text", "content": content}]})
+        else:
+            if not msgs or msgs[-1]["role"] != "assistant":
+                msgs.append({"role": "assistant", "content": []})
+            msgs[-1]["content"].append({"type": role, "content": content})
+    return msgs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Strings and tokens
+def serialize(record) -> str:
+    """The whole conversation as one LCE string: no newlines added between pieces (METHOD.md §1)."""
+    return "".join(f"<|{m['role']}|>" + "".join(f"<|{b['type']}|>{b['content']}<|endofblock|>"
+                                                for b in m["content"]) + "<|endofmessage|>"
+                   for m in record["messages"])
+
+
+def prompt_text(question: str, system: str = DEFAULT_SYSTEM) -> str:
+    """What the model sees before it writes its solution: up to and including <|assistant|>."""
+    return serialize(make_record(question, system=system)) + "<|assistant|>"
+
+
+def make_record(question, blocks=None, system=DEFAULT_SYSTEM, answer=None, id=None) -> dict:
+    """A messages-schema record; blocks = [(type, content), ...] for the assistant turn (None: no turn)."""
+    rec = {"messages": [{"role": "system", "content": [{"type": "text", "content": system}]},
+                        {"role": "user", "content": [{"type": "text", "content": question}]}]}
+    if blocks:
+        rec["messages"].append({"role": "assistant",
+                                "content": [{"type": t, "content": c} for t, c in blocks]})
+    if id is not None:
+        rec["id"] = id
+    if answer is not None:
+        rec["ground_truth"] = {"answer": answer}
+    return rec
+
+
+def encode_example(record, tokenizer, max_len, train_on_execution=False, overflow="truncate", stats=None):
+    """(input_ids, labels), BOS first. labels[i] = input_ids[i] where token i carries loss, else -100.
+    Labels are NOT shifted: the loss predicts input_ids[i] from logits[i-1]. Tokenising block by block
+    gives exactly tokenizer.encode(serialize(record), bos=True), because the tokenizer itself splits on the
+    special strings. overflow="truncate" cuts at max_len, "drop" returns None; both are counted in stats."""
+    sp = tokenizer.special
+    ids, labels = [tokenizer.bos_id], [IGNORE]
+
+    def add(toks, learn):
+        ids.extend(toks)
+        labels.extend(toks if learn else [IGNORE] * len(toks))
+    for m in record["messages"]:
+        mine = m["role"] == "assistant"            # only the assistant's own writing is learned
+        add([sp[f"<|{m['role']}|>"]], False)       # <|assistant|> is part of the prompt at inference
+        for b in m["content"]:
+            learn = mine and (b["type"] != "execution" or train_on_execution)
+            add([sp[f"<|{b['type']}|>"]] + tokenizer.encode(b["content"]) + [sp["<|endofblock|>"]], learn)
+        add([sp["<|endofmessage|>"]], mine)        # learning to stop
+    if stats is not None:
+        stats["examples"] = stats.get("examples", 0) + 1
+    if len(ids) > max_len:
+        if stats is not None:
+            stats[overflow] = stats.get(overflow, 0) + 1
+        if overflow == "drop":
+            return None
+        if overflow != "truncate":
+            raise ValueError(f"overflow must be 'truncate' or 'drop', not {overflow!r}")
+        ids, labels = ids[:max_len], labels[:max_len]
+    return ids, labels
+
+
+def encode_records(records, tokenizer, max_len, train_on_execution=False, overflow="truncate",
+                   keep_no_loss=False):
+    """encode_example over a dataset -> (examples, stats). Examples with no loss token (no assistant turn,
+    or the answer truncated away) are counted as 'no_loss' and, unless keep_no_loss, left out."""
+    stats = {"examples": 0, "truncate": 0, "drop": 0, "no_loss": 0, "tokens": 0, "loss_tokens": 0}
+    out = []
+    for r in records:
+        ex = encode_example(r, tokenizer, max_len, train_on_execution, overflow, stats)
+        if ex is None:
+            continue
+        n_loss = sum(lab != IGNORE for lab in ex[1])
+        stats["no_loss"] += n_loss == 0
+        if n_loss or keep_no_loss:
+            stats["tokens"] += len(ex[0])
+            stats["loss_tokens"] += n_loss
+            out.append(ex)
+    stats["kept"] = len(out)
+    return out, stats
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batching: pad, or pack
+def pad_batch(examples, pad_id) -> dict:
+    """Right-pad (input_ids, labels) pairs to the longest; pads carry label -100. With causal attention a
+    real token never looks at the pads after it, so no attention mask is needed."""
+    T = max(len(ids) for ids, _ in examples)
+    inp = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    lab = torch.full((len(examples), T), IGNORE, dtype=torch.long)
+    for b, (ids, labels) in enumerate(examples):
+        inp[b, :len(ids)] = torch.tensor(ids)
+        lab[b, :len(labels)] = torch.tensor(labels)
+    pos = torch.arange(T).expand(len(examples), T).clone()
+    return {"input_ids": inp, "labels": lab, "positions": pos, "doc_ids": None}
+
+
+def pack_examples(examples, seq_len, pad_id) -> list[dict]:
+    """Pack examples into rows of exactly seq_len tokens (best-fit decreasing bin packing), so no compute
+    goes to padding. Each row: input_ids, labels, positions (restarting at 0 for each example, as if it
+    were alone) and doc_ids (0, 1, ... per example; -1 on the padding at the end). The model's
+    document-masked attention lets token i see token j only if doc_ids match: examples never mix."""
+    order = sorted(range(len(examples)), key=lambda k: -len(examples[k][0]))
+    bins, free = [], []                     # free: sorted (room left, bin index)
+    for k in order:
+        n = len(examples[k][0])
+        if n > seq_len:
+            raise ValueError(f"example {k} has {n} tokens > seq_len {seq_len}: truncate or drop it first")
+        at = bisect.bisect_left(free, (n, -1))          # the fullest bin that still has room for it
+        if at < len(free):
+            room, b = free.pop(at)
+        else:
+            room, b = seq_len, len(bins)
+            bins.append([])
+        bins[b].append(k)
+        bisect.insort(free, (room - n, b))
+    rows = []
+    for members in bins:
+        row = {"input_ids": torch.full((seq_len,), pad_id, dtype=torch.long),
+               "labels": torch.full((seq_len,), IGNORE, dtype=torch.long),
+               "positions": torch.zeros(seq_len, dtype=torch.long),
+               "doc_ids": torch.full((seq_len,), -1, dtype=torch.long)}
+        at = 0
+        for d, k in enumerate(sorted(members)):        # keep the original order inside a row
+            ids, labels = examples[k]
+            n = len(ids)
+            row["input_ids"][at:at + n] = torch.tensor(ids)
+            row["labels"][at:at + n] = torch.tensor(labels)
+            row["positions"][at:at + n] = torch.arange(n)
+            row["doc_ids"][at:at + n] = d
+            at += n
+        row["positions"][at:] = torch.arange(seq_len - at)   # padding: a dummy document of its own
+        rows.append(row)
+    return rows
+
+
+def token_utilisation(examples, batches) -> float:
+    """Share of the batches' token slots holding real tokens (1.0 = no compute spent on padding)."""
+    slots = sum(b["input_ids"].numel() for b in batches)
+    return sum(len(ids) for ids, _ in examples) / max(slots, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The paper's data construction (§2): problem interpolation and self-distillation, generator pluggable
+INTERPOLATION_PROMPT = (  # (paper, recalled) the paper's prompt to GPT-4, Appendix
+    'Please create a new problem, following the given "Example 1" and "Example 2". "Example 1" is an easy '
+    'problem and "Example 2" is much more difficult than "Example 1". The new problem should be harder '
+    'than "Example 1" and simpler than "Example 2".\n\nExample 1: {easy}\n\nExample 2: {hard}\n\n'
+    'New problem:')
+
+
+def interpolation_prompts(gsm8k, math, n, seed=0) -> list[dict]:
+    """n prompts, each pairing a random GSM8K problem (easy) with a random MATH problem (hard). gsm8k and
+    math are lists of {"id", "question"} (eval.load_dataset gives these)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        e, h = rng.choice(gsm8k), rng.choice(math)
+        out.append({"prompt": INTERPOLATION_PROMPT.format(easy=e["question"].strip(), hard=h["question"].strip()),
+                    "gsm8k_id": e.get("id"), "math_id": h.get("id")})
+    return out
+
+
+def interpolate_problems(gsm8k, math, n, generate, seed=0) -> list[dict]:
+    """D1's new problems: generate(list of prompts) -> list of completions (GPT-4 in the paper; any local
+    model here). Completions are stripped; empty ones and repeats are left out."""
+    prompts = interpolation_prompts(gsm8k, math, n, seed)
+    seen, out = set(), []
+    for p, text in zip(prompts, generate([p["prompt"] for p in prompts])):
+        q = re.sub(r"^\s*(New problem:)?\s*", "", text or "").strip()
+        if q and q not in seen:
+            seen.add(q)
+            out.append({"question": q, "gsm8k_id": p["gsm8k_id"], "math_id": p["math_id"]})
+    return out
+
+
+def self_distill(questions, solve, k=3, extract_answer=None, is_equiv=None):
+    """Keep a solution of each question only when k sampled solutions agree on the final answer (§2, D1:
+    MathCoder-Initial solves the new problems; agreement stands in for the missing reference answer).
+    solve(list of questions) -> list of dicts with "solution" (the assistant's LCE string) and optionally
+    "messages", e.g. lambda qs: infer.solve(model, tok, qs, cfg=GenConfig(temperature=0.7)).
+    Returns (records, stats); each record's ground_truth.answer is the agreed answer."""
+    if extract_answer is None or is_equiv is None:
+        import eval as ev                 # lazy: eval.py is only needed for this step
+        extract_answer, is_equiv = extract_answer or ev.extract_answer, is_equiv or ev.is_equiv
+    samples = [solve(list(questions)) for _ in range(k)]
+    records, stats = [], {"questions": len(questions), "kept": 0, "no_answer": 0, "disagree": 0}
+    for i, q in enumerate(questions):
+        outs = [s[i] for s in samples]
+        answers = [extract_answer(o["solution"]) for o in outs]
+        if any(a is None for a in answers):
+            stats["no_answer"] += 1
+        elif not all(is_equiv(a, answers[0]) for a in answers[1:]):
+            stats["disagree"] += 1
+        else:
+            rec = {"messages": outs[0]["messages"]} if "messages" in outs[0] else \
+                make_record(q, parse_assistant(outs[0]["solution"]))
+            rec["ground_truth"] = {"answer": answers[0]}
+            records.append(normalize_record(rec, f"self_distill question {i}"))
+            stats["kept"] += 1
+    return records, stats
+
+
+def parse_assistant(solution: str) -> list[tuple[str, str]]:
+    """'<|text|>a<|endofblock|><|code|>b<|endofblock|>...' -> [("text", "a"), ("code", "b"), ...]."""
+    return re.findall(r"<\|(text|code|execution)\|>(.*?)<\|endofblock\|>", solution, flags=re.S)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Synthetic LCE data for the tiny end-to-end run: the arithmetic is hard to do "in the head" (multi-digit
+# products, remainders, several steps), but the code is trivial: exactly where MathCoder's idea pays off.
+TEMPLATES = [  # name, question, code (numbers assigned from the question, result printed), answer, sampler
+    ("multiply", "A factory packs {a} boxes a day and each box holds {b} bottles. How many bottles does it "
+     "pack in a day?", "boxes = {a}\nper_box = {b}\nprint(boxes * per_box)",
+     lambda v: v["a"] * v["b"], lambda r: dict(a=r.randint(12, 999), b=r.randint(12, 99))),
+    ("remainder", "{a} students are split into teams of {b}. How many students are left over?",
+     "students = {a}\nteam_size = {b}\nprint(students % team_size)",
+     lambda v: v["a"] % v["b"], lambda r: dict(a=r.randint(100, 9999), b=r.randint(3, 97))),
+    ("divide", "A baker has {a} eggs and each cake needs {b} eggs. How many cakes can the baker make?",
+     "eggs = {a}\nper_cake = {b}\nprint(eggs // per_cake)",
+     lambda v: v["a"] // v["b"], lambda r: dict(a=r.randint(100, 9999), b=r.randint(3, 47))),
+    ("shopping", "Sam buys {a} pens at {b} dollars each and {c} books at {d} dollars each. How many dollars "
+     "does he spend?", "pens = {a}\npen_price = {b}\nbooks = {c}\nbook_price = {d}\n"
+     "print(pens * pen_price + books * book_price)", lambda v: v["a"] * v["b"] + v["c"] * v["d"],
+     lambda r: dict(a=r.randint(3, 99), b=r.randint(2, 99), c=r.randint(3, 99), d=r.randint(2, 99))),
+    ("orchard", "An orchard has {a} rows of {b} trees. A storm knocks down {c} trees. How many trees are "
+     "left?", "rows = {a}\nper_row = {b}\nfallen = {c}\nprint(rows * per_row - fallen)",
+     lambda v: v["a"] * v["b"] - v["c"], lambda r: dict(a=r.randint(12, 99), b=r.randint(12, 99),
+                                                         c=r.randint(1, 143))),
+    ("equation", "Solve for x: {a} * x + {b} = {c}.", "a = {a}\nb = {b}\nc = {c}\nprint((c - b) // a)",
+     lambda v: (v["c"] - v["b"]) // v["a"],
+     lambda r: (lambda a, b, x: dict(a=a, b=b, c=a * x + b))(r.randint(3, 99), r.randint(1, 999),
+                                                              r.randint(2, 99))),
+    ("squares", "What is the sum of the squares of {a} and {b}?", "a = {a}\nb = {b}\nprint(a ** 2 + b ** 2)",
+     lambda v: v["a"] ** 2 + v["b"] ** 2, lambda r: dict(a=r.randint(11, 199), b=r.randint(11, 199))),
+]
+
+
+def synthetic_problems(n, seed=0) -> list[dict]:
+    """n distinct word problems (no question appears twice), deterministic in seed."""
+    rng, seen, out = random.Random(seed), set(), []
+    while len(out) < n:
+        name, question, code, answer, sample = TEMPLATES[len(out) % len(TEMPLATES)]
+        v = sample(rng)
+        q = question.format(**v)
+        if q in seen:
+            continue
+        seen.add(q)
+        out.append({"id": f"synth-{seed}-{len(out)}", "question": q, "answer": str(answer(v)),
+                    "code": code.format(**v), "template": name})
+    return out
+
+
+def synthetic_split(n_train, n_test, seed=0):
+    """(train, test) problems: drawn together, so no question is in both."""
+    problems = synthetic_problems(n_train + n_test, seed)
+    return problems[n_test:], problems[:n_test]
+
+
+def synthetic_records(problems, sandbox=None, run_code=None, progress=False) -> list[dict]:
+    """LCE solutions: text, code, execution (the code's real output in the sandbox), final text with
+    \\boxed{}. Short and regular, so a tiny model can learn them in minutes. run_code(code) -> str may
+    replace the sandbox (tests); with neither, a sandbox.Sandbox is opened here."""
+    own = None
+    if run_code is None:
+        if sandbox is None:
+            try:
+                from sandbox import Sandbox   # lazy: only needed to build data
+            except ImportError as e:
+                raise ImportError(f"synthetic_records needs sandbox.py to run the code ({e})") from None
+            sandbox = own = Sandbox()
+
+        def run_code(code):
+            sandbox.reset()               # each problem starts from a fresh interpreter state
+            return sandbox.run(code)
+    out, t0 = [], time.time()
+    try:
+        for i, p in enumerate(problems):
+            output = run_code(p["code"])
+            if output.strip() != p["answer"]:
+                raise RuntimeError(f"problem {p['id']}: code printed {output!r}, expected {p['answer']}")
+            blocks = [("text", "Let's compute it with Python."), ("code", p["code"]), ("execution", output),
+                      ("text", f"The answer is \\boxed{{{output.strip()}}}.")]
+            out.append(make_record(p["question"], blocks, answer=p["answer"], id=p["id"]))
+            if progress and ((i + 1) % 200 == 0 or i + 1 == len(problems)):
+                rate = (i + 1) / (time.time() - t0)
+                print(f"synth: {i + 1}/{len(problems)} problems, {rate:.0f}/s, "
+                      f"ETA {(len(problems) - i - 1) / rate:.0f}s", file=sys.stderr)
+    finally:
+        if own is not None:
+            own.close()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+def write_jsonl(path, records):
+    """Atomic: write a temporary file, then rename."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(path + ".tmp", path)
+
+
+def dataset_stats(records, tokenizer, max_len=2048, seq_len=2048, train_on_execution=False) -> dict:
+    examples, st = encode_records(records, tokenizer, max_len, train_on_execution, keep_no_loss=True)
+    lengths = [len(ids) for ids, _ in examples]
+    edges = [64 * 2 ** k for k in range(12)]
+    hist = Counter(next(e for e in edges + [float("inf")] if n <= e) for n in lengths)
+    st.update(records=len(records), loss_share=st["loss_tokens"] / max(st["tokens"], 1),
+              mean_len=sum(lengths) / max(len(lengths), 1), max_len_seen=max(lengths, default=0),
+              length_histogram={f"<={e}": hist[e] for e in sorted(hist)})
+    if examples:
+        packed = pack_examples([(i[:seq_len], l[:seq_len]) for i, l in examples], seq_len, tokenizer.pad_id)
+        st.update(packed_rows=len(packed), packed_utilisation=token_utilisation(examples, packed))
+    return st
+
+
+def main():
+    ap = argparse.ArgumentParser(description="MathCoder LCE data: statistics and synthetic data.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("stats", help="records, tokens, share of tokens with loss, length histogram")
+    s.add_argument("file")
+    s.add_argument("--tokenizer", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests",
+                                                       "fixtures", "tokenizer", "llama2-tokenizer.model"),
+                   help="SentencePiece .model (default: the Llama-2 one in tests/fixtures)")
+    s.add_argument("--ckpt", help="checkpoint dir (tokenizer.model + added_tokens.json); overrides --tokenizer")
+    s.add_argument("--max-len", type=int, default=2048, help="examples longer than this are truncated")
+    s.add_argument("--seq-len", type=int, default=2048, help="row length for the packing estimate")
+    s.add_argument("--train-on-execution", action="store_true", help="ablation: loss on execution blocks")
+    s.add_argument("--skip-bad", action="store_true", help="skip (and count) invalid records")
+    g = sub.add_parser("synth", help="synthetic LCE word problems for the tiny end-to-end run")
+    g.add_argument("--n", type=int, required=True, help="training problems")
+    g.add_argument("--out", required=True, help="training records (messages schema, with solutions)")
+    g.add_argument("--n-test", type=int, default=0, help="test problems, disjoint from training")
+    g.add_argument("--test-out", help="test records (official test schema: no assistant turn)")
+    g.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.cmd == "stats":
+        tok = Tokenizer.from_checkpoint(args.ckpt) if args.ckpt else Tokenizer(args.tokenizer)
+        read = {}
+        records = read_jsonl_records(args.file, skip_bad=args.skip_bad, stats=read)
+        st = dataset_stats(records, tok, args.max_len, args.seq_len, args.train_on_execution)
+        st["bad_records"] = read["bad"]
+        for k, v in st.items():
+            print(f"{k:>20}: {v:.3f}" if isinstance(v, float) else f"{k:>20}: {v}")
+        top = max(st["length_histogram"].values(), default=1)
+        for k, v in st["length_histogram"].items():
+            print(f"{k:>20}  {'#' * round(40 * v / top)} {v}")
+        print(json.dumps(st))
+    else:
+        if args.n_test and not args.test_out:
+            ap.error("--n-test needs --test-out")
+        train, test = synthetic_split(args.n, args.n_test, args.seed)
+        write_jsonl(args.out, synthetic_records(train, progress=True))
+        if args.n_test:
+            write_jsonl(args.test_out, [make_record(p["question"], answer=p["answer"], id=p["id"])
+                                        for p in test])
+        print(json.dumps({"train": len(train), "test": len(test), "out": args.out, "test_out": args.test_out}))
+
+
+if __name__ == "__main__":
+    main()
