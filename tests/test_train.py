@@ -1,0 +1,254 @@
+"""train.py on CPU with a tiny model: loss falls, execution results get no gradient, the global-batch loss
+normalisation, FSDP (2 processes, gloo) = 1 process, kill + resume = uninterrupted, the export reloads."""
+import dataclasses
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lce_data
+import train
+from model import ModelArgs, Transformer
+from tokenizer import Tokenizer, train_sentencepiece
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def record(i, a, b, exec_text=None, text=None):
+    """A hand-made LCE solution: text, code, execution, text."""
+    return {"id": f"t{i}", "messages": [
+        {"role": "system", "content": [{"type": "text", "content": "Solve the problem."}]},
+        {"role": "user", "content": [{"type": "text", "content": f"What is {a} times {b}?"}]},
+        {"role": "assistant", "content": [
+            {"type": "text", "content": text or "We multiply the two numbers."},
+            {"type": "code", "content": f"print({a} * {b})"},
+            {"type": "execution", "content": exec_text or str(a * b)},
+            {"type": "text", "content": f"So the answer is \\boxed{{{a * b}}}."}]}]}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """14 records (so each epoch ends with a partial global batch of 8) and a 300-piece SentencePiece model."""
+    d = tmp_path_factory.mktemp("train")
+    r = random.Random(0)
+    recs = [record(i, r.randint(2, 99), r.randint(2, 99)) for i in range(14)]
+    with open(d / "data.jsonl", "w") as f:
+        f.writelines(json.dumps(x) + "\n" for x in recs)
+    with open(d / "text.txt", "w") as f:
+        f.writelines(lce_data.serialize(x) + "\n" for x in recs * 3)
+    tok = train_sentencepiece(str(d / "text.txt"), str(d / "tok"), 300)
+    return d, tok
+
+
+def config(d, tok, out, **kw):
+    base = dict(data=str(d / "data.jsonl"), out=str(d / out), tokenizer=tok, dim=32, n_layers=2, n_heads=4,
+                n_kv_heads=2, hidden_dim=64, epochs=6, lr=1e-2, warmup_steps=2, batch_size=8,
+                micro_batch_size=2, seq_len=256, save_every=4, seed=0, quiet=True)
+    base.update(kw)
+    return train.TrainConfig(**base)
+
+
+def log_losses(out):
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [json.loads(ln) for ln in f]
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny):
+    d, tok = tiny
+    cfg = config(d, tok, "full")
+    return cfg, train.train(cfg)
+
+
+def test_loss_goes_down_and_log(full_run):
+    cfg, res = full_run
+    log = log_losses(cfg.out)
+    assert [r["step"] for r in log] == list(range(1, 13))            # 14 rows / 8 = 2 steps x 6 epochs
+    assert res["losses"] == pytest.approx([r["loss"] for r in log], abs=1e-6)
+    vocab = Tokenizer(cfg.tokenizer).vocab_size
+    assert log[0]["loss"] == pytest.approx(math.log(vocab), rel=0.15)   # ~uniform over the vocab at init
+    assert log[-1]["loss"] < 0.7 * log[0]["loss"] and log[-1]["loss"] < min(r["loss"] for r in log[:-1])
+    # warmup over 2 steps to 1e-2, then cosine towards 0 over the other 10 (step s uses progress (s-2)/10)
+    assert [r["lr"] for r in log[:3]] == pytest.approx([5e-3, 1e-2, 1e-2])
+    assert log[-1]["lr"] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 9 / 10)))
+    assert all(r["grad_norm"] > 0 and r["tokens_per_s"] > 0 for r in log)
+    assert os.path.isfile(os.path.join(cfg.out, "summary.json"))
+
+
+def _grads(model, rows, pad_id, mbs):
+    model.zero_grad(set_to_none=True)
+    batches = [lce_data.pad_batch(rows[i:i + mbs], pad_id) for i in range(0, len(rows), mbs)]
+    train.forward_backward(model, batches)
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _tiny_model(tok, seed=0):
+    torch.manual_seed(seed)
+    return Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64,
+                                 vocab_size=tok.vocab_size, max_seq_len=256))
+
+
+def test_execution_tokens_get_no_gradient(tiny):
+    """§3: execution output is the interpreter's, not the model's. With the execution block last in the
+    (truncated) sequence, nothing attends to it, so changing its content must leave every gradient unchanged;
+    changing a text block of the same length must change them, and so must the execution block when
+    --train-on-execution puts loss on it (the ablation)."""
+    tok = Tokenizer(str(tiny[1]))
+    model = _tiny_model(tok)
+
+    def encode(rec, on_exec=False):
+        full, _ = lce_data.encode_example(rec, tok, 10 ** 6, train_on_execution=on_exec)
+        # cut after the execution content (drops its <|endofblock|>, the final text and <|endofmessage|>)
+        cut = len(full) - len(tok.encode("<|endofblock|><|text|>So the answer is \\boxed{1554}."
+                                         "<|endofblock|><|endofmessage|>"))
+        return lce_data.encode_example(rec, tok, cut, train_on_execution=on_exec)
+
+    base = record(0, 37, 42, text="Step 1: we multiply.")
+    same_len_exec = record(0, 37, 42, text="Step 1: we multiply.", exec_text="9876")
+    new_text = record(0, 37, 42, text="Step 7: we multiply.")     # digits are single pieces: same length
+    a, b, c = encode(base), encode(same_len_exec), encode(new_text)
+    assert len(a[0]) == len(b[0]) == len(c[0]) and a[0] != b[0] and a[0] != c[0]
+    assert a[0][-4:] == tok.encode("1554")[-4:] and b[0][-4:] == tok.encode("9876")[-4:]
+    assert a[1][-5:] == [-100] * 5                                 # execution block: no loss
+    g_a, g_b, g_c = (_grads(model, [x], tok.pad_id, 1) for x in (a, b, c))
+    for n in g_a:
+        torch.testing.assert_close(g_a[n], g_b[n], rtol=1e-6, atol=1e-8, msg=n)
+    assert max((g_a[n] - g_c[n]).abs().max() for n in g_a) > 1e-4
+    e_a, e_b = (_grads(model, [encode(r, on_exec=True)], tok.pad_id, 1) for r in (base, same_len_exec))
+    assert max((e_a[n] - e_b[n]).abs().max() for n in e_a) > 1e-4
+
+
+def test_loss_normalised_over_global_batch(tiny):
+    """The gradient is that of one token-mean over the whole batch, however it is split into micro-batches
+    (per-micro-batch averaging would weight a short example's tokens more). Reference: one big batch and
+    F.cross_entropy's own mean over the non-ignored tokens. Activation checkpointing changes nothing."""
+    d, tok_path = tiny
+    tok = Tokenizer(str(tok_path))
+    recs = lce_data.read_jsonl_records(str(d / "data.jsonl"))[:4]
+    recs[0]["messages"][2]["content"][0]["content"] = "A much longer explanation comes first. " * 4
+    rows = [lce_data.encode_example(r, tok, 256) for r in recs]
+    model = _tiny_model(tok)
+    model.zero_grad()
+    batch = lce_data.pad_batch(rows, tok.pad_id)
+    logits = model(batch["input_ids"], positions=batch["positions"])
+    torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten()).backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for mbs in (1, 3):
+        got = _grads(model, rows, tok.pad_id, mbs)
+        for n in ref:
+            torch.testing.assert_close(got[n], ref[n], rtol=1e-5, atol=1e-7)
+    train.apply_grad_checkpoint(model)
+    got = _grads(model, rows, tok.pad_id, 2)
+    for n in ref:
+        torch.testing.assert_close(got[n], ref[n], rtol=1e-5, atol=1e-7)
+
+
+def test_packed_rows_match_padded(tiny):
+    """--pack puts several examples in one row with document-masked attention: same loss and gradient."""
+    d, tok_path = tiny
+    tok = Tokenizer(str(tok_path))
+    rows = [lce_data.encode_example(r, tok, 256) for r in lce_data.read_jsonl_records(str(d / "data.jsonl"))[:4]]
+    model = _tiny_model(tok)
+    ref = _grads(model, rows, tok.pad_id, 4)
+    model.zero_grad(set_to_none=True)
+    packed = lce_data.pack_examples(rows, sum(len(r[0]) for r in rows[:3]) + 5, tok.pad_id)
+    assert len(packed) == 2
+    train.forward_backward(model, [{k: torch.stack([p[k] for p in packed]) for k in packed[0]}])
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], rtol=1e-4, atol=1e-6)
+
+
+def test_fsdp_two_processes_match_one_and_resume(tiny, full_run):
+    """torchrun --nproc_per_node=2 (gloo, FSDP2): each rank takes half of every global batch; the losses equal
+    the 1-process run's. Its checkpoint (gathered full state) then resumes in 1 process to the same end."""
+    d, tok = tiny
+    cfg, res = full_run
+    out = d / "fsdp"
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in dataclasses.asdict(config(d, tok, "fsdp")).items()
+            if v is not None and not isinstance(v, bool)] + ["--quiet", "--stop-after=4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        os.path.join(ROOT, "train.py")] + args, env=env, capture_output=True, text=True,
+                       timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    fsdp, one = log_losses(out), log_losses(cfg.out)
+    assert len(fsdp) == 4 and not os.path.exists(out / "final")
+    for a, b in zip(fsdp, one):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    resumed = train.train(config(d, tok, "fsdp", resume=True))
+    assert resumed["losses"] == pytest.approx(res["losses"][4:], abs=1e-5)
+
+
+def test_kill_and_resume_equals_uninterrupted(tiny, full_run):
+    d, tok = tiny
+    cfg, res = full_run
+    stopped = train.train(config(d, tok, "resume", stop_after=5))
+    assert stopped["stopped_at"] == 5 and not os.path.exists(d / "resume" / "final")
+    with open(d / "resume" / "log.jsonl", "a") as f:        # a step logged after the checkpoint, then killed
+        f.write(json.dumps({"step": 6, "loss": 123.0}) + "\n")
+    resumed = train.train(config(d, tok, "resume", resume=True))
+    assert [r["loss"] for r in log_losses(d / "resume")] == pytest.approx(res["losses"], abs=1e-6)
+    assert resumed["losses"] == pytest.approx(res["losses"][5:], abs=1e-6)
+
+
+def test_export_loads_and_matches_checkpoint(tiny, full_run):
+    """OUT/final (save_pretrained + tokenizer.save) reloads with from_pretrained and gives the logits of the
+    trained weights, taken independently from the end-of-run checkpoint."""
+    d, tok_path = tiny
+    cfg, res = full_run
+    tok = Tokenizer.from_checkpoint(res["final"])
+    assert tok.special == Tokenizer(str(tok_path)).special
+    loaded = Transformer.from_pretrained(res["final"])
+    trained = _tiny_model(tok)
+    trained.load_state_dict(torch.load(res["checkpoint"])["model"])
+    ids = torch.tensor([tok.encode("<|assistant|><|text|>We multiply 12 and 34.<|endofblock|>", bos=True)])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), trained(ids), rtol=1e-5, atol=1e-5)
+    assert loaded.tok_embeddings.weight.shape[0] == tok.vocab_size
+
+
+def test_bad_input_fails_before_model(tiny, tmp_path, monkeypatch):
+    d, tok = tiny
+    monkeypatch.setattr(train, "build_model", lambda *a, **k: pytest.fail("model built before input check"))
+    with pytest.raises(ValueError, match="missing.jsonl"):
+        train.train(config(d, tok, "x", data=str(tmp_path / "missing.jsonl")))
+    with pytest.raises(ValueError, match="multiple of"):
+        train.train(config(d, tok, "x", batch_size=7))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(record(0, 2, 3)) + "\n{not json\n")
+    with pytest.raises(ValueError, match="line 2"):
+        train.train(config(d, tok, "x", data=str(bad)))
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and "--micro-batch-size" in p.stdout and "--resume" in p.stdout
+
+
+def test_init_from_pretrained_grows_vocab(tmp_path):
+    """--init: the fixture HF checkpoint (vocab 320) + the Llama-2 tokenizer grow to 32008 rows, new rows = the
+    mean of the old ones; step 1's loss equals one computed by hand from the fixture weights."""
+    fixture = os.path.join(ROOT, "tests/fixtures/models/llama2-mha/hf")
+    tok_path = os.path.join(ROOT, "tests/fixtures/tokenizer/llama2-tokenizer.model")
+    recs = [record(0, 12, 34), record(1, 5, 7)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    cfg = train.TrainConfig(data=str(tmp_path / "d.jsonl"), out=str(tmp_path / "o"), init=fixture,
+                            tokenizer=tok_path, batch_size=2, micro_batch_size=1, max_steps=1, seq_len=256,
+                            lr=1e-3, quiet=True)
+    res = train.train(cfg)
+    tok = Tokenizer(tok_path)
+    ref = Transformer.from_pretrained(fixture)
+    old_rows = ref.tok_embeddings.weight.mean(0)
+    ref.grow_vocab(32008)
+    torch.testing.assert_close(ref.tok_embeddings.weight[tok.special["<|code|>"]], old_rows)
+    batch = lce_data.pad_batch([lce_data.encode_example(r, tok, 256) for r in recs], tok.pad_id)
+    with torch.no_grad():
+        logits = ref(batch["input_ids"])
+    want = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten())
+    assert res["losses"][0] == pytest.approx(want.item(), rel=1e-5)
+    out = Transformer.from_pretrained(res["final"])
+    assert out.tok_embeddings.weight.shape == (32008, 64) and out.output.weight.shape == (32008, 64)
+    assert Tokenizer.from_checkpoint(res["final"]).special == tok.special

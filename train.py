@@ -1,0 +1,417 @@
+"""
+Supervised fine-tuning of a Llama model on LCE data (MathCoder §2.3 / METHOD.md §3), hand-rolled: no Trainer.
+
+The whole recipe in one loop:
+    loss    next-token cross-entropy on the assistant's text and code blocks only (labels != -100;
+            execution results and the prompt carry no loss), summed over the global batch and divided by
+            the number of loss tokens in the WHOLE global batch (all micro-batches, all ranks), so a long
+            solution counts per token no matter how the batch is split
+    optim   AdamW, linear warmup then cosine decay, gradient clipping, gradient accumulation
+    scale   FSDP2 (`fully_shard`: each TransformerBlock, then the root) under torchrun: parameters, grads and
+            optimizer state are sharded across ranks, the same idea as the paper's DeepSpeed ZeRO-3
+    numbers bf16 compute with float32 master weights on GPU; float32 on CPU
+Defaults follow the paper: 3 epochs, lr 2e-5, global batch 128, sequence length 2048.
+
+    python train.py --data train.jsonl --out out/sft --init /ckpt/Llama-2-7b-hf           # 1 process
+    torchrun --nproc_per_node=8 train.py --data train.jsonl --out out/sft --init /ckpt/...  # FSDP
+    python train.py --data tiny.jsonl --out out/tiny --tokenizer tok.model --dim 64 --n-layers 2 \\
+        --n-heads 4 --hidden-dim 172 --batch-size 8 --micro-batch-size 4 --seq-len 512 --lr 1e-3
+    python train.py ... --resume          # continue from OUT/checkpoint.pt: same losses as no interruption
+
+Writes OUT/config.json, OUT/log.jsonl (one line per step), OUT/checkpoint.pt (every --save-every steps and at
+the end), OUT/final/ (Hugging Face layout: model.save_pretrained + tokenizer.save) and OUT/summary.json.
+"""
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.utils.checkpoint import checkpoint
+
+import lce_data
+from model import ModelArgs, Transformer
+from tokenizer import Tokenizer
+
+
+def arg(default, help):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    data: str = arg("", "training records, JSONL (messages or debug_result schema) [required]")
+    out: str = arg("", "output directory [required]")
+    init: str | None = arg(None, "pretrained checkpoint dir (HF or Meta layout); omit to train from scratch")
+    tokenizer: str | None = arg(None, "SentencePiece .model (default: INIT/tokenizer.model + its added tokens)")
+    dim: int = arg(64, "from scratch: model width (ignored with --init)")
+    n_layers: int = arg(2, "from scratch: transformer blocks")
+    n_heads: int = arg(4, "from scratch: attention heads")
+    n_kv_heads: int | None = arg(None, "from scratch: key/value heads (GQA); default = n_heads")
+    hidden_dim: int = arg(172, "from scratch: SwiGLU FFN width")
+    epochs: int = arg(3, "passes over the data (paper: 3)")
+    lr: float = arg(2e-5, "peak learning rate (paper: 2e-5)")
+    min_lr: float = arg(0.0, "learning rate at the end of the cosine decay")
+    warmup_ratio: float = arg(0.03, "linear warmup over this fraction of all steps ...")
+    warmup_steps: int | None = arg(None, "... or over exactly this many steps")
+    weight_decay: float = arg(0.0, "AdamW weight decay (matrices only, not norm gains)")
+    beta1: float = arg(0.9, "AdamW beta1")
+    beta2: float = arg(0.999, "AdamW beta2")
+    grad_clip: float = arg(1.0, "clip the global gradient norm to this (0 = no clipping; norm still logged)")
+    batch_size: int = arg(128, "GLOBAL batch in sequences, over all ranks and micro-batches (paper: 128)")
+    micro_batch_size: int = arg(4, "sequences per forward/backward per rank; accumulation = batch/(world*this)")
+    seq_len: int = arg(2048, "examples are truncated to this many tokens (paper: 2048)")
+    pack: bool = arg(False, "pack examples into seq_len rows, document-masked (faster; paper: one per row)")
+    train_on_execution: bool = arg(False, "ablation: also put loss on execution blocks (paper: no)")
+    precision: str = arg("auto", "auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32; weights stay fp32")
+    grad_checkpoint: bool = arg(False, "activation checkpointing: recompute each block in backward")
+    seed: int = arg(0, "seed for the init and the data order")
+    max_steps: int | None = arg(None, "stop after this many steps (the schedule ends there too)")
+    stop_after: int | None = arg(None, "checkpoint after this step and stop without export (as if killed)")
+    save_every: int = arg(500, "checkpoint every N steps (and at the end)")
+    resume: bool = arg(False, "continue from OUT/checkpoint.pt")
+    export_dtype: str = arg("float32", "dtype of the OUT/final weights: float32 | bfloat16")
+    peak_tflops: float = arg(989.0, "peak dense bf16 TFLOP/s of one GPU, for MFU (H100 SXM: 989, A100: 312)")
+    quiet: bool = arg(False, "no progress lines")
+
+
+def parse_args(argv=None) -> TrainConfig:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(TrainConfig):
+        name, kind = "--" + f.name.replace("_", "-"), str(f.type)
+        if f.default is False:
+            ap.add_argument(name, action="store_true", help=f.metadata["help"])
+        else:
+            conv = int if "int" in kind else float if "float" in kind else str
+            ap.add_argument(name, type=conv, default=f.default, help=f.metadata["help"] + " (%(default)s)")
+    return TrainConfig(**vars(ap.parse_args(argv)))
+
+
+def check_config(cfg: TrainConfig, world: int):
+    """Every check that needs no model: fail in seconds, before any GPU memory is taken."""
+    def bad(msg):
+        raise ValueError(f"train.py: {msg}")
+    if not cfg.data or not os.path.isfile(cfg.data):
+        bad(f"--data {cfg.data!r}: file not found")
+    if not cfg.out:
+        bad("--out is required")
+    if cfg.init is not None and not os.path.isdir(cfg.init):
+        bad(f"--init {cfg.init!r}: checkpoint directory not found")
+    tok = cfg.tokenizer or (os.path.join(cfg.init, "tokenizer.model") if cfg.init else None)
+    if tok is None or not os.path.isfile(tok):
+        bad(f"tokenizer {tok!r} not found (give --tokenizer TOK.model, or --init DIR holding tokenizer.model)")
+    for k in ("epochs", "batch_size", "micro_batch_size", "seq_len", "save_every", "dim", "n_layers",
+              "n_heads", "hidden_dim"):
+        if getattr(cfg, k) < 1:
+            bad(f"--{k.replace('_', '-')} must be >= 1, got {getattr(cfg, k)}")
+    for k in ("max_steps", "stop_after", "warmup_steps"):
+        if getattr(cfg, k) is not None and getattr(cfg, k) < (0 if k == "warmup_steps" else 1):
+            bad(f"--{k.replace('_', '-')} must be positive, got {getattr(cfg, k)}")
+    if not (cfg.lr > 0 and 0 <= cfg.min_lr <= cfg.lr and 0 <= cfg.warmup_ratio < 1 and cfg.grad_clip >= 0):
+        bad("need lr > 0, 0 <= min-lr <= lr, 0 <= warmup-ratio < 1, grad-clip >= 0")
+    if cfg.batch_size % (world * cfg.micro_batch_size):
+        bad(f"--batch-size {cfg.batch_size} must be a multiple of world size {world} x "
+            f"--micro-batch-size {cfg.micro_batch_size}")
+    if cfg.init is None and (cfg.dim % cfg.n_heads or cfg.n_heads % (cfg.n_kv_heads or cfg.n_heads)):
+        bad(f"--dim {cfg.dim} must divide by --n-heads {cfg.n_heads}, which must divide by --n-kv-heads")
+    if cfg.precision not in ("auto", "bf16", "fp32") or cfg.export_dtype not in ("float32", "bfloat16"):
+        bad("--precision is auto|bf16|fp32 and --export-dtype float32|bfloat16")
+    if cfg.resume and not os.path.isfile(os.path.join(cfg.out, "checkpoint.pt")):
+        bad(f"--resume: no checkpoint at {os.path.join(cfg.out, 'checkpoint.pt')}")
+    return tok
+
+
+# ----------------------------------------------------------------------------------------------- data
+def load_data(cfg, tok, log):
+    """records -> (input_ids, labels) per example -> training rows (packed dicts, or examples to pad)."""
+    records = lce_data.read_jsonl_records(cfg.data)       # raises naming file, line and field
+    t0 = time.time()
+    examples, stats = lce_data.encode_records(records, tok, cfg.seq_len, train_on_execution=cfg.train_on_execution)
+    log(f"encoded {len(records)} records in {time.time() - t0:.1f}s: {stats}")
+    if not examples:
+        raise ValueError(f"{cfg.data}: no record has a loss token within --seq-len {cfg.seq_len}")
+    if cfg.pack:    # bin-packed rows; the per-epoch shuffle below then shuffles rows
+        return lce_data.pack_examples(examples, cfg.seq_len, tok.pad_id)
+    return examples
+
+
+def micro_batches(rows, step, cfg, rank, world, pad_id):
+    """This rank's micro-batches for global step `step`. The order is a pure function of (seed, epoch), so the
+    data position in a checkpoint is just the step number. Rank r takes the r-th slice of the global batch."""
+    B, spe = cfg.batch_size, math.ceil(len(rows) / cfg.batch_size)
+    epoch, i = divmod(step, spe)
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+    idx = order[i * B:(i + 1) * B]
+    idx += [None] * (B - len(idx))            # last, partial batch of an epoch: filler rows with no loss
+    mine = idx[rank * (B // world):(rank + 1) * (B // world)]
+    for j in range(0, len(mine), cfg.micro_batch_size):
+        chunk = [rows[k] if k is not None else None for k in mine[j:j + cfg.micro_batch_size]]
+        if cfg.pack:
+            T = cfg.seq_len
+            fill = dict(input_ids=torch.full((T,), pad_id), labels=torch.full((T,), -100),
+                        positions=torch.arange(T), doc_ids=torch.zeros(T, dtype=torch.long))
+            chunk = [r if r is not None else fill for r in chunk]
+            yield {k: torch.stack([r[k] for r in chunk]) for k in fill}
+        else:
+            yield lce_data.pad_batch([r if r is not None else ([pad_id], [-100]) for r in chunk], pad_id)
+
+
+def lr_at(step, cfg, total):
+    """Linear warmup to cfg.lr, then cosine decay to cfg.min_lr at the last step."""
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def forward_backward(model, mbs, world=1, autocast=None, n_matmul=0):
+    """Accumulate the gradient of (sum of token losses) / (loss tokens in the global batch) over this rank's
+    micro-batches. Returns [loss sum, tokens processed, flops, loss tokens], summed over all ranks."""
+    # count loss tokens of the whole global batch first (labels are shifted: position 0 predicts nothing)
+    dev = mbs[0]["labels"].device
+    n_loss = sum((mb["labels"][:, 1:] != -100).sum() for mb in mbs).to(dev, torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(n_loss)
+    a, stats = model.args, torch.zeros(4, dtype=torch.float64, device=dev)
+    for mb in mbs:
+        with autocast or torch.autocast(dev.type, enabled=False):
+            logits = model(mb["input_ids"], positions=mb["positions"], doc_ids=mb["doc_ids"])
+        # logits[:, t] predicts token t+1: compare logits[:, :-1] with labels[:, 1:]; -100 = no loss (§3)
+        loss_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), mb["labels"][:, 1:].flatten(),
+                                   ignore_index=-100, reduction="sum")
+        # FSDP averages gradients over ranks; * world turns that average back into the global sum
+        (loss_sum * world / n_loss.clamp(min=1)).backward()
+        B, T = mb["input_ids"].shape
+        stats[0] += loss_sum.detach()
+        stats[1] += B * T
+        stats[2] += B * T * (6 * n_matmul + 12 * a.n_layers * a.dim * T)
+    if dist.is_initialized():
+        dist.all_reduce(stats)
+    stats[3] = n_loss
+    return stats
+
+
+def apply_grad_checkpoint(model):
+    """Keep only each block's input; recompute its insides during backward (memory for ~1/3 more compute)."""
+    for block in model.layers:
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+
+
+# ---------------------------------------------------------------------------------------------- model
+def build_model(cfg, tok, device, world, log):
+    torch.manual_seed(cfg.seed)                    # same random init on every rank
+    if cfg.init:
+        model = Transformer.from_pretrained(cfg.init, dtype=torch.float32)   # float32 master weights
+        if model.tok_embeddings.weight.shape[0] < tok.vocab_size:
+            log(f"growing vocab {model.tok_embeddings.weight.shape[0]} -> {tok.vocab_size} (8 LCE tokens)")
+            model.grow_vocab(tok.vocab_size)       # new rows = mean of old rows (METHOD.md §1)
+    else:
+        model = Transformer(ModelArgs(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                                      n_kv_heads=cfg.n_kv_heads, hidden_dim=cfg.hidden_dim,
+                                      vocab_size=tok.vocab_size, max_seq_len=max(cfg.seq_len, 2048)))
+    if cfg.grad_checkpoint:
+        apply_grad_checkpoint(model)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    if world > 1 or dist.is_initialized():
+        # FSDP2: each block is one all-gather unit (gathered just before use, freed after); the root holds
+        # the embeddings, final norm and output. Params stay float32 shards; compute runs in param_dtype.
+        mesh = init_device_mesh(device.type, (world,))
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else torch.float32,
+                                  reduce_dtype=torch.float32)
+        for block in model.layers:
+            fully_shard(block, mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)      # also moves the shards to `device`
+    else:
+        model.to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {n_params / 1e6:.2f}M parameters, {'bf16' if bf16 else 'fp32'} compute, world {world}")
+    return model, bf16
+
+
+def full_state_options(**kw):   # the whole unsharded tensor, not this rank's shard
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def save_checkpoint(path, model, opt, step, fingerprint, rank):
+    """One file, same format for 1 process and FSDP: the full (unsharded) state gathered to CPU on rank 0.
+    Simple, and resumable on any world size; at 70B scale use torch.distributed.checkpoint (sharded) instead."""
+    opts = full_state_options(cpu_offload=True)
+    state = dict(model=get_model_state_dict(model, options=opts),           # collectives: every rank calls
+                 optim=get_optimizer_state_dict(model, opt, options=opts),
+                 step=step, data=fingerprint,                                # data position = step
+                 rng=dict(torch=torch.get_rng_state(), python=random.getstate(),
+                          cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []))
+    if rank == 0:
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)            # atomic: a kill leaves the old checkpoint or the new one
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def load_checkpoint(path, model, opt, fingerprint):
+    state = torch.load(path, map_location="cpu", mmap=True)   # mmap: ranks on a node share the page cache
+    if state["data"] != fingerprint:
+        raise ValueError(f"{path}: checkpoint was made for {state['data']}, this run is {fingerprint}")
+    set_model_state_dict(model, state["model"], options=full_state_options())   # each rank keeps its shard
+    set_optimizer_state_dict(model, opt, state["optim"], options=full_state_options())
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["step"]
+
+
+def export_final(out_dir, model, tok, cfg, rank):
+    """Gather the full weights to rank 0 and write a Hugging Face checkpoint that infer.py / eval.py load."""
+    sd = get_model_state_dict(model, options=full_state_options(cpu_offload=True))   # {} on ranks > 0
+    if rank == 0:
+        with torch.device("meta"):                 # an unsharded copy that adopts the gathered CPU tensors
+            plain = Transformer(dataclasses.replace(model.args, vocab_size=sd["tok_embeddings.weight"].shape[0]))
+        plain.load_state_dict(sd, assign=True)
+        plain.to(getattr(torch, cfg.export_dtype))
+        final, tmp = os.path.join(out_dir, "final"), os.path.join(out_dir, "final.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        plain.save_pretrained(tmp)
+        tok.save(tmp)
+        shutil.rmtree(final, ignore_errors=True)   # a directory cannot be os.replace'd over a non-empty one
+        os.replace(tmp, final)
+    if dist.is_initialized():
+        dist.barrier()
+    return os.path.join(out_dir, "final")
+
+
+def write_json(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+# ---------------------------------------------------------------------------------------------- train
+def train(cfg: TrainConfig) -> dict:
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ       # launched by torchrun
+    world = int(os.environ["WORLD_SIZE"]) if distributed else 1
+    rank = int(os.environ["RANK"]) if distributed else 0
+    log = (lambda msg: print(f"[train] {msg}", flush=True)) if rank == 0 and not cfg.quiet else (lambda m: None)
+
+    # 1. everything that can fail cheaply, before a process group, a model or GPU memory exists
+    tok_path = check_config(cfg, world)
+    tok = Tokenizer.from_checkpoint(cfg.init) if cfg.init and not cfg.tokenizer else Tokenizer(tok_path)
+    rows = load_data(cfg, tok, log)
+    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    fingerprint = dict(rows=len(rows), batch_size=cfg.batch_size, seed=cfg.seed, pack=cfg.pack, total=total)
+
+    # 2. devices and processes
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    os.makedirs(cfg.out, exist_ok=True)
+    model, bf16 = build_model(cfg, tok, device, world, log)
+    decay = [p for p in model.parameters() if p.dim() >= 2]          # no weight decay on norm gains
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+
+    ckpt_path, log_path = os.path.join(cfg.out, "checkpoint.pt"), os.path.join(cfg.out, "log.jsonl")
+    start = 0
+    if cfg.resume:
+        start = load_checkpoint(ckpt_path, model, opt, fingerprint)
+        log(f"resumed from {ckpt_path} at step {start}")
+    if rank == 0:
+        write_json(os.path.join(cfg.out, "config.json"), dataclasses.asdict(cfg))
+        kept = []                                  # the log is cut back to the checkpoint's step
+        if cfg.resume and os.path.isfile(log_path):
+            kept = [ln for ln in open(log_path) if ln.strip() and json.loads(ln)["step"] <= start]
+        with open(log_path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(log_path + ".tmp", log_path)
+
+    # MFU numerator: 6 flops per parameter per token (forward 2, backward 4) for every matmul weight (the
+    # input embedding is a lookup) plus attention scores 12 * layers * dim * T per token (PaLM, App. B)
+    n_matmul = sum(p.numel() for n, p in model.named_parameters() if "tok_embeddings" not in n)  # global
+
+    # one process on GPU: autocast runs matmuls in bf16 (FSDP's MixedPrecisionPolicy does it when sharded)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and not dist.is_initialized())
+
+    log(f"{len(rows)} rows, {steps_per_epoch} steps/epoch, {total} steps, global batch {cfg.batch_size} = "
+        f"{world} ranks x {cfg.batch_size // (world * cfg.micro_batch_size)} micro-batches x {cfg.micro_batch_size}")
+    model.train()
+    t_start, losses, result = time.time(), [], {}
+    for step in range(start, total):
+        t0 = time.time()
+        lr = lr_at(step, cfg, total)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        mbs = [{k: (v.to(device) if v is not None else None) for k, v in mb.items()}
+               for mb in micro_batches(rows, step, cfg, rank, world, tok.pad_id)]
+        stats = forward_backward(model, mbs, world, autocast, n_matmul)
+        n_loss = stats[3].clamp(min=1)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+        loss = stats[0].item() / n_loss.item()           # .item() waits for the GPU: dt is the real step time
+        dt = time.time() - t0
+        losses.append(loss)
+        rec = dict(step=step + 1, epoch=step // steps_per_epoch, loss=round(loss, 6), lr=lr,
+                   grad_norm=round(grad_norm.item(), 6), loss_tokens=int(n_loss.item()),
+                   tokens_per_s=round(stats[1].item() / dt, 1), step_s=round(dt, 4))
+        if device.type == "cuda":
+            rec["mfu"] = round(stats[2].item() / dt / (cfg.peak_tflops * 1e12 * world), 4)
+        if rank == 0:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            done, elapsed = step + 1 - start, time.time() - t_start
+            eta = elapsed / done * (total - step - 1)
+            log(f"step {step + 1}/{total} loss {loss:.4f} lr {lr:.2e} gnorm {rec['grad_norm']:.3f} "
+                f"{rec['tokens_per_s']:,.0f} tok/s" + (f" mfu {rec['mfu']:.1%}" if "mfu" in rec else "") +
+                f" | {done / elapsed:.2f} steps/s, eta {eta / 60:.1f} min")
+        last = step + 1 == total
+        if (step + 1) % cfg.save_every == 0 or last or step + 1 == cfg.stop_after:
+            save_checkpoint(ckpt_path, model, opt, step + 1, fingerprint, rank)
+            log(f"checkpoint at step {step + 1} -> {ckpt_path}")
+        if step + 1 == cfg.stop_after and not last:
+            result = dict(stopped_at=step + 1, losses=losses, checkpoint=ckpt_path)
+            break
+    else:
+        final = export_final(cfg.out, model, tok, cfg, rank)
+        result = dict(final_loss=losses[-1] if losses else None, losses=losses, steps=total, final=final,
+                      checkpoint=ckpt_path, seconds=round(time.time() - t_start, 2))
+        if rank == 0:
+            write_json(os.path.join(cfg.out, "summary.json"), {k: v for k, v in result.items() if k != "losses"})
+            log(f"done: final loss {result['final_loss']}, model in {final}")
+    if distributed and dist.is_initialized():
+        dist.destroy_process_group()
+    return result
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    try:
+        train(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
