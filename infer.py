@@ -1,0 +1,448 @@
+"""MathCoder inference: generate, execute, continue (METHOD.md §4), batched on one KV cache.
+
+The authors (src/inference.py) solved one problem per process against a text-generation server. Each round
+they sent the whole conversation so far, got back ONE block (generation stops at <|endofblock|> or
+<|endofmessage|>, at most 512 new tokens), rounded decimals longer than 6 places, and when the block started
+with <|code|> ran it in that problem's own Jupyter kernel (state persists across the problem's blocks) and
+appended <|execution|>{output}<|endofblock|>. At most 16 rounds; done when a block ends <|endofmessage|>.
+
+Same loop here, but B problems advance together on one KV cache of B rows:
+  * every token is fed to the model once: a prompt or an execution block is prefilled into its own row
+    (model.forward(..., cache=cache, rows=[r])); the prefix is never recomputed;
+  * code runs in a thread pool, each problem in its own Sandbox, while the other rows keep decoding; the row
+    rejoins once its output is ready; a finished row takes the next waiting problem (continuous batching);
+  * ragged lengths: each row carries its own positions and the model masks cache slots past a query's
+    position, so every row's logits are those it would get alone.
+Where this differs from the authors' loop:
+  * length: their server left-truncated the growing conversation to its last 1536 tokens before every round
+    (a sliding window, which means recomputing the prompt). Here only the initial prompt is truncated (to its
+    last max_prompt_tokens tokens) and a problem stops once its context reaches max_total_tokens (2048).
+  * decimals are rounded where they did it: in each block the model has just written, code included (the
+    code that runs is the rounded code; execution output is left alone). Their server re-tokenised the
+    whole conversation every round; here the block just written is re-tokenised and, if its ids changed
+    (rounding, or a non-canonical split), rewritten into the cache from its first position. Either way the
+    model goes on reading exactly the text that is recorded.
+  * a round cut off by max_new_tokens is, as theirs, a round: a cut code block is still run; the next round
+    continues the same block (its text is re-tokenised as one piece, as their server saw it).
+  * EOS (</s>) from the model ends the message, as <|endofmessage|> does.
+
+    python infer.py --model CKPT "What is 2^10 - 1?"            # streams the solution
+    python infer.py --model CKPT --file data/eval/GSM8K_test_post.jsonl --out results.jsonl
+"""
+import argparse, json, os, re, sys, time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+import torch
+
+import lce_data
+from lce_data import DEFAULT_SYSTEM
+
+
+@dataclass
+class GenConfig:
+    max_new_tokens: int = 512      # per round (one block)
+    max_total_tokens: int = 2048   # whole context: prompt + blocks + executions
+    max_prompt_tokens: int = 1536
+    max_rounds: int = 16
+    temperature: float = 0.0       # 0 = greedy (the paper's numbers); > 0 for self-distillation samples
+    top_p: float = 1.0
+    batch_size: int = 16           # rows of the KV cache = problems decoded together
+    execute: bool = True           # False: the model writes its own <|execution|> content (ablation)
+    seed: int = 0                  # sampling: problem i draws from its own generator, seeded (seed, i)
+
+
+_DECIMAL = re.compile(r"\d+\.\d+")
+
+
+def round_decimals(text: str, places: int = 6) -> str:
+    """The authors' truncate_decimals: every decimal literal with more than `places` places is rewritten
+    with exactly `places` ('{:.6f}'.format(float(x)), i.e. rounded, not truncated)."""
+    def repl(m):
+        s = m.group(0)
+        return s if len(s.split(".")[1]) <= places else f"{float(s):.{places}f}"
+    return _DECIMAL.sub(repl, text)
+
+
+@dataclass
+class Seq:
+    """One problem in flight. ids = its whole context; the first n_cached have K/V in its cache row."""
+    index: int
+    ids: list
+    prompt_len: int
+    n_cached: int = 0
+    block_start: int = 0           # where this round's tokens begin
+    run: int = 0                   # where the text since the last special token begins (a block cut by
+                                   # max_new_tokens continues in the next round: one run, several rounds)
+    gen: torch.Generator | None = None
+    rounds: int = 0
+    n_new: int = 0                 # tokens the model generated
+    n_exec: int = 0
+    sandbox: object = None
+    future: object = None          # code running in the thread pool
+    shown: str = ""                # streaming: text of the current run already shown
+
+
+class Rows:
+    """The B rows of one KV cache; seqs[r] is the sequence in row r (None = free)."""
+
+    def __init__(self, model, batch_size: int, max_len: int):
+        self.model, self.cache = model, model.new_cache(batch_size, max_len)
+        self.seqs = [None] * batch_size
+        self.device = next(model.parameters()).device
+
+    def feed(self, rows: list) -> torch.Tensor:
+        """Run the model on every row's tokens not yet in the cache, each at its own positions; return the
+        logits after each row's last token, [len(rows), vocab]. Rows with one new token (decoding) go in
+        one batched call; rows with several (a prompt, an execution block) are prefilled one by one."""
+        out, single = [None] * len(rows), []
+        for j, r in enumerate(rows):
+            s = self.seqs[r]
+            if len(s.ids) - s.n_cached == 1:
+                single.append(j)
+                continue
+            new = torch.tensor([s.ids[s.n_cached:]], device=self.device)
+            pos = torch.arange(s.n_cached, len(s.ids), device=self.device)[None]
+            out[j] = self.model(new, pos, cache=self.cache, rows=torch.tensor([r], device=self.device))[0, -1]
+        if single:
+            seqs = [self.seqs[rows[j]] for j in single]
+            new = torch.tensor([[s.ids[-1]] for s in seqs], device=self.device)
+            pos = torch.tensor([[s.n_cached] for s in seqs], device=self.device)
+            idx = torch.tensor([rows[j] for j in single], device=self.device)
+            logits = self.model(new, pos, cache=self.cache, rows=idx)[:, -1]
+            for k, j in enumerate(single):
+                out[j] = logits[k]
+        for r in rows:
+            self.seqs[r].n_cached = len(self.seqs[r].ids)
+        return torch.stack(out)
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, gens: list) -> list[int]:
+    """Next token per row: argmax if temperature is 0, else nucleus sampling with each row's own generator."""
+    if temperature <= 0:
+        return logits.argmax(-1).tolist()
+    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
+    if top_p < 1.0:  # keep the smallest set of most likely tokens whose mass reaches top_p
+        p, idx = probs.sort(-1, descending=True)
+        p[(p.cumsum(-1) - p) >= top_p] = 0
+        probs = torch.zeros_like(probs).scatter_(-1, idx, p)
+    return [int(torch.multinomial(pr, 1, generator=g)) for pr, g in zip(probs, gens)]
+
+
+_SPECIAL = re.compile(r"(<\|(?:system|user|assistant|text|code|execution|endofblock|endofmessage)\|>)")
+
+
+def parse_blocks(solution: str) -> list[tuple[str, str]]:
+    """The assistant's LCE string -> [(type, content), ...]. Lenient, as generated text can be: a block cut
+    off at a limit keeps what it has; text outside any block becomes a text block."""
+    blocks, inside = [], False
+    for piece in _SPECIAL.split(solution):
+        if piece in ("<|text|>", "<|code|>", "<|execution|>"):
+            blocks.append([piece[2:-2], ""])
+            inside = True
+        elif _SPECIAL.fullmatch(piece):  # <|endofblock|>, <|endofmessage|>, a stray role token
+            inside = False
+        elif piece:
+            if not inside:
+                blocks.append(["text", ""])
+                inside = True
+            blocks[-1][1] += piece
+    return [tuple(b) for b in blocks]
+
+
+def _generator(cfg_seed: int, index: int):
+    return torch.Generator().manual_seed(cfg_seed * 1_000_003 + index)
+
+
+@torch.no_grad()
+def generate(model, prompts: list, max_new_tokens: int, batch_size: int = 16, stop_ids=(),
+             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[list[int]]:
+    """The decode core on raw token ids, no tools: continuous batching over `batch_size` cache rows.
+    Returns each prompt's new tokens (up to and including a stop id)."""
+    rows = Rows(model, max(1, min(batch_size, len(prompts))), max(map(len, prompts)) + max_new_tokens)
+    waiting, out = deque(range(len(prompts))), [None] * len(prompts)
+    while waiting or any(rows.seqs):
+        for r, s in enumerate(rows.seqs):
+            if s is None and waiting:
+                i = waiting.popleft()
+                rows.seqs[r] = Seq(i, list(prompts[i]), len(prompts[i]), gen=_generator(seed, i))
+        active = [r for r, s in enumerate(rows.seqs) if s is not None]
+        tokens = sample(rows.feed(active), temperature, top_p, [rows.seqs[r].gen for r in active])
+        for r, t in zip(active, tokens):
+            s = rows.seqs[r]
+            s.ids.append(t)
+            if t in stop_ids or len(s.ids) - s.prompt_len >= max_new_tokens:
+                out[s.index], rows.seqs[r] = s.ids[s.prompt_len:], None
+    return out
+
+
+@torch.no_grad()
+def solve(model, tokenizer, questions: list[str], system: str = DEFAULT_SYSTEM, cfg: GenConfig | None = None,
+          pool=None, on_result=None, on_stream=None) -> list[dict]:
+    """Solve every question in LCE form (METHOD.md §4). Returns one dict per question, in order:
+    {question, messages (system, user, assistant: the messages schema lce_data reads), solution (the
+    assistant's LCE string), n_tokens (generated by the model), n_rounds, n_exec, stop}.
+    on_result(index, dict) is called as each problem finishes; on_stream(index, text) with each new piece of
+    LCE text (generated text as it is decoded, before rounding; an execution block whole).
+    pool: a sandbox.SandboxPool (size >= cfg.batch_size for full overlap); made and closed here if None."""
+    cfg = cfg or GenConfig()
+    if not questions:
+        return []
+    if cfg.max_prompt_tokens >= cfg.max_total_tokens:
+        raise ValueError(f"GenConfig: max_prompt_tokens {cfg.max_prompt_tokens} must be < max_total_tokens "
+                         f"{cfg.max_total_tokens}")
+    sp = tokenizer.special
+    CODE, EOB, EOM = sp["<|code|>"], sp["<|endofblock|>"], sp["<|endofmessage|>"]
+    specials, stops = set(sp.values()), {EOB, EOM, tokenizer.eos_id}
+    B = max(1, min(cfg.batch_size, len(questions)))
+    own_pool = pool is None and cfg.execute
+    if own_pool:
+        import sandbox
+        pool = sandbox.SandboxPool(B)
+    runner = ThreadPoolExecutor(B, thread_name_prefix="sandbox") if cfg.execute else None
+    rows = Rows(model, B, cfg.max_total_tokens)
+    waiting, results = deque(range(len(questions))), [None] * len(questions)
+
+    def finish(r, s, stop):
+        if s.sandbox is not None:
+            pool.release(s.sandbox)
+        solution = tokenizer.decode(s.ids[s.prompt_len:])  # the context is kept canonical: decode is exact
+        record = lce_data.make_record(questions[s.index], parse_blocks(solution), system)
+        results[s.index] = res = {"question": questions[s.index], "messages": record["messages"],
+                                  "solution": solution, "n_tokens": s.n_new, "n_rounds": s.rounds,
+                                  "n_exec": s.n_exec, "stop": stop}
+        rows.seqs[r] = None
+        if on_result:
+            on_result(s.index, res)
+
+    def run_code(s, code):  # in a worker thread: the sandbox is taken on the problem's first code block
+        if s.sandbox is None:
+            s.sandbox = pool.acquire()
+        try:
+            return s.sandbox.run(code)
+        except Exception as e:  # the sandbox itself failed: show the model an error, as a kernel would
+            return f"{type(e).__name__}: {e}"
+
+    def end_block(r, s, last):
+        """A round is over: round decimals, then finish, execute, or go on."""
+        is_code = s.ids[s.block_start] == CODE
+        # Round decimals in the text just written and re-tokenise it as the authors' server re-tokenised the
+        # whole conversation each round; a changed run is rewritten from its first position (the cache slots
+        # after it are stale and get overwritten as the new ids are fed).
+        text = round_decimals(tokenizer.decode(s.ids[s.run:]))
+        ids = tokenizer.encode(text)
+        if ids and ids != s.ids[s.run:]:
+            s.ids[s.run:] = ids
+            s.n_cached = min(s.n_cached, s.run)
+            s.shown = text
+        s.rounds += 1
+        s.block_start = len(s.ids)
+        if s.ids[-1] in specials:  # else the block was cut by max_new_tokens: the next round continues it
+            s.run, s.shown = len(s.ids), ""
+        if last in (EOM, tokenizer.eos_id):
+            return finish(r, s, "endofmessage")
+        if len(s.ids) >= cfg.max_total_tokens:
+            return finish(r, s, "max_total_tokens")
+        if is_code and cfg.execute:  # (the authors ran a code block even in the last round)
+            code = text.rsplit("<|code|>", 1)[-1].removesuffix("<|endofblock|>").removesuffix("<|endofmessage|>")
+            s.future = runner.submit(run_code, s, code)
+        elif s.rounds >= cfg.max_rounds:
+            finish(r, s, "max_rounds")
+
+    def add_execution(r, s):
+        out, s.future = s.future.result(), None
+        piece = f"<|execution|>{out}<|endofblock|>"
+        s.ids += tokenizer.encode(piece)
+        s.n_exec += 1
+        s.block_start = s.run = len(s.ids)
+        if on_stream:
+            on_stream(s.index, piece)
+        if len(s.ids) >= cfg.max_total_tokens:
+            finish(r, s, "max_total_tokens")
+        elif s.rounds >= cfg.max_rounds:
+            finish(r, s, "max_rounds")
+
+    try:
+        while waiting or any(rows.seqs):
+            for r, s in enumerate(rows.seqs):  # continuous batching: a free row takes the next problem
+                if s is None and waiting:
+                    i = waiting.popleft()
+                    ids = tokenizer.encode(lce_data.prompt_text(questions[i], system), bos=True)
+                    ids = ids[-cfg.max_prompt_tokens:]
+                    rows.seqs[r] = Seq(i, ids, len(ids), block_start=len(ids), run=len(ids),
+                                       gen=_generator(cfg.seed, i))
+            for r, s in enumerate(rows.seqs):  # finished executions rejoin (their output gets prefilled)
+                if s is not None and s.future is not None and s.future.done():
+                    add_execution(r, s)
+            ready = [r for r, s in enumerate(rows.seqs) if s is not None and s.future is None]
+            if not ready:  # everyone left is waiting for code: sleep until one is done
+                running = [s.future for s in rows.seqs if s is not None and s.future is not None]
+                if running:
+                    wait(running, return_when=FIRST_COMPLETED)
+                continue
+            tokens = sample(rows.feed(ready), cfg.temperature, cfg.top_p, [rows.seqs[r].gen for r in ready])
+            for r, t in zip(ready, tokens):
+                s = rows.seqs[r]
+                s.ids.append(t)
+                s.n_new += 1
+                if on_stream:
+                    text = tokenizer.decode(s.ids[s.run:])
+                    if text.startswith(s.shown):  # a half-decoded UTF-8 byte sequence can change the tail
+                        on_stream(s.index, text[len(s.shown):])
+                        s.shown = text
+                if (t in stops or len(s.ids) - s.block_start >= cfg.max_new_tokens
+                        or len(s.ids) >= cfg.max_total_tokens):
+                    end_block(r, s, t)
+    finally:
+        if runner:
+            runner.shutdown(wait=False, cancel_futures=True)
+        if own_pool:
+            pool.close()
+    return results
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+class Renderer:
+    """Show LCE text on a terminal: code cyan and execution yellow on a tty, Markdown fences otherwise."""
+    OPEN = {"tty": {"<|code|>": "\n\033[36m", "<|execution|>": "\033[33m"},
+            "plain": {"<|code|>": "\n```python\n", "<|execution|>": "```output\n"}}
+
+    def __init__(self, out=sys.stdout):
+        self.out, self.mode, self.kind = out, "tty" if out.isatty() else "plain", None
+
+    def __call__(self, text: str):
+        for piece in _SPECIAL.split(text):
+            if piece in ("<|text|>", "<|code|>", "<|execution|>"):
+                self.kind = piece
+                self.out.write(self.OPEN[self.mode].get(piece, ""))
+            elif piece in ("<|endofblock|>", "<|endofmessage|>"):
+                if self.kind in ("<|code|>", "<|execution|>"):
+                    self.out.write("\033[0m\n" if self.mode == "tty" else "\n```\n")
+                elif piece == "<|endofblock|>":
+                    self.out.write("\n")
+                self.kind = None
+            elif not _SPECIAL.fullmatch(piece):
+                self.out.write(piece)
+        self.out.flush()
+
+
+def read_questions(path: str) -> list[dict]:
+    """JSONL: the eval-set schema (question = the user message's text) or {"question": ...}."""
+    recs = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                q = rec.get("question") or next(  # AttributeError / StopIteration / TypeError: no question
+                    "".join(b["content"] for b in m["content"]) for m in rec["messages"] if m["role"] == "user")
+                if not isinstance(q, str) or not q:
+                    raise TypeError
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: invalid JSON: {e.msg}") from None
+            except (AttributeError, KeyError, StopIteration, TypeError):
+                raise ValueError(f"{path}:{n}: no 'question' field and no user message "
+                                 "(messages[].content[].content) with text") from None
+            recs.append({**rec, "question": q})
+    return recs
+
+
+def _done_indices(out_path: str) -> set:
+    """Indices already in a results file (resume). A line torn by a crash is cut off (atomic rewrite)."""
+    if not os.path.exists(out_path):
+        return set()
+    with open(out_path, encoding="utf-8") as f:
+        lines = f.read().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+        with open(out_path + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines(lines)
+        os.replace(out_path + ".tmp", out_path)
+    return {json.loads(line)["index"] for line in lines}
+
+
+def main():
+    ap = argparse.ArgumentParser(description="MathCoder inference: generate text and code, run the code, "
+                                 "feed its output back, continue (batched, continuous batching).")
+    ap.add_argument("questions", nargs="*", help="question(s) to solve; one question is streamed")
+    ap.add_argument("--model", required=True, help="checkpoint dir (weights + tokenizer.model [+ added_tokens.json])")
+    ap.add_argument("--file", help="JSONL of questions (eval-set schema or {\"question\": ...})")
+    ap.add_argument("--out", help="results JSONL for --file (default: FILE.results.jsonl); resumes if present")
+    ap.add_argument("--limit", type=int, help="only the first N questions of --file")
+    ap.add_argument("--system", default=DEFAULT_SYSTEM, help="system message (the paper used this or '')")
+    ap.add_argument("--batch-size", type=int, default=GenConfig.batch_size)
+    ap.add_argument("--max-new-tokens", type=int, default=GenConfig.max_new_tokens)
+    ap.add_argument("--max-total-tokens", type=int, default=GenConfig.max_total_tokens)
+    ap.add_argument("--max-prompt-tokens", type=int, help="default: max-total-tokens - max-new-tokens, at most 1536")
+    ap.add_argument("--max-rounds", type=int, default=GenConfig.max_rounds)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-execute", action="store_true", help="do not run code: the model writes its own output")
+    ap.add_argument("--timeout", type=float, help="seconds per code block (default: sandbox.py's)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: as stored")
+    a = ap.parse_args()
+    if bool(a.questions) == bool(a.file):
+        ap.error("give either question(s) or --file")
+    import model as model_lib, tokenizer as tokenizer_lib
+    tok = tokenizer_lib.Tokenizer.from_checkpoint(a.model)
+    net = model_lib.Transformer.from_pretrained(a.model, a.device, a.dtype and getattr(torch, a.dtype))
+    if net.args.vocab_size < tok.vocab_size:
+        sys.exit(f"{a.model}: model vocab {net.args.vocab_size} < tokenizer vocab {tok.vocab_size}")
+    prompt_max = a.max_prompt_tokens or max(1, min(GenConfig.max_prompt_tokens, a.max_total_tokens - a.max_new_tokens))
+    cfg = GenConfig(a.max_new_tokens, a.max_total_tokens, prompt_max, a.max_rounds, a.temperature,
+                    a.top_p, a.batch_size, not a.no_execute, a.seed)
+    pool = None
+    if cfg.execute:
+        import sandbox
+        pool = sandbox.SandboxPool(max(1, cfg.batch_size), **({"timeout": a.timeout} if a.timeout else {}))
+    try:
+        if a.questions:  # one question is streamed; several are shown as each finishes
+            show, one = Renderer(), len(a.questions) == 1
+
+            def done(i, r):
+                if not one:
+                    print(f"\n=== question {i + 1}: {r['question']}")
+                    show(r["solution"])
+            solve(net, tok, a.questions, a.system, cfg, pool, done, (lambda i, text: show(text)) if one else None)
+            return print()
+        recs = read_questions(a.file)[:a.limit]
+        out_path = a.out or re.sub(r"(\.jsonl)?$", ".results.jsonl", a.file, count=1)
+        done = _done_indices(out_path)
+        todo = [i for i in range(len(recs)) if i not in done]
+        print(f"{a.file}: {len(recs)} questions, {len(done)} already in {out_path}, solving {len(todo)}",
+              file=sys.stderr)
+        fd = os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        t0, stats = time.time(), {"n": 0, "tokens": 0, "rounds": 0, "exec": 0}
+
+        def on_result(j, r):  # one os.write per line on an O_APPEND file: a line is whole or absent
+            rec = {**recs[todo[j]], **r, "index": todo[j]}
+            os.write(fd, (json.dumps(rec, ensure_ascii=False) + "\n").encode())
+            for k, v in (("n", 1), ("tokens", r["n_tokens"]), ("rounds", r["n_rounds"]), ("exec", r["n_exec"])):
+                stats[k] += v
+            dt, n = time.time() - t0, stats["n"]
+            print(f"\r{n}/{len(todo)} problems  {n / dt:.2f}/s  {stats['tokens'] / dt:.0f} tok/s  "
+                  f"ETA {(len(todo) - n) * dt / n:.0f}s   ", end="", file=sys.stderr, flush=True)
+        try:
+            solve(net, tok, [recs[i]["question"] for i in todo], a.system, cfg, pool, on_result)
+        finally:
+            os.close(fd)
+        dt = time.time() - t0
+        summary = {"file": a.file, "out": out_path, "solved": stats["n"], "seconds": round(dt, 1),
+                   "problems_per_s": stats["n"] / max(dt, 1e-9), "tokens_per_s": stats["tokens"] / max(dt, 1e-9),
+                   "mean_rounds": stats["rounds"] / max(stats["n"], 1), "executions": stats["exec"]}
+        with open(out_path + ".summary.json.tmp", "w") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(out_path + ".summary.json.tmp", out_path + ".summary.json")
+        print("\n" + json.dumps(summary), file=sys.stderr)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,324 @@
+"""infer.py: batched decoding equals one-at-a-time decoding (and Hugging Face's greedy reference), and the
+generate -> execute -> continue loop runs real code, keeps state, stops on time and survives bad code.
+
+Two stand-ins: CharTokenizer (the fixture model's vocabulary is only 320 ids, so the Llama tokenizer cannot
+drive it) and ScriptedModel (emits a fixed LCE solution whatever it reads, like a trained MathCoder that
+always writes the same thing; it honours the forward/cache contract and logs every token it is fed)."""
+import json, os, re, shutil, subprocess, sys, tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import infer
+import lce_data
+import sandbox
+from infer import GenConfig
+from model import ModelArgs, Transformer
+from tokenizer import SPECIAL_TOKENS, Tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT / "tests/fixtures"
+LLAMA_TOK = FIX / "tokenizer/llama2-tokenizer.model"
+
+
+@pytest.fixture(scope="module")
+def fixture_model():
+    return Transformer.from_pretrained(FIX / "models/llama2-mha/hf")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer(str(LLAMA_TOK))
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = sandbox.SandboxPool(2, timeout=2)
+    yield p
+    p.close()
+
+
+class CharTokenizer:
+    """One character per id for the 320-id fixture model: 0 unk, 1 BOS, 2 EOS, 3..311 characters,
+    312..319 the 8 LCE tokens."""
+    def __init__(self):
+        chars = [chr(c) for c in range(32, 127)] + ["\n"]
+        chars += [chr(0x100 + k) for k in range(309 - len(chars))]
+        self.id_of = {c: 3 + k for k, c in enumerate(chars)}
+        self.char_of = {i: c for c, i in self.id_of.items()}
+        self.special = {t: 312 + k for k, t in enumerate(SPECIAL_TOKENS)}
+        self.id_to_special = {i: t for t, i in self.special.items()}
+        self.bos_id, self.eos_id, self.pad_id, self.vocab_size = 1, 2, 0, 320
+
+    def encode(self, text, bos=False):
+        ids = [1] if bos else []
+        for piece in re.split("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")", text):
+            ids += [self.special[piece]] if piece in self.special else [self.id_of.get(c, 0) for c in piece]
+        return ids
+
+    def decode(self, ids):
+        return "".join(self.id_to_special.get(i, self.char_of.get(i, "")) for i in ids)
+
+
+class ScriptedModel(nn.Module):
+    """The k-th sequence started in the cache (a feed from position 0) gets scripts[k % n], one token per
+    forward call, then <|endofmessage|> forever. Asserts the cache contract (positions contiguous within a
+    feed, inside the cache) and logs feeds as (k, first position, tokens)."""
+    def __init__(self, vocab_size, scripts, eom):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))  # gives the model a device
+        self.V, self.scripts, self.eom = vocab_size, scripts, eom
+        self.started, self.state, self.feeds = 0, {}, []
+
+    def new_cache(self, batch_size, max_len, device=None, dtype=None):
+        self.max_len = max_len
+        return object()
+
+    def forward(self, tokens, positions=None, doc_ids=None, cache=None, rows=None):
+        assert cache is not None and rows is not None
+        B, T = tokens.shape
+        logits = torch.zeros(B, T, self.V)
+        for b, r in enumerate(rows.tolist()):
+            start = int(positions[b, 0])
+            assert positions[b].tolist() == list(range(start, start + T)) and start + T <= self.max_len
+            if start == 0:
+                self.state[r] = [self.started, 0]
+                self.started += 1
+            k, step = self.state[r]
+            self.feeds.append((k, start, tokens[b].tolist()))
+            script = self.scripts[k % len(self.scripts)]
+            logits[b, :, script[step] if step < len(script) else self.eom] = 10.0
+            self.state[r][1] += 1
+        return logits
+
+
+def scripted(tok, *solutions):
+    return ScriptedModel(tok.vocab_size, [tok.encode(s) for s in solutions], tok.special["<|endofmessage|>"])
+
+
+def executions(res):
+    return [b["content"] for b in res["messages"][2]["content"] if b["type"] == "execution"]
+
+
+# ------------------------------------------------------------------------------------------- decode core
+def test_round_decimals():
+    assert infer.round_decimals("x = 3.14159265 and 2.5, 1.0000004, v1.2") == "x = 3.141593 and 2.5, 1.000000, v1.2"
+    assert infer.round_decimals("0.1234567 12.9999999") == "0.123457 13.000000"  # rounded, not cut
+    assert infer.round_decimals("1.123456 no change") == "1.123456 no change"
+
+
+def test_batched_greedy_matches_hf_and_one_at_a_time(fixture_model):
+    """Ragged prompts, fewer rows than prompts (rows are reused): every sequence equals its one-at-a-time
+    decoding, and the fixture prompt's equals Hugging Face's greedy continuation."""
+    ref = np.load(FIX / "models/llama2-mha/expected.npz")
+    p = ref["prompt_ids"][0].tolist()
+    prompts = [p[:3], p, [5, 9, 200, 17, 31, 44, 12, 90, 100, 101, 102, 7, 8], p[:1], p[2:7]]
+    batched = infer.generate(fixture_model, prompts, 24, batch_size=3)
+    assert batched[1] == ref["greedy_ids"].tolist()
+    for q, out in zip(prompts, batched):
+        assert out == infer.generate(fixture_model, [q], 24, batch_size=1)[0]
+    # and against plain recomputation without any cache (an independent reference)
+    seq = list(prompts[2])
+    for _ in range(24):
+        seq.append(int(fixture_model(torch.tensor([seq]))[0, -1].argmax()))
+    assert batched[2] == seq[len(prompts[2]):]
+
+
+def test_feed_logits_equal_alone(fixture_model):
+    """Rows.feed on ragged rows (one prefilling, two decoding) gives each row the logits of a cache-free
+    forward pass over that sequence alone."""
+    rows = infer.Rows(fixture_model, 3, 64)
+    seqs = [[1, 5, 9, 13], [1, 7, 7, 7, 7, 7, 7, 2, 3, 4], [1, 250]]
+    for r, ids in enumerate(seqs):
+        rows.seqs[r] = infer.Seq(r, list(ids), len(ids))
+    rows.feed([0, 1, 2])
+    seqs[0] += [40]; seqs[2] += [41, 42, 43]; seqs[1] += [44]  # row 2 now has 3 new tokens, others 1
+    for r, ids in enumerate(seqs):
+        rows.seqs[r].ids = list(ids)
+    got = rows.feed([0, 1, 2])
+    for r, ids in enumerate(seqs):
+        alone = fixture_model(torch.tensor([ids]))[0, -1]
+        torch.testing.assert_close(got[r], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_seeded_per_problem(fixture_model):
+    prompts = [[1, 5, 9], [1, 100, 200, 300], [1, 42]]
+    a = infer.generate(fixture_model, prompts, 16, batch_size=3, temperature=1.0, seed=7)
+    b = infer.generate(fixture_model, prompts, 16, batch_size=1, temperature=1.0, seed=7)
+    assert a == b  # each problem draws from its own generator: independent of batching
+    assert a != infer.generate(fixture_model, prompts, 16, batch_size=3, temperature=1.0, seed=8)
+    greedy = infer.generate(fixture_model, prompts, 16, batch_size=3)
+    assert a != greedy
+    assert infer.generate(fixture_model, prompts, 16, temperature=1.0, top_p=1e-6) == greedy  # nucleus of 1
+
+
+def test_solve_batched_equals_alone_on_fixture_model(fixture_model):
+    tok = CharTokenizer()
+    qs = ["What is 2+2?", "A much longer question about ducks and eggs, 16 of them.", "x", "Sum 1..10"]
+    cfg = GenConfig(max_new_tokens=12, max_total_tokens=160, max_prompt_tokens=150, max_rounds=3,
+                    batch_size=3, execute=False)
+    batched = infer.solve(fixture_model, tok, qs, "", cfg)
+    alone = [infer.solve(fixture_model, tok, [q], "", GenConfig(**{**cfg.__dict__, "batch_size": 1}))[0]
+             for q in qs]
+    assert [r["solution"] for r in batched] == [r["solution"] for r in alone]
+    assert all(r["n_tokens"] > 0 for r in batched)
+
+
+# -------------------------------------------------------------------------------- the LCE loop, scripted
+SOLUTION = ("<|text|>Multiply first.<|endofblock|><|code|>x = 123 * 456\nprint(x)<|endofblock|>"
+            "<|code|>x + 1<|endofblock|><|text|>So the answer is \\boxed{56089}.<|endofblock|><|endofmessage|>")
+
+
+def test_runs_code_inserts_real_output_keeps_state(tok, pool):
+    model = scripted(tok, SOLUTION)
+    [res] = infer.solve(model, tok, ["What is 123*456+1?"], cfg=GenConfig(batch_size=2), pool=pool)
+    assert res["solution"] == (
+        "<|text|>Multiply first.<|endofblock|><|code|>x = 123 * 456\nprint(x)<|endofblock|>"
+        "<|execution|>56088<|endofblock|><|code|>x + 1<|endofblock|><|execution|>56089<|endofblock|>"
+        "<|text|>So the answer is \\boxed{56089}.<|endofblock|><|endofmessage|>")
+    assert (res["n_exec"], res["n_rounds"], res["stop"]) == (2, 5, "endofmessage")
+    assert res["messages"][2]["content"] == [
+        {"type": "text", "content": "Multiply first."}, {"type": "code", "content": "x = 123 * 456\nprint(x)"},
+        {"type": "execution", "content": "56088"}, {"type": "code", "content": "x + 1"},
+        {"type": "execution", "content": "56089"}, {"type": "text", "content": "So the answer is \\boxed{56089}."}]
+    rec = lce_data.normalize_record(res)  # the messages schema lce_data reads
+    assert lce_data.serialize(rec) == lce_data.prompt_text(res["question"]) + res["solution"]
+    # every token fed once, in order (the prefix is never recomputed), and they are the whole conversation
+    fed = [t for k, start, toks in model.feeds for t in toks]
+    starts = [start for k, start, toks in model.feeds]
+    assert starts == [0] + list(np.cumsum([len(t) for k, s, t in model.feeds])[:-1])
+    assert fed + [tok.special["<|endofmessage|>"]] == tok.encode(lce_data.serialize(rec), bos=True)
+    assert res["n_tokens"] == len(tok.encode(SOLUTION))
+
+
+def test_crash_and_hang_are_survived(tok):
+    crash = "<|code|>y = 1 / 0<|endofblock|><|code|>print(6 * 7)<|endofblock|><|text|>42<|endofblock|><|endofmessage|>"
+    hang = "<|code|>while True:\n    pass<|endofblock|><|code|>print(2 + 2)<|endofblock|><|text|>4<|endofblock|><|endofmessage|>"
+    p = sandbox.SandboxPool(2, timeout=1)
+    try:
+        a, b = infer.solve(scripted(tok, crash, hang), tok, ["q1", "q2"], cfg=GenConfig(batch_size=2), pool=p)
+    finally:
+        p.close()
+    ea, eb = executions(a), executions(b)
+    assert "ZeroDivisionError" in ea[0] and ea[1] == "42" and a["stop"] == "endofmessage"
+    assert re.search("time", eb[0], re.I) and eb[1] == "4" and b["stop"] == "endofmessage"
+
+
+def test_code_runs_while_others_decode(tok):
+    """Problem 0's code waits for a file that only appears once problem 1 has finished (on_result): it can
+    only print 'seen' if problem 1 kept decoding while problem 0's code was running."""
+    d = tempfile.mkdtemp()
+    os.chmod(d, 0o755)  # the sandbox worker may run under its own uid: it must be able to see the file
+    flag = Path(d) / "flag"
+    waiter = (f"<|code|>import os, time\nwhile not os.path.exists({str(flag)!r}):\n    time.sleep(0.01)\n"
+              "print('seen')<|endofblock|><|endofmessage|>")
+    chatter = "<|text|>" + "la " * 60 + "<|endofblock|><|endofmessage|>"
+    order = []
+
+    def on_result(i, r):
+        order.append(i)
+        if i == 1:
+            flag.touch()
+    p = sandbox.SandboxPool(2, timeout=30)
+    try:
+        res = infer.solve(scripted(tok, waiter, chatter), tok, ["q0", "q1"], cfg=GenConfig(batch_size=2),
+                          pool=p, on_result=on_result)
+    finally:
+        p.close()
+        shutil.rmtree(d)
+    assert order == [1, 0] and executions(res[0]) == ["seen"]
+
+
+def test_continuous_batching_refills_rows(tok, pool):
+    """5 problems on 2 rows: each gets its own sandbox session (no state leaks) and its own result."""
+    sols = [f"<|code|>print(globals().get('v', 'fresh'))\nv = {k}\nprint(v * 10)<|endofblock|><|endofmessage|>"
+            for k in range(5)]
+    got = {}
+    res = infer.solve(scripted(tok, *sols), tok, [f"q{k}" for k in range(5)], cfg=GenConfig(batch_size=2),
+                      pool=pool, on_result=lambda i, r: got.setdefault(i, r))
+    assert sorted(got) == list(range(5)) and [r["question"] for r in res] == [f"q{k}" for k in range(5)]
+    for k, r in enumerate(res):
+        assert executions(r) == [f"fresh\n{k * 10}"]
+
+
+def test_max_rounds_and_code_in_last_round(tok, pool):
+    many = "<|text|>step<|endofblock|>" * 20
+    [r] = infer.solve(scripted(tok, many), tok, ["q"], cfg=GenConfig(max_rounds=3), pool=pool)
+    assert (r["n_rounds"], r["stop"], r["solution"]) == (3, "max_rounds", "<|text|>step<|endofblock|>" * 3)
+    last_code = "<|text|>a<|endofblock|><|code|>print(5)<|endofblock|><|text|>b<|endofblock|>"
+    [r] = infer.solve(scripted(tok, last_code), tok, ["q"], cfg=GenConfig(max_rounds=2), pool=pool)
+    assert r["stop"] == "max_rounds" and executions(r) == ["5"] and r["n_rounds"] == 2
+
+
+def test_token_limits(tok, pool):
+    long = "<|text|>" + " ".join(f"w{k}" for k in range(300)) + "<|endofblock|><|endofmessage|>"
+    cfg = GenConfig(max_new_tokens=25, max_total_tokens=160, max_prompt_tokens=100)
+    [r] = infer.solve(scripted(tok, long), tok, ["q"], cfg=cfg, pool=pool)
+    n_prompt = len(tok.encode(lce_data.prompt_text("q"), bos=True))
+    assert r["stop"] == "max_total_tokens" and r["n_tokens"] == 160 - n_prompt
+    assert r["n_rounds"] == -(-(160 - n_prompt) // 25)          # rounds of at most 25 tokens
+    assert r["solution"] == tok.decode(tok.encode(long)[:160 - n_prompt])  # one block, cut, spaces intact
+    # a long question is cut to its last max_prompt_tokens tokens, <|assistant|> kept last
+    model = scripted(tok, "<|text|>ok<|endofblock|><|endofmessage|>")
+    infer.solve(model, tok, ["word " * 300], cfg=cfg, pool=pool)
+    first = model.feeds[0][2]
+    assert len(first) == 100 and first[-1] == tok.special["<|assistant|>"]
+
+
+def test_decimals_rounded_in_context_and_code(tok, pool):
+    sol = "<|code|>print(0.12345678 * 2)<|endofblock|><|text|>About 1.4142135623.<|endofblock|><|endofmessage|>"
+    model = scripted(tok, sol)
+    [r] = infer.solve(model, tok, ["q"], pool=pool)
+    assert r["solution"] == ("<|code|>print(0.123457 * 2)<|endofblock|><|execution|>0.246914<|endofblock|>"
+                             "<|text|>About 1.414214.<|endofblock|><|endofmessage|>")
+    # replay the cache writes: the rewritten block replaced the unrounded one, the model read rounded text
+    cache = {}
+    for k, start, toks in model.feeds:
+        cache.update({start + j: t for j, t in enumerate(toks)})
+    k, start, toks = model.feeds[-1]  # slots past the last write are stale (masked by the model)
+    context = [cache[p] for p in range(start + len(toks))]
+    assert tok.decode(context) == lce_data.prompt_text("q") + r["solution"].removesuffix("<|endofmessage|>")
+
+
+def test_execute_false_runs_nothing(tok, tmp_path):
+    marker = tmp_path / "ran"
+    sol = f"<|code|>open({str(marker)!r}, 'w').close()<|endofblock|><|text|>done<|endofblock|><|endofmessage|>"
+
+    class NoPool:
+        def acquire(self):
+            raise AssertionError("execute=False must not touch the sandbox")
+    [r] = infer.solve(scripted(tok, sol), tok, ["q"], cfg=GenConfig(execute=False), pool=NoPool())
+    assert r["n_exec"] == 0 and executions(r) == [] and not marker.exists()
+    assert r["solution"] == tok.decode(tok.encode(sol))
+
+
+def test_parse_blocks():
+    assert infer.parse_blocks("<|text|>a<|endofblock|>stray<|code|>b") == [("text", "a"), ("text", "stray"), ("code", "b")]
+    assert infer.parse_blocks("<|text|><|endofblock|><|execution|>x\ny<|endofblock|><|endofmessage|>") == [
+        ("text", ""), ("execution", "x\ny")]
+
+
+def test_cli(tmp_path, tok):
+    """--help, and --file on a tiny random checkpoint: one JSON line per question, messages schema."""
+    assert subprocess.run([sys.executable, "infer.py", "--help"], cwd=ROOT, capture_output=True).returncode == 0
+    torch.manual_seed(0)
+    m = Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size, hidden_dim=32))
+    ckpt = tmp_path / "ckpt"
+    m.save_pretrained(ckpt)
+    tok.save(ckpt)
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text(json.dumps({"question": "1+1?"}) + "\n" + json.dumps(
+        {"id": "7", "messages": [{"role": "user", "content": [{"type": "text", "content": "2+2?"}]}]}) + "\n")
+    out = tmp_path / "r.jsonl"
+    cmd = [sys.executable, "infer.py", "--model", str(ckpt), "--file", str(qfile), "--out", str(out),
+           "--no-execute", "--max-total-tokens", "80", "--max-new-tokens", "10", "--max-rounds", "2"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["question"] for r in recs) == ["1+1?", "2+2?"]
+    assert {r.get("id") for r in recs} == {None, "7"} and all(r["messages"][2]["role"] == "assistant" for r in recs)
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)  # resume: nothing left to do
+    assert p.returncode == 0 and len(out.read_text().splitlines()) == 2
