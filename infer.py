@@ -49,7 +49,8 @@ class GenConfig:
     temperature: float = 0.0       # 0 = greedy (the paper's numbers); > 0 for self-distillation samples
     top_p: float = 1.0
     batch_size: int = 16           # rows of the KV cache = problems decoded together
-    execute: bool = True           # False: the model writes its own <|execution|> content (ablation)
+    execute: bool = True           # False: code is not run; <|execution|> is opened and the model writes
+                                   # the output itself (ablation: can it compute without the interpreter?)
     seed: int = 0                  # sampling: problem i draws from its own generator, seeded (seed, i)
 
 
@@ -193,7 +194,7 @@ def solve(model, tokenizer, questions: list[str], system: str = DEFAULT_SYSTEM, 
         raise ValueError(f"GenConfig: max_prompt_tokens {cfg.max_prompt_tokens} must be < max_total_tokens "
                          f"{cfg.max_total_tokens}")
     sp = tokenizer.special
-    CODE, EOB, EOM = sp["<|code|>"], sp["<|endofblock|>"], sp["<|endofmessage|>"]
+    CODE, EXEC, EOB, EOM = sp["<|code|>"], sp["<|execution|>"], sp["<|endofblock|>"], sp["<|endofmessage|>"]
     specials, stops = set(sp.values()), {EOB, EOM, tokenizer.eos_id}
     B = max(1, min(cfg.batch_size, len(questions)))
     own_pool = pool is None and cfg.execute
@@ -249,6 +250,9 @@ def solve(model, tokenizer, questions: list[str], system: str = DEFAULT_SYSTEM, 
             s.future = runner.submit(run_code, s, code)
         elif s.rounds >= cfg.max_rounds:
             finish(r, s, "max_rounds")
+        elif is_code:  # execution withheld (ablation): open the execution block; the model writes its content
+            s.ids.append(EXEC)
+            s.block_start, s.run = len(s.ids) - 1, len(s.ids)
 
     def add_execution(r, s):
         out, s.future = s.future.result(), None
