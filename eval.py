@@ -674,6 +674,7 @@ def run(args):
     import torch
     import infer                     # imported only when generating: scoring needs no model code
     from model import Transformer
+    from sandbox import SandboxPool
     from tokenizer import Tokenizer
     problems = load_dataset(args.dataset, args.data_dir, args.subject, args.level)[:args.limit or None]
     tok = Tokenizer.from_checkpoint(args.model)
@@ -681,10 +682,12 @@ def run(args):
     model = Transformer.from_pretrained(args.model, device=device).eval()
     cfg = infer.GenConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_rounds=args.max_rounds)
 
-    def solve_fn(questions, on_result):
-        return infer.solve(model, tok, questions, cfg=cfg, on_result=on_result)
-    return run_loop(problems, args.out, solve_fn, args.dataset, chunk=4 * args.batch_size,
-                    model_name=os.path.basename(os.path.normpath(args.model)))
+    with SandboxPool(args.batch_size) as pool:    # one pool for the whole run: workers start once
+
+        def solve_fn(questions, on_result):
+            return infer.solve(model, tok, questions, cfg=cfg, pool=pool, on_result=on_result)
+        return run_loop(problems, args.out, solve_fn, args.dataset, chunk=4 * args.batch_size,
+                        model_name=os.path.basename(os.path.normpath(args.model)))
 
 
 def main(argv=None):
