@@ -389,7 +389,7 @@ def synthetic_split(n_train, n_test, seed=0):
     return problems[n_test:], problems[:n_test]
 
 
-def synthetic_records(problems, sandbox=None, run_code=None, progress=False) -> list[dict]:
+def synthetic_records(problems, sandbox=None, run_code=None, progress=False, system=DEFAULT_SYSTEM) -> list[dict]:
     """LCE solutions: text, code, execution (the code's real output in the sandbox), final text with
     \\boxed{}. Short and regular, so a tiny model can learn them in minutes. run_code(code) -> str may
     replace the sandbox (tests); with neither, a sandbox.Sandbox is opened here."""
@@ -413,7 +413,7 @@ def synthetic_records(problems, sandbox=None, run_code=None, progress=False) -> 
                 raise RuntimeError(f"problem {p['id']}: code printed {output!r}, expected {p['answer']}")
             blocks = [("text", "Let's compute it with Python."), ("code", p["code"]), ("execution", output),
                       ("text", f"The answer is \\boxed{{{output.strip()}}}.")]
-            out.append(make_record(p["question"], blocks, answer=p["answer"], id=p["id"]))
+            out.append(make_record(p["question"], blocks, system=system, answer=p["answer"], id=p["id"]))
             if progress and ((i + 1) % 200 == 0 or i + 1 == len(problems)):
                 rate = (i + 1) / (time.time() - t0)
                 print(f"synth: {i + 1}/{len(problems)} problems, {rate:.0f}/s, "

@@ -85,6 +85,7 @@ class TrainConfig:
     resume: bool = arg(False, "continue from OUT/checkpoint.pt")
     export_dtype: str = arg("float32", "dtype of the OUT/final weights: float32 | bfloat16")
     peak_tflops: float = arg(989.0, "peak dense bf16 TFLOP/s of one GPU, for MFU (H100 SXM: 989, A100: 312)")
+    log_every: int = arg(1, "print the progress line every N steps (log.jsonl always gets every step)")
     quiet: bool = arg(False, "no progress lines")
 
 
@@ -381,6 +382,7 @@ def train(cfg: TrainConfig) -> dict:
         if rank == 0:
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
             done, elapsed = step + 1 - start, time.time() - t_start
             eta = elapsed / done * (total - step - 1)
             log(f"step {step + 1}/{total} loss {loss:.4f} lr {lr:.2e} gnorm {rec['grad_norm']:.3f} "
