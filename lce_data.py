@@ -309,18 +309,23 @@ def interpolate_problems(gsm8k, math, n, generate, seed=0) -> list[dict]:
 def self_distill(questions, solve, k=3, extract_answer=None, is_equiv=None):
     """Keep a solution of each question only when k sampled solutions agree on the final answer (§2, D1:
     MathCoder-Initial solves the new problems; agreement stands in for the missing reference answer).
-    solve(list of questions) -> list of dicts with "solution" (the assistant's LCE string) and optionally
-    "messages", e.g. lambda qs: infer.solve(model, tok, qs, cfg=GenConfig(temperature=0.7)).
+    solve(questions, j) -> the j-th sample (j = 0..k-1): a list of dicts with "solution" (the assistant's
+    LCE string) and optionally "messages". Each j must draw different samples, e.g.
+    lambda qs, j: infer.solve(model, tok, qs, cfg=GenConfig(temperature=0.7, seed=j)).
+    A solution that did not finish (no <|endofmessage|>: cut by a length or round limit) never counts.
     Returns (records, stats); each record's ground_truth.answer is the agreed answer."""
     if extract_answer is None or is_equiv is None:
         import eval as ev                 # lazy: eval.py is only needed for this step
         extract_answer, is_equiv = extract_answer or ev.extract_answer, is_equiv or ev.is_equiv
-    samples = [solve(list(questions)) for _ in range(k)]
-    records, stats = [], {"questions": len(questions), "kept": 0, "no_answer": 0, "disagree": 0}
+    samples = [solve(list(questions), j) for j in range(k)]
+    records, stats = [], {"questions": len(questions), "kept": 0, "unfinished": 0, "no_answer": 0,
+                          "disagree": 0}
     for i, q in enumerate(questions):
         outs = [s[i] for s in samples]
         answers = [extract_answer(o["solution"]) for o in outs]
-        if any(a is None for a in answers):
+        if not all(o["solution"].endswith("<|endofmessage|>") for o in outs):
+            stats["unfinished"] += 1
+        elif any(a is None for a in answers):
             stats["no_answer"] += 1
         elif not all(is_equiv(a, answers[0]) for a in answers[1:]):
             stats["disagree"] += 1

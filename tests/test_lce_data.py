@@ -247,17 +247,20 @@ def test_self_distillation_keeps_only_agreeing_answers():
     pytest.importorskip("eval")
     sol = lambda ans: f"<|text|>Compute.<|endofblock|><|code|>x<|endofblock|><|execution|>v<|endofblock|>" \
                       f"<|text|>So \\boxed{{{ans}}}.<|endofblock|><|endofmessage|>"
-    answers = {"agree": ["0.5", "\\frac{1}{2}", "1/2"], "split": ["2", "2", "3"], "none": ["1", "1", None]}
+    answers = {"agree": ["0.5", "\\frac{1}{2}", "1/2"], "split": ["2", "2", "3"], "none": ["1", "1", None],
+               "cut": ["4", "4", "4"]}
     calls = []
 
-    def solve(qs):
-        k = len(calls)
-        calls.append(qs)
-        return [{"solution": sol(answers[q][k]) if answers[q][k] else "<|text|>no idea<|endofblock|>"}
-                for q in qs]
-    recs, st = D.self_distill(["agree", "split", "none"], solve, k=3)
-    assert st == {"questions": 3, "kept": 1, "no_answer": 1, "disagree": 1}
-    assert len(calls) == 3
+    def solve(qs, j):
+        calls.append(j)
+        out = [{"solution": sol(answers[q][j]) if answers[q][j] else "<|text|>no idea<|endofblock|><|endofmessage|>"}
+               for q in qs]
+        if j == 1:   # this sample of "cut" stopped at a length limit, inside an execution block
+            out[qs.index("cut")] = {"solution": "<|text|>So<|endofblock|><|code|>x<|endofblock|><|execution|>4"}
+        return out
+    recs, st = D.self_distill(["agree", "split", "none", "cut"], solve, k=3)
+    assert st == {"questions": 4, "kept": 1, "unfinished": 1, "no_answer": 1, "disagree": 1}
+    assert calls == [0, 1, 2]            # k different samples, each told which one it is
     r = recs[0]
     assert r["messages"][1]["content"][0]["content"] == "agree" and r["ground_truth"]["answer"] == "0.5"
     assert [b["type"] for b in r["messages"][2]["content"]] == ["text", "code", "execution", "text"]
