@@ -588,12 +588,13 @@ def score(path, dataset=None, out=None, data_dir=DATA_DIR):
     if math_rows:
         print(math_table(math_rows, data_dir))
     if out:
-        _atomic_write(out, "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in graded))
+        atomic_write(out, "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in graded))
     return summary
 
 # ------------------------------------------------------------------------------- generation (run)
 
-def _atomic_write(path, text):
+def atomic_write(path, text):
+    """Write a file so that a crash leaves the old file or the new one, never half of one."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -658,14 +659,14 @@ def run_loop(problems, out_dir, solve_fn, dataset, chunk=64, model_name="this ru
     correct = sum(bool(r["correct"]) for r in recs)
     summary = {"dataset": dataset, "n": len(recs), "correct": correct,
                "accuracy": correct / len(recs) if recs else 0.0}
-    _atomic_write(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    atomic_write(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     key = dataset.lower()
     lines = [f"| model | {dataset} accuracy % |", "|---|---|",
              f"| {model_name} (n={len(recs)}) | {100 * summary['accuracy']:.1f} |"]
     lines += [f"| {m} (paper) | {v.get(key, '-')} |" for m, v in PAPER.items()]
     if any(r.get("subject") for r in recs):
         lines += ["", math_table([(r["id"], r["correct"]) for r in recs])]
-    _atomic_write(os.path.join(out_dir, "summary.md"), "\n".join(lines) + "\n")
+    atomic_write(os.path.join(out_dir, "summary.md"), "\n".join(lines) + "\n")
     print(f"[eval] {dataset}: {correct}/{len(recs)} = {100 * summary['accuracy']:.2f}%", file=sys.stderr)
     return summary
 

@@ -145,7 +145,7 @@ def main(argv=None):
 
     results = {}
     for name, execute in (("with_execution", True), ("without_execution", False)):
-        t = stage(f"4. solve + grade, {name.replace('_', ' ')}")
+        t = stage(f"4-5. solve + grade, {name.replace('_', ' ')}")
         results[name] = solve_and_grade(args, ckpt, tests, name, execute)
         print(f"   {time.time() - t:.1f}s")
 
@@ -165,12 +165,8 @@ def main(argv=None):
             how = "withheld: model writes it" if name.endswith("without_execution") else "real (sandbox)"
             lines.append(f"| {trained} | {how} | {100 * r['accuracy']:.1f}% | {r['correct']} / {r['n']} |")
     table = "\n".join(lines)
-    with open(os.path.join(args.out, "summary.json.tmp"), "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(os.path.join(args.out, "summary.json.tmp"), os.path.join(args.out, "summary.json"))
-    with open(os.path.join(args.out, "summary.md.tmp"), "w") as f:
-        f.write(table + "\n")
-    os.replace(os.path.join(args.out, "summary.md.tmp"), os.path.join(args.out, "summary.md"))
+    grader.atomic_write(os.path.join(args.out, "summary.json"), json.dumps(results, indent=2) + "\n")
+    grader.atomic_write(os.path.join(args.out, "summary.md"), table + "\n")
     print(f"\n== result on {args.n_test} held-out problems ({results['seconds']:.0f}s in all)\n{table}")
     print(f"\nEach stage's output is under {args.out}/ (summary.json, */results.jsonl, train/log.jsonl).")
 
