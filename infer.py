@@ -38,6 +38,7 @@ import torch
 
 import lce_data
 from lce_data import DEFAULT_SYSTEM
+from tokenizer import SPECIAL_TOKENS
 
 
 @dataclass
@@ -131,7 +132,7 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, gens: list) -
     return [int(torch.multinomial(pr, 1, generator=g)) for pr, g in zip(probs, gens)]
 
 
-_SPECIAL = re.compile(r"(<\|(?:system|user|assistant|text|code|execution|endofblock|endofmessage)\|>)")
+_SPECIAL = re.compile("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")")   # keeps the separators
 
 
 def parse_blocks(solution: str) -> list[tuple[str, str]]:
