@@ -106,7 +106,8 @@ class Rows:
                 continue
             new = torch.tensor([s.ids[s.n_cached:]], device=self.device)
             pos = torch.arange(s.n_cached, len(s.ids), device=self.device)[None]
-            out[j] = self.model(new, pos, cache=self.cache, rows=torch.tensor([r], device=self.device))[0, -1]
+            out[j] = self.model(new, pos, cache=self.cache, rows=torch.tensor([r], device=self.device),
+                                last_only=True)[0, -1]  # only the last position's logits are needed
         if single:
             seqs = [self.seqs[rows[j]] for j in single]
             new = torch.tensor([[s.ids[-1]] for s in seqs], device=self.device)

@@ -14,24 +14,17 @@ messages and every execution block (written by the interpreter at inference time
     python lce_data.py stats data.jsonl --tokenizer tok.model    # records, tokens, loss share, lengths
     python lce_data.py synth --n 2000 --n-test 200 --out train.jsonl --test-out test.jsonl
 """
-import argparse
-import bisect
-import json
-import os
-import random
-import re
-import sys
-import time
+import argparse, bisect, json, os, random, re, sys, time
 from collections import Counter
 
 import torch
 
-from tokenizer import SPECIAL_TOKENS, Tokenizer
+from tokenizer import Tokenizer
 
 DEFAULT_SYSTEM = 'Below is a math problem. Please solve it step by step and put your answer in "\\boxed{}".'
 ROLES = ("system", "user", "assistant")
 BLOCKS = ("text", "code", "execution")
-IGNORE = -100                      # label of tokens that carry no loss (PyTorch's cross_entropy ignore_index
+IGNORE = -100                      # label of tokens that carry no loss (cross_entropy's default ignore_index)
 
 
 class DataError(ValueError):       # "file, line N, field F: problem"
@@ -166,6 +159,8 @@ def encode_example(record, tokenizer, max_len, train_on_execution=False, overflo
     Labels are NOT shifted: the loss predicts input_ids[i] from logits[i-1]. Tokenising block by block
     gives exactly tokenizer.encode(serialize(record), bos=True), because the tokenizer itself splits on the
     special strings. overflow="truncate" cuts at max_len, "drop" returns None; both are counted in stats."""
+    if overflow not in ("truncate", "drop"):
+        raise ValueError(f"overflow must be 'truncate' or 'drop', not {overflow!r}")
     sp = tokenizer.special
     ids, labels = [tokenizer.bos_id], [IGNORE]
 
@@ -186,8 +181,6 @@ def encode_example(record, tokenizer, max_len, train_on_execution=False, overflo
             stats[overflow] = stats.get(overflow, 0) + 1
         if overflow == "drop":
             return None
-        if overflow != "truncate":
-            raise ValueError(f"overflow must be 'truncate' or 'drop', not {overflow!r}")
         ids, labels = ids[:max_len], labels[:max_len]
     return ids, labels
 
@@ -218,13 +211,10 @@ def pad_batch(examples, pad_id) -> dict:
     """Right-pad (input_ids, labels) pairs to the longest; pads carry label -100. With causal attention a
     real token never looks at the pads after it, so no attention mask is needed."""
     T = max(len(ids) for ids, _ in examples)
-    inp = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    lab = torch.full((len(examples), T), IGNORE, dtype=torch.long)
-    for b, (ids, labels) in enumerate(examples):
-        inp[b, :len(ids)] = torch.tensor(ids)
-        lab[b, :len(labels)] = torch.tensor(labels)
-    pos = torch.arange(T).expand(len(examples), T).clone()
-    return {"input_ids": inp, "labels": lab, "positions": pos, "doc_ids": None}
+    pad = lambda xs, value: list(xs) + [value] * (T - len(xs))
+    return {"input_ids": torch.tensor([pad(ids, pad_id) for ids, _ in examples]),
+            "labels": torch.tensor([pad(labels, IGNORE) for _, labels in examples]),
+            "positions": torch.arange(T).repeat(len(examples), 1), "doc_ids": None}
 
 
 def pack_examples(examples, seq_len, pad_id) -> list[dict]:
@@ -248,21 +238,17 @@ def pack_examples(examples, seq_len, pad_id) -> list[dict]:
         bisect.insort(free, (room - n, b))
     rows = []
     for members in bins:
-        row = {"input_ids": torch.full((seq_len,), pad_id, dtype=torch.long),
-               "labels": torch.full((seq_len,), IGNORE, dtype=torch.long),
-               "positions": torch.zeros(seq_len, dtype=torch.long),
-               "doc_ids": torch.full((seq_len,), -1, dtype=torch.long)}
-        at = 0
+        ids, labels, positions, doc_ids = [], [], [], []
         for d, k in enumerate(sorted(members)):        # keep the original order inside a row
-            ids, labels = examples[k]
-            n = len(ids)
-            row["input_ids"][at:at + n] = torch.tensor(ids)
-            row["labels"][at:at + n] = torch.tensor(labels)
-            row["positions"][at:at + n] = torch.arange(n)
-            row["doc_ids"][at:at + n] = d
-            at += n
-        row["positions"][at:] = torch.arange(seq_len - at)   # padding: a dummy document of its own
-        rows.append(row)
+            ids += examples[k][0]
+            labels += examples[k][1]
+            positions += range(len(examples[k][0]))
+            doc_ids += [d] * len(examples[k][0])
+        pad = seq_len - len(ids)                        # the padding: a dummy document of its own (doc -1)
+        rows.append({"input_ids": torch.tensor(ids + [pad_id] * pad),
+                     "labels": torch.tensor(labels + [IGNORE] * pad),
+                     "positions": torch.tensor(positions + list(range(pad))),
+                     "doc_ids": torch.tensor(doc_ids + [-1] * pad)})
     return rows
 
 
@@ -274,7 +260,7 @@ def token_utilisation(examples, batches) -> float:
 
 # ---------------------------------------------------------------------------------------------------------
 # The paper's data construction (§2): problem interpolation and self-distillation, generator pluggable
-INTERPOLATION_PROMPT = (  # (paper, recalled) the paper's prompt to GPT-4, Appendix
+INTERPOLATION_PROMPT = (  # the paper's prompt to GPT-4 (Appendix); (paper, recalled): from memory, not verbatim
     'Please create a new problem, following the given "Example 1" and "Example 2". "Example 1" is an easy '
     'problem and "Example 2" is much more difficult than "Example 1". The new problem should be harder '
     'than "Example 1" and simpler than "Example 2".\n\nExample 1: {easy}\n\nExample 2: {hard}\n\n'
@@ -398,34 +384,27 @@ def synthetic_records(problems, sandbox=None, run_code=None, progress=False, sys
     """LCE solutions: text, code, execution (the code's real output in the sandbox), final text with
     \\boxed{}. Short and regular, so a tiny model can learn them in minutes. run_code(code) -> str may
     replace the sandbox (tests); with neither, a sandbox.Sandbox is opened here."""
-    own = None
     if run_code is None:
-        if sandbox is None:
-            try:
-                from sandbox import Sandbox   # lazy: only needed to build data
-            except ImportError as e:
-                raise ImportError(f"synthetic_records needs sandbox.py to run the code ({e})") from None
-            sandbox = own = Sandbox()
+        if sandbox is None:                   # open one for this call (lazy import: only needed to build data)
+            from sandbox import Sandbox
+            with Sandbox() as sb:
+                return synthetic_records(problems, sb, progress=progress, system=system)
 
         def run_code(code):
-            sandbox.reset()               # each problem starts from a fresh interpreter state
+            sandbox.reset()                   # each problem starts from a fresh interpreter state
             return sandbox.run(code)
     out, t0 = [], time.time()
-    try:
-        for i, p in enumerate(problems):
-            output = run_code(p["code"])
-            if output.strip() != p["answer"]:
-                raise RuntimeError(f"problem {p['id']}: code printed {output!r}, expected {p['answer']}")
-            blocks = [("text", "Let's compute it with Python."), ("code", p["code"]), ("execution", output),
-                      ("text", f"The answer is \\boxed{{{output.strip()}}}.")]
-            out.append(make_record(p["question"], blocks, system=system, answer=p["answer"], id=p["id"]))
-            if progress and ((i + 1) % 200 == 0 or i + 1 == len(problems)):
-                rate = (i + 1) / (time.time() - t0)
-                print(f"synth: {i + 1}/{len(problems)} problems, {rate:.0f}/s, "
-                      f"ETA {(len(problems) - i - 1) / rate:.0f}s", file=sys.stderr)
-    finally:
-        if own is not None:
-            own.close()
+    for i, p in enumerate(problems):
+        output = run_code(p["code"])
+        if output.strip() != p["answer"]:
+            raise RuntimeError(f"problem {p['id']}: code printed {output!r}, expected {p['answer']}")
+        blocks = [("text", "Let's compute it with Python."), ("code", p["code"]), ("execution", output),
+                  ("text", f"The answer is \\boxed{{{output.strip()}}}.")]
+        out.append(make_record(p["question"], blocks, system=system, answer=p["answer"], id=p["id"]))
+        if progress and ((i + 1) % 200 == 0 or i + 1 == len(problems)):
+            rate = (i + 1) / (time.time() - t0)
+            print(f"synth: {i + 1}/{len(problems)} problems, {rate:.0f}/s, "
+                  f"ETA {(len(problems) - i - 1) / rate:.0f}s", file=sys.stderr)
     return out
 
 

@@ -29,6 +29,13 @@ class ModelArgs:
     rope_theta: float = 10000.0        # CodeLlama: 1e6
     max_seq_len: int = 4096            # informational only: rotary angles are computed from positions
 
+    def __post_init__(self):
+        self.n_kv_heads = self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self):
+        return self.dim // self.n_heads
+
 
 # ----------------------------------------------------------------------------------------------- the math
 class RMSNorm(nn.Module):
@@ -69,8 +76,7 @@ class KVCache:
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.n_heads, self.n_kv_heads = args.n_heads, args.n_kv_heads or args.n_heads
-        self.head_dim = args.dim // args.n_heads
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         self.wq = nn.Linear(args.dim, self.n_heads * self.head_dim, bias=False)
         self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
@@ -81,13 +87,10 @@ class Attention(nn.Module):
         q = apply_rope(self.wq(x).view(B, T, self.n_heads, self.head_dim), cos, sin)
         k = apply_rope(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
-        if kv is not None:  # write this step's K/V into the cache, then attend over the row's first S slots
-            cache_k, cache_v, rows, positions, S = kv
-            r = torch.arange(B, device=x.device) if rows is None else rows
-            cache_k[r[:, None], positions] = k.to(cache_k.dtype)
-            cache_v[r[:, None], positions] = v.to(cache_v.dtype)
-            sel = slice(0, B) if rows is None else rows  # rows None: the first B rows, read without a gather
-            k, v = cache_k[sel, :S].to(q.dtype), cache_v[sel, :S].to(q.dtype)
+        if kv is not None:  # write this step's K/V into the cache, then attend over everything cached so far
+            cache_k, cache_v, write, read = kv
+            cache_k[write], cache_v[write] = k.to(cache_k.dtype), v.to(cache_v.dtype)
+            k, v = cache_k[read].to(q.dtype), cache_v[read].to(q.dtype)
         # [B, heads, T, head_dim]; enable_gqa lets each group of n_heads/n_kv_heads query heads share a K/V head
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
@@ -125,41 +128,45 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
-        for name, p in self.named_parameters():  # from-scratch init (GPT-2 style); a no-op on the meta device
+        for p in self.parameters():  # from-scratch init (GPT-2 style); a no-op on the meta device
             if p.dim() == 2:
                 nn.init.normal_(p, std=0.02)
 
     def new_cache(self, batch_size: int, max_len: int, device=None, dtype=None) -> KVCache:
-        w = self.output.weight
-        a = self.args
-        shape = (batch_size, max_len, a.n_kv_heads or a.n_heads, a.dim // a.n_heads)
-        make = lambda: torch.zeros(shape, device=device or w.device, dtype=dtype or w.dtype)
+        w, a = self.output.weight, self.args
+        make = lambda: torch.zeros(batch_size, max_len, a.n_kv_heads, a.head_dim, device=device or w.device,
+                                   dtype=dtype or w.dtype)
         return KVCache([make() for _ in range(a.n_layers)], [make() for _ in range(a.n_layers)])
 
-    def forward(self, tokens, positions=None, doc_ids=None, cache=None, rows=None):
-        """tokens [B, T] -> float32 logits [B, T, vocab]. See CONTRACT.md for positions/doc_ids/cache/rows."""
+    def forward(self, tokens, positions=None, doc_ids=None, cache=None, rows=None, last_only=False):
+        """tokens [B, T] -> float32 logits [B, T, vocab]. See CONTRACT.md for positions/doc_ids/cache/rows.
+        last_only: logits of the last position only, [B, 1, vocab]: a prefill then skips the vocabulary
+        projection of every prompt token (with right-padded rows the last position is a pad: don't)."""
         B, T = tokens.shape
+        dev = tokens.device
         if positions is None:
-            positions = torch.arange(T, device=tokens.device).expand(B, T)
-        cos, sin = rope_cos_sin(positions, self.args.dim // self.args.n_heads, self.args.rope_theta)
-        mask, kv = None, None  # mask None = plain causal (lets SDPA pick its fastest kernel)
+            positions = torch.arange(T, device=dev).expand(B, T)
+        cos, sin = rope_cos_sin(positions, self.args.head_dim, self.args.rope_theta)
+        mask = None  # mask None = plain causal (lets SDPA pick its fastest kernel)
         if cache is not None:
             if doc_ids is not None:
                 raise ValueError("forward: doc_ids (packed training) and cache (decoding) cannot be combined")
-            rows = None if rows is None else torch.as_tensor(rows, device=tokens.device)
             S = int(positions.max()) + 1  # only the first S cache slots can be attended to: slice for speed
             if S > cache.max_len:
                 raise ValueError(f"forward: position {S - 1} does not fit a cache of max_len {cache.max_len}")
+            r = torch.arange(B, device=dev) if rows is None else torch.as_tensor(rows, device=dev)
+            write = (r[:, None], positions)                           # cache[row, position] = this token's K/V
+            read = (slice(0, B) if rows is None else r, slice(0, S))  # rows None: the first B rows, a view
             # query at position p sees its row's cached keys at positions <= p; stale slots beyond p are masked
-            mask = (torch.arange(S, device=tokens.device) <= positions[:, :, None])[:, None]  # [B, 1, T, S]
+            mask = (torch.arange(S, device=dev) <= positions[:, :, None])[:, None]               # [B, 1, T, S]
         elif doc_ids is not None:  # packed sequences: causal AND same document
-            causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
+            causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
             mask = (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]           # [B, 1, T, T]
         h = self.tok_embeddings(tokens)
         for i, layer in enumerate(self.layers):
-            if cache is not None:
-                kv = (cache.k[i], cache.v[i], rows, positions, S)
-            h = layer(h, cos, sin, mask, kv)
+            h = layer(h, cos, sin, mask, None if cache is None else (cache.k[i], cache.v[i], write, read))
+        if last_only:
+            h = h[:, -1:]
         return self.output(self.norm(h)).float()
 
     @torch.no_grad()
@@ -184,7 +191,8 @@ class Transformer(nn.Module):
         straight into its final dtype/device, and load_state_dict(assign=True) adopts those tensors as the
         parameters instead of copying them."""
         path = Path(path)
-        if (path / "config.json").is_file():
+        hf = (path / "config.json").is_file()
+        if hf:
             args, tensors = _hf_source(path)
         elif (path / "params.json").is_file():
             args, tensors = _meta_source(path)
@@ -193,18 +201,19 @@ class Transformer(nn.Module):
         with torch.device("meta"):
             model = cls(args)
         expected = {k: v.shape for k, v in model.state_dict().items()}
+        key_of = {(_hf_name(k) if hf else k): k for k in expected}  # the file's tensor name -> ours
         sd, where = {}, {}
-        for file, name, key, t in tensors:
-            if key not in expected:
+        for file, name, t in tensors:
+            if (key := key_of.get(name)) is None:
                 raise ValueError(f"{file}: unexpected tensor {name!r}")
             if t.shape != expected[key]:
                 raise ValueError(f"{file}: tensor {name!r} has shape {list(t.shape)}, the config implies "
                                  f"{list(expected[key])}")
             if key in sd:
                 raise ValueError(f"{file}: tensor {name!r} also appears in {where[key]}")
-            dtype = dtype or t.dtype
+            dtype = dtype or t.dtype  # None: every tensor takes the stored dtype of the first
             sd[key], where[key] = t.to(device=device, dtype=dtype), file
-        if missing := [_hf_name(k) if (path / "config.json").is_file() else k for k in expected if k not in sd]:
+        if missing := [name for name, k in key_of.items() if k not in sd]:
             raise ValueError(f"{path}: checkpoint lacks tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
         model.load_state_dict(sd, strict=True, assign=True)
         return model.eval()
@@ -230,15 +239,15 @@ class Transformer(nn.Module):
         if n > 1:
             index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for s in shards for _, t in s)},
                      "weight_map": {k: name for name, s in zip(names, shards) for k, _ in s}}
-            _atomic_write(path / "model.safetensors.index.json", lambda f: f.write(json.dumps(index, indent=2).encode()))
-        keep = set(names) | ({"model.safetensors.index.json"} if n > 1 else set())
+            names.append("model.safetensors.index.json")
+            _atomic_write(path / names[-1], lambda f: f.write(json.dumps(index, indent=2).encode()))
         for stale in path.glob("model*.safetensors*"):  # weights of an earlier save with other sharding
-            if stale.name not in keep:
+            if stale.name not in names:
                 stale.unlink()
         a = self.args
         config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
                   "hidden_size": a.dim, "intermediate_size": a.hidden_dim, "num_hidden_layers": a.n_layers,
-                  "num_attention_heads": a.n_heads, "num_key_value_heads": a.n_kv_heads or a.n_heads,
+                  "num_attention_heads": a.n_heads, "num_key_value_heads": a.n_kv_heads,
                   "vocab_size": a.vocab_size, "rms_norm_eps": a.norm_eps, "rope_theta": a.rope_theta,
                   "max_position_embeddings": a.max_seq_len, "rope_scaling": None, "tie_word_embeddings": False,
                   "bos_token_id": 1, "eos_token_id": 2,
@@ -326,9 +335,9 @@ def _permute_qk(w, n_heads: int):
 # config.json keys that do not change the forward math (pretraining_tp only splits HF's matmuls into slices)
 _HF_HARMLESS = {"_name_or_path", "architectures", "bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype",
                 "dtype", "transformers_version", "use_cache", "initializer_range", "pretraining_tp",
-                "max_position_embeddings", "model_type"}
+                "max_position_embeddings"}
 # keys that change the math: accepted only at the value this file implements
-_HF_MUST_BE = {"hidden_act": "silu", "rope_scaling": None, "tie_word_embeddings": False,
+_HF_MUST_BE = {"model_type": "llama", "hidden_act": "silu", "rope_scaling": None, "tie_word_embeddings": False,
                "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0}
 
 
@@ -349,28 +358,20 @@ def _hf_source(path):
              "num_key_value_heads", "intermediate_size", "vocab_size", "rms_norm_eps", "rope_theta", "head_dim"}
     if unknown := sorted(set(cfg) - known):
         raise ValueError(f"{cfg_file}: unknown keys {unknown} may change the model; refusing to guess")
-    if cfg.get("model_type", "llama") != "llama":
-        raise ValueError(f"{cfg_file}: model_type {cfg['model_type']!r} is not 'llama'")
     try:
         args = ModelArgs(dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"],
                          n_heads=cfg["num_attention_heads"],
-                         n_kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
+                         n_kv_heads=cfg.get("num_key_value_heads"),
                          vocab_size=cfg["vocab_size"], hidden_dim=cfg["intermediate_size"],
                          norm_eps=cfg.get("rms_norm_eps", 1e-6), rope_theta=cfg.get("rope_theta", 10000.0),
                          max_seq_len=cfg.get("max_position_embeddings", 4096))
     except KeyError as e:
         raise ValueError(f"{cfg_file}: missing required key {e.args[0]!r}") from None
-    if cfg.get("head_dim", args.dim // args.n_heads) != args.dim // args.n_heads:
+    if cfg.get("head_dim", args.head_dim) != args.head_dim:
         raise ValueError(f"{cfg_file}: head_dim {cfg['head_dim']} != hidden_size / num_attention_heads")
-    hf_to_key = {_hf_name(k): k for k in _state_keys(args)}
-
-    def tensors():
-        for file, read in _hf_files(path):
-            for name, t in read(file):
-                if name.endswith("rotary_emb.inv_freq"):  # old HF checkpoints store this buffer; we recompute it
-                    continue
-                yield file, name, hf_to_key.get(name, name), t
-    return args, tensors()
+    tensors = ((file, name, t) for file, read in _hf_files(path) for name, t in read(file)
+               if not name.endswith("rotary_emb.inv_freq"))  # old HF checkpoints store this buffer; we recompute it
+    return args, tensors
 
 
 def _hf_files(path):
@@ -391,13 +392,8 @@ def _hf_files(path):
                             "pytorch_model.bin or pytorch_model.bin.index.json")
 
 
-def _state_keys(args):
-    with torch.device("meta"):
-        return list(Transformer(args).state_dict())
-
-
 _META_KNOWN = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
-               "norm_eps", "rope_theta", "max_seq_len", "max_batch_size"}
+               "norm_eps", "rope_theta", "max_seq_len", "max_batch_size", "use_scaled_rope"}
 
 
 def _meta_source(path):
@@ -405,7 +401,7 @@ def _meta_source(path):
     p = _read_json(p_file)
     if p.get("use_scaled_rope"):
         raise ValueError(f"{p_file}: use_scaled_rope (Llama-3.1 rope scaling) is not supported")
-    if unknown := sorted(set(p) - _META_KNOWN - {"use_scaled_rope"}):
+    if unknown := sorted(set(p) - _META_KNOWN):
         raise ValueError(f"{p_file}: unknown keys {unknown} may change the model; refusing to guess")
     files = sorted(path.glob("consolidated.*.pth"))
     if not files:
@@ -418,13 +414,13 @@ def _meta_source(path):
         if set(sd) != set(shards[0]):
             raise ValueError(f"{f}: tensor names differ from {files[0].name}: {sorted(set(sd) ^ set(shards[0]))[:5]}")
     try:
-        dim, n_heads = p["dim"], p["n_heads"]
+        dim = p["dim"]
         hidden = int(2 * 4 * dim / 3)  # Meta's FFN width rule (llama/model.py FeedForward)
         if p.get("ffn_dim_multiplier") is not None:
             hidden = int(p["ffn_dim_multiplier"] * hidden)
         hidden = p["multiple_of"] * ((hidden + p["multiple_of"] - 1) // p["multiple_of"])
         vocab = p.get("vocab_size", -1)
-        args = ModelArgs(dim=dim, n_layers=p["n_layers"], n_heads=n_heads, n_kv_heads=p.get("n_kv_heads") or n_heads,
+        args = ModelArgs(dim=dim, n_layers=p["n_layers"], n_heads=p["n_heads"], n_kv_heads=p.get("n_kv_heads"),
                          vocab_size=vocab if vocab > 0 else shards[0]["tok_embeddings.weight"].shape[0],
                          hidden_dim=hidden, norm_eps=p.get("norm_eps", 1e-5),
                          rope_theta=p.get("rope_theta", 10000.0), max_seq_len=p.get("max_seq_len", 4096))
@@ -440,15 +436,16 @@ def _meta_source(path):
             if parts[0].dim() == 1:  # norms are replicated on every shard
                 t = parts[0]
             else:                    # row-parallel (wo, w2) and tok_embeddings split on dim 1, the rest on dim 0
-                dim = 1 if re.search(r"(wo|w2|tok_embeddings)\.weight$", name) else 0
-                if len({p.shape[1 - dim] for p in parts}) > 1:
-                    raise ValueError(f"{where}: shards disagree on the shape of {name!r}: {[list(p.shape) for p in parts]}")
-                t = torch.cat(parts, dim=dim)
+                axis = 1 if re.search(r"(wo|w2|tok_embeddings)\.weight$", name) else 0
+                if len({part.shape[1 - axis] for part in parts}) > 1:
+                    raise ValueError(f"{where}: shards disagree on the shape of {name!r}: "
+                                     f"{[list(part.shape) for part in parts]}")
+                t = torch.cat(parts, dim=axis)
             if name.endswith("attention.wq.weight"):
                 t = _permute_qk(t, args.n_heads)
             elif name.endswith("attention.wk.weight"):
                 t = _permute_qk(t, args.n_kv_heads)
-            yield where, name, name, t
+            yield where, name, t
     return args, tensors()
 
 
@@ -457,7 +454,7 @@ def greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     """Greedy continuation of one prompt with the KV cache (prefill once, then one token per step)."""
     dev = model.output.weight.device
     cache = model.new_cache(1, len(prompt_ids) + max_new_tokens)
-    logits = model(torch.tensor([prompt_ids], device=dev), cache=cache)
+    logits = model(torch.tensor([prompt_ids], device=dev), cache=cache, last_only=True)
     out = []
     for i in range(max_new_tokens):
         out.append(int(logits[0, -1].argmax()))

@@ -77,7 +77,7 @@ class ScriptedModel(nn.Module):
         self.max_len = max_len
         return object()
 
-    def forward(self, tokens, positions=None, doc_ids=None, cache=None, rows=None):
+    def forward(self, tokens, positions=None, doc_ids=None, cache=None, rows=None, last_only=False):
         assert cache is not None and rows is not None
         B, T = tokens.shape
         logits = torch.zeros(B, T, self.V)

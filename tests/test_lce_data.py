@@ -98,6 +98,8 @@ def test_overflow_truncate_drop_and_stats(tok):
     full, full_labels = D.encode_example(R408, tok, 4096)
     assert ids == full[:20] and labels == full_labels[:20] and st == {"examples": 1, "truncate": 1}
     assert D.encode_example(R408, tok, 20, overflow="drop", stats=st) is None and st["drop"] == 1
+    with pytest.raises(ValueError, match="overflow"):                  # refused even when nothing overflows
+        D.encode_example(R408, tok, 4096, overflow="cut")
     exs, st = D.encode_records([R408, R408], tok, 12)       # truncated inside the prompt: no loss left
     assert exs == [] and st["no_loss"] == 2 and st["truncate"] == 2
     exs, st = D.encode_records([R408], tok, 4096)
@@ -313,6 +315,12 @@ def test_synthetic_records_execute_the_code(tok):
     except ImportError:
         return
     assert all(ev.extract_answer(D.serialize(r)) == p["answer"] for r, p in zip(recs, problems))
+
+
+def test_synthetic_records_refuse_code_that_prints_a_wrong_answer():
+    p = D.synthetic_problems(1, seed=0)
+    with pytest.raises(RuntimeError, match=rf"{p[0]['id']}: code printed '7\\n'"):
+        D.synthetic_records(p, run_code=lambda code: "7\n")
 
 
 def test_cli_help_and_stats():

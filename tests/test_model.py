@@ -31,8 +31,11 @@ def test_logits_match_reference(models, name, layout):
     e = expected(name)
     with torch.no_grad():
         logits = models[name, layout](e["input_ids"])
+        last = models[name, layout](e["input_ids"], last_only=True)   # norm + output on the last position only
     assert logits.dtype == torch.float32 and logits.shape == e["logits"].shape
     assert (logits - e["logits"]).abs().max() < 1e-4
+    assert last.shape == (e["logits"].shape[0], 1, e["logits"].shape[2])
+    assert (last - e["logits"][:, -1:]).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("name,layout", CASES)
@@ -56,7 +59,9 @@ def test_cached_decoding_equals_full_recompute(models, name):
         steps = [model(seq[:, :10], cache=cache)]  # prefill 10, then one token at a time
         for p in range(10, 24):
             steps.append(model(seq[:, p:p + 1], positions=torch.tensor([[p]]), cache=cache))
+        last = model(seq[:, :10], cache=model.new_cache(1, 32), last_only=True)  # what a prefill needs
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+    assert last.shape == (1, 1, full.shape[-1]) and torch.allclose(last[0, 0], steps[0][0, -1], atol=1e-5)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -182,7 +187,7 @@ def test_save_bf16_and_resave_removes_stale_shards(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
 
 
-def test_grow_vocab(models):
+def test_grow_vocab():
     model = load(FIX / "llama2-mha" / "hf")
     e = expected("llama2-mha")
     old_emb, old_out = model.tok_embeddings.weight.detach().numpy().copy(), model.output.weight.detach().numpy().copy()
@@ -196,7 +201,12 @@ def test_grow_vocab(models):
     assert (logits[..., :320] - e["logits"]).abs().max() < 1e-4
     # a mean output row gives the mean of the old logits
     assert torch.allclose(logits[..., 320], e["logits"].mean(-1), atol=1e-4)
-    model(torch.tensor([[327, 1, 325]]))  # new ids embed
+    # the 8 new ids embed to the same (mean) vector: as inputs they are interchangeable
+    with torch.no_grad():
+        a, b = model(torch.tensor([[327, 1, 325]])), model(torch.tensor([[320, 1, 321]]))
+    assert a.shape == (1, 3, 328) and torch.equal(a, b)
+    with pytest.raises(ValueError, match="smaller"):
+        model.grow_vocab(327)
 
 
 def copy_hf(name, tmp_path):
@@ -232,7 +242,8 @@ def test_error_wrong_shape(tmp_path):
 
 @pytest.mark.parametrize("key,value", [("rope_scaling", {"type": "linear", "factor": 2.0}),
                                        ("tie_word_embeddings", True), ("hidden_act", "gelu"),
-                                       ("attention_bias", True), ("sliding_window", 4096)])
+                                       ("attention_bias", True), ("sliding_window", 4096),
+                                       ("model_type", "mistral")])
 def test_error_config_changes_math(tmp_path, key, value):
     d = copy_hf("llama2-mha", tmp_path)
     edit_config(d, **{key: value})
@@ -265,7 +276,18 @@ def test_error_meta_params(tmp_path):
 
 def test_fresh_model_forward_and_cache_shapes():
     model = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, hidden_dim=64))
+    assert Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=50)).args.n_kv_heads == 4  # default MHA
     cache = model.new_cache(3, 16)
-    assert cache.k[0].shape == (3, 16, 2, 8) and len(cache.v) == 2
+    assert cache.k[0].shape == (3, 16, 2, 8) and len(cache.v) == 2 and cache.max_len == 16
+    tokens = torch.randint(0, 50, (2, 5))
+    with torch.no_grad():
+        logits = model(tokens, cache=cache, rows=torch.tensor([2, 0]))
+    assert logits.shape == (2, 5, 50) and logits.dtype == torch.float32
+    # K/V went to rows 2 and 0, positions 0..4; row 1 and later positions are untouched
+    for i in (2, 0):
+        assert cache.k[0][i, :5].abs().sum() > 0 and cache.v[1][i, :5].abs().sum() > 0
+    assert cache.k[0][1].abs().sum() == 0 and cache.k[0][:, 5:].abs().sum() == 0
     with pytest.raises(ValueError, match="max_len"):
         model(torch.zeros(1, 17, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        model(tokens, doc_ids=torch.zeros(2, 5, dtype=torch.long), cache=cache)
