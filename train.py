@@ -16,7 +16,7 @@ Defaults follow the paper: 3 epochs, lr 2e-5, global batch 128, sequence length 
     torchrun --nproc_per_node=8 train.py --data train.jsonl --out out/sft --init /ckpt/...  # FSDP
     python train.py --data tiny.jsonl --out out/tiny --tokenizer tok.model --dim 64 --n-layers 2 \\
         --n-heads 4 --hidden-dim 172 --batch-size 8 --micro-batch-size 4 --seq-len 512 --lr 1e-3
-    python train.py ... --resume          # continue from OUT/checkpoint.pt: same losses as no interruption
+    python train.py ... --resume          # after a crash or kill: continue from OUT/checkpoint.pt, same losses
 
 Writes OUT/config.json, OUT/log.jsonl (one line per step), OUT/checkpoint.pt (every --save-every steps and at
 the end), OUT/final/ (Hugging Face layout: model.save_pretrained + tokenizer.save) and OUT/summary.json.
@@ -29,6 +29,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -80,7 +81,6 @@ class TrainConfig:
     grad_checkpoint: bool = arg(False, "activation checkpointing: recompute each block in backward")
     seed: int = arg(0, "seed for the init and the data order")
     max_steps: int | None = arg(None, "stop after this many steps (the schedule ends there too)")
-    stop_after: int | None = arg(None, "checkpoint after this step and stop without export (as if killed)")
     save_every: int = arg(500, "checkpoint every N steps (and at the end)")
     resume: bool = arg(False, "continue from OUT/checkpoint.pt")
     export_dtype: str = arg("float32", "dtype of the OUT/final weights: float32 | bfloat16")
@@ -114,13 +114,11 @@ def check_config(cfg: TrainConfig, world: int):
     tok = cfg.tokenizer or (os.path.join(cfg.init, "tokenizer.model") if cfg.init else None)
     if tok is None or not os.path.isfile(tok):
         bad(f"tokenizer {tok!r} not found (give --tokenizer TOK.model, or --init DIR holding tokenizer.model)")
-    for k in ("epochs", "batch_size", "micro_batch_size", "seq_len", "save_every", "dim", "n_layers",
-              "n_heads", "hidden_dim"):
-        if getattr(cfg, k) < 1:
-            bad(f"--{k.replace('_', '-')} must be >= 1, got {getattr(cfg, k)}")
-    for k in ("max_steps", "stop_after", "warmup_steps"):
-        if getattr(cfg, k) is not None and getattr(cfg, k) < (0 if k == "warmup_steps" else 1):
-            bad(f"--{k.replace('_', '-')} must be positive, got {getattr(cfg, k)}")
+    for k in ("epochs", "batch_size", "micro_batch_size", "seq_len", "save_every", "log_every", "max_steps",
+              "warmup_steps", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim"):
+        v, low = getattr(cfg, k), 0 if k == "warmup_steps" else 1
+        if v is not None and v < low:
+            bad(f"--{k.replace('_', '-')} must be >= {low}, got {v}")
     if not (cfg.lr > 0 and 0 <= cfg.min_lr <= cfg.lr and 0 <= cfg.warmup_ratio < 1 and cfg.grad_clip >= 0):
         bad("need lr > 0, 0 <= min-lr <= lr, 0 <= warmup-ratio < 1, grad-clip >= 0")
     if cfg.batch_size % (world * cfg.micro_batch_size):
@@ -152,22 +150,22 @@ def load_data(cfg, tok, log):
 def micro_batches(rows, step, cfg, rank, world, pad_id):
     """This rank's micro-batches for global step `step`. The order is a pure function of (seed, epoch), so the
     data position in a checkpoint is just the step number. Rank r takes the r-th slice of the global batch."""
-    B, spe = cfg.batch_size, math.ceil(len(rows) / cfg.batch_size)
-    epoch, i = divmod(step, spe)
+    B, per_rank = cfg.batch_size, cfg.batch_size // world
+    epoch, i = divmod(step, math.ceil(len(rows) / B))
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
-    idx = order[i * B:(i + 1) * B]
-    idx += [None] * (B - len(idx))            # last, partial batch of an epoch: filler rows with no loss
-    mine = idx[rank * (B // world):(rank + 1) * (B // world)]
-    for j in range(0, len(mine), cfg.micro_batch_size):
-        chunk = [rows[k] if k is not None else None for k in mine[j:j + cfg.micro_batch_size]]
-        if cfg.pack:
-            T = cfg.seq_len
-            fill = dict(input_ids=torch.full((T,), pad_id), labels=torch.full((T,), -100),
-                        positions=torch.arange(T), doc_ids=torch.zeros(T, dtype=torch.long))
-            chunk = [r if r is not None else fill for r in chunk]
-            yield {k: torch.stack([r[k] for r in chunk]) for k in fill}
-        else:
-            yield lce_data.pad_batch([r if r is not None else ([pad_id], [-100]) for r in chunk], pad_id)
+    batch = [rows[k] for k in order[i * B:(i + 1) * B]]
+    # the last batch of an epoch is partial: top it up with filler rows that carry no loss
+    if cfg.pack:
+        T = cfg.seq_len
+        filler = dict(input_ids=torch.full((T,), pad_id), labels=torch.full((T,), -100),
+                      positions=torch.arange(T), doc_ids=torch.zeros(T, dtype=torch.long))
+    else:
+        filler = ([pad_id], [-100])               # one pad token, no label: pad_batch widens it
+    batch += [filler] * (B - len(batch))
+    mine = batch[rank * per_rank:(rank + 1) * per_rank]
+    for j in range(0, per_rank, cfg.micro_batch_size):
+        chunk = mine[j:j + cfg.micro_batch_size]
+        yield {k: torch.stack([r[k] for r in chunk]) for k in filler} if cfg.pack else lce_data.pad_batch(chunk, pad_id)
 
 
 def lr_at(step, cfg, total):
@@ -227,7 +225,7 @@ def build_model(cfg, tok, device, world, log):
     if cfg.grad_checkpoint:
         apply_grad_checkpoint(model)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    if world > 1 or dist.is_initialized():
+    if dist.is_initialized():                      # under torchrun
         # FSDP2: each block is one all-gather unit (gathered just before use, freed after); the root holds
         # the embeddings, final norm and output. Params stay float32 shards; compute runs in param_dtype.
         mesh = init_device_mesh(device.type, (world,))
@@ -313,7 +311,7 @@ def train(cfg: TrainConfig) -> dict:
     tok = Tokenizer.from_checkpoint(cfg.init) if cfg.init and not cfg.tokenizer else Tokenizer(tok_path)
     rows = load_data(cfg, tok, log)
     steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    total = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
     fingerprint = dict(rows=len(rows), batch_size=cfg.batch_size, seed=cfg.seed, pack=cfg.pack, total=total)
 
     # 2. devices and processes
@@ -339,9 +337,9 @@ def train(cfg: TrainConfig) -> dict:
         log(f"resumed from {ckpt_path} at step {start}")
     if rank == 0:
         write_json(os.path.join(cfg.out, "config.json"), dataclasses.asdict(cfg))
-        kept = []                                  # the log is cut back to the checkpoint's step
-        if cfg.resume and os.path.isfile(log_path):
-            kept = [ln for ln in open(log_path) if ln.strip() and json.loads(ln)["step"] <= start]
+        # line k of the log is step k; a crash leaves lines past the checkpoint (the last one maybe torn in
+        # half), and those steps run again: cut the log back to the checkpoint's step
+        kept = open(log_path).readlines()[:start] if cfg.resume and os.path.isfile(log_path) else []
         with open(log_path + ".tmp", "w") as f:
             f.writelines(kept)
         os.replace(log_path + ".tmp", log_path)
@@ -355,8 +353,11 @@ def train(cfg: TrainConfig) -> dict:
 
     log(f"{len(rows)} rows, {steps_per_epoch} steps/epoch, {total} steps, global batch {cfg.batch_size} = "
         f"{world} ranks x {cfg.batch_size // (world * cfg.micro_batch_size)} micro-batches x {cfg.micro_batch_size}")
+    # Test hook (tests/test_train.py: a killed run resumes to the uninterrupted losses): TRAIN_KILL_AFTER_STEP=K
+    # makes rank 0 SIGKILL itself right after logging step K, a real crash with the log past the last checkpoint
+    kill_after = int(os.environ.get("TRAIN_KILL_AFTER_STEP", 0))
     model.train()
-    t_start, losses, result = time.time(), [], {}
+    t_start, losses = time.time(), []
     for step in range(start, total):
         t0 = time.time()
         lr = lr_at(step, cfg, total)
@@ -365,43 +366,42 @@ def train(cfg: TrainConfig) -> dict:
         mbs = [{k: (v.to(device) if v is not None else None) for k, v in mb.items()}
                for mb in micro_batches(rows, step, cfg, rank, world, tok.pad_id)]
         stats = forward_backward(model, mbs, world, autocast, n_matmul)
-        n_loss = stats[3].clamp(min=1)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-        loss = stats[0].item() / n_loss.item()           # .item() waits for the GPU: dt is the real step time
+        loss_sum, n_tokens, flops, n_loss = stats.tolist()  # waits for the GPU: dt is the real step time
+        grad_norm = grad_norm.item()
         dt = time.time() - t0
+        loss = loss_sum / max(n_loss, 1)
         losses.append(loss)
         rec = dict(step=step + 1, epoch=step // steps_per_epoch, loss=round(loss, 6), lr=lr,
-                   grad_norm=round(grad_norm.item(), 6), loss_tokens=int(n_loss.item()),
-                   tokens_per_s=round(stats[1].item() / dt, 1), step_s=round(dt, 4))
+                   grad_norm=round(grad_norm, 6), loss_tokens=int(n_loss),
+                   tokens_per_s=round(n_tokens / dt, 1), step_s=round(dt, 4))
         if device.type == "cuda":
-            rec["mfu"] = round(stats[2].item() / dt / (cfg.peak_tflops * 1e12 * world), 4)
+            rec["mfu"] = round(flops / dt / (cfg.peak_tflops * 1e12 * world), 4)
         if rank == 0:
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+            if step + 1 == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
         if (step + 1) % cfg.log_every == 0 or step + 1 == total:
             done, elapsed = step + 1 - start, time.time() - t_start
             eta = elapsed / done * (total - step - 1)
             log(f"step {step + 1}/{total} loss {loss:.4f} lr {lr:.2e} gnorm {rec['grad_norm']:.3f} "
                 f"{rec['tokens_per_s']:,.0f} tok/s" + (f" mfu {rec['mfu']:.1%}" if "mfu" in rec else "") +
                 f" | {done / elapsed:.2f} steps/s, eta {eta / 60:.1f} min")
-        last = step + 1 == total
-        if (step + 1) % cfg.save_every == 0 or last or step + 1 == cfg.stop_after:
+        if (step + 1) % cfg.save_every == 0 or step + 1 == total:
             save_checkpoint(ckpt_path, model, opt, step + 1, fingerprint, rank)
             log(f"checkpoint at step {step + 1} -> {ckpt_path}")
-        if step + 1 == cfg.stop_after and not last:
-            result = dict(stopped_at=step + 1, losses=losses, checkpoint=ckpt_path)
-            break
-    else:
-        final = export_final(cfg.out, model, tok, cfg, rank)
-        result = dict(final_loss=losses[-1] if losses else None, losses=losses, steps=total, final=final,
-                      checkpoint=ckpt_path, seconds=round(time.time() - t_start, 2))
-        if rank == 0:
-            write_json(os.path.join(cfg.out, "summary.json"), {k: v for k, v in result.items() if k != "losses"})
-            log(f"done: final loss {result['final_loss']}, model in {final}")
+
+    final = export_final(cfg.out, model, tok, cfg, rank)
+    result = dict(final_loss=losses[-1] if losses else None, losses=losses, steps=total, final=final,
+                  checkpoint=ckpt_path, seconds=round(time.time() - t_start, 2))
+    if rank == 0:
+        write_json(os.path.join(cfg.out, "summary.json"), {k: v for k, v in result.items() if k != "losses"})
+        log(f"done: final loss {result['final_loss']}, model in {final}")
     if distributed and dist.is_initialized():
         dist.destroy_process_group()
     return result

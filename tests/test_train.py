@@ -5,6 +5,7 @@ import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
 
@@ -56,6 +57,30 @@ def config(d, tok, out, **kw):
 def log_losses(out):
     with open(os.path.join(out, "log.jsonl")) as f:
         return [json.loads(ln) for ln in f]
+
+
+def cli(cfg):
+    """The train.py command line for a TrainConfig."""
+    return [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}")
+            for k, v in dataclasses.asdict(cfg).items() if v is not None and v is not False]
+
+
+def run_and_kill(cmd, after_step):
+    """Run a train.py command line whose rank 0 SIGKILLs itself right after logging step `after_step` (the
+    TRAIN_KILL_AFTER_STEP hook): a real crash at a fixed point, no timing race. Returns (returncode, stderr)."""
+    env = dict(os.environ, TRAIN_KILL_AFTER_STEP=str(after_step))   # (torchrun sets OMP_NUM_THREADS=1)
+    p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = p.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        p.terminate()            # not p.kill(): on SIGTERM torchrun stops its workers (each in its own session)
+        try:
+            p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+        raise
+    return p.returncode, err
 
 
 @pytest.fixture(scope="module")
@@ -163,38 +188,65 @@ def test_packed_rows_match_padded(tiny):
         torch.testing.assert_close(p.grad, ref[n], rtol=1e-4, atol=1e-6)
 
 
-def test_fsdp_two_processes_match_one_and_resume(tiny, full_run):
-    """torchrun --nproc_per_node=2 (gloo, FSDP2): each rank takes half of every global batch; the losses equal
-    the 1-process run's. Its checkpoint (gathered full state) then resumes in 1 process to the same end."""
-    d, tok = tiny
-    cfg, res = full_run
-    out = d / "fsdp"
-    args = [f"--{k.replace('_', '-')}={v}" for k, v in dataclasses.asdict(config(d, tok, "fsdp")).items()
-            if v is not None and not isinstance(v, bool)] + ["--quiet", "--stop-after=4"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        os.path.join(ROOT, "train.py")] + args, env=env, capture_output=True, text=True,
-                       timeout=300, cwd=ROOT)
-    assert p.returncode == 0, p.stderr[-3000:]
-    fsdp, one = log_losses(out), log_losses(cfg.out)
-    assert len(fsdp) == 4 and not os.path.exists(out / "final")
-    for a, b in zip(fsdp, one):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
-    resumed = train.train(config(d, tok, "fsdp", resume=True))
-    assert resumed["losses"] == pytest.approx(res["losses"][4:], abs=1e-5)
+def test_micro_batches_data_position_is_the_step():
+    """Resuming needs no data-loader state: step s's micro-batches are a pure function of (seed, s). Over an
+    epoch's steps and all ranks each row appears exactly once, in a seeded order that changes per epoch; the
+    partial last batch is topped up with rows that carry no loss; 2 ranks see the 1-process global batch."""
+    rows = [([1, 100 + k], [-100, 100 + k]) for k in range(14)]      # row k is labelled 100 + k
+    packed = [dict(input_ids=torch.tensor(i), labels=torch.tensor(lab), positions=torch.arange(2),
+                   doc_ids=torch.zeros(2, dtype=torch.long)) for i, lab in rows]
+    for pack, data in ((False, rows), (True, packed)):
+        cfg = train.TrainConfig(batch_size=8, micro_batch_size=2, seq_len=2, pack=pack, seed=0)
+
+        def labels(step, world):
+            mbs = [mb for rank in range(world) for mb in train.micro_batches(data, step, cfg, rank, world, 0)]
+            assert [len(mb["labels"]) for mb in mbs] == [2] * 4
+            return [lab for mb in mbs for lab in mb["labels"][:, -1].tolist()]
+
+        epoch0, epoch1 = labels(0, 2) + labels(1, 2), labels(2, 2) + labels(3, 2)
+        assert sorted(epoch0) == sorted(epoch1) == [-100, -100] + list(range(100, 114))
+        assert epoch0 != epoch1 and labels(1, 2)[-2:] == [-100, -100]
+        assert labels(0, 1) + labels(1, 1) == epoch0
 
 
 def test_kill_and_resume_equals_uninterrupted(tiny, full_run):
+    """`python train.py` SIGKILLed after step 6 (checkpoint at step 4, so log.jsonl runs 2 steps past it, as in a
+    real crash), then `python train.py --resume`: every step's loss is the uninterrupted run's, each logged once."""
     d, tok = tiny
     cfg, res = full_run
-    stopped = train.train(config(d, tok, "resume", stop_after=5))
-    assert stopped["stopped_at"] == 5 and not os.path.exists(d / "resume" / "final")
-    with open(d / "resume" / "log.jsonl", "a") as f:        # a step logged after the checkpoint, then killed
-        f.write(json.dumps({"step": 6, "loss": 123.0}) + "\n")
-    resumed = train.train(config(d, tok, "resume", resume=True))
-    assert [r["loss"] for r in log_losses(d / "resume")] == pytest.approx(res["losses"], abs=1e-6)
-    assert resumed["losses"] == pytest.approx(res["losses"][5:], abs=1e-6)
+    out = d / "killed"
+    argv = [sys.executable, os.path.join(ROOT, "train.py")] + cli(config(d, tok, "killed"))
+    rc, err = run_and_kill(argv, after_step=6)
+    assert rc == -signal.SIGKILL, err[-3000:]
+    assert [r["step"] for r in log_losses(out)] == list(range(1, 7))
+    assert torch.load(out / "checkpoint.pt")["step"] == 4 and not os.path.exists(out / "final")
+    p = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    log = log_losses(out)
+    assert [r["step"] for r in log] == list(range(1, 13))
+    assert [r["loss"] for r in log] == pytest.approx(res["losses"], abs=1e-6)
+    assert torch.load(out / "checkpoint.pt")["step"] == 12 and os.path.isdir(out / "final")
+
+
+def test_fsdp_two_processes_match_one_and_resume(tiny, full_run):
+    """torchrun --nproc_per_node=2 (gloo, FSDP2): each rank takes half of every global batch; the losses equal
+    the 1-process run's. Rank 0 is SIGKILLed after step 6 (torchrun then stops rank 1); the checkpoint of step 4
+    (gathered full state) resumes in 1 process to the uninterrupted run's losses."""
+    d, tok = tiny
+    cfg, res = full_run
+    out = d / "fsdp"
+    rc, err = run_and_kill([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                            os.path.join(ROOT, "train.py")] + cli(config(d, tok, "fsdp")), after_step=6)
+    assert rc != 0 and "SIGKILL" in err, err[-3000:]
+    fsdp, one = log_losses(out), log_losses(cfg.out)
+    assert len(fsdp) == 6 and not os.path.exists(out / "final")
+    for a, b in zip(fsdp, one):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    assert torch.load(out / "checkpoint.pt")["step"] == 4
+    resumed = train.train(config(d, tok, "fsdp", resume=True))
+    assert resumed["losses"] == pytest.approx(res["losses"][4:], abs=1e-5)
+    assert [r["step"] for r in log_losses(out)] == list(range(1, 13))
 
 
 def test_export_loads_and_matches_checkpoint(tiny, full_run):
@@ -220,6 +272,8 @@ def test_bad_input_fails_before_model(tiny, tmp_path, monkeypatch):
         train.train(config(d, tok, "x", data=str(tmp_path / "missing.jsonl")))
     with pytest.raises(ValueError, match="multiple of"):
         train.train(config(d, tok, "x", batch_size=7))
+    with pytest.raises(ValueError, match="--log-every must be >= 1, got 0"):
+        train.train(config(d, tok, "x", log_every=0))
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(record(0, 2, 3)) + "\n{not json\n")
     with pytest.raises(ValueError, match="line 2"):
