@@ -21,6 +21,7 @@ import json
 import os
 import re
 import signal
+import string
 import sys
 import threading
 import time
@@ -47,17 +48,16 @@ def _braced(s, i):
 
 
 def _boxes(text):
-    """Every \\boxed{...} / \\fbox{...} in order, as (start, end, content)."""
+    """The contents of every \\boxed{...} / \\fbox{...}, in order."""
     out = []
     for m in re.finditer(r"\\(?:boxed|fbox)\s*", text):
         i = m.end()
         if i < len(text) and text[i] == "{":
-            inner, end = _braced(text, i)
+            inner = _braced(text, i)[0]
         else:                                            # "\boxed 5" form
             inner = re.match(r"[^\s$]*", text[i:]).group(0)
-            end = i + len(inner)
         if inner is not None:
-            out.append((m.start(), end, inner.strip()))
+            out.append(inner.strip())
     return out
 
 
@@ -70,16 +70,16 @@ def extract_answer(text, dataset=None):
     if dataset and dataset.lower() == "simuleq":
         # SimulEq asks for two or more unknowns but its reference holds only the first one; the authors
         # grade the first answer the solution gives, so we do too: the first box, first value inside it.
-        first = boxes[0][2] if boxes else extract_answer(text)
+        first = boxes[0] if boxes else extract_answer(text)
         if first is None:
             return None
-        parts = _split_top(_normalize(first)) if "," in first or "and" in first else [first]
-        return parts[0] if parts else first
-    if boxes:   # the last box only: "\boxed{x+11} or \boxed{11+x}" restates one answer, and the
-        return boxes[-1][2]   # released references were cut the same way
-    m = list(re.finditer(r"answer is[:\s]*(.+?)(?:\.?\s*$|\.\s|\n)", text, re.I | re.S))
+        parts = _split_top(_normalize(first)) if "," in first or "and" in first else []
+        return (parts or [first])[0]
+    if boxes:   # the last box: "\boxed{x+11} or \boxed{11+x}" restates one answer (references cut so too)
+        return boxes[-1]
+    m = re.findall(r"answer is[:\s]*(.+?)(?:\.?\s*$|\.\s|\n)", text, re.I | re.S)
     if m:
-        return m[-1].group(1).strip().strip("$").strip()
+        return m[-1].strip().strip("$").strip()
     m = re.findall(r"####\s*([^\n]+)", text)                # GSM8K reference solutions
     return m[-1].strip() if m else None
 
@@ -100,15 +100,13 @@ def _unwrap(s, cmd):
 def _normalize(s):
     """A canonical string for an answer: the LaTeX decoration that never changes its value removed."""
     s = str(s).strip()
-    s = s.replace("\n", " ").replace("\\!", "").replace("\\sqrt{}", "\\sqrt").replace("{,}", ",").replace("∞", "\\infty")
-    for a, b in [("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"), ("\\left", ""),
+    for a, b in [("\n", " "), ("\\!", ""), ("\\sqrt{}", "\\sqrt"), ("{,}", ","), ("∞", "\\infty"),
+                 ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"), ("\\left", ""),
                  ("\\right", ""), ("\\displaystyle", ""), ("\\bigl", ""), ("\\bigr", ""), ("bmatrix", "pmatrix"),
-                 ("\\$", ""), ("$", ""), ("\\%", ""), ("%", ""),
+                 ("\\mbox{", "\\text{"), ("\\$", ""), ("$", ""), ("\\%", ""), ("%", ""),
                  ("\\,", " "), ("\\;", " "), ("\\:", " "), ("\\ ", " "), ("\\quad", " "), ("~", " ")]:
         s = s.replace(a, b)
-    # degrees: 30^\circ, 30^{\circ}, 30°, "30 degrees"
-    s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ", "", s)
-    s = s.replace("\\mbox{", "\\text{")
+    s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ", "", s)   # degrees: 30^\circ, 30^{\circ}, 30°
     for cmd in ("\\mathrm", "\\mathbf", "\\boldsymbol", "\\textbf"):
         s = _unwrap(s, cmd)
     s = re.sub(r"\\text\s*\{\s*(and|or)\s*\}|\s+and\s+", ", ", s)
@@ -125,7 +123,6 @@ def _normalize(s):
         s = re.sub(r"^([-+]?[\d.,/]+)(?:\s+(?!pi\b)[a-zA-Z]{2,}\.?(?:\^\{?\d\}?)?)+$", r"\1", s)
     s = re.sub(r"_\{(\w+)\}", r"_\1", s)                          # 4210_{7} -> 4210_7
     s = re.sub(r"(\\[a-zA-Z]+) +(?=[a-zA-Z])", "\\1\0", s).replace(" ", "").replace("\0", " ")  # keep "\pi r"
-    s = re.sub(r"\\text\{(.*)\}", r"\1", s)
     if re.fullmatch(r"\(([A-Za-z])\)", s):                         # (C) -> C
         s = s[1]
     return s
@@ -137,7 +134,7 @@ def _split_top(s, seps=","):
     while i < len(s):
         c = s[i]
         if s.startswith("\\{", i) or s.startswith("\\}", i):
-            depth += 1 if c == "\\" and s[i + 1] == "{" else -1
+            depth += 1 if s[i + 1] == "{" else -1
             cur += s[i:i + 2]
             i += 2
             continue
@@ -191,6 +188,8 @@ def _timed(fn, *args):
 _FUNCS = {"sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "arcsin", "arccos", "arctan"}
 _GREEK = {"alpha", "beta", "gamma", "delta", "theta", "mu", "phi", "omega", "sigma", "rho", "tau"}
 _NAMES = {"pi", "oo"} | _FUNCS | _GREEK
+_ALIAS = {"infty": "oo", "cdot": "*", "times": "*", "div": "/"}    # LaTeX commands with a Python spelling
+_TEX_NAMES = _NAMES | set(_ALIAS)
 _TOKEN = re.compile(r"\s*(?:(\d+\.\d*|\.\d+|\d+)|([A-Za-z]+)|(\*\*|[-+*/(),]))")
 _NUM = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
 
@@ -235,13 +234,11 @@ def _tex(s):
             if not m:
                 raise ValueError(f"unsupported {s[i:i + 2]!r}")
             name = m.group(1)
-            alias = {"infty": "oo", "cdot": "*", "times": "*", "div": "/", "ln": "log"}
-            known = lambda w: w in alias or w in _NAMES
-            if not known(name):   # "\cotx", "\pir": the released references lost the space
-                name = next((name[:k] for k in range(len(name) - 1, 1, -1) if known(name[:k])), None)
+            if name not in _TEX_NAMES:   # "\cotx", "\pir": the released references lost the space
+                name = next((name[:k] for k in range(len(name) - 1, 1, -1) if name[:k] in _TEX_NAMES), None)
                 if name is None:
                     raise ValueError(f"unsupported {m.group(0)}")
-            out.append(f" {alias.get(name, name)} ")
+            out.append(f" {_ALIAS.get(name, name)} ")
             i += 1 + len(name)
         else:
             out.append({"{": "(", "}": ")", "^": "**", "[": "(", "]": ")"}.get(s[i], s[i]))
@@ -269,16 +266,16 @@ def _py(s):
             toks.append(("n", num))
         elif name:
             if name in _NAMES or len(name) == 1:
-                toks.append(("f" if name in _FUNCS else "v", {"i": "I", "ln": "log"}.get(name, name)))
+                toks.append(("f" if name in _FUNCS else "v", name))
             elif len(name) <= 2:                      # "xy" -> x*y
-                toks += [("v", "I" if c == "i" else c) for c in name]
+                toks += [("v", c) for c in name]
             else:
                 raise ValueError(f"unknown word {name!r}")
         else:
             toks.append(("o", op))
     out = []
     for k, (kind, t) in enumerate(toks):
-        if out and kind in "nvf" or (out and t == "(" and kind == "o"):
+        if out and (kind in "nvf" or t == "("):
             pk, pt = toks[k - 1]
             if pk in "nv" or pt == ")":
                 out.append("*")
@@ -293,12 +290,11 @@ def _py(s):
 
 _SYMPY_NS = {"Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational,
              "Symbol": sympy.Symbol, "Add": sympy.Add, "Mul": sympy.Mul, "Pow": sympy.Pow}
-_LOCALS = {c: sympy.Symbol(c) for c in "abcdefghjklmnopqrstuvwxyzABCDEFGHJKLMNOPQRSTUVWXYZ"}
-_LOCALS.update({g: sympy.Symbol(g) for g in _GREEK})
-_LOCALS.update({"I": sympy.I, "pi": sympy.pi, "oo": sympy.oo, "sqrt": sympy.sqrt, "log": sympy.log,
-                "exp": sympy.exp, "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "cot": sympy.cot,
-                "sec": sympy.sec, "csc": sympy.csc, "arcsin": sympy.asin, "arccos": sympy.acos,
-                "arctan": sympy.atan})
+_LOCALS = {**{c: sympy.Symbol(c) for c in string.ascii_letters}, **{g: sympy.Symbol(g) for g in _GREEK},
+           "i": sympy.I, "I": sympy.I, "pi": sympy.pi, "oo": sympy.oo, "sqrt": sympy.sqrt, "log": sympy.log,
+           "ln": sympy.log, "exp": sympy.exp, "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan,
+           "cot": sympy.cot, "sec": sympy.sec, "csc": sympy.csc, "arcsin": sympy.asin, "arccos": sympy.acos,
+           "arctan": sympy.atan}
 
 
 def _rebuild(e):
@@ -316,7 +312,8 @@ def _rebuild(e):
 
 @functools.lru_cache(maxsize=100_000)
 def _to_sympy(s):
-    """Normalised answer string -> (SymPy expression, decimal places) or None when it is not math we read."""
+    """Normalised answer string -> (SymPy expression, decimal places); raises when it is not math we read
+    (callers go through _timed, which turns errors and timeouts into None)."""
     py, places = _py(_tex(s))
     with warnings.catch_warnings():   # SymPy's deprecation chatter on odd input (which we then reject)
         warnings.simplefilter("ignore")
@@ -327,8 +324,10 @@ def _to_sympy(s):
 
 # ------------------------------------------------------------------------------------------ equality
 
-def _close(diff, scale, places):
-    """Decimal rule: |diff| within half a unit of the last written place AND within REL_TOL of the size."""
+def _close(diff, scale, places_a, places_b):
+    """Decimal rule: |diff| within half a unit of the last place written (by the less precise side, when both
+    are decimals) AND within REL_TOL of the size. places None = an exact value."""
+    places = min((p for p in (places_a, places_b) if p is not None), default=None)
     if diff == 0:
         return True
     if places is None:                       # two exact forms that simplify() could not reconcile
@@ -339,9 +338,9 @@ def _close(diff, scale, places):
 def _fast_number(s):
     """'3', '-0.25', '7/2', '\\frac{7}{2}' -> (Fraction, decimal places or None); else None. No SymPy."""
     m = re.fullmatch(r"([-+]?)\\frac\{(\d+)\}\{(\d+)\}|([-+]?\d+)/(\d+)", s)
-    if m and (m.group(3) or m.group(5)) and int(m.group(3) or m.group(5)) != 0:
-        return (Fraction(int(m.group(4)), int(m.group(5))) if m.group(4) else
-                Fraction(int(m.group(1) + m.group(2)), int(m.group(3)))), None
+    if m:
+        num, den = (int(m[1] + m[2]), int(m[3])) if m[2] else (int(m[4]), int(m[5]))
+        return (Fraction(num, den), None) if den else None
     if _NUM.fullmatch(s):
         return Fraction(s.rstrip(".")), (len(s.split(".")[1]) if "." in s and s.split(".")[1] else None)
     return None
@@ -349,7 +348,6 @@ def _fast_number(s):
 
 def _sympy_equal(a, b):
     (ea, pa), (eb, pb) = a, b
-    places = min((p for p in (pa, pb) if p is not None), default=None)
     if ea == eb:
         return True
     if any(x.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan) for x in (ea, eb)):
@@ -359,16 +357,13 @@ def _sympy_equal(a, b):
     # numbers: evaluate to 30 digits instead of simplify() (much faster; exact forms agree to ~1e-30)
     # (SymPy Floats, not Python floats: 2^2005 must not overflow to inf and then "equal" everything)
     diff = abs(sympy.N(ea - eb, 30))
-    return bool(_close(diff, max(abs(sympy.N(ea, 30)), abs(sympy.N(eb, 30))), places))
+    return bool(_close(diff, max(abs(sympy.N(ea, 30)), abs(sympy.N(eb, 30))), pa, pb))
 
 
 def _scalar_equiv(a, b):
-    if FAST_PATH and a.lower() == b.lower():
-        return True
     fa, fb = (_fast_number(a), _fast_number(b)) if FAST_PATH else (None, None)
     if fa and fb:
-        places = min((p for p in (fa[1], fb[1]) if p is not None), default=None)
-        return _close(float(abs(fa[0] - fb[0])), float(max(abs(fa[0]), abs(fb[0]))), places)
+        return _close(float(abs(fa[0] - fb[0])), float(max(abs(fa[0]), abs(fb[0]))), fa[1], fb[1])
     if a.count("=") == 1 and b.count("=") == 1:      # equations: lhs - rhs equal up to a constant factor
         (la, ra), (lb, rb) = a.split("="), b.split("=")
         ea, eb = _timed(_to_sympy, f"{la}-({ra})"), _timed(_to_sympy, f"{lb}-({rb})")
@@ -397,7 +392,8 @@ def _strip_lhs(s):
 
 
 def _structure(s):
-    """(kind, open+close brackets, items) for compound answers, else None."""
+    """(kind, open+close brackets, items) for compound answers, else None. "1 \\pm \\sqrt2" is the set of its
+    two values (expanded by _expand_pm when compared)."""
     m = re.fullmatch(r"\\begin\{pmatrix\}(.*)\\end\{pmatrix\}", s)
     if m:   # rows split by \\ (the released references have "\" only), entries by &
         rows = [r for r in re.split(r"\\\\|\\(?![a-zA-Z{}])", m.group(1)) if r]
@@ -410,7 +406,7 @@ def _structure(s):
     if len(s) > 2 and s[0] in "([" and s[-1] in ")]" and _wraps(s) and len(_split_top(s[1:-1])) >= 2:
         return "seq", s[0] + s[-1], _split_top(s[1:-1])
     parts = _split_top(s, ",;")
-    return ("set", "", parts) if len(parts) >= 2 else None
+    return ("set", "", parts) if len(parts) >= 2 or "\\pm" in s else None
 
 
 def _expand_pm(items):
@@ -421,20 +417,17 @@ def _expand_pm(items):
 
 
 def _equiv_norm(a, b):
-    if FAST_PATH and a == b:
+    if FAST_PATH and a.lower() == b.lower():   # text answers ("Navin", "(C)") ignore case
         return True
     sa, sb = _structure(a), _structure(b)
     if sa is None and sb is None:
         return _scalar_equiv(a, b)
     if sa is None or sb is None:
-        if "\\pm" in a + b:
-            sa, sb = sa or ("set", "", [a]), sb or ("set", "", [b])
-        else:
-            return False
+        return False
     (ka, ba, ia), (kb, bb, ib) = sa, sb
-    ia, ib = [_strip_lhs(x) for x in ia], [_strip_lhs(x) for x in ib]
     if ka != kb or ba != bb:
         return False
+    ia, ib = [_strip_lhs(x) for x in ia], [_strip_lhs(x) for x in ib]
     if ka == "set":                     # unordered: match every item once
         ia, ib = _expand_pm(ia), _expand_pm(ib)
         if len(ia) != len(ib):
@@ -466,7 +459,8 @@ def is_equiv(pred, ref):
 
 DATASETS = {"gsm8k": ["GSM8K_test_post.jsonl"], "svamp": ["SVAMP_test_post.jsonl"],
             "mathematics": ["mathematics_test_post.jsonl"], "simuleq": ["simuleq_test_post.jsonl"],
-            "minival": ["minival_test_post.jsonl"], "math": [f"MATH_{k}_test_post.jsonl" for k in range(1, 6)]}
+            "minival": ["minival_test_post.jsonl"], "math": [f"MATH_{k}_test_post.jsonl" for k in range(1, 6)],
+            **{f"math_{k}": [f"MATH_{k}_test_post.jsonl"] for k in range(1, 6)}}   # MATH by level
 PAPER = {  # METHOD.md §6, accuracy % (greedy, one sample)
     "MathCoder-L-7B": {"gsm8k": 64.2, "math": 23.3, "svamp": 71.5, "mathematics": 46.9, "simuleq": 47.5},
     "MathCoder-CL-7B": {"gsm8k": 67.8, "math": 30.2, "svamp": 70.7, "mathematics": 55.8, "simuleq": 49.6},
@@ -489,20 +483,24 @@ def _read_jsonl(path):
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _math_levels(data_dir):
+    """MATH id ("test/algebra/1.json") -> difficulty level 1-5."""
+    return _read_jsonl(os.path.join(data_dir, "MATH_subject_level.jsonl"))[0]
+
+
 def _user_text(rec):
     return "".join(c["content"] for m in rec.get("messages", []) if m["role"] == "user" for c in m["content"])
 
 
 def load_dataset(name, data_dir=DATA_DIR, subject=None, level=None):
     """A benchmark in the official schema -> [{"id", "question", "answer", "solution"} + MATH's "subject",
-    "level"]. name: gsm8k, math, svamp, mathematics, simuleq, minival, or math_1 .. math_5 (any case)."""
+    "level"]. name: one of DATASETS, any case."""
     key = name.lower()
-    files = DATASETS.get(key) or ([f"MATH_{key[5:]}_test_post.jsonl"] if re.fullmatch(r"math_[1-5]", key) else None)
-    if files is None:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)} or math_1..math_5")
-    levels = None
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     out = []
-    for fname in files:
+    for fname in DATASETS[key]:
         path = os.path.join(data_dir, fname)
         for i, rec in enumerate(_read_jsonl(path)):
             gt = rec.get("ground_truth")
@@ -511,9 +509,7 @@ def load_dataset(name, data_dir=DATA_DIR, subject=None, level=None):
             item = {"id": str(rec.get("id", f"{key}/{i}")), "question": _user_text(rec),
                     "answer": gt["answer"], "solution": gt.get("solution", "")}
             if item["id"].startswith("test/"):       # MATH ids look like test/algebra/1.json
-                if levels is None:
-                    levels = _read_jsonl(os.path.join(data_dir, "MATH_subject_level.jsonl"))[0]
-                item["subject"], item["level"] = item["id"].split("/")[1], levels.get(item["id"])
+                item["subject"], item["level"] = item["id"].split("/")[1], _math_levels(data_dir).get(item["id"])
             out.append(item)
     if subject:
         out = [p for p in out if p.get("subject") == subject]
@@ -524,13 +520,13 @@ def load_dataset(name, data_dir=DATA_DIR, subject=None, level=None):
 
 def grade(solution, reference, dataset=None):
     """(extracted answer, correct?) for one solution, following each data set's protocol."""
-    pred = extract_answer(solution, dataset)
-    ref = str(reference)
-    if dataset and dataset.lower() == "mathematics":   # references may be lists such as "[3, 5]"
+    dataset = (dataset or "").lower()
+    pred, ref = extract_answer(solution, dataset), str(reference)
+    if dataset == "mathematics":   # references may be lists such as "[3, 5]"
         ref = ref[1:-1] if ref.startswith("[") and ref.endswith("]") else ref
         if pred and pred.startswith("[") and pred.endswith("]"):
             pred = pred[1:-1]
-    if dataset and dataset.lower() == "gsm8k" and pred and "\\" not in pred:
+    if dataset == "gsm8k" and pred and "\\" not in pred:
         pred = re.sub(r"[a-zA-Z]", "", pred)            # answers are numbers: the authors drop letters
     return pred, is_equiv(pred, ref)
 
@@ -549,12 +545,15 @@ def _record_parts(rec, where):
     return sol, ref, rec.get("id")
 
 
-def math_table(rows, data_dir=DATA_DIR):
-    """Markdown subject x level accuracy table for MATH rows [(id, correct)]."""
-    levels = _read_jsonl(os.path.join(data_dir, "MATH_subject_level.jsonl"))[0]
+def _summary(dataset, oks):
+    correct = sum(map(bool, oks))
+    return {"dataset": dataset, "n": len(oks), "correct": correct, "accuracy": correct / len(oks) if oks else 0.0}
+
+
+def math_table(rows):
+    """Markdown subject x level accuracy table for MATH rows [(subject, level, correct)]."""
     cells = {}
-    for pid, ok in rows:
-        subj, lvl = pid.split("/")[1], levels.get(pid)
+    for subj, lvl, ok in rows:
         for k in [(subj, lvl), (subj, "all"), ("all", lvl), ("all", "all")]:
             c = cells.setdefault(k, [0, 0])
             c[0], c[1] = c[0] + ok, c[1] + 1
@@ -571,22 +570,20 @@ def math_table(rows, data_dir=DATA_DIR):
 def score(path, dataset=None, out=None, data_dir=DATA_DIR):
     """Re-grade every record of a results file; returns the summary dict."""
     recs = _read_jsonl(path)
-    if dataset is None:   # guess from the file name (authors: SVAMP_test_result-...jsonl) or the records
+    if dataset is None:   # guess from the file name (authors: SVAMP_test_result-...jsonl)
         base = os.path.basename(path).lower()
-        dataset = next((d for d in DATASETS if base.startswith(d)), None) or (recs and recs[0].get("dataset"))
+        dataset = next((d for d in DATASETS if base.startswith(d)), None)
     graded, math_rows = [], []
     for n, rec in enumerate(recs, 1):
         sol, ref, pid = _record_parts(rec, f"{path}:{n}")
         pred, ok = grade(sol, ref, dataset)
         graded.append({**rec, "pred": pred, "reference": ref, "correct": ok})
         if pid and str(pid).startswith("test/"):
-            math_rows.append((pid, ok))
-    correct = sum(g["correct"] for g in graded)
-    summary = {"dataset": dataset, "n": len(graded), "correct": correct,
-               "accuracy": correct / len(graded) if graded else 0.0}
-    print(f"{path}: {correct}/{len(graded)} correct, accuracy {100 * summary['accuracy']:.2f}%")
+            math_rows.append((pid.split("/")[1], _math_levels(data_dir).get(pid), ok))
+    summary = _summary(dataset, [g["correct"] for g in graded])
+    print(f"{path}: {summary['correct']}/{summary['n']} correct, accuracy {100 * summary['accuracy']:.2f}%")
     if math_rows:
-        print(math_table(math_rows, data_dir))
+        print(math_table(math_rows))
     if out:
         atomic_write(out, "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in graded))
     return summary
@@ -626,14 +623,13 @@ def run_loop(problems, out_dir, solve_fn, dataset, chunk=64, model_name="this ru
     done = _done_ids(path)
     todo = [p for p in problems if p["id"] not in done]
     print(f"[eval] {dataset}: {len(done)} done before, {len(todo)} to solve", file=sys.stderr)
-    t0, n_new = time.time(), 0
+    t0 = time.time()
     with open(path, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), chunk):
             batch = todo[start:start + chunk]
             written = set()
 
             def on_result(i, res):
-                nonlocal n_new
                 if i in written:
                     return
                 p = batch[i]
@@ -645,29 +641,25 @@ def run_loop(problems, out_dir, solve_fn, dataset, chunk=64, model_name="this ru
                 f.flush()
                 os.fsync(f.fileno())
                 written.add(i)
-                n_new += 1
             results = solve_fn([p["question"] for p in batch], on_result)
             for i, res in enumerate(results):   # solvers that do not stream
                 on_result(i, res)
+            n_new = start + len(batch)
             rate = n_new / max(time.time() - t0, 1e-9)
-            left = len(todo) - start - len(batch)
-            print(f"[eval] {len(done) + start + len(batch)}/{len(problems)}  {rate:.2f} problems/s  "
-                  f"ETA {left / max(rate, 1e-9) / 60:.1f} min", file=sys.stderr)
-    recs = [r for r in _read_jsonl(path)]
+            print(f"[eval] {len(done) + n_new}/{len(problems)}  {rate:.2f} problems/s  "
+                  f"ETA {(len(todo) - n_new) / max(rate, 1e-9) / 60:.1f} min", file=sys.stderr)
     ids = {p["id"] for p in problems}
-    recs = [r for r in recs if r["id"] in ids]
-    correct = sum(bool(r["correct"]) for r in recs)
-    summary = {"dataset": dataset, "n": len(recs), "correct": correct,
-               "accuracy": correct / len(recs) if recs else 0.0}
+    recs = [r for r in _read_jsonl(path) if r["id"] in ids]
+    summary = _summary(dataset, [r["correct"] for r in recs])
     atomic_write(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
-    key = dataset.lower()
     lines = [f"| model | {dataset} accuracy % |", "|---|---|",
              f"| {model_name} (n={len(recs)}) | {100 * summary['accuracy']:.1f} |"]
-    lines += [f"| {m} (paper) | {v.get(key, '-')} |" for m, v in PAPER.items()]
-    if any(r.get("subject") for r in recs):
-        lines += ["", math_table([(r["id"], r["correct"]) for r in recs])]
+    lines += [f"| {m} (paper) | {v.get(dataset.lower(), '-')} |" for m, v in PAPER.items()]
+    math_rows = [(r["subject"], r.get("level"), r["correct"]) for r in recs if r.get("subject")]
+    if math_rows:
+        lines += ["", math_table(math_rows)]
     atomic_write(os.path.join(out_dir, "summary.md"), "\n".join(lines) + "\n")
-    print(f"[eval] {dataset}: {correct}/{len(recs)} = {100 * summary['accuracy']:.2f}%", file=sys.stderr)
+    print(f"[eval] {dataset}: {summary['correct']}/{len(recs)} = {100 * summary['accuracy']:.2f}%", file=sys.stderr)
     return summary
 
 

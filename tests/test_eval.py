@@ -57,10 +57,11 @@ EQUAL = [
     ("(1, 2)", "(1,2)"), ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"), ("[-1, 3)", "[-1,3)"),
     ("(-\\infty, 5) \\cup (5, \\infty)", "(-\\infty,5)\\cup(5,\\infty)"), ("x \\in [2, 5)", "[2,5)"),
     ("\\{1, 2, 3\\}", "\\{3,2,1\\}"), ("1, 2", "2, 1"), ("x = 1, x = 2", "2,1"), ("12 \\text{ and } 13", "12,13"),
-    ("1 \\pm \\sqrt{2}", "1+\\sqrt2, 1-\\sqrt2"),
+    ("1 \\pm \\sqrt{2}", "1+\\sqrt2, 1-\\sqrt2"), ("1\\pm\\sqrt{2}", "1 \\pm \\sqrt2"), ("\\pm 2", "2, -2"),
+    ("\\sqrt{-4}", "2i"), ("\\ln 8", "3\\ln 2"), ("4210_{7}", "4210_7"), ("10\\mbox{ cm}", "10"),
     ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{pmatrix}1&2\\3&4\\end{pmatrix}"),
     ("\\begin{bmatrix} 1/2 \\\\ 0.5 \\end{bmatrix}", "\\begin{pmatrix}\\frac{1}{2}\\\\\\frac12\\end{pmatrix}"),
-    ("\\text{(C)}", "C"), ("\\textbf{(C)}", "(C)"), ("\\text{Navin}", "Navin"), ("-\\infty", "-\\infty"),
+    ("\\text{(C)}", "C"), ("\\textbf{(C)}", "(C)"), ("\\text{(b)}", "B"), ("\\text{Navin}", "Navin"), ("-\\infty", "-\\infty"),
     (42, 42.0),
 ]
 
@@ -72,7 +73,7 @@ UNEQUAL = [
     ("1,2", "1,2,3"), ("\\{1,2\\}", "\\{1,3\\}"), ("(1, 2)", "1, 2, 3"),
     ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}2\\\\1\\end{pmatrix}"),
     ("\\begin{pmatrix}1&2\\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
-    ("", "0"), (None, "1"), ("3", None), ("x = 3", "y = 4"),
+    ("", "0"), (None, "1"), ("3", None), ("x = 3", "y = 4"), ("\\pm 2", "2"), ("1 \\pm 2", "3, 1"),
 ]
 
 
@@ -140,10 +141,13 @@ def test_math_no_false_positives():
     # each of 1000 MATH solutions against the NEXT problem's reference: the grader may only accept where
     # the two answers are literally the same after normalisation (e.g. both "2")
     probs = E.load_dataset("math", DATA)[:1001]
+    accepted = 0
     for p, q in zip(probs, probs[1:]):
         pred = E.extract_answer(p["solution"])
         if E.is_equiv(pred, q["answer"]):
             assert E._normalize(pred).replace(",", "") == E._normalize(q["answer"]).replace(",", ""), (pred, q)
+            accepted += 1
+    assert accepted == 2       # the two neighbours that share an answer; all other 998 pairs rejected
 
 
 def test_gsm8k_self_consistency():
@@ -219,7 +223,7 @@ def test_run_loop_resumes_without_duplicates(tmp_path):
     assert recs[3]["pred"] == "7" and recs[3]["reference"] == "6" and "\\boxed{7}" in recs[3]["solution"]
     assert s == {"dataset": "toy", "n": 10, "correct": 5, "accuracy": 0.5}
     assert json.loads((tmp_path / "summary.json").read_text()) == s
-    assert "50.0" in (tmp_path / "summary.md").read_text()
+    assert "| this run (n=10) | 50.0 |" in (tmp_path / "summary.md").read_text().splitlines()
     # a third run has nothing to do
     calls3 = []
     E.run_loop(probs, str(tmp_path), _fake_solver(calls3), "toy")
@@ -231,6 +235,37 @@ def test_run_loop_non_streaming_solver(tmp_path):
         return [{"solution": f"\\boxed{{{2 * int(q.split()[2])}}}"} for q in questions]
     s = E.run_loop(_problems(5), str(tmp_path), solve, "toy", chunk=2)
     assert s["correct"] == 5 and len((tmp_path / "results.jsonl").read_text().splitlines()) == 5
+
+
+def test_run_loop_math_table(tmp_path):
+    probs = [{"id": f"p{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i), "subject": subj, "level": lvl}
+             for i, (subj, lvl) in enumerate([("algebra", 1), ("algebra", 1), ("geometry", 3)])]
+    E.run_loop(probs, str(tmp_path), _fake_solver([]), "MATH")   # p1 is answered wrongly
+    md = (tmp_path / "summary.md").read_text().splitlines()
+    assert "| MathCoder-L-7B (paper) | 23.3 |" in md
+    assert "| algebra | 50.0 | - | - | - | - | 50.0 |" in md
+    assert "| geometry | - | - | 100.0 | - | - | 100.0 |" in md
+    assert "| all | 50.0 | - | 100.0 | - | - | 66.7 |" in md
+    rec = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[2])
+    assert (rec["subject"], rec["level"], rec["correct"]) == ("geometry", 3, True)
+
+
+def test_cli_score_math_results(tmp_path, capsys):
+    # our results format; the data set comes from the file name, subject and level from the MATH id
+    recs = [{"id": "test/intermediate_algebra/51.json", "solution": "\\boxed{\\dfrac{36}{11}}",
+             "reference": "\\frac{36}{11}"},                                           # level 5, right
+            {"id": "test/algebra/400.json", "solution": "so \\boxed{50}", "reference": "50"},   # level 1, right
+            {"id": "test/algebra/2551.json", "solution": "so \\boxed{11}", "reference": "10"}]  # level 1, wrong
+    path, out = tmp_path / "math_results.jsonl", tmp_path / "regraded.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    E.main(["score", str(path), "--out", str(out), "--data-dir", DATA])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"{path}: 2/3 correct, accuracy 66.67%"
+    assert "| algebra | 50.0 | - | - | - | - | 50.0 |" in printed
+    assert "| intermediate_algebra | - | - | - | - | 100.0 | 100.0 |" in printed
+    assert "| all | 50.0 | - | - | - | 100.0 | 66.7 |" in printed
+    graded = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(g["pred"], g["correct"]) for g in graded] == [("\\dfrac{36}{11}", True), ("50", True), ("11", False)]
 
 
 def test_cli_help():
