@@ -1,45 +1,43 @@
 """sandbox.py: a stateful Python session for the code MathCoder writes mid-solution (METHOD.md §4).
 
-The authors ran each problem's code blocks in one Jupyter kernel: variables persist from block to block,
-and the text a notebook cell shows (stdout/stderr, the repr of the last expression, a traceback without
-colour codes, or "<empty_execution>") is what goes back into the model's context. This file does the
-same without Jupyter: one worker process per Sandbox (this very file, run with --worker), spoken to over
-pipes with length-prefixed JSON, reused across problems (reset() clears it in place, which is cheap).
+The authors ran each problem's code blocks in one Jupyter kernel: variables persist from block to block, and
+what a notebook cell shows (stdout/stderr, the repr of the last expression, a traceback without colour codes,
+or "<empty_execution>") goes back into the model's context. Here, without Jupyter: one worker process per
+Sandbox (this very file, run with --worker), spoken to over pipes with one JSON object per line, reused
+across problems (reset() clears it in place, which is cheap).
 
     with Sandbox(timeout=6) as sb:
         sb.run("x = 6 * 7")       # -> "<empty_execution>"
         sb.run("print(x); x + 1") # -> "42\\n43"
 
 Limits (all configurable):
-  time      soft: at `timeout` s a TimeoutError is raised inside the cell (the session survives, as with
+  time      soft: at `timeout` s a TimeoutError is raised inside the cell and the session goes on (as with
             Jupyter's interrupt). hard: code that catches it, ignores signals or sits in C code is killed
-            GRACE s later, with its whole process group and every process of its uid; the next call runs
-            in a fresh worker and its output starts with a note that earlier variables are lost.
+            GRACE s later, with its process group and every process of its uid; the next call runs in a
+            fresh worker and its output starts with a note that earlier variables are lost.
   memory    RLIMIT_AS (address space): MemoryError inside the cell, or the worker dies and is restarted.
-  processes RLIMIT_NPROC, counted per uid (threads included): needs the worker's own uid (root, below).
-  output    head and tail kept, "[... N characters cut ...]" between; bounded inside the worker too, so
-            printing 100 MB never reaches the parent.
-  files     RLIMIT_FSIZE per file (writes fail with "File too large").
-  children  processes the cell started and left running are killed when the cell ends.
+  processes RLIMIT_NPROC, per uid (threads included): needs the worker's own uid (root, below).
+  output    head and tail kept, "[... N characters cut ...]" between; cut in the worker, so printing
+            100 MB never reaches the parent.
+  files     RLIMIT_FSIZE per file ("File too large"). Processes the cell left running die when it ends.
 
-What is isolated, and what is not (this is NOT a security boundary):
-  * When the parent runs as root (containers, CI) the worker drops to its own unprivileged uid/gid
-    (UID_BASE + a per-process slot, no account needed): it cannot signal the parent or other sandboxes,
-    cannot write anywhere that uid may not (the repo, home), and RLIMIT_NPROC stops fork/thread bombs.
-    Python modules not imported before the drop must be readable by that uid: a Python installed under
-    /root (pyenv) is not, so common modules are pre-imported (DEFAULT_PRELOAD; extend it if needed).
-  * Without root none of that OS-level separation exists: the worker runs as you, with no process limit.
+Isolation, and its limits (this is NOT a security boundary):
+  * As root (containers, CI) the worker drops to its own unprivileged uid/gid (UID_BASE + a slot, no account
+    needed): it cannot signal the parent or other sandboxes, nor write where that uid may not (the repo,
+    home), and RLIMIT_NPROC stops fork/thread bombs. Modules imported after the drop must be readable by
+    that uid (a Python under /root, e.g. pyenv, is not), so common ones are imported before it
+    (DEFAULT_PRELOAD; extend it if needed). Without root none of this exists: the worker runs as you.
   * A Python audit hook (sys.addaudithook) refuses, through Python's own APIs, writes outside the work
-    directory (even to world-writable /tmp), signals to processes outside the sandbox, and sockets. It is
-    a guard rail against accidents: ctypes, a shell (`os.system`) or code that goes looking gets around it.
-  * Reads are not restricted (anything the uid can read), nor disk usage inside the work directory, nor
-    CPU share, nor kernel attack surface. For untrusted code at scale, run the whole program inside a
-    container or VM with no network, a read-only root, a tmpfs work directory and a seccomp profile
-    (e.g. docker --network none --read-only --pids-limit, gVisor, or nsjail/bubblewrap around the worker).
+    directory (even to /tmp), signals to processes outside the sandbox, and sockets: a guard rail against
+    accidents, which ctypes, a shell (`os.system`) or code that goes looking gets around.
+  * Reads, disk use inside the work directory, CPU share and the kernel's attack surface are not limited.
+    For untrusted code at scale, run the whole program in a container or VM with no network, a read-only
+    root, a tmpfs work directory and a seccomp profile (docker --network none --read-only --pids-limit,
+    gVisor, or nsjail/bubblewrap around the worker).
 Linux is the tested platform (it uses /proc, rlimits, setuid); macOS works with fewer guarantees.
 """
-import argparse, ast, builtins, io, json, linecache, os, pwd, queue, re, resource, select, shutil, signal
-import struct, subprocess, sys, tempfile, threading, time, traceback, types, warnings, weakref
+import argparse, ast, builtins, contextlib, io, itertools, json, linecache, os, pwd, queue, re, resource
+import select, shutil, signal, subprocess, sys, tempfile, threading, time, traceback, types, warnings, weakref
 
 EMPTY = "<empty_execution>"  # what the training data shows for a cell with no output
 DEFAULT_PRELOAD = ("math", "cmath", "fractions", "decimal", "itertools", "functools", "collections",
@@ -50,76 +48,66 @@ UID_BASE = 1_000_000_000  # worker uids: UID_BASE + (parent pid % 2**22) * 256 +
 GRACE = 1.0               # seconds from the soft TimeoutError to the hard kill
 STARTUP_TIMEOUT = 60.0    # seconds a new worker may take to import DEFAULT_PRELOAD and say hello
 RESTART_NOTE = "[The Python session was restarted: variables and imports from earlier cells are lost.]"
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour codes: stripped, as the authors did (METHOD.md §4)
 
 
 # ---------------------------------------------------------------------------------- wire protocol
-def _pack(obj) -> bytes:
-    data = json.dumps(obj).encode()
-    return struct.pack(">I", len(data)) + data
-
-
-def _write_all(fd, data):
+def _send(fd, obj):
+    data = (json.dumps(obj) + "\n").encode()  # one JSON object per line (json.dumps escapes newlines)
     while data:
         data = data[os.write(fd, data):]
 
 
 def _recv(fd, deadline=None, limit=1 << 30):
-    """One message from fd; "eof" if the writer died, "timeout" past the deadline, "bad" if malformed."""
-    buf, need, poller = b"", 4, select.poll()
+    """One message from fd; "eof" if the writer died, "timeout" past the deadline, "bad" if malformed.
+    Exactly one request or reply is ever in flight, so a read never runs into the next message."""
+    buf, poller = b"", select.poll()
     poller.register(fd, select.POLLIN)
-    while len(buf) < need:
-        left = None if deadline is None else (deadline - time.monotonic()) * 1000
-        if left is not None and (left <= 0 or not poller.poll(left)):
+    while not buf.endswith(b"\n"):
+        if deadline is not None and not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
             return "timeout"
-        chunk = os.read(fd, need - len(buf))
+        chunk = os.read(fd, 1 << 16)
         if not chunk:
             return "eof"
         buf += chunk
-        if need == 4 and len(buf) == 4:
-            need += struct.unpack(">I", buf)[0]
-            if need > limit:
-                return "bad"
+        if len(buf) > limit:
+            return "bad"
     try:
-        return json.loads(buf[4:])
+        return json.loads(buf)
     except ValueError:
         return "bad"
-
-
-def _kill(pids, sig=signal.SIGKILL):
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            pass
 
 
 def _procs(uid=None, pgrp=None, ppid=None):
     """Live (non-zombie) pids whose real uid is `uid`, or in process group `pgrp`, or children of `ppid`."""
     found = []
-    try:
-        names = [n for n in os.listdir("/proc") if n.isdigit()]
-    except OSError:  # no /proc (macOS): nothing found
-        return found
-    for name in names:
+    names = os.listdir("/proc") if os.path.isdir("/proc") else []  # no /proc (macOS): nothing found
+    for name in filter(str.isdigit, names):
         try:
             with open(f"/proc/{name}/stat") as f:
                 state, pp, pg = f.read().rsplit(")", 1)[1].split()[:3]
-            if state in "ZX":
-                continue
-            if int(pg) == pgrp or int(pp) == ppid:
+            with open(f"/proc/{name}/status") as f:
+                real_uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+            if state not in "ZX" and (int(pg) == pgrp or int(pp) == ppid or real_uid == uid):
                 found.append(int(name))
-            elif uid is not None:
-                with open(f"/proc/{name}/status") as f:
-                    if next(int(l.split()[1]) for l in f if l.startswith("Uid:")) == uid:
-                        found.append(int(name))
-        except (OSError, ValueError, StopIteration):
+        except (OSError, ValueError, StopIteration):  # it exited meanwhile
             pass
     return found
 
 
+def _kill_all(find):
+    """SIGKILL every pid that find() returns, and again, until none is left (they may fork meanwhile)."""
+    for _ in range(200):
+        pids = find()
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(OSError):  # already gone
+                os.kill(pid, signal.SIGKILL)
+
+
 # ---------------------------------------------------------------------------------- the worker
-_S = types.SimpleNamespace(in_cell=False, trusted=False, spawned=False, pid=0, dir="", own_uid=False)
+_S = types.SimpleNamespace(in_cell=False, trusted=False, spawned=False, pid=0, dir="", uid=None, timeout=0.0)
 _SPAWN = {"os.fork", "os.forkpty", "os.system", "os.posix_spawn", "os.exec", "subprocess.Popen", "pty.spawn"}
 _PATH_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.link": (1,),
                 "os.symlink": (1,), "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.utime": (0,),
@@ -127,38 +115,30 @@ _PATH_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.renam
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
-def _check_path(p):
-    if isinstance(p, int):
-        return
-    real = os.path.realpath(os.fsdecode(os.fspath(p)))
-    if real != _S.dir and not real.startswith(_S.dir + os.sep) and real != os.devnull:
-        raise PermissionError(f"sandbox: writing outside the working directory is not allowed: {p!r}")
-
-
 def _guard(event, args):
     """Audit hook: a guard rail on Python-level file writes, signals and sockets (not a security boundary)."""
     if _S.trusted:
         return
-    if event == "open" and args[2] & _WRITE_FLAGS:
-        _check_path(args[0])
-    elif event in _PATH_EVENTS:
-        for i in _PATH_EVENTS[event]:
-            _check_path(args[i])
-    elif event in _SPAWN:
+    paths = [args[i] for i in _PATH_EVENTS.get(event, ())]
+    if event == "open" and args[2] & _WRITE_FLAGS:  # open() for reading is not checked
+        paths = [args[0]]
+    for p in paths:
+        real = _S.dir if isinstance(p, int) else os.path.realpath(os.fsdecode(os.fspath(p)))  # int: an open fd
+        if os.path.commonpath([real, _S.dir]) != _S.dir and real != os.devnull:
+            raise PermissionError(f"sandbox: writing outside the working directory is not allowed: {p!r}")
+    if event in _SPAWN:
         _S.spawned = True
-    elif event in ("os.kill", "os.killpg"):
-        pid, me = args[0], os.getpgrp()
-        group = pid if event == "os.killpg" else me if pid == 0 else -pid if pid < -1 else None
-        if pid > 0 and event == "os.kill":
-            group = os.getpgid(pid)
-        if group != me:
+    elif event in ("os.kill", "os.killpg"):  # the target as a process group; 0 = our own, -1 = everything
+        pid = args[0]
+        group = pid if event == "os.killpg" else os.getpgid(pid) if pid > 0 else -pid if pid < -1 else pid
+        if group not in (0, os.getpgrp()):
             raise PermissionError("sandbox: signals may only be sent to the sandbox's own processes")
     elif event in ("socket.connect", "socket.bind", "socket.sendto"):
         raise PermissionError("sandbox: network access is disabled")
 
 
 class _Capture(io.TextIOBase):
-    """Stands in for stdout and stderr during a cell; keeps the first and last `limit` characters."""
+    """Stands in for stdout and stderr during a cell; keeps the first and the last `limit` characters."""
 
     def __init__(self, limit):
         self.limit, self.total, self.head, self.tail, self.tail_n = limit, 0, "", [], 0
@@ -171,31 +151,29 @@ class _Capture(io.TextIOBase):
         n = len(s)
         self.total += n
         if len(self.head) < self.limit:
-            take = self.limit - len(self.head)
-            self.head, s = self.head + s[:take], s[take:]
-        if len(s) >= self.limit:  # the last `limit` characters are all in s
+            self.head += s[:self.limit - len(self.head)]
+        if n >= self.limit:  # the last `limit` characters are all in s
             self.tail, self.tail_n = [s[-self.limit:]], self.limit
-        elif s:
+        elif n:
             self.tail.append(s)
-            self.tail_n += len(s)
+            self.tail_n += n
             if self.tail_n > 2 * self.limit:  # trim now and then: memory stays O(limit) however much is printed
-                self.tail = ["".join(self.tail)[-self.limit:]]
-                self.tail_n = len(self.tail[0])
+                self.tail, self.tail_n = ["".join(self.tail)[-self.limit:]], self.limit
         return n
 
     def text(self):
-        whole = self.head + "".join(self.tail)  # everything, or at least head + the last `limit` characters
         if self.total <= self.limit:
-            return whole
+            return self.head
         keep = self.limit // 2
-        return f"{whole[:keep]}\n[... {self.total - self.limit} characters cut ...]\n{whole[-(self.limit - keep):]}"
+        tail = "".join(self.tail)[keep - self.limit:]
+        return f"{self.head[:keep]}\n[... {self.total - self.limit} characters cut ...]\n{tail}"
 
 
 def _format_exc(e):
     """The traceback as Python prints it, minus this file's frames (and ast.py's, for syntax errors)."""
     te = traceback.TracebackException.from_exception(e)
     todo, seen = [te], set()
-    while todo:
+    while todo:  # the exception and every one chained to it (`raise ... from`, errors inside `except`)
         t = todo.pop()
         if t is None or id(t) in seen:
             continue
@@ -217,14 +195,10 @@ def _kill_children():
     """Kill every process the cell started and left behind (with its own uid: even setsid() ones)."""
     _S.trusted = True
     try:
-        if _S.own_uid and os.getuid() == _S.own_uid != 0:
+        if _S.uid:
             os.kill(-1, signal.SIGKILL)  # -1 = every process this uid may signal: only the sandbox's own
         else:  # no uid of its own: our process group and our children (orphans come to us, a subreaper)
-            for _ in range(100):
-                pids = set(_procs(pgrp=os.getpgrp(), ppid=os.getpid())) - {os.getpid()}
-                _kill(pids)
-                if not pids:
-                    break
+            _kill_all(lambda: set(_procs(pgrp=os.getpgrp(), ppid=os.getpid())) - {os.getpid()})
         while True:
             os.waitpid(-1, 0)  # reap
     except ChildProcessError:
@@ -242,7 +216,7 @@ def _run_cell(code, ns, n, limit):
     _S.spawned = False
     used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])  # RLIMIT_CPU: a backstop if the parent is gone
     resource.setrlimit(resource.RLIMIT_CPU, (int(used + _S.timeout + GRACE) + 2, resource.RLIM_INFINITY))
-    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.signal(signal.SIGALRM, _on_alarm)  # again each cell: an earlier one may have replaced it
     signal.setitimer(signal.ITIMER_REAL, _S.timeout, 0.05)  # re-fires until cancelled, in case one is missed
     _S.in_cell = True
     try:
@@ -256,7 +230,7 @@ def _run_cell(code, ns, n, limit):
             if value is not None:
                 out.write(repr(value) + "\n")
     except BaseException as e:  # SystemExit and KeyboardInterrupt too: the session goes on
-        _S.in_cell = False
+        _S.in_cell = False  # before formatting: traceback.py is not this file, _on_alarm would raise there
         out.write(_format_exc(e))
     finally:
         _S.in_cell = False
@@ -266,19 +240,18 @@ def _run_cell(code, ns, n, limit):
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     if _S.spawned:
         _kill_children()
-    return out.text()
+    return _ANSI.sub("", out.text()).encode("utf-8", "replace").decode().strip() or EMPTY  # authors: .strip()
 
 
 def _reset(ns, fresh_builtins):
     ns.clear()
     ns.update(__name__="__main__", __builtins__=builtins)
-    for k in [k for k in builtins.__dict__ if k not in fresh_builtins]:
-        del builtins.__dict__[k]
+    builtins.__dict__.clear()  # patched builtins restored, added ones gone (same dict: frames hold it)
     builtins.__dict__.update(fresh_builtins)
     for k in [k for k in linecache.cache if k.startswith("<cell-")]:
         del linecache.cache[k]
     _kill_children()
-    _S.trusted = True
+    _S.trusted = True  # removing a symlink that points outside would look like a write out there
     try:
         os.chdir(_S.dir)
         for entry in os.scandir(_S.dir):  # files written for the last problem go too
@@ -301,72 +274,56 @@ def _worker(cfg):
     _S.pid, _S.dir, _S.timeout = os.getpid(), cfg["dir"], cfg["timeout"]
     os.chdir(_S.dir)
     for mod in cfg["preload"]:  # imported while still privileged (the drop below may hide the stdlib)
-        try:
+        with contextlib.suppress(Exception):
             __import__(mod)
-        except Exception:
-            pass
     mb = 1 << 20
     limits = [(resource.RLIMIT_AS, cfg["memory_mb"] * mb), (resource.RLIMIT_FSIZE, cfg["max_file_mb"] * mb),
               (resource.RLIMIT_CORE, 0)]
-    uid = cfg["uid"]
-    if uid is not None:  # per-uid process count: only meaningful once the worker has a uid of its own
+    if cfg["uid"] is not None:  # per-uid process count: only meaningful once the worker has a uid of its own
         limits.append((resource.RLIMIT_NPROC, cfg["max_procs"]))
     for what, n in limits:
-        try:
+        with contextlib.suppress(ValueError, OSError):  # e.g. above what this system allows
             resource.setrlimit(what, (n, n))
-        except (ValueError, OSError):
-            pass
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # too-large files: OSError instead of death
-    try:  # PR_SET_CHILD_SUBREAPER: orphaned grandchildren are re-parented to the worker, which reaps them
-        import ctypes
+    with contextlib.suppress(Exception):  # PR_SET_CHILD_SUBREAPER (Linux): orphaned grandchildren are
+        import ctypes                        # re-parented to the worker, which kills and reaps them
         ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
-    except Exception:
-        pass
-    if uid is not None:
-        try:
+    if cfg["uid"] is not None:
+        with contextlib.suppress(OSError):
             os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            _S.own_uid = uid
-        except OSError:
-            uid = None
+            os.setgid(cfg["uid"])
+            os.setuid(cfg["uid"])
+            _S.uid = cfg["uid"]  # set only once dropped: _kill_children's kill(-1) must never run as root/you
     sys.addaudithook(_guard)
-    os.dup2(null, 2)
+    os.dup2(null, 2)  # only now: a worker that fails to start shows its traceback on the parent's stderr
     fresh_builtins = dict(builtins.__dict__)
-    ns = {"__name__": "__main__", "__builtins__": builtins}
-    n = 0
+    ns, n = {"__name__": "__main__", "__builtins__": builtins}, 0
     stdlib_ok = os.access(os.path.dirname(os.__file__), os.R_OK | os.X_OK)  # as the (new) real uid
-    _write_all(proto_out, _pack({"uid": uid, "stdlib_readable": stdlib_ok}))
+    _send(proto_out, {"uid": _S.uid, "stdlib_readable": stdlib_ok})
     while True:
         msg = _recv(proto_in)
         if not isinstance(msg, dict):
             os._exit(0)  # the parent is gone
         if msg["op"] == "run":
             n += 1
-            text = _run_cell(msg["code"], ns, n, cfg["max_output"])
-            text = _ANSI.sub("", text).encode("utf-8", "replace").decode().strip()  # authors: .strip()
-            reply = {"output": text or EMPTY}
+            _send(proto_out, {"output": _run_cell(msg["code"], ns, n, cfg["max_output"])})
         else:
             n = 0
-            reply = {"clean": _reset(ns, fresh_builtins)}
-        _write_all(proto_out, _pack(reply))
+            _send(proto_out, {"clean": _reset(ns, fresh_builtins)})
 
 
 # ---------------------------------------------------------------------------------- the parent side
-_uid_lock, _uids_used, _uid_next, _warned = threading.Lock(), set(), [0], []
+_uid_lock, _uids_used, _uid_slots = threading.Lock(), set(), itertools.count()
 
 
 def _alloc_uid():
     """A uid that no account, no process and no other live sandbox uses; fresh at every worker start."""
     with _uid_lock:
         for _ in range(256):
-            uid = UID_BASE + (os.getpid() % (1 << 22)) * 256 + _uid_next[0] % 256
-            _uid_next[0] += 1
-            try:
+            uid = UID_BASE + (os.getpid() % (1 << 22)) * 256 + next(_uid_slots) % 256
+            with contextlib.suppress(KeyError):
                 pwd.getpwuid(uid)
                 continue  # a real account: never use (the uid sweep on restart would kill its processes)
-            except KeyError:
-                pass
             if uid not in _uids_used and not _procs(uid=uid):
                 _uids_used.add(uid)
                 return uid
@@ -378,16 +335,10 @@ def _stop_worker(w):
     if "proc" not in w or w["owner"] != os.getpid():  # not running, or we are a forked copy of the parent
         return None
     proc = w.pop("proc")
-    _kill([proc.pid], signal.SIGSTOP)  # freeze the worker (no new children), kill its children, its group
-    for _ in range(200):  # the worker's children (setsid() ones too), and every process of its own uid
-        pids = set(_procs(uid=w["uid"], ppid=proc.pid)) - {proc.pid}
-        if not pids:
-            break
-        _kill(pids)
-    try:
+    proc.send_signal(signal.SIGSTOP)  # frozen, it starts no new children while we kill the ones it has
+    _kill_all(lambda: set(_procs(uid=w["uid"], ppid=proc.pid)) - {proc.pid})  # setsid() ones too
+    with contextlib.suppress(OSError):
         os.killpg(proc.pid, signal.SIGKILL)  # before wait(): the group id cannot have been reused yet
-    except OSError:
-        pass
     try:
         rc = proc.wait(10)
     except subprocess.TimeoutExpired:
@@ -406,51 +357,53 @@ class Sandbox:
     def __init__(self, timeout=6.0, memory_mb=1024, max_procs=16, max_output=2000, max_file_mb=16,
                  preload=DEFAULT_PRELOAD):
         # timeout=6: the authors' client.execute(..., timeout=6) in src/inference.py
-        for name, v in dict(timeout=timeout, memory_mb=memory_mb, max_procs=max_procs, max_output=max_output,
-                            max_file_mb=max_file_mb).items():
+        self.cfg = dict(timeout=float(timeout), memory_mb=int(memory_mb), max_procs=int(max_procs),
+                        max_output=int(max_output), max_file_mb=int(max_file_mb))
+        for name, v in self.cfg.items():
             if not v > 0:
                 raise ValueError(f"Sandbox: {name} must be > 0, got {v!r}")
-        self.timeout, self.memory_mb, self.max_procs = float(timeout), int(memory_mb), int(max_procs)
-        self.max_output, self.max_file_mb, self.preload = int(max_output), int(max_file_mb), list(preload)
+        self.cfg["preload"] = list(preload)  # the worker's whole configuration, with `dir` and `uid` below
         self.uid = None  # the uid the worker runs as, once it said hello (None: same user as the parent)
-        self._lock, self._w, self._note, self._closed = threading.Lock(), {}, "", False
-        self._fin = weakref.finalize(self, _stop_worker, self._w)  # also runs at interpreter exit
+        self._lock, self._w, self._note = threading.Lock(), {}, ""
+        self._fin = weakref.finalize(self, _stop_worker, self._w)  # close(); also runs at interpreter exit
         self._start()
 
     def _start(self):
-        uid = _alloc_uid() if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+        """Start a worker without waiting for it: it imports its modules while the caller does other work."""
+        uid = _alloc_uid() if os.geteuid() == 0 else None
         d = os.path.realpath(tempfile.mkdtemp(prefix="sandbox-"))
         if uid is not None:
             os.chown(d, uid, uid)
-        cfg = dict(dir=d, uid=uid, timeout=self.timeout, memory_mb=self.memory_mb, max_procs=self.max_procs,
-                   max_output=self.max_output, max_file_mb=self.max_file_mb, preload=self.preload)
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": d, "TMPDIR": d, "LANG": "C.UTF-8",
-               "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
-               "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-               "MALLOC_ARENA_MAX": "2"}  # scrubbed: nothing of the parent's
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": d, "TMPDIR": d, "LANG": "C.UTF-8",  # nothing of
+               "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "MALLOC_ARENA_MAX": "2",   # the parent's
+               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         flags = ["-s", "-P"] if sys.version_info >= (3, 11) else ["-s"]  # no user site, no script dir on path
-        proc = subprocess.Popen([sys.executable, *flags, os.path.abspath(__file__), "--worker", json.dumps(cfg)],
+        cfg = json.dumps(dict(self.cfg, dir=d, uid=uid))
+        proc = subprocess.Popen([sys.executable, *flags, os.path.abspath(__file__), "--worker", cfg],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=d,
                                 start_new_session=True)  # own process group: one killpg stops everything
         self._w.update(proc=proc, uid=uid, dir=d, ready=False, owner=os.getpid())
 
     def _call(self, msg, budget):
-        """Send one request; return (reply, None) or (None, message) after killing a misbehaving worker."""
+        """Send one request; return (reply, None), or (None, why) after replacing a misbehaving worker."""
+        if not self._fin.alive:
+            raise RuntimeError("sandbox: used after close()")
+        if "proc" not in self._w:  # the last start failed: try again
+            self._start()
         w = self._w
-        if not w["ready"]:
+        if not w["ready"]:  # the first call to a new worker waits for its hello
             hello = _recv(w["proc"].stdout.fileno(), time.monotonic() + STARTUP_TIMEOUT, 1 << 16)
             if not isinstance(hello, dict):
                 rc = _stop_worker(w)
                 raise RuntimeError(f"sandbox: worker failed to start ({hello}, exit code {rc}); "
                                    f"try `{sys.executable} {__file__} -c 1+1`")
             w["ready"], self.uid = True, hello["uid"]
-            if not hello["stdlib_readable"] and not _warned:
-                _warned.append(True)
+            if not hello["stdlib_readable"]:  # shown once per process: Python's default warning filter
                 warnings.warn(f"sandbox: the standard library ({os.path.dirname(os.__file__)}) is not readable "
                               f"by the sandbox's uid: its code can import only the standard modules in `preload`")
         try:
-            _write_all(w["proc"].stdin.fileno(), _pack(msg))
-            reply = _recv(w["proc"].stdout.fileno(), time.monotonic() + budget, 65536 + 8 * self.max_output)
+            _send(w["proc"].stdin.fileno(), msg)
+            reply = _recv(w["proc"].stdout.fileno(), time.monotonic() + budget, 65536 + 8 * self.cfg["max_output"])
         except BrokenPipeError:
             reply = "eof"
         if isinstance(reply, dict):
@@ -459,7 +412,7 @@ class Sandbox:
         self._note = RESTART_NOTE
         self._start()  # the fresh worker imports its modules while the model writes its next block
         if reply == "timeout":
-            why = f"TimeoutError: execution exceeded the time limit of {self.timeout:g} s and was stopped"
+            why = f"TimeoutError: execution exceeded the time limit of {self.cfg['timeout']:g} s and was stopped"
         elif reply == "eof" and rc is not None and rc < 0:
             why = f"the Python process was killed by {signal.Signals(-rc).name}"
         elif reply == "eof":
@@ -473,29 +426,22 @@ class Sandbox:
         if not isinstance(code, str):
             raise TypeError(f"Sandbox.run: code must be a str, got {type(code).__name__}")
         with self._lock:
-            if self._closed:
-                raise RuntimeError("sandbox: run() after close()")
             note, self._note = self._note, ""
-            if "proc" not in self._w:
-                self._start()
-            reply, problem = self._call({"op": "run", "code": code}, self.timeout + GRACE)
+            reply, problem = self._call({"op": "run", "code": code}, self.cfg["timeout"] + GRACE)
             out = problem or reply["output"]
             return f"{note}\n{out}" if note else out
 
     def reset(self):
         """Fresh state for a new problem: globals, builtins, files and children cleared in place."""
         with self._lock:
-            if "proc" in self._w:
-                reply, _ = self._call({"op": "reset"}, 10.0)  # a dead worker is replaced by _call itself
-                if reply is not None and not reply["clean"]:
-                    _stop_worker(self._w)  # threads left running: only a fresh process stops them
-            if "proc" not in self._w:
+            reply, _ = self._call({"op": "reset"}, 10.0)  # a dead worker is replaced by _call itself
+            if reply is not None and not reply["clean"]:  # threads left running: only a new process stops them
+                _stop_worker(self._w)
                 self._start()
             self._note = ""
 
     def close(self):
         with self._lock:
-            self._closed = True
             self._fin()
 
     def __enter__(self):
@@ -510,7 +456,7 @@ class SandboxPool:
 
     def __init__(self, size, **limits):
         self._all = [Sandbox(**limits) for _ in range(size)]  # workers start in parallel
-        self._free, self._out, self._lock = queue.SimpleQueue(), set(), threading.Lock()
+        self._free, self._out = queue.SimpleQueue(), set()  # thread-safe: set.add/remove are atomic
         for sb in self._all:
             self._free.put(sb)
 
@@ -521,15 +467,14 @@ class SandboxPool:
         except BaseException:
             self._free.put(sb)
             raise
-        with self._lock:
-            self._out.add(id(sb))
+        self._out.add(sb)
         return sb
 
     def release(self, sandbox):
-        with self._lock:
-            if id(sandbox) not in self._out:
-                raise ValueError("sandbox: release() of a sandbox not acquired from this pool")
-            self._out.discard(id(sandbox))
+        try:
+            self._out.remove(sandbox)
+        except KeyError:
+            raise ValueError("sandbox: release() of a sandbox not acquired from this pool") from None
         self._free.put(sandbox)
 
     def close(self):
@@ -555,21 +500,18 @@ def main():
     a = ap.parse_args()
     with Sandbox(a.timeout, a.memory_mb, a.max_procs, a.max_output, a.max_file_mb) as sb:
         if a.code is not None:
-            print(sb.run(a.code))
-            return
-        lines = []
-        while True:
+            return print(sb.run(a.code))
+        cell, eof = [], False
+        while not eof:
             try:
-                line = input("... " if lines else ">>> ")
+                line = input("... " if cell else ">>> ")
             except EOFError:
-                line = None
+                line, eof = "", True
             if line:
-                lines.append(line)
-            elif lines:
-                print(sb.run("\n".join(lines)))
-                lines = []
-            if line is None:
-                break
+                cell.append(line)
+            elif cell:
+                print(sb.run("\n".join(cell)))
+                cell = []
 
 
 if __name__ == "__main__":
