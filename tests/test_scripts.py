@@ -1,0 +1,24 @@
+"""Every top-level script answers --help (the project's promise to its users) without side effects."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ["model.py", "tokenizer.py", "lce_data.py", "train.py", "sandbox.py", "infer.py", "eval.py",
+           "tiny_run.py", "bench.py"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help(script, tmp_path):
+    p = subprocess.run([sys.executable, os.path.join(ROOT, script), "--help"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("usage:") and script in p.stdout
+    assert os.listdir(tmp_path) == []          # --help writes nothing
+
+
+def test_every_script_is_listed():
+    top = {f for f in os.listdir(ROOT) if f.endswith(".py")}
+    assert top == set(SCRIPTS)
