@@ -33,7 +33,7 @@ import sympy
 TIME_LIMIT = 2.0          # seconds for one SymPy parse or comparison
 REL_TOL = 1e-4            # a rounded decimal must be this close (relatively) to count as equal
 FAST_PATH = True          # string / plain-number equality before SymPy (False only to benchmark)
-DATA_DIR = "data/eval"
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "eval")  # from any cwd
 
 # ----------------------------------------------------------------------------------------- extraction
 
@@ -704,10 +704,13 @@ def main(argv=None):
     rp.add_argument("--device", help="default: cuda when available, else cpu")
     rp.add_argument("--data-dir", default=DATA_DIR)
     args = ap.parse_args(argv)
-    if args.cmd == "score":
-        score(args.results, args.dataset, args.out, args.data_dir)
-    else:
-        run(args)
+    try:
+        if args.cmd == "score":
+            score(args.results, args.dataset, args.out, args.data_dir)
+        else:
+            run(args)
+    except (ValueError, OSError) as e:   # bad input: one clear line naming the file (and line), no traceback
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -272,3 +272,15 @@ def test_cli_help():
     with pytest.raises(SystemExit) as e:
         E.main(["--help"])
     assert e.value.code == 0
+
+
+def test_cli_bad_input_names_file_and_line(tmp_path):
+    bad = tmp_path / "results.jsonl"
+    bad.write_text('{"solution": "\\\\boxed{1}", "reference": "1"}\n{"question": "no solution here"}\n')
+    with pytest.raises(SystemExit) as e:
+        E.main(["score", str(bad)])
+    assert str(e.value.code) == f"error: {bad}:2: needs solution+reference (ours) or debug_result+ground_truth.answer"
+    bad.write_text('{"solution": "\\\\boxed{1}", "reference": "1"}\n{oops\n')
+    with pytest.raises(SystemExit) as e:
+        E.main(["score", str(bad)])
+    assert str(e.value.code).startswith(f"error: {bad}:2: not valid JSON")
