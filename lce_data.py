@@ -476,4 +476,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError) as e:   # bad input: one line naming the file, no traceback
+        sys.exit(f"error: {e}")

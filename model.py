@@ -8,7 +8,7 @@ is 8 extra vocabulary rows for the LCE tokens (METHOD.md §1, `grow_vocab`). Rea
   3. a tiny CLI: `python model.py CKPT --prompt-ids 1,2,3` (greedy continuation), `--save OUT` (convert).
 Parameter names follow Meta's llama/model.py (tok_embeddings, layers.N.attention.wq, ..., output).
 """
-import argparse, json, os, re, struct
+import argparse, json, os, re, struct, sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -486,4 +486,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError) as e:   # bad input: one line naming the file, no traceback
+        sys.exit(f"error: {e}")

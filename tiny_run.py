@@ -46,7 +46,8 @@ MARKER = ".tiny_run"   # OUT is wiped at the start only if this file says tiny_r
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="out/tiny", help="output folder, wiped at the start (%(default)s)")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "tiny"),
+                    help="output folder inside the project, wiped at the start (%(default)s)")
     ap.add_argument("--n-train", type=int, default=4000, help="training problems (%(default)s)")
     ap.add_argument("--n-test", type=int, default=200, help="held-out problems (%(default)s)")
     ap.add_argument("--vocab-size", type=int, default=400, help="SentencePiece pieces (%(default)s)")

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 
 import sentencepiece as spm
@@ -207,4 +208,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError) as e:   # bad input: one line naming the file, no traceback
+        sys.exit(f"error: {e}")
