@@ -306,3 +306,22 @@ def test_init_from_pretrained_grows_vocab(tmp_path):
     out = Transformer.from_pretrained(res["final"])
     assert out.tok_embeddings.weight.shape == (32008, 64) and out.output.weight.shape == (32008, 64)
     assert Tokenizer.from_checkpoint(res["final"]).special == tok.special
+
+
+def test_bf16_mixed_precision_tracks_fp32(tiny):
+    """--precision bf16 (what GPUs use; autocast in one process, FSDP's MixedPrecisionPolicy in two) runs on
+    CPU too: the losses really change (bf16 matmuls) but stay within bf16 rounding of the fp32 run's, and the
+    master weights (checkpoint) stay float32."""
+    d, tok = tiny
+    one = train.train(config(d, tok, "bf16", precision="bf16", max_steps=6))["losses"]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    os.path.join(ROOT, "train.py")] + cli(config(d, tok, "bf16_fsdp", precision="bf16", max_steps=6)),
+                   cwd=ROOT, check=True, capture_output=True, timeout=300)
+    two = [r["loss"] for r in log_losses(d / "bf16_fsdp")]
+    # (max_steps=6 also ends the cosine schedule at 6, so compare with fp32 runs of the same schedule)
+    fp32 = train.train(config(d, tok, "fp32_6", max_steps=6))["losses"]
+    for losses in (one, two):
+        assert losses != pytest.approx(fp32, abs=1e-6)                  # bf16 was really used
+        assert losses == pytest.approx(fp32, abs=0.05)                  # ... and tracks fp32
+    ckpt = torch.load(d / "bf16" / "checkpoint.pt")
+    assert all(v.dtype == torch.float32 for v in ckpt["model"].values())
