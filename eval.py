@@ -600,8 +600,9 @@ def atomic_write(path, text):
     os.replace(tmp, path)
 
 
-def _done_ids(path):
-    """Ids already in results.jsonl. A torn last line (the run died mid-write) is cut off."""
+def done_keys(path, key="id"):
+    """The `key` of every record already in a results JSONL (resuming). A torn last line (the run died
+    mid-write) is cut off."""
     if not os.path.exists(path):
         return set()
     with open(path, "rb") as f:
@@ -610,7 +611,7 @@ def _done_ids(path):
     if len(keep) != len(data):
         with open(path, "r+b") as f:
             f.truncate(len(keep))
-    return {json.loads(line)["id"] for line in keep.decode("utf-8").splitlines() if line.strip()}
+    return {json.loads(line)[key] for line in keep.decode("utf-8").splitlines() if line.strip()}
 
 
 def run_loop(problems, out_dir, solve_fn, dataset, chunk=64, model_name="this run"):
@@ -620,7 +621,7 @@ def run_loop(problems, out_dir, solve_fn, dataset, chunk=64, model_name="this ru
     may be called as each finishes. Tests pass a fake solve_fn; `run` passes infer.solve."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.jsonl")
-    done = _done_ids(path)
+    done = done_keys(path)
     todo = [p for p in problems if p["id"] not in done]
     print(f"[eval] {dataset}: {len(done)} done before, {len(todo)} to solve", file=sys.stderr)
     t0 = time.time()

@@ -356,20 +356,6 @@ def read_questions(path: str) -> list[dict]:
     return recs
 
 
-def _done_indices(out_path: str) -> set:
-    """Indices already in a results file (resume). A line torn by a crash is cut off (atomic rewrite)."""
-    if not os.path.exists(out_path):
-        return set()
-    with open(out_path, encoding="utf-8") as f:
-        lines = f.read().splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines.pop()
-        with open(out_path + ".tmp", "w", encoding="utf-8") as f:
-            f.writelines(lines)
-        os.replace(out_path + ".tmp", out_path)
-    return {json.loads(line)["index"] for line in lines}
-
-
 def main():
     ap = argparse.ArgumentParser(description="MathCoder inference: generate text and code, run the code, "
                                  "feed its output back, continue (batched, continuous batching).")
@@ -395,6 +381,7 @@ def main():
     if bool(a.questions) == bool(a.file):
         ap.error("give either question(s) or --file")
     import model as model_lib, tokenizer as tokenizer_lib
+    from eval import done_keys
     tok = tokenizer_lib.Tokenizer.from_checkpoint(a.model)
     net = model_lib.Transformer.from_pretrained(a.model, a.device, a.dtype and getattr(torch, a.dtype))
     if net.args.vocab_size < tok.vocab_size:
@@ -418,7 +405,7 @@ def main():
             return print()
         recs = read_questions(a.file)[:a.limit]
         out_path = a.out or re.sub(r"(\.jsonl)?$", ".results.jsonl", a.file, count=1)
-        done = _done_indices(out_path)
+        done = done_keys(out_path, key="index")   # resume: a torn last line is cut off
         todo = [i for i in range(len(recs)) if i not in done]
         print(f"{a.file}: {len(recs)} questions, {len(done)} already in {out_path}, solving {len(todo)}",
               file=sys.stderr)
