@@ -62,9 +62,10 @@ def table(rows):
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def report(name, title, rows, notes, write, device="cpu", load0=None):
-    """Print the table; with write=True replace this benchmark's section of BENCHMARKS.md (atomically)."""
-    load0, load1 = load0 or os.getloadavg(), os.getloadavg()
+def report(name, title, rows, notes, write, load0, device="cpu"):
+    """Print the table; with write=True replace this benchmark's section of BENCHMARKS.md (atomically).
+    load0: os.getloadavg() from before the benchmark ran."""
+    load1 = os.getloadavg()
     ncpu = len(os.sched_getaffinity(0))
     busy = load0[0] > ncpu  # more runnable work than CPUs before we even started: other jobs
     load = f"load average {load0[0]:.2f} before, {load1[0]:.2f} after (1 min)"
@@ -303,7 +304,7 @@ class ScriptOverReal(nn.Module):
 
 
 def bench_infer(a):
-    import infer, sandbox
+    import infer, lce_data, sandbox
     from tokenizer import Tokenizer
     warnings.filterwarnings("ignore", message="sandbox: the standard library")
     torch.manual_seed(0)
@@ -325,7 +326,7 @@ def bench_infer(a):
     if [r["solution"] for r in res_b] != [r["solution"] for r in res_1] or not all(
             "7097663" in r["solution"] and r["n_exec"] == 2 for r in res_b):
         sys.exit("bench infer: batched and one-at-a-time solutions differ, or the code did not run twice")
-    prompts = [tok.encode(infer.lce_data.prompt_text(q), bos=True) for q in qs]
+    prompts = [tok.encode(lce_data.prompt_text(q), bos=True) for q in qs]
     log(f"infer: generate {len(script)} tokens x {a.n} prompts, batch {a.batch_size} and batch 1")
     out_b, g_b = timed(lambda: infer.generate(net, prompts, len(script), batch_size=a.batch_size))
     out_1, g_1 = timed(lambda: infer.generate(net, prompts, len(script), batch_size=1))
@@ -417,7 +418,7 @@ def bench_gpu(a):
     rows, notes = gpu_figures(args, "cuda", a.prompt_len, a.new_tokens, a.train_seq, a.train_batch,
                                  a.train_steps, a.peak_tflops, 8192)
     report("gpu", "gpu: 7B-shape bf16 decode vs bandwidth roofline, training-step MFU", rows, notes, a.write,
-           device="cuda", load0=load0)
+           load0, device="cuda")
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -463,7 +464,7 @@ def main(argv=None):
             "gpu": bench_gpu}
     if a.cmd != "all":
         return cmds[a.cmd](a)
-    for name in ["decode", "sandbox", "grade", "infer"]:
+    for name in [n for n in SECTIONS if n != "gpu"]:
         defaults = ap.parse_args([name])  # each benchmark's own defaults, plus the shared flags
         defaults.write, defaults.threads = a.write, a.threads
         t = time.perf_counter()

@@ -30,15 +30,16 @@ Where this differs from the authors' loop:
     python infer.py --model CKPT --file data/eval/GSM8K_test_post.jsonl --out results.jsonl
 """
 import argparse, json, os, re, sys, time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 import lce_data
 from lce_data import DEFAULT_SYSTEM
-from tokenizer import SPECIAL_TOKENS
+from model import Transformer
+from tokenizer import SPECIAL_TOKENS, Tokenizer
 
 
 @dataclass
@@ -73,17 +74,20 @@ class Seq:
     index: int
     ids: list
     prompt_len: int
-    n_cached: int = 0
-    block_start: int = 0           # where this round's tokens begin
-    run: int = 0                   # where the text since the last special token begins (a block cut by
-                                   # max_new_tokens continues in the next round: one run, several rounds)
     gen: torch.Generator | None = None
+    n_cached: int = 0
+    block_start: int = field(init=False)  # where this round's tokens begin
+    run: int = field(init=False)   # where the text since the last special token begins (a block cut by
+                                   # max_new_tokens continues in the next round: one run, several rounds)
     rounds: int = 0
     n_new: int = 0                 # tokens the model generated
     n_exec: int = 0
     sandbox: object = None
     future: object = None          # code running in the thread pool
     shown: str = ""                # streaming: text of the current run already shown
+
+    def __post_init__(self):       # the first round starts right after the prompt
+        self.block_start = self.run = self.prompt_len
 
 
 class Rows:
@@ -93,6 +97,12 @@ class Rows:
         self.model, self.cache = model, model.new_cache(batch_size, max_len)
         self.seqs = [None] * batch_size
         self.device = next(model.parameters()).device
+
+    def admit(self, waiting: deque, new_seq):
+        """Continuous batching: every free row takes the next waiting problem (new_seq(index) -> Seq)."""
+        for r, s in enumerate(self.seqs):
+            if s is None and waiting:
+                self.seqs[r] = new_seq(waiting.popleft())
 
     def feed(self, rows: list) -> torch.Tensor:
         """Run the model on every row's tokens not yet in the cache, each at its own positions; return the
@@ -154,8 +164,8 @@ def parse_blocks(solution: str) -> list[tuple[str, str]]:
     return [tuple(b) for b in blocks]
 
 
-def _generator(cfg_seed: int, index: int):
-    return torch.Generator().manual_seed(cfg_seed * 1_000_003 + index)
+def _generator(seed: int, index: int):  # problem `index` samples from its own stream: batching can't change it
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)
 
 
 @torch.no_grad()
@@ -166,10 +176,7 @@ def generate(model, prompts: list, max_new_tokens: int, batch_size: int = 16, st
     rows = Rows(model, max(1, min(batch_size, len(prompts))), max(map(len, prompts)) + max_new_tokens)
     waiting, out = deque(range(len(prompts))), [None] * len(prompts)
     while waiting or any(rows.seqs):
-        for r, s in enumerate(rows.seqs):
-            if s is None and waiting:
-                i = waiting.popleft()
-                rows.seqs[r] = Seq(i, list(prompts[i]), len(prompts[i]), gen=_generator(seed, i))
+        rows.admit(waiting, lambda i: Seq(i, list(prompts[i]), len(prompts[i]), _generator(seed, i)))
         active = [r for r, s in enumerate(rows.seqs) if s is not None]
         tokens = sample(rows.feed(active), temperature, top_p, [rows.seqs[r].gen for r in active])
         for r, t in zip(active, tokens):
@@ -206,6 +213,10 @@ def solve(model, tokenizer, questions: list[str], system: str = DEFAULT_SYSTEM, 
     runner = ThreadPoolExecutor(B, thread_name_prefix="sandbox") if cfg.execute else None
     rows = Rows(model, B, cfg.max_total_tokens)
     waiting, results = deque(range(len(questions))), [None] * len(questions)
+
+    def new_seq(i):  # the prompt, cut to its last max_prompt_tokens tokens (<|assistant|> stays last)
+        ids = tokenizer.encode(lce_data.prompt_text(questions[i], system), bos=True)[-cfg.max_prompt_tokens:]
+        return Seq(i, ids, len(ids), _generator(cfg.seed, i))
 
     def finish(r, s, stop):
         if s.sandbox is not None:
@@ -255,6 +266,10 @@ def solve(model, tokenizer, questions: list[str], system: str = DEFAULT_SYSTEM, 
         elif is_code:  # execution withheld (ablation): open the execution block; the model writes its content
             s.ids.append(EXEC)
             s.block_start, s.run = len(s.ids) - 1, len(s.ids)
+            if on_stream:
+                on_stream(s.index, "<|execution|>")
+            if len(s.ids) >= cfg.max_total_tokens:
+                finish(r, s, "max_total_tokens")
 
     def add_execution(r, s):
         out, s.future = s.future.result(), None
@@ -271,13 +286,7 @@ def solve(model, tokenizer, questions: list[str], system: str = DEFAULT_SYSTEM, 
 
     try:
         while waiting or any(rows.seqs):
-            for r, s in enumerate(rows.seqs):  # continuous batching: a free row takes the next problem
-                if s is None and waiting:
-                    i = waiting.popleft()
-                    ids = tokenizer.encode(lce_data.prompt_text(questions[i], system), bos=True)
-                    ids = ids[-cfg.max_prompt_tokens:]
-                    rows.seqs[r] = Seq(i, ids, len(ids), block_start=len(ids), run=len(ids),
-                                       gen=_generator(cfg.seed, i))
+            rows.admit(waiting, new_seq)
             for r, s in enumerate(rows.seqs):  # finished executions rejoin (their output gets prefilled)
                 if s is not None and s.future is not None and s.future.done():
                     add_execution(r, s)
@@ -370,9 +379,9 @@ def main():
     ap.add_argument("--max-total-tokens", type=int, default=GenConfig.max_total_tokens)
     ap.add_argument("--max-prompt-tokens", type=int, help="default: max-total-tokens - max-new-tokens, at most 1536")
     ap.add_argument("--max-rounds", type=int, default=GenConfig.max_rounds)
-    ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=GenConfig.temperature)
+    ap.add_argument("--top-p", type=float, default=GenConfig.top_p)
+    ap.add_argument("--seed", type=int, default=GenConfig.seed)
     ap.add_argument("--no-execute", action="store_true", help="do not run code: the model writes its own output")
     ap.add_argument("--timeout", type=float, help="seconds per code block (default: sandbox.py's)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -380,29 +389,31 @@ def main():
     a = ap.parse_args()
     if bool(a.questions) == bool(a.file):
         ap.error("give either question(s) or --file")
-    import model as model_lib, tokenizer as tokenizer_lib
-    from eval import done_keys
-    tok = tokenizer_lib.Tokenizer.from_checkpoint(a.model)
-    net = model_lib.Transformer.from_pretrained(a.model, a.device, a.dtype and getattr(torch, a.dtype))
+    from eval import done_keys   # here, not at the top: eval.py imports SymPy (slow), only --file needs it
+    tok = Tokenizer.from_checkpoint(a.model)
+    net = Transformer.from_pretrained(a.model, a.device, a.dtype and getattr(torch, a.dtype))
     if net.args.vocab_size < tok.vocab_size:
         sys.exit(f"{a.model}: model vocab {net.args.vocab_size} < tokenizer vocab {tok.vocab_size}")
     prompt_max = a.max_prompt_tokens or max(1, min(GenConfig.max_prompt_tokens, a.max_total_tokens - a.max_new_tokens))
-    cfg = GenConfig(a.max_new_tokens, a.max_total_tokens, prompt_max, a.max_rounds, a.temperature,
-                    a.top_p, a.batch_size, not a.no_execute, a.seed)
+    cfg = GenConfig(max_new_tokens=a.max_new_tokens, max_total_tokens=a.max_total_tokens,
+                    max_prompt_tokens=prompt_max, max_rounds=a.max_rounds, temperature=a.temperature,
+                    top_p=a.top_p, batch_size=a.batch_size, execute=not a.no_execute, seed=a.seed)
     pool = None
     if cfg.execute:
         import sandbox
         pool = sandbox.SandboxPool(max(1, cfg.batch_size), **({"timeout": a.timeout} if a.timeout else {}))
     try:
-        if a.questions:  # one question is streamed; several are shown as each finishes
-            show, one = Renderer(), len(a.questions) == 1
-
-            def done(i, r):
-                if not one:
+        if a.questions:
+            show = Renderer()
+            if len(a.questions) == 1:  # streamed as it is decoded
+                solve(net, tok, a.questions, a.system, cfg, pool, on_stream=lambda i, text: show(text))
+            else:                      # several: each shown whole as it finishes
+                def show_result(i, r):
                     print(f"\n=== question {i + 1}: {r['question']}")
                     show(r["solution"])
-            solve(net, tok, a.questions, a.system, cfg, pool, done, (lambda i, text: show(text)) if one else None)
-            return print()
+                solve(net, tok, a.questions, a.system, cfg, pool, show_result)
+            print()
+            return
         recs = read_questions(a.file)[:a.limit]
         out_path = a.out or re.sub(r"(\.jsonl)?$", ".results.jsonl", a.file, count=1)
         done = done_keys(out_path, key="index")   # resume: a torn last line is cut off
@@ -410,13 +421,12 @@ def main():
         print(f"{a.file}: {len(recs)} questions, {len(done)} already in {out_path}, solving {len(todo)}",
               file=sys.stderr)
         fd = os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        t0, stats = time.time(), {"n": 0, "tokens": 0, "rounds": 0, "exec": 0}
+        t0, stats = time.time(), Counter()
 
         def on_result(j, r):  # one os.write per line on an O_APPEND file: a line is whole or absent
             rec = {**recs[todo[j]], **r, "index": todo[j]}
             os.write(fd, (json.dumps(rec, ensure_ascii=False) + "\n").encode())
-            for k, v in (("n", 1), ("tokens", r["n_tokens"]), ("rounds", r["n_rounds"]), ("exec", r["n_exec"])):
-                stats[k] += v
+            stats.update(n=1, tokens=r["n_tokens"], rounds=r["n_rounds"], exec=r["n_exec"])
             dt, n = time.time() - t0, stats["n"]
             print(f"\r{n}/{len(todo)} problems  {n / dt:.2f}/s  {stats['tokens'] / dt:.0f} tok/s  "
                   f"ETA {(len(todo) - n) * dt / n:.0f}s   ", end="", file=sys.stderr, flush=True)

@@ -4,7 +4,7 @@ generate -> execute -> continue loop runs real code, keeps state, stops on time 
 Two stand-ins: CharTokenizer (the fixture model's vocabulary is only 320 ids, so the Llama tokenizer cannot
 drive it) and ScriptedModel (emits a fixed LCE solution whatever it reads, like a trained MathCoder that
 always writes the same thing; it honours the forward/cache contract and logs every token it is fed)."""
-import json, os, re, shutil, subprocess, sys, tempfile
+import io, json, os, re, shutil, subprocess, sys, tempfile
 from pathlib import Path
 
 import numpy as np
@@ -173,8 +173,9 @@ SOLUTION = ("<|text|>Multiply first.<|endofblock|><|code|>x = 123 * 456\nprint(x
 
 
 def test_runs_code_inserts_real_output_keeps_state(tok, pool):
-    model = scripted(tok, SOLUTION)
-    [res] = infer.solve(model, tok, ["What is 123*456+1?"], cfg=GenConfig(batch_size=2), pool=pool)
+    model, streamed = scripted(tok, SOLUTION), []
+    [res] = infer.solve(model, tok, ["What is 123*456+1?"], cfg=GenConfig(batch_size=2), pool=pool,
+                        on_stream=lambda i, text: streamed.append(text))
     assert res["solution"] == (
         "<|text|>Multiply first.<|endofblock|><|code|>x = 123 * 456\nprint(x)<|endofblock|>"
         "<|execution|>56088<|endofblock|><|code|>x + 1<|endofblock|><|execution|>56089<|endofblock|>"
@@ -192,6 +193,7 @@ def test_runs_code_inserts_real_output_keeps_state(tok, pool):
     assert starts == [0] + list(np.cumsum([len(t) for k, s, t in model.feeds])[:-1])
     assert fed + [tok.special["<|endofmessage|>"]] == tok.encode(lce_data.serialize(rec), bos=True)
     assert res["n_tokens"] == len(tok.encode(SOLUTION))
+    assert "".join(streamed) == res["solution"]  # streaming shows the whole solution (no decimals to round)
 
 
 def test_crash_and_hang_are_survived(tok):
@@ -236,9 +238,10 @@ def test_continuous_batching_refills_rows(tok, pool):
     """5 problems on 2 rows: each gets its own sandbox session (no state leaks) and its own result."""
     sols = [f"<|code|>print(globals().get('v', 'fresh'))\nv = {k}\nprint(v * 10)<|endofblock|><|endofmessage|>"
             for k in range(5)]
-    got = {}
-    res = infer.solve(scripted(tok, *sols), tok, [f"q{k}" for k in range(5)], cfg=GenConfig(batch_size=2),
+    got, model = {}, scripted(tok, *sols)
+    res = infer.solve(model, tok, [f"q{k}" for k in range(5)], cfg=GenConfig(batch_size=2),
                       pool=pool, on_result=lambda i, r: got.setdefault(i, r))
+    assert model.started == 5 and set(model.state) == {0, 1}  # 5 sequences started, in rows 0 and 1 only
     assert sorted(got) == list(range(5)) and [r["question"] for r in res] == [f"q{k}" for k in range(5)]
     for k, r in enumerate(res):
         assert executions(r) == [f"fresh\n{k * 10}"]
@@ -268,6 +271,15 @@ def test_token_limits(tok, pool):
     assert len(first) == 100 and first[-1] == tok.special["<|assistant|>"]
 
 
+def test_execution_withheld_respects_the_token_limit(tok):
+    """execute=False: when the <|execution|> the loop opens fills the context, the problem stops there."""
+    code = "<|code|>print(1)<|endofblock|>"
+    n = len(tok.encode(lce_data.prompt_text("q"), bos=True)) + len(tok.encode(code)) + 1   # + <|execution|>
+    cfg = GenConfig(max_total_tokens=n, max_prompt_tokens=n - 1, execute=False)
+    [r] = infer.solve(scripted(tok, code + "<|text|>x<|endofblock|><|endofmessage|>"), tok, ["q"], cfg=cfg)
+    assert r["stop"] == "max_total_tokens" and r["solution"] == code + "<|execution|>"
+
+
 def test_decimals_rounded_in_context_and_code(tok, pool):
     sol = "<|code|>print(0.12345678 * 2)<|endofblock|><|text|>About 1.4142135623.<|endofblock|><|endofmessage|>"
     model = scripted(tok, sol)
@@ -291,17 +303,28 @@ def test_execute_false_runs_nothing(tok, tmp_path):
     class NoPool:
         def acquire(self):
             raise AssertionError("execute=False must not touch the sandbox")
-    [r] = infer.solve(scripted(tok, sol), tok, ["q"], cfg=GenConfig(execute=False), pool=NoPool())
+    streamed = []
+    [r] = infer.solve(scripted(tok, sol), tok, ["q"], cfg=GenConfig(execute=False), pool=NoPool(),
+                      on_stream=lambda i, text: streamed.append(text))
     assert r["n_exec"] == 0 and not marker.exists()
     # the loop opened the execution block after the code; its content is what the model wrote
     assert executions(r) == ["42"]
     assert r["solution"] == code + "<|execution|>42<|endofblock|><|text|>done<|endofblock|><|endofmessage|>"
+    assert "".join(streamed) == r["solution"]  # the opened <|execution|> is streamed too
 
 
 def test_parse_blocks():
     assert infer.parse_blocks("<|text|>a<|endofblock|>stray<|code|>b") == [("text", "a"), ("text", "stray"), ("code", "b")]
     assert infer.parse_blocks("<|text|><|endofblock|><|execution|>x\ny<|endofblock|><|endofmessage|>") == [
         ("text", ""), ("execution", "x\ny")]
+
+
+def test_renderer_plain():
+    """Off a terminal, code and execution blocks become Markdown fences."""
+    out = io.StringIO()
+    infer.Renderer(out)("<|text|>Hi<|endofblock|><|code|>print(1)<|endofblock|>"
+                        "<|execution|>1<|endofblock|><|endofmessage|>")
+    assert out.getvalue() == "Hi\n\n```python\nprint(1)\n```\n```output\n1\n```\n"
 
 
 def test_cli(tmp_path, tok):
@@ -323,5 +346,6 @@ def test_cli(tmp_path, tok):
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["question"] for r in recs) == ["1+1?", "2+2?"]
     assert {r.get("id") for r in recs} == {None, "7"} and all(r["messages"][2]["role"] == "assistant" for r in recs)
+    assert json.loads((tmp_path / "r.jsonl.summary.json").read_text())["solved"] == 2
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)  # resume: nothing left to do
     assert p.returncode == 0 and len(out.read_text().splitlines()) == 2
