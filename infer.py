@@ -389,7 +389,7 @@ def main():
     a = ap.parse_args()
     if bool(a.questions) == bool(a.file):
         ap.error("give either question(s) or --file")
-    from eval import done_keys   # here, not at the top: eval.py imports SymPy (slow), only --file needs it
+    from eval import atomic_write, done_keys   # here, not at the top: eval.py imports SymPy (slow), only --file needs it
     tok = Tokenizer.from_checkpoint(a.model)
     net = Transformer.from_pretrained(a.model, a.device, a.dtype and getattr(torch, a.dtype))
     if net.args.vocab_size < tok.vocab_size:
@@ -438,9 +438,7 @@ def main():
         summary = {"file": a.file, "out": out_path, "solved": stats["n"], "seconds": round(dt, 1),
                    "problems_per_s": stats["n"] / max(dt, 1e-9), "tokens_per_s": stats["tokens"] / max(dt, 1e-9),
                    "mean_rounds": stats["rounds"] / max(stats["n"], 1), "executions": stats["exec"]}
-        with open(out_path + ".summary.json.tmp", "w") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(out_path + ".summary.json.tmp", out_path + ".summary.json")
+        atomic_write(out_path + ".summary.json", json.dumps(summary, indent=2) + "\n")
         print("\n" + json.dumps(summary), file=sys.stderr)
     finally:
         if pool is not None:

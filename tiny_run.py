@@ -97,14 +97,12 @@ def make_data(args):
 
 def train_model(args, data, tok_path, name, train_on_execution):
     """Stage 3: the real train.py, a small Llama from scratch (shape from the arguments)."""
-    head_dim = args.dim // args.n_heads
     cfg = TrainConfig(data=data, out=os.path.join(args.out, name), tokenizer=tok_path, dim=args.dim,
                       n_layers=args.n_layers, n_heads=args.n_heads, hidden_dim=(8 * args.dim // 3 + 15) // 16 * 16,
                       epochs=10 ** 6, max_steps=args.steps, lr=args.lr, min_lr=args.lr / 10,
                       warmup_steps=min(50, args.steps // 10), beta2=0.95, batch_size=args.batch_size,
                       micro_batch_size=args.batch_size, seq_len=256, train_on_execution=train_on_execution,
                       seed=args.seed, save_every=10 ** 9, log_every=max(1, args.steps // 20))
-    assert head_dim * args.n_heads == args.dim, "--dim must be a multiple of --n-heads"
     return train(cfg)["final"]
 
 
@@ -173,4 +171,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError) as e:   # bad arguments: one line, no traceback
+        sys.exit(f"error: {e}")
