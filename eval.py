@@ -489,13 +489,16 @@ def _math_levels(data_dir):
     return _read_jsonl(os.path.join(data_dir, "MATH_subject_level.jsonl"))[0]
 
 
-def _user_text(rec):
-    return "".join(c["content"] for m in rec.get("messages", []) if m["role"] == "user" for c in m["content"])
+def _message_text(rec, role):
+    """The text of a record's `role` messages (messages schema), or None when it has none."""
+    texts = [c["content"] for m in rec.get("messages", []) if m["role"] == role for c in m["content"]]
+    return "".join(texts) if texts else None
 
 
 def load_dataset(name, data_dir=DATA_DIR, subject=None, level=None):
-    """A benchmark in the official schema -> [{"id", "question", "answer", "solution"} + MATH's "subject",
-    "level"]. name: one of DATASETS, any case."""
+    """A benchmark in the official schema -> [{"id", "question", "system", "answer", "solution"} + MATH's
+    "subject", "level"]. "system" is the record's own system text (the paper's prompt, docs/method.md §4;
+    None when the record has none). name: one of DATASETS, any case."""
     key = name.lower()
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
@@ -506,8 +509,9 @@ def load_dataset(name, data_dir=DATA_DIR, subject=None, level=None):
             gt = rec.get("ground_truth")
             if not isinstance(gt, dict) or "answer" not in gt:
                 raise ValueError(f"{path}:{i + 1}: field ground_truth.answer missing")
-            item = {"id": str(rec.get("id", f"{key}/{i}")), "question": _user_text(rec),
-                    "answer": gt["answer"], "solution": gt.get("solution", "")}
+            item = {"id": str(rec.get("id", f"{key}/{i}")), "question": _message_text(rec, "user") or "",
+                    "system": _message_text(rec, "system"), "answer": gt["answer"],
+                    "solution": gt.get("solution", "")}
             if item["id"].startswith("test/"):       # MATH ids look like test/algebra/1.json
                 item["subject"], item["level"] = item["id"].split("/")[1], _math_levels(data_dir).get(item["id"])
             out.append(item)
@@ -674,12 +678,21 @@ def run(args):
     tok = Tokenizer.from_checkpoint(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = Transformer.from_pretrained(args.model, device=device).eval()
-    cfg = infer.GenConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_rounds=args.max_rounds)
+    cfg = infer.GenConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                          max_rounds=args.max_rounds)
+    # the prompt's system text: --system, else each record's own (the paper's, docs/method.md §4)
+    system_of = {p["question"]: p["system"] for p in problems}
+
+    def system(question):
+        if args.system is not None:
+            return args.system
+        return system_of[question] if system_of[question] is not None else infer.DEFAULT_SYSTEM
 
     with SandboxPool(args.batch_size) as pool:    # one pool for the whole run: workers start once
 
         def solve_fn(questions, on_result):
-            return infer.solve(model, tok, questions, cfg=cfg, pool=pool, on_result=on_result)
+            return infer.solve(model, tok, questions, [system(q) for q in questions], cfg=cfg,
+                               pool=pool, on_result=on_result)
         return run_loop(problems, args.out, solve_fn, args.dataset, chunk=4 * args.batch_size,
                         model_name=os.path.basename(os.path.normpath(args.model)))
 
@@ -702,6 +715,7 @@ def main(argv=None):
     rp.add_argument("--max-rounds", type=int, default=16)
     rp.add_argument("--subject", help="MATH only: e.g. algebra")
     rp.add_argument("--level", type=int, help="MATH only: 1-5")
+    rp.add_argument("--system", help="system text of every prompt (default: each record's own)")
     rp.add_argument("--device", help="default: cuda when available, else cpu")
     rp.add_argument("--data-dir", default=DATA_DIR)
     args = ap.parse_args(argv)

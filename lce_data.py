@@ -21,7 +21,10 @@ import torch
 
 from tokenizer import Tokenizer
 
-DEFAULT_SYSTEM = 'Below is a math problem. Please solve it step by step and put your answer in "\\boxed{}".'
+# The system text of the paper's numbers: every released solution and every test record in data/eval/
+# carries it (docs/method.md §4). The authors' script defaulted to "" (or, with --syspt, this text plus
+# ' and put your answer in "\\boxed{}".'), but their released outputs were not made with those defaults.
+DEFAULT_SYSTEM = "Below is a math problem. Please solve it step by step."
 ROLES = ("system", "user", "assistant")
 BLOCKS = ("text", "code", "execution")
 IGNORE = -100                      # label of tokens that carry no loss (cross_entropy's default ignore_index)
@@ -129,7 +132,7 @@ def _from_debug_result(rec, need) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------
 # Strings and tokens
 def serialize(record) -> str:
-    """The whole conversation as one LCE string: no newlines added between pieces (METHOD.md §1)."""
+    """The whole conversation as one LCE string: no newlines added between pieces (docs/method.md §1)."""
     return "".join(f"<|{m['role']}|>" + "".join(f"<|{b['type']}|>{b['content']}<|endofblock|>"
                                                 for b in m["content"]) + "<|endofmessage|>"
                    for m in record["messages"])

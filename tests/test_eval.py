@@ -167,6 +167,7 @@ def test_load_dataset_shapes():
     first = E.load_dataset("math", DATA)[0]
     assert first["id"] == "test/intermediate_algebra/51.json" and first["level"] == 5
     assert first["answer"] == "\\frac{36}{11}"
+    assert first["system"] == "Below is a math problem. Please solve it step by step."   # the record's own
     with pytest.raises(ValueError):
         E.load_dataset("nope", DATA)
 
@@ -284,3 +285,34 @@ def test_cli_bad_input_names_file_and_line(tmp_path):
     with pytest.raises(SystemExit) as e:
         E.main(["score", str(bad)])
     assert str(e.value.code).startswith(f"error: {bad}:2: not valid JSON")
+
+
+def test_run_prompts_as_the_released_solutions(tmp_path):
+    """`eval.py run` with a tiny random checkpoint: each result's system and user messages are those of
+    the authors' released solution of the same question (debug_result[0:2]), by default; --system
+    overrides the system text."""
+    import torch
+    from model import ModelArgs, Transformer
+    from tokenizer import Tokenizer
+    tok = Tokenizer(os.path.join(ROOT, "tests", "fixtures", "tokenizer", "llama2-tokenizer.model"))
+    torch.manual_seed(0)
+    ckpt = tmp_path / "ckpt"
+    Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
+                          hidden_dim=32)).save_pretrained(ckpt)
+    tok.save(ckpt)
+    released = {}
+    for name in ("MathCoder-CL-7b_simuleq-correct.jsonl", "MathCoder-CL-7b_simuleq-wrong.jsonl"):
+        for line in open(os.path.join(ROOT, "data", "official_outs", name), encoding="utf-8"):
+            d = json.loads(line)["debug_result"]
+            released[d[1]["content"]] = d[:2]
+    args = ["run", "--model", str(ckpt), "--dataset", "simuleq", "--limit", "3", "--batch-size", "3",
+            "--max-new-tokens", "3", "--max-rounds", "1", "--device", "cpu", "--data-dir", DATA]
+    E.main(args + ["--out", str(tmp_path / "default")])
+    recs = [json.loads(x) for x in (tmp_path / "default" / "results.jsonl").read_text().splitlines()]
+    assert len(recs) == 3
+    for r in recs:
+        got = [{"role": m["role"], "content": m["content"][0]["content"]} for m in r["messages"][:2]]
+        assert got == released[r["question"]]
+    E.main(args + ["--out", str(tmp_path / "own"), "--system", ""])
+    recs = [json.loads(x) for x in (tmp_path / "own" / "results.jsonl").read_text().splitlines()]
+    assert [r["messages"][0]["content"][0]["content"] for r in recs] == ["", "", ""]

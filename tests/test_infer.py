@@ -336,16 +336,23 @@ def test_cli(tmp_path, tok):
     m.save_pretrained(ckpt)
     tok.save(ckpt)
     qfile = tmp_path / "q.jsonl"
+    own = [{"role": "system", "content": [{"type": "text", "content": "Be brief."}]},
+           {"role": "user", "content": [{"type": "text", "content": "3+3?"}]}]
     qfile.write_text(json.dumps({"question": "1+1?"}) + "\n" + json.dumps(
-        {"id": "7", "messages": [{"role": "user", "content": [{"type": "text", "content": "2+2?"}]}]}) + "\n")
+        {"id": "7", "messages": [{"role": "user", "content": [{"type": "text", "content": "2+2?"}]}]}) + "\n"
+        + json.dumps({"id": "8", "messages": own}) + "\n")
     out = tmp_path / "r.jsonl"
     cmd = [sys.executable, "infer.py", "--model", str(ckpt), "--file", str(qfile), "--out", str(out),
            "--no-execute", "--max-total-tokens", "80", "--max-new-tokens", "10", "--max-rounds", "2"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     recs = [json.loads(line) for line in out.read_text().splitlines()]
-    assert sorted(r["question"] for r in recs) == ["1+1?", "2+2?"]
-    assert {r.get("id") for r in recs} == {None, "7"} and all(r["messages"][2]["role"] == "assistant" for r in recs)
-    assert json.loads((tmp_path / "r.jsonl.summary.json").read_text())["solved"] == 2
+    assert sorted(r["question"] for r in recs) == ["1+1?", "2+2?", "3+3?"]
+    assert {r.get("id") for r in recs} == {None, "7", "8"}
+    assert all(r["messages"][2]["role"] == "assistant" for r in recs)
+    # each prompt's system text: the record's own, else the paper's
+    system = {r["question"]: r["messages"][0]["content"][0]["content"] for r in recs}
+    assert system == {"1+1?": lce_data.DEFAULT_SYSTEM, "2+2?": lce_data.DEFAULT_SYSTEM, "3+3?": "Be brief."}
+    assert json.loads((tmp_path / "r.jsonl.summary.json").read_text())["solved"] == 3
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)  # resume: nothing left to do
-    assert p.returncode == 0 and len(out.read_text().splitlines()) == 2
+    assert p.returncode == 0 and len(out.read_text().splitlines()) == 3

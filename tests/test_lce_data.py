@@ -88,8 +88,10 @@ def test_multi_round_and_execution_ablation(tok):
 def test_prompt_text_is_the_serialized_prefix():
     p = D.prompt_text("What is 12*34?", system="")
     assert p == D.serialize(R408)[:len(p)] and p.endswith("<|endofmessage|><|assistant|>")
-    assert D.prompt_text("Q").startswith('<|system|><|text|>Below is a math problem. Please solve it step by '
-                                         'step and put your answer in "\\boxed{}".<|endofblock|>')
+    # the default system text is the paper's: the one every released solution shows (debug_result[0])
+    released = json.loads(open(SAMPLE, encoding="utf-8").readline())["debug_result"][0]
+    assert released == {"role": "system", "content": "Below is a math problem. Please solve it step by step."}
+    assert D.prompt_text("Q").startswith(f'<|system|><|text|>{released["content"]}<|endofblock|>')
 
 
 def test_overflow_truncate_drop_and_stats(tok):
