@@ -1,16 +1,27 @@
 """
 Grade MathCoder solutions: pull out the final answer, decide whether it equals the reference, and run or
-re-score the paper's five benchmarks (METHOD.md §5-6).
+re-score the paper's five benchmarks (docs/method.md §5-6). Every solution gets two verdicts:
 
-The authors' grader (src/utils.py) compares with latex2sympy and accepts any numeric difference below 1e-2,
-so it calls 0.333 equal to 1/3 and 100.004 equal to 100. This one uses only SymPy and is stricter:
+strict (the headline): exact SymPy equivalence, stricter than the authors' 1e-2 tolerance (which calls
+0.333 equal to 1/3 and 100.004 equal to 100):
   1. extract_answer: the last \\boxed{...} (nested braces), else "the answer is ...", else GSM8K's "#### x";
-  2. normalise both strings (LaTeX decoration, units, degrees, percent, dollars, thousands separators, "x =");
+  2. normalise both strings (LaTeX decoration, units, degrees, percent, dollars, thousands separators,
+     "x =", a "\\text{label} =" or "label:" before the value);
   3. plain string / number equality (fast path, no SymPy);
   4. structure: tuples and intervals in order, sets and lists of solutions in any order, matrices by entry;
   5. each scalar: a small LaTeX -> SymPy translation, then exact comparison. A decimal counts as equal to an
      exact value only when it is that value correctly rounded to the places written AND carries about four
      significant figures (0.3333333 == 1/3, 0.333 != 1/3). Every SymPy call runs under a time limit.
+paper protocol: the authors' grader (their src/evaluate.py and src/utils.py) rewritten, the one behind the
+paper's numbers; see the section "the authors' grader" for what it does and where it deviates.
+
+Each data set's protocol, in both (checked against the released verdicts in data/official_outs/):
+  * SimulEq: the reference holds the first unknown of two or more; the answer is the first \\boxed{} of the
+    solution's last block that has one, taken whole ("\\boxed{65, 40}" against 65 is wrong);
+  * GSM8K: letters are dropped from a plain answer, after its left-hand side ("x = 160" -> 160);
+  * Mathematics: references may be lists "[3, 5]"; strict compares their items (a "[...]" answer too).
+  * GSM8K, SVAMP, MATH, minival: the last \\boxed{} (strict), the first box of the last block holding
+    one (paper protocol, as the authors' extraction did).
 
     python eval.py score out/run/results.jsonl
     python eval.py run --model CKPT --dataset GSM8K --out out/gsm8k --limit 50
@@ -48,7 +59,8 @@ def _braced(s, i):
 
 
 def _boxes(text):
-    """The contents of every \\boxed{...} / \\fbox{...}, in order."""
+    """The contents of every \\boxed{...} / \\fbox{...}, in order; empty ones ("put it in \\boxed{}") left
+    out."""
     out = []
     for m in re.finditer(r"\\(?:boxed|fbox)\s*", text):
         i = m.end()
@@ -56,25 +68,27 @@ def _boxes(text):
             inner = _braced(text, i)[0]
         else:                                            # "\boxed 5" form
             inner = re.match(r"[^\s$]*", text[i:]).group(0)
-        if inner is not None:
+        if inner is not None and inner.strip():
             out.append(inner.strip())
     return out
 
 
+_BLOCK_MARK = re.compile(r"<\|(?:text|code|execution|endofblock|endofmessage|system|user|assistant)\|>")
+
+
 def extract_answer(text, dataset=None):
-    """The final answer a solution gives, or None. dataset='simuleq' takes the FIRST answer instead."""
+    """The final answer a solution gives, or None: the last \\boxed{}. SimulEq (dataset='simuleq'): the
+    first \\boxed{} of the last block that has one, whole (docs/method.md §5)."""
     if text is None:
         return None
     text = str(text)
     boxes = _boxes(text)
-    if dataset and dataset.lower() == "simuleq":
-        # SimulEq asks for two or more unknowns but its reference holds only the first one; the authors
-        # grade the first answer the solution gives, so we do too: the first box, first value inside it.
-        first = boxes[0] if boxes else extract_answer(text)
-        if first is None:
-            return None
-        parts = _split_top(_normalize(first)) if "," in first or "and" in first else []
-        return (parts or [first])[0]
+    if dataset and dataset.lower() == "simuleq" and boxes:
+        # SimulEq asks for two or more unknowns; its reference holds the first. The authors graded the
+        # solution's last text block (their `completion`) by its first box, taken whole: "\boxed{65, 40}"
+        # against 65 is wrong, and so is a later block's "\boxed{16} ... \boxed{7}" against 7.
+        last = next(b for b in reversed(_BLOCK_MARK.split(text)) if _boxes(b))
+        return _boxes(last)[0]
     if boxes:   # the last box: "\boxed{x+11} or \boxed{11+x}" restates one answer (references cut so too)
         return boxes[-1]
     m = re.findall(r"answer is[:\s]*(.+?)(?:\.?\s*$|\.\s|\n)", text, re.I | re.S)
@@ -109,6 +123,7 @@ def _normalize(s):
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ", "", s)   # degrees: 30^\circ, 30^{\circ}, 30°
     for cmd in ("\\mathrm", "\\mathbf", "\\boldsymbol", "\\textbf"):
         s = _unwrap(s, cmd)
+    s = re.sub(r"^\\text\s*\{[^{}]*\}\s*=\s*", "", s)          # "\text{Cost of a taco} = 0.90": a label
     s = re.sub(r"\\text\s*\{\s*(and|or)\s*\}|\s+and\s+", ", ", s)
     # \text{...}: units after a number are dropped ("10\text{ cm}^2"), a text-only answer is kept
     if re.search(r"\\text\s*\{", s):
@@ -118,6 +133,7 @@ def _normalize(s):
     if "matrix" not in s:   # a "\ " space that lost its blank in the released references ("2,\1")
         s = re.sub(r"\\(?=[\d+\-(])", " ", s)
     s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
+    s = re.sub(r"^[A-Za-z][A-Za-z ]*:\s*(?=[-+\d.])", "", s)      # "Number of rooms: 64": a label
     s = _strip_lhs(s.split("\\approx")[-1].strip())             # "x = 3" -> "3"
     if "=" not in s:   # "10 inches", "18 dollars" -> number
         s = re.sub(r"^([-+]?[\d.,/]+)(?:\s+(?!pi\b)[a-zA-Z]{2,}\.?(?:\^\{?\d\}?)?)+$", r"\1", s)
@@ -455,13 +471,165 @@ def is_equiv(pred, ref):
               for x in (a, b))
     return (a2, b2) != (a, b) and _equiv_norm(a2, b2)
 
+# ------------------------------------------------------------------- the authors' grader, side by side
+# The paper's numbers were graded by the authors' src/evaluate.py with src/utils.py (find_math_answer,
+# is_equal). Rewritten here so that a user sees their verdict ("paper protocol") beside the strict one.
+# Their quirks are kept on purpose (they move the numbers); each is named where it happens. Deviations:
+#   * latex2sympy (not a dependency here) is replaced by this file's LaTeX -> SymPy reader (_to_sympy),
+#     with latex2sympy's thousands separators ("3,500") added; LaTeX it reads and ours does not (or the
+#     other way round) can flip a verdict;
+#   * their tuple evaluation prints each element with Python's eval of SymPy's string; here an integer
+#     element prints as an int and any other as a float of SymPy's value.
+
+# their strip_units list, in their order. A missing comma in their source fuses 'kb/h' and 'slices', and
+# the empty unit '' removes every '^2' and '^3' from an answer ("x^2" -> "x").
+_AUTHORS_UNITS = ("cookies", "screws", "square", "degree", "pints", "mb/h", "mb/s", "kb/hslices",
+                  "oranges", "persecond", "ies/hour", "eephants/hour", "liters", "sq.ft.", "inches",
+                  "hours", "feet", "minutes", "seconds", "cents", "mph", "meters", "yearsod", "rams",
+                  "centimeters", "kiorams", "years", "weeks", "miesperhour", "miles", "units", "km", "mm",
+                  "ms", "am", "mbperhour", "mg", "kg", "", "cm", "€", "ml", "pm", "gb", "")
+
+
+def _authors_units(s):
+    for unit in _AUTHORS_UNITS:
+        s = s.replace(unit + "^3", "").replace(unit + "^2", "").replace(unit, "")
+        s = s.replace("{}^3", "").replace("{}^2", "").replace("{}", "")
+    for unit in ("m", "p", "g", "l", "s", "ft"):
+        s = s.replace(f"{{{unit}}}^3", "").replace(f"{{{unit}}}^2", "").replace(f"{{{unit}}}", "")
+    return s.replace("ft^3", "").replace("ft^2", "")
+
+
+def _authors_fix_sqrt(s):
+    """'\\sqrt2' -> '\\sqrt{2}': one character after \\sqrt gets braces."""
+    first, *rest = s.split("\\sqrt")
+    return first + "".join("\\sqrt{" + p[0] + "}" + p[1:] if p and p[0] != "{" else "\\sqrt" + p
+                           for p in rest)
+
+
+def _authors_fix_fracs(s):
+    """'\\frac12' -> '\\frac{1}{2}', '\\frac1{2}' -> '\\frac{1}{2}'; unchanged if a \\frac lacks 2 chars."""
+    first, *rest = s.split("\\frac")
+    for p in rest:
+        if p[:1] == "{":
+            first += "\\frac" + p
+        elif len(p) < 2:
+            return s
+        elif p[1] != "{":
+            first += "\\frac{" + p[0] + "}{" + p[1] + "}" + p[2:]
+        else:
+            first += "\\frac{" + p[0] + "}" + p[1:]
+    return first
+
+
+def _authors_strip(s):
+    """Their _strip_string: LaTeX decoration off, '=' and '\\approx' (when there is exactly one) cut."""
+    for a, b in (("\n", ""), ("\\!", ""), ("\\\\", "\\"), ("tfrac", "frac"), ("dfrac", "frac"),
+                 ("\\left", ""), ("\\right", ""), ("^{\\circ}", ""), ("^\\circ", ""), ("\\$", ""),
+                 ("$", "")):
+        s = s.replace(a, b)
+    s = s.split("\\text{ ")[0]               # units; never seen: find_math_answer removed \text before
+    s = s.replace("\\%", "").replace(" .", " 0.").replace("{.", "{0.")   # (a bare % stays)
+    if not s:
+        return s
+    s = "0" + s if s[0] == "." else s
+    if s.count("=") == 1:
+        s = s.split("=")[1]
+    if s.count("\\approx") == 1:
+        s = s.split("\\approx")[1]
+    if "sqrt" in s:
+        s = _authors_fix_sqrt(s)
+    s = s.replace(" ", "")
+    if "sqrt" in s:                          # (fractions are fixed only next to a root)
+        s = _authors_fix_fracs(s)
+    if s == "0.5":
+        s = "\\frac{1}{2}"
+    m = re.fullmatch(r"(-?[1-9]\d*|0)/(-?[1-9]\d*|0)", s)   # "3/4" written as int/int
+    return f"\\frac{{{m[1]}}}{{{m[2]}}}" if m else s
+
+
+def authors_answer(text):
+    """Their find_math_answer: lower-case; what follows the last ' is '; from the first 'oxed{' to the
+    last '}' (their greedy regex), cut at a '}' that comes before any '{'; after the last '=' and
+    '\\approx'; LaTeX decoration and units stripped."""
+    s = str(text).lower().split(" is ")[-1].replace("{}", "")
+    start, end = s.find("oxed{"), s.rfind("}")
+    ans = s[start + 5:end] if 0 <= start and start + 5 <= end else s
+    if "}" in ans and ("{" not in ans or ans.find("}") < ans.find("{")):
+        ans = ans.split("}")[0]
+    ans = ans.split("=")[-1].split("\\approx")[-1]
+    for a, b in (("answer:", ""), ("∞", "\\infty"), ("+\\infty", "\\infty"), ("\\\\", "\\"), ("\n", ""),
+                 ("\\text", ""), ("\\mbox", ""), ("bmatrix", "pmatrix")):
+        ans = ans.replace(a, b)
+    ans = ans.split("\\)")[0].split("\\]")[0].split("\\(")[-1].split("\\[")[-1].replace("..</s>", "")
+    return _authors_units(_authors_strip(ans))
+
+
+def _authors_sympy(s):
+    """latex2sympy's stand-in: our reader, plus its thousands separators."""
+    return _timed(_to_sympy, re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s))
+
+
+def _authors_tuple(s):
+    """Their eval_tuple: '(a,b,...)' or '[a,b,...]' with every element replaced by its numeric value
+    ('infty', 'a', '-a' kept); the string unchanged when an element is not a number."""
+    items = s[1:-1].split(",")
+    if len(items) < 2 or s[0] + s[-1] not in ("()", "[]"):
+        return s
+    out = []
+    for item in items:
+        if "infty" in item or item in ("a", "-a"):
+            out.append(item)
+            continue
+        e = _authors_sympy(item)
+        if e is None or e[0].free_symbols or not e[0].is_real:
+            return s
+        value = e[0]
+        out.append(str(int(value)) if value.is_Integer and "." not in item else str(float(value)))
+    return s[0] + ",".join(out) + s[-1]
+
+
+def authors_equal(a, b):
+    """Their is_equal: equal after lower-casing and removing spaces; or after evaluating tuples; or equal
+    as SymPy expressions; or, for numbers, |a - b| < 1e-2."""
+    a, b = str(a).lower().replace(" ", ""), str(b).lower().replace(" ", "")
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    a, b = _authors_tuple(a), _authors_tuple(b)
+    if a == b:
+        return True
+    ea = _authors_sympy(a)
+    eb = _authors_sympy(b) if ea else None
+    if not ea or not eb:
+        return False
+    if ea[0] == eb[0]:
+        return True
+    if ea[0].free_symbols or eb[0].free_symbols:   # their numeric checks fail on symbols
+        return False
+    diff = _timed(lambda: abs(sympy.N(ea[0] - eb[0], 30)))
+    return diff is not None and bool(diff < 1e-2)
+
+
+def _grade_authors(solution, reference, dataset):
+    # Their `completion`: the released verdicts were computed on an answer that an extraction step, not in
+    # their public code, had pulled out of the solution; the first \\boxed{} of the last block that has
+    # one reproduces it (else the last block, which is what their public script's `completion` holds).
+    blocks = [b for b in _BLOCK_MARK.split(str(solution)) if b.strip()]
+    boxed = [_boxes(b) for b in blocks if _boxes(b)]
+    completion = boxed[-1][0] if boxed else (blocks[-1] if blocks else "")
+    pred = authors_answer(completion)
+    if dataset == "gsm8k":
+        pred = re.sub(r"[a-zA-Z]", "", pred)   # their GSM8K rule: letters dropped
+    return pred, authors_equal(authors_answer(str(reference)), pred)
+
 # ------------------------------------------------------------------------------------------ datasets
 
 DATASETS = {"gsm8k": ["GSM8K_test_post.jsonl"], "svamp": ["SVAMP_test_post.jsonl"],
             "mathematics": ["mathematics_test_post.jsonl"], "simuleq": ["simuleq_test_post.jsonl"],
             "minival": ["minival_test_post.jsonl"], "math": [f"MATH_{k}_test_post.jsonl" for k in range(1, 6)],
             **{f"math_{k}": [f"MATH_{k}_test_post.jsonl"] for k in range(1, 6)}}   # MATH by level
-PAPER = {  # METHOD.md §6, accuracy % (greedy, one sample)
+PAPER = {  # docs/method.md §6, accuracy % (greedy, one sample)
     "MathCoder-L-7B": {"gsm8k": 64.2, "math": 23.3, "svamp": 71.5, "mathematics": 46.9, "simuleq": 47.5},
     "MathCoder-CL-7B": {"gsm8k": 67.8, "math": 30.2, "svamp": 70.7, "mathematics": 55.8, "simuleq": 49.6},
     "MathCoder-L-13B": {"gsm8k": 72.6, "math": 29.9, "svamp": 76.9, "mathematics": 54.7, "simuleq": 62.3},
@@ -522,36 +690,68 @@ def load_dataset(name, data_dir=DATA_DIR, subject=None, level=None):
     return out
 
 
-def grade(solution, reference, dataset=None):
-    """(extracted answer, correct?) for one solution, following each data set's protocol."""
+def grade(solution, reference, dataset=None, protocol="strict"):
+    """(extracted answer, correct?) for one solution, following each data set's protocol.
+    protocol="strict": this file's exact equivalence (the headline); "authors": the authors' grader, the
+    one behind the paper's numbers (their 1e-2 tolerance, their extraction)."""
     dataset = (dataset or "").lower()
+    if protocol == "authors":
+        return _grade_authors(solution, reference, dataset)
+    if protocol != "strict":
+        raise ValueError(f"protocol must be 'strict' or 'authors', not {protocol!r}")
     pred, ref = extract_answer(solution, dataset), str(reference)
     if dataset == "mathematics":   # references may be lists such as "[3, 5]"
         ref = ref[1:-1] if ref.startswith("[") and ref.endswith("]") else ref
         if pred and pred.startswith("[") and pred.endswith("]"):
             pred = pred[1:-1]
     if dataset == "gsm8k" and pred and "\\" not in pred:
-        pred = re.sub(r"[a-zA-Z]", "", pred)            # answers are numbers: the authors drop letters
+        # answers are numbers: the authors drop letters; a left-hand side goes first ("x = 160")
+        pred = re.sub(r"[a-zA-Z]", "", _strip_lhs(pred.strip()))
     return pred, is_equiv(pred, ref)
 
 # ------------------------------------------------------------------------------------------- scoring
 
+def verdicts(solution, reference, dataset=None):
+    """Both verdicts for one solution, as a result line stores them: pred / correct (strict, the headline)
+    and pred_authors / correct_authors (the authors' grader, behind the paper's numbers)."""
+    pred, ok = grade(solution, reference, dataset)
+    pred_authors, ok_authors = grade(solution, reference, dataset, protocol="authors")
+    return {"pred": pred, "correct": ok, "pred_authors": pred_authors, "correct_authors": ok_authors}
+
+
 def _record_parts(rec, where):
-    """(solution text, reference, id) from our results or the authors' released format (debug_result)."""
-    if "debug_result" in rec:   # authors: text/code/execution parts after the system and user messages
-        sol = "\n".join(str(d.get("content", "")) for d in rec["debug_result"]
-                        if d.get("role") not in ("system", "user"))
-        ref = rec.get("ground_truth", {}).get("answer")
+    """(solution as an LCE string, reference, id) from our results or the authors' output format:
+    `debug_result`, items keyed "role" (their released runs, which append the extracted answer as one
+    more item, equal to `completion`: dropped) or keyed "type" (their public inference script)."""
+    if "debug_result" in rec:
+        items = rec["debug_result"]
+        if not isinstance(items, list) or not all(isinstance(it, dict) for it in items):
+            raise ValueError(f"{where}: field debug_result: expected a list of objects")
+        blocks = [(it.get("type") or it.get("role"), str(it.get("content", ""))) for it in items]
+        blocks = [(kind, text) for kind, text in blocks if kind not in ("system", "user")]
+        if blocks and "type" not in items[-1] and blocks[-1][1] == rec.get("completion"):
+            blocks = blocks[:-1]
+        sol = "".join(f"<|{kind}|>{text}<|endofblock|>" for kind, text in blocks)
+        ref = (rec.get("ground_truth") or {}).get("answer")
     else:
-        sol, ref = rec.get("solution"), rec.get("reference", rec.get("ground_truth", {}).get("answer"))
+        sol, ref = rec.get("solution"), rec.get("reference", (rec.get("ground_truth") or {}).get("answer"))
     if sol is None or ref is None:
         raise ValueError(f"{where}: needs solution+reference (ours) or debug_result+ground_truth.answer")
     return sol, ref, rec.get("id")
 
 
-def _summary(dataset, oks):
-    correct = sum(map(bool, oks))
-    return {"dataset": dataset, "n": len(oks), "correct": correct, "accuracy": correct / len(oks) if oks else 0.0}
+def _summary(dataset, recs):
+    """Accuracy of graded records under both protocols."""
+    n = len(recs)
+    correct = sum(bool(r["correct"]) for r in recs)
+    correct_authors = sum(bool(r["correct_authors"]) for r in recs)
+    return {"dataset": dataset, "n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
+            "correct_authors": correct_authors, "accuracy_authors": correct_authors / n if n else 0.0}
+
+
+def _summary_line(s):
+    return (f"strict {s['correct']}/{s['n']} = {100 * s['accuracy']:.2f}%, "
+            f"paper protocol {s['correct_authors']}/{s['n']} = {100 * s['accuracy_authors']:.2f}%")
 
 
 def math_table(rows):
@@ -580,14 +780,13 @@ def score(path, dataset=None, out=None, data_dir=DATA_DIR):
     graded, math_rows = [], []
     for n, rec in enumerate(recs, 1):
         sol, ref, pid = _record_parts(rec, f"{path}:{n}")
-        pred, ok = grade(sol, ref, dataset)
-        graded.append({**rec, "pred": pred, "reference": ref, "correct": ok})
+        graded.append({**rec, "reference": ref, **verdicts(sol, ref, dataset)})
         if pid and str(pid).startswith("test/"):
-            math_rows.append((pid.split("/")[1], _math_levels(data_dir).get(pid), ok))
-    summary = _summary(dataset, [g["correct"] for g in graded])
-    print(f"{path}: {summary['correct']}/{summary['n']} correct, accuracy {100 * summary['accuracy']:.2f}%")
+            math_rows.append((pid.split("/")[1], _math_levels(data_dir).get(pid), graded[-1]["correct"]))
+    summary = _summary(dataset, graded)
+    print(f"{path}: {_summary_line(summary)}")
     if math_rows:
-        print(math_table(math_rows))
+        print("strict accuracy by subject and level:\n" + math_table(math_rows))
     if out:
         atomic_write(out, "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in graded))
     return summary
@@ -638,9 +837,9 @@ def run_loop(problems, out_dir, solve_fn, dataset, chunk=64, model_name="this ru
                 if i in written:
                     return
                 p = batch[i]
-                pred, ok = grade(res["solution"], p["answer"], dataset)
                 rec = {"id": p["id"], "question": p["question"], "solution": res["solution"],
-                       "messages": res.get("messages"), "pred": pred, "reference": p["answer"], "correct": ok}
+                       "messages": res.get("messages"), "reference": p["answer"],
+                       **verdicts(res["solution"], p["answer"], dataset)}
                 rec.update({k: p[k] for k in ("subject", "level") if k in p})
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 f.flush()
@@ -655,16 +854,22 @@ def run_loop(problems, out_dir, solve_fn, dataset, chunk=64, model_name="this ru
                   f"ETA {(len(todo) - n_new) / max(rate, 1e-9) / 60:.1f} min", file=sys.stderr)
     ids = {p["id"] for p in problems}
     recs = [r for r in _read_jsonl(path) if r["id"] in ids]
-    summary = _summary(dataset, [r["correct"] for r in recs])
+    for r in recs:   # lines written before the authors' verdict was recorded get it now
+        if "correct_authors" not in r:
+            r.update(verdicts(r["solution"], r["reference"], dataset))
+    summary = _summary(dataset, recs)
     atomic_write(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
-    lines = [f"| model | {dataset} accuracy % |", "|---|---|",
-             f"| {model_name} (n={len(recs)}) | {100 * summary['accuracy']:.1f} |"]
-    lines += [f"| {m} (paper) | {v.get(dataset.lower(), '-')} |" for m, v in PAPER.items()]
+    # the paper's numbers were graded by the authors' protocol: they sit in that column
+    lines = [f"{dataset} accuracy %: strict (exact equivalence) and paper protocol (the authors' grader)", "",
+             "| model | strict | paper protocol |", "|---|---|---|",
+             f"| {model_name} (n={len(recs)}) | {100 * summary['accuracy']:.1f} | "
+             f"{100 * summary['accuracy_authors']:.1f} |"]
+    lines += [f"| {m} (paper) | - | {v.get(dataset.lower(), '-')} |" for m, v in PAPER.items()]
     math_rows = [(r["subject"], r.get("level"), r["correct"]) for r in recs if r.get("subject")]
     if math_rows:
-        lines += ["", math_table(math_rows)]
+        lines += ["", "strict accuracy by subject and level:", "", math_table(math_rows)]
     atomic_write(os.path.join(out_dir, "summary.md"), "\n".join(lines) + "\n")
-    print(f"[eval] {dataset}: {summary['correct']}/{len(recs)} = {100 * summary['accuracy']:.2f}%", file=sys.stderr)
+    print(f"[eval] {dataset}: {_summary_line(summary)}", file=sys.stderr)
     return summary
 
 
@@ -711,7 +916,7 @@ def main(argv=None):
     rp.add_argument("--out", required=True, help="output directory: results.jsonl, summary.json/.md")
     rp.add_argument("--limit", type=int, default=0, help="first N problems only (0 = all)")
     rp.add_argument("--batch-size", type=int, default=16)
-    rp.add_argument("--max-new-tokens", type=int, default=512, help="per block (METHOD.md §4)")
+    rp.add_argument("--max-new-tokens", type=int, default=512, help="per block (docs/method.md §4)")
     rp.add_argument("--max-rounds", type=int, default=16)
     rp.add_argument("--subject", help="MATH only: e.g. algebra")
     rp.add_argument("--level", type=int, help="MATH only: 1-5")
