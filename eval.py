@@ -884,7 +884,7 @@ def run(args):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = Transformer.from_pretrained(args.model, device=device).eval()
     cfg = infer.GenConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                          max_rounds=args.max_rounds)
+                          max_rounds=args.max_rounds, context=args.context)
     # the prompt's system text: --system, else each record's own (the paper's, docs/method.md §4)
     system_of = {p["question"]: p["system"] for p in problems}
 
@@ -918,6 +918,9 @@ def main(argv=None):
     rp.add_argument("--batch-size", type=int, default=16)
     rp.add_argument("--max-new-tokens", type=int, default=512, help="per block (docs/method.md §4)")
     rp.add_argument("--max-rounds", type=int, default=16)
+    rp.add_argument("--context", choices=["window", "stop"], default="window",
+                    help="window: the authors' sliding window over the last 1536 tokens (default); "
+                    "stop: a problem stops when its context reaches 2048 tokens")
     rp.add_argument("--subject", help="MATH only: e.g. algebra")
     rp.add_argument("--level", type=int, help="MATH only: 1-5")
     rp.add_argument("--system", help="system text of every prompt (default: each record's own)")

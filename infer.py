@@ -1,10 +1,21 @@
-"""MathCoder inference: generate, execute, continue (METHOD.md §4), batched on one KV cache.
+"""MathCoder inference: generate, execute, continue (docs/method.md §4), batched on one KV cache.
 
-The authors (src/inference.py) solved one problem per process against a text-generation server. Each round
-they sent the whole conversation so far, got back ONE block (generation stops at <|endofblock|> or
-<|endofmessage|>, at most 512 new tokens), rounded decimals longer than 6 places, and when the block started
-with <|code|> ran it in that problem's own Jupyter kernel (state persists across the problem's blocks) and
-appended <|execution|>{output}<|endofblock|>. At most 16 rounds; done when a block ends <|endofmessage|>.
+The authors (src/inference.py) solved one problem per process against a text-generation server
+(text-generation-inference, truncate=1536, max_new_tokens=512, 2048 tokens in all). Each round they sent the
+whole conversation so far, got back ONE block (generation stops at <|endofblock|> or <|endofmessage|>, at
+most 512 new tokens), rounded decimals longer than 6 places, and when the block started with <|code|> ran it
+in that problem's own Jupyter kernel (state persists across the problem's blocks) and appended
+<|execution|>{output}<|endofblock|>. At most 16 rounds; done when a block ends <|endofmessage|>.
+
+The context window (GenConfig.context = "window", the default): their server cut every round's input to
+1536 tokens. Its router encoded the conversation with BOS, kept the last 1536 ids when there were more,
+decoded them to text; the model server encoded that text again with BOS, cut from the left to 1536: the
+model read BOS and the conversation's last 1535 tokens, at positions 0..1535, as a fresh prompt, then
+generated at most 512 tokens (1536 + 512 = 2048). So a long solution goes on, with its beginning (the
+question first) out of sight. Here: before every round, a context longer than max_prompt_tokens is read as
+BOS + its last max_prompt_tokens - 1 tokens from position 0, and that row's cache is recomputed for the
+window (rare: most solutions never reach 1536 tokens). context = "stop" is the simpler rule: only the
+prompt is cut so, and a problem stops once its context reaches max_total_tokens.
 
 Same loop here, but B problems advance together on one KV cache of B rows:
   * every token is fed to the model once: a prompt or an execution block is prefilled into its own row
@@ -14,9 +25,18 @@ Same loop here, but B problems advance together on one KV cache of B rows:
   * ragged lengths: each row carries its own positions and the model masks cache slots past a query's
     position, so every row's logits are those it would get alone.
 Where this differs from the authors' loop:
-  * length: their server left-truncated the growing conversation to its last 1536 tokens before every round
-    (a sliding window, which means recomputing the prompt). Here only the initial prompt is truncated (to its
-    last max_prompt_tokens tokens) and a problem stops once its context reaches max_total_tokens (2048).
+  * the window's first tokens: their server cut ids, decoded them and encoded the text again, which can
+    split the window's first word differently (a piece cut mid-word gets a word-start "▁"); here the ids
+    themselves are kept.
+  * special tokens inside a block: their server's text skipped special tokens (they put back only the
+    block's first and last), and it stopped on the text "<|endofblock|>" even when spelled in pieces; here
+    every token is kept and only the stop tokens stop.
+  * numerics: their server ran fp16 kernels (flash attention); greedy decoding follows the model's logits
+    here in the checkpoint's dtype, so a near tie can go the other way.
+  * what the model reads after its code runs is sandbox.py's rendering of the output, which has its own
+    notes on where it differs from the IPython kernel they used.
+  * the question is sent verbatim and the system text is the record's own, as in their released outputs
+    (their public script's defaults differ: docs/method.md §4).
   * decimals are rounded where they did it: in each block the model has just written, code included (the
     code that runs is the rounded code; execution output is left alone). Their server re-tokenised the
     whole conversation every round; here the block just written is re-tokenised and, if its ids changed
@@ -45,8 +65,10 @@ from tokenizer import SPECIAL_TOKENS, Tokenizer
 @dataclass
 class GenConfig:
     max_new_tokens: int = 512      # per round (one block)
-    max_total_tokens: int = 2048   # whole context: prompt + blocks + executions
-    max_prompt_tokens: int = 1536
+    max_total_tokens: int = 2048   # a cache row: the window + one round ("stop": the whole context)
+    max_prompt_tokens: int = 1536  # the model reads at most this many tokens when a round starts
+    context: str = "window"        # "window": the authors' sliding window; "stop": cut the prompt only,
+                                   # stop a problem once its context reaches max_total_tokens
     max_rounds: int = 16
     temperature: float = 0.0       # 0 = greedy (the paper's numbers); > 0 for self-distillation samples
     top_p: float = 1.0
@@ -70,11 +92,14 @@ def round_decimals(text: str, places: int = 6) -> str:
 
 @dataclass
 class Seq:
-    """One problem in flight. ids = its whole context; the first n_cached have K/V in its cache row."""
+    """One problem in flight. ids = its whole context, BOS first. The model reads a window of it: BOS, then
+    ids[offset + 1:], at positions 0, 1, ... (offset 0: the whole context); the window's first n_cached
+    tokens have K/V in the problem's cache row."""
     index: int
     ids: list
     prompt_len: int
     gen: torch.Generator | None = None
+    offset: int = 0
     n_cached: int = 0
     block_start: int = field(init=False)  # where this round's tokens begin
     run: int = field(init=False)   # where the text since the last special token begins (a block cut by
@@ -88,6 +113,15 @@ class Seq:
 
     def __post_init__(self):       # the first round starts right after the prompt
         self.block_start = self.run = self.prompt_len
+
+    @property
+    def window_len(self):
+        return len(self.ids) - self.offset
+
+    def pending(self):
+        """The window's tokens not yet in the cache (the first at position n_cached)."""
+        window = self.ids if self.offset == 0 else self.ids[:1] + self.ids[self.offset + 1:]
+        return window[self.n_cached:]
 
 
 class Rows:
@@ -111,11 +145,11 @@ class Rows:
         out, single = [None] * len(rows), []
         for j, r in enumerate(rows):
             s = self.seqs[r]
-            if len(s.ids) - s.n_cached == 1:
+            if s.window_len - s.n_cached == 1:
                 single.append(j)
                 continue
-            new = torch.tensor([s.ids[s.n_cached:]], device=self.device)
-            pos = torch.arange(s.n_cached, len(s.ids), device=self.device)[None]
+            new = torch.tensor([s.pending()], device=self.device)
+            pos = torch.arange(s.n_cached, s.window_len, device=self.device)[None]
             out[j] = self.model(new, pos, cache=self.cache, rows=torch.tensor([r], device=self.device),
                                 last_only=True)[0, -1]  # only the last position's logits are needed
         if single:
@@ -127,7 +161,7 @@ class Rows:
             for k, j in enumerate(single):
                 out[j] = logits[k]
         for r in rows:
-            self.seqs[r].n_cached = len(self.seqs[r].ids)
+            self.seqs[r].n_cached = self.seqs[r].window_len
         return torch.stack(out)
 
 
@@ -200,9 +234,15 @@ def solve(model, tokenizer, questions: list[str], system: str | list[str] = DEFA
     cfg = cfg or GenConfig()
     if not questions:
         return []
-    if cfg.max_prompt_tokens >= cfg.max_total_tokens:
-        raise ValueError(f"GenConfig: max_prompt_tokens {cfg.max_prompt_tokens} must be < max_total_tokens "
-                         f"{cfg.max_total_tokens}")
+    if cfg.context not in ("window", "stop"):
+        raise ValueError(f"GenConfig: context must be 'window' or 'stop', not {cfg.context!r}")
+    if not 2 <= cfg.max_prompt_tokens < cfg.max_total_tokens:
+        raise ValueError(f"GenConfig: max_prompt_tokens {cfg.max_prompt_tokens} must be >= 2 and < "
+                         f"max_total_tokens {cfg.max_total_tokens}")
+    if cfg.context == "window" and cfg.max_prompt_tokens + cfg.max_new_tokens > cfg.max_total_tokens:
+        raise ValueError(f"GenConfig: the window ({cfg.max_prompt_tokens}) and a round "
+                         f"({cfg.max_new_tokens}) must fit max_total_tokens {cfg.max_total_tokens}")
+    window = cfg.context == "window"
     systems = [system] * len(questions) if isinstance(system, str) else list(system)
     if len(systems) != len(questions):
         raise ValueError(f"{len(systems)} system texts for {len(questions)} questions")
@@ -218,10 +258,21 @@ def solve(model, tokenizer, questions: list[str], system: str | list[str] = DEFA
     rows = Rows(model, B, cfg.max_total_tokens)
     waiting, results = deque(range(len(questions))), [None] * len(questions)
 
-    def new_seq(i):  # the prompt, cut to its last max_prompt_tokens tokens (<|assistant|> stays last)
+    def new_seq(i):
         ids = tokenizer.encode(lce_data.prompt_text(questions[i], systems[i]), bos=True)
-        ids = ids[-cfg.max_prompt_tokens:]
-        return Seq(i, ids, len(ids), _generator(cfg.seed, i))
+        s = Seq(i, ids, len(ids), _generator(cfg.seed, i))
+        start_round(s)
+        return s
+
+    def start_round(s):
+        """Before every round ("stop": the first only), as the authors' server: a context longer than
+        max_prompt_tokens is read as BOS + its last max_prompt_tokens - 1 tokens, from position 0. A new
+        window is recomputed from scratch in the row's cache."""
+        if not window and s.rounds > 0:
+            return
+        offset = max(0, len(s.ids) - cfg.max_prompt_tokens)
+        if offset != s.offset:
+            s.offset, s.n_cached = offset, 0
 
     def finish(r, s, stop):
         if s.sandbox is not None:
@@ -253,7 +304,7 @@ def solve(model, tokenizer, questions: list[str], system: str | list[str] = DEFA
         ids = tokenizer.encode(text)
         if ids and ids != s.ids[s.run:]:
             s.ids[s.run:] = ids
-            s.n_cached = min(s.n_cached, s.run)
+            s.n_cached = min(s.n_cached, max(0, s.run - s.offset))
             s.shown = text
         s.rounds += 1
         s.block_start = len(s.ids)
@@ -261,20 +312,25 @@ def solve(model, tokenizer, questions: list[str], system: str | list[str] = DEFA
             s.run, s.shown = len(s.ids), ""
         if last in (EOM, tokenizer.eos_id):
             return finish(r, s, "endofmessage")
-        if len(s.ids) >= cfg.max_total_tokens:
+        if not window and s.window_len >= cfg.max_total_tokens:
             return finish(r, s, "max_total_tokens")
         if is_code and cfg.execute:  # (the authors ran a code block even in the last round)
-            code = text.rsplit("<|code|>", 1)[-1].removesuffix("<|endofblock|>").removesuffix("<|endofmessage|>")
+            code = text.rsplit("<|code|>", 1)[-1]
+            code = code.removesuffix("<|endofblock|>").removesuffix("<|endofmessage|>")
             s.future = runner.submit(run_code, s, code)
         elif s.rounds >= cfg.max_rounds:
             finish(r, s, "max_rounds")
-        elif is_code:  # execution withheld (ablation): open the execution block; the model writes its content
+        elif is_code:  # execution withheld (ablation): open the execution block; the model writes it
             s.ids.append(EXEC)
             s.block_start, s.run = len(s.ids) - 1, len(s.ids)
             if on_stream:
                 on_stream(s.index, "<|execution|>")
-            if len(s.ids) >= cfg.max_total_tokens:
+            if not window and s.window_len >= cfg.max_total_tokens:
                 finish(r, s, "max_total_tokens")
+            else:
+                start_round(s)
+        else:
+            start_round(s)
 
     def add_execution(r, s):
         out, s.future = s.future.result(), None
@@ -284,10 +340,12 @@ def solve(model, tokenizer, questions: list[str], system: str | list[str] = DEFA
         s.block_start = s.run = len(s.ids)
         if on_stream:
             on_stream(s.index, piece)
-        if len(s.ids) >= cfg.max_total_tokens:
+        if not window and s.window_len >= cfg.max_total_tokens:
             finish(r, s, "max_total_tokens")
         elif s.rounds >= cfg.max_rounds:
             finish(r, s, "max_rounds")
+        else:
+            start_round(s)
 
     try:
         while waiting or any(rows.seqs):
@@ -312,7 +370,7 @@ def solve(model, tokenizer, questions: list[str], system: str | list[str] = DEFA
                         on_stream(s.index, text[len(s.shown):])
                         s.shown = text
                 if (t in stops or len(s.ids) - s.block_start >= cfg.max_new_tokens
-                        or len(s.ids) >= cfg.max_total_tokens):
+                        or s.window_len >= cfg.max_total_tokens):   # (the row is full: "stop" only)
                     end_block(r, s, t)
     finally:
         if runner:
@@ -387,7 +445,10 @@ def main():
     ap.add_argument("--batch-size", type=int, default=GenConfig.batch_size)
     ap.add_argument("--max-new-tokens", type=int, default=GenConfig.max_new_tokens)
     ap.add_argument("--max-total-tokens", type=int, default=GenConfig.max_total_tokens)
-    ap.add_argument("--max-prompt-tokens", type=int, help="default: max-total-tokens - max-new-tokens, at most 1536")
+    ap.add_argument("--max-prompt-tokens", type=int,
+                    help="the window: default max-total-tokens - max-new-tokens, at most 1536")
+    ap.add_argument("--context", choices=["window", "stop"], default=GenConfig.context,
+                    help="window: the authors' sliding window (default); stop: stop at max-total-tokens")
     ap.add_argument("--max-rounds", type=int, default=GenConfig.max_rounds)
     ap.add_argument("--temperature", type=float, default=GenConfig.temperature)
     ap.add_argument("--top-p", type=float, default=GenConfig.top_p)
@@ -404,9 +465,10 @@ def main():
     net = Transformer.from_pretrained(a.model, a.device, a.dtype and getattr(torch, a.dtype))
     if net.args.vocab_size < tok.vocab_size:
         sys.exit(f"{a.model}: model vocab {net.args.vocab_size} < tokenizer vocab {tok.vocab_size}")
-    prompt_max = a.max_prompt_tokens or max(1, min(GenConfig.max_prompt_tokens, a.max_total_tokens - a.max_new_tokens))
+    prompt_max = a.max_prompt_tokens or max(2, min(GenConfig.max_prompt_tokens,
+                                                   a.max_total_tokens - a.max_new_tokens))
     cfg = GenConfig(max_new_tokens=a.max_new_tokens, max_total_tokens=a.max_total_tokens,
-                    max_prompt_tokens=prompt_max, max_rounds=a.max_rounds, temperature=a.temperature,
+                    max_prompt_tokens=prompt_max, context=a.context, max_rounds=a.max_rounds, temperature=a.temperature,
                     top_p=a.top_p, batch_size=a.batch_size, execute=not a.no_execute, seed=a.seed)
     pool = None
     if cfg.execute:

@@ -64,13 +64,14 @@ class CharTokenizer:
 
 
 class ScriptedModel(nn.Module):
-    """The k-th sequence started in the cache (a feed from position 0) gets scripts[k % n], one token per
-    forward call, then <|endofmessage|> forever. Asserts the cache contract (positions contiguous within a
-    feed, inside the cache) and logs feeds as (k, first position, tokens)."""
-    def __init__(self, vocab_size, scripts, eom):
+    """The k-th sequence started in the cache (a feed from position 0 that ends with <|assistant|>, i.e. a
+    prompt; another feed from 0 is the same sequence read through a new window) gets scripts[k % n], one
+    token per forward call, then <|endofmessage|> forever. Asserts the cache contract (positions contiguous within a feed,
+    inside the cache) and logs feeds as (k, first position, tokens)."""
+    def __init__(self, vocab_size, scripts, eom, assistant):
         super().__init__()
         self.dummy = nn.Parameter(torch.zeros(1))  # gives the model a device
-        self.V, self.scripts, self.eom = vocab_size, scripts, eom
+        self.V, self.scripts, self.eom, self.assistant = vocab_size, scripts, eom, assistant
         self.started, self.state, self.feeds = 0, {}, []
 
     def new_cache(self, batch_size, max_len, device=None, dtype=None):
@@ -84,7 +85,7 @@ class ScriptedModel(nn.Module):
         for b, r in enumerate(rows.tolist()):
             start = int(positions[b, 0])
             assert positions[b].tolist() == list(range(start, start + T)) and start + T <= self.max_len
-            if start == 0:
+            if start == 0 and tokens[b, -1] == self.assistant:
                 self.state[r] = [self.started, 0]
                 self.started += 1
             k, step = self.state[r]
@@ -96,7 +97,8 @@ class ScriptedModel(nn.Module):
 
 
 def scripted(tok, *solutions):
-    return ScriptedModel(tok.vocab_size, [tok.encode(s) for s in solutions], tok.special["<|endofmessage|>"])
+    return ScriptedModel(tok.vocab_size, [tok.encode(s) for s in solutions], tok.special["<|endofmessage|>"],
+                         tok.special["<|assistant|>"])
 
 
 def executions(res):
@@ -155,16 +157,78 @@ def test_sampling_seeded_per_problem(fixture_model):
     assert infer.generate(fixture_model, prompts, 16, temperature=1.0, top_p=1e-6) == greedy  # nucleus of 1
 
 
-def test_solve_batched_equals_alone_on_fixture_model(fixture_model):
+@pytest.mark.parametrize("context", ["window", "stop"])
+def test_solve_batched_equals_alone_on_fixture_model(fixture_model, context):
     tok = CharTokenizer()
     qs = ["What is 2+2?", "A much longer question about ducks and eggs, 16 of them.", "x", "Sum 1..10"]
-    cfg = GenConfig(max_new_tokens=12, max_total_tokens=160, max_prompt_tokens=150, max_rounds=3,
-                    batch_size=3, execute=False)
+    # "window": prompts of 11-67 tokens read through a 30-token window: it slides for every question
+    cfg = GenConfig(max_new_tokens=12, max_total_tokens=160, max_prompt_tokens=30 if context == "window"
+                    else 150, context=context, max_rounds=4, batch_size=3, execute=False)
     batched = infer.solve(fixture_model, tok, qs, "", cfg)
     alone = [infer.solve(fixture_model, tok, [q], "", GenConfig(**{**cfg.__dict__, "batch_size": 1}))[0]
              for q in qs]
     assert [r["solution"] for r in batched] == [r["solution"] for r in alone]
     assert all(r["n_tokens"] > 0 for r in batched)
+
+
+class Recorder(nn.Module):
+    """Wraps a model; logs every forward call: (tokens, positions, rows, logits after the last token)."""
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, []
+
+    def new_cache(self, *args, **kwargs):
+        return self.inner.new_cache(*args, **kwargs)
+
+    def forward(self, tokens, positions, cache=None, rows=None, last_only=False):
+        out = self.inner(tokens, positions, cache=cache, rows=rows, last_only=last_only)
+        self.calls.append((tokens.tolist(), positions.tolist(), rows.tolist(), out[:, -1]))
+        return out
+
+
+def authors_loop(model, tok, question, cfg):
+    """The authors' loop written plainly, one problem, no cache (the reference): every round the whole
+    conversation text is encoded with BOS and, when longer than the window, cut to BOS + its last
+    max_prompt_tokens - 1 tokens; then greedy decoding, each step a full forward pass from position 0."""
+    EOB, EOM, CODE = (tok.special[t] for t in ("<|endofblock|>", "<|endofmessage|>", "<|code|>"))
+    text = lce_data.prompt_text(question, "")
+    for _ in range(cfg.max_rounds):
+        ids = tok.encode(text, bos=True)
+        window = ids if len(ids) <= cfg.max_prompt_tokens else [ids[0]] + ids[-(cfg.max_prompt_tokens - 1):]
+        new = []
+        while not new or (new[-1] not in (EOB, EOM, tok.eos_id) and len(new) < cfg.max_new_tokens):
+            new.append(int(model(torch.tensor([window + new]))[0, -1].argmax()))
+        text += infer.round_decimals(tok.decode(new))
+        if new[-1] in (EOM, tok.eos_id):
+            break
+        if new[0] == CODE and new[-1] == EOB:   # (execute=False: the model writes the output itself)
+            text += "<|execution|>"
+    return text.removeprefix(lce_data.prompt_text(question, ""))
+
+
+def test_sliding_window_logits_equal_the_window_alone(fixture_model):
+    """Window mode, 4 problems on 3 rows: every logit row the model returns equals a cache-free forward
+    pass over what that row holds (BOS + the conversation's last tokens, positions from 0) alone; the
+    solutions equal the authors' loop run one problem at a time without a cache."""
+    tok = CharTokenizer()
+    qs = ["What is 2+2?", "A much longer question about ducks and eggs, 16 of them.", "x", "Sum 1..10"]
+    cfg = GenConfig(max_new_tokens=10, max_total_tokens=40, max_prompt_tokens=30, max_rounds=5,
+                    batch_size=3, execute=False)
+    model = Recorder(fixture_model)
+    res = infer.solve(model, tok, qs, "", cfg)
+    slots = {}                             # row -> {position: token}: what its cache holds
+    refeeds = 0
+    for tokens, positions, rows, logits in model.calls:
+        for b, r in enumerate(rows):
+            if positions[b][0] == 0:       # a new problem, or a new window: the row starts over
+                slots[r] = {}
+                refeeds += tokens[b][1] != tok.special["<|system|>"]
+            slots[r].update(zip(positions[b], tokens[b]))
+            held = [slots[r][p] for p in range(positions[b][-1] + 1)]
+            alone = fixture_model(torch.tensor([held]))[0, -1]
+            torch.testing.assert_close(logits[b], alone, atol=1e-5, rtol=1e-5)
+    assert refeeds >= 8                    # the window slid, for every problem
+    assert [r["solution"] for r in res] == [authors_loop(fixture_model, tok, q, cfg) for q in qs]
 
 
 # -------------------------------------------------------------------------------- the LCE loop, scripted
@@ -194,6 +258,28 @@ def test_runs_code_inserts_real_output_keeps_state(tok, pool):
     assert fed + [tok.special["<|endofmessage|>"]] == tok.encode(lce_data.serialize(rec), bos=True)
     assert res["n_tokens"] == len(tok.encode(SOLUTION))
     assert "".join(streamed) == res["solution"]  # streaming shows the whole solution (no decimals to round)
+
+
+def test_window_slides_exactly_when_the_context_outgrows_it(tok, pool):
+    """A scripted solution, window 60: before every round whose context is longer than 60 tokens, and
+    only then, the model reads BOS + the context's last 59 tokens from position 0 (its cache row
+    recomputed), and decoding goes on from there. Execution output is part of the context that slides."""
+    sol = ("<|text|>Let us count the apples in the basket.<|endofblock|><|code|>x = 123 * 456\nprint(x)"
+           "<|endofblock|><|text|>That is the product; now add one more.<|endofblock|><|code|>print(x + 1)"
+           "<|endofblock|><|text|>So the answer is \\boxed{56089}.<|endofblock|><|endofmessage|>")
+    model = scripted(tok, sol)
+    cfg = GenConfig(max_new_tokens=30, max_prompt_tokens=60, max_total_tokens=90)
+    [r] = infer.solve(model, tok, ["How many?"], cfg=cfg, pool=pool)
+    assert executions(r) == ["56088", "56089"] and r["stop"] == "endofmessage"
+    prompt = tok.encode(lce_data.prompt_text("How many?"), bos=True)
+    full = prompt + tok.encode(r["solution"])
+    EOB, EXEC = tok.special["<|endofblock|>"], tok.special["<|execution|>"]
+    # a round starts after the prompt and after every block but a code block (its output comes first)
+    starts = [len(prompt)] + [i + 1 for i in range(len(prompt), len(full) - 1)
+                              if full[i] == EOB and full[i + 1] != EXEC]
+    assert starts[0] <= 60 < starts[-1]
+    want = [[tok.bos_id] + full[:n][-59:] for n in starts if n > 60]
+    assert [toks for k, start, toks in model.feeds if start == 0][1:] == want
 
 
 def test_crash_and_hang_are_survived(tok):
@@ -258,24 +344,24 @@ def test_max_rounds_and_code_in_last_round(tok, pool):
 
 def test_token_limits(tok, pool):
     long = "<|text|>" + " ".join(f"w{k}" for k in range(300)) + "<|endofblock|><|endofmessage|>"
-    cfg = GenConfig(max_new_tokens=25, max_total_tokens=160, max_prompt_tokens=100)
+    cfg = GenConfig(max_new_tokens=25, max_total_tokens=160, max_prompt_tokens=100, context="stop")
     [r] = infer.solve(scripted(tok, long), tok, ["q"], cfg=cfg, pool=pool)
     n_prompt = len(tok.encode(lce_data.prompt_text("q"), bos=True))
     assert r["stop"] == "max_total_tokens" and r["n_tokens"] == 160 - n_prompt
     assert r["n_rounds"] == -(-(160 - n_prompt) // 25)          # rounds of at most 25 tokens
     assert r["solution"] == tok.decode(tok.encode(long)[:160 - n_prompt])  # one block, cut, spaces intact
-    # a long question is cut to its last max_prompt_tokens tokens, <|assistant|> kept last
+    # a long question is read as BOS + its last max_prompt_tokens - 1 tokens, <|assistant|> kept last
     model = scripted(tok, "<|text|>ok<|endofblock|><|endofmessage|>")
     infer.solve(model, tok, ["word " * 300], cfg=cfg, pool=pool)
-    first = model.feeds[0][2]
-    assert len(first) == 100 and first[-1] == tok.special["<|assistant|>"]
+    prompt = tok.encode(lce_data.prompt_text("word " * 300), bos=True)
+    assert model.feeds[0][2] == [tok.bos_id] + prompt[-99:] and prompt[-1] == tok.special["<|assistant|>"]
 
 
 def test_execution_withheld_respects_the_token_limit(tok):
     """execute=False: when the <|execution|> the loop opens fills the context, the problem stops there."""
     code = "<|code|>print(1)<|endofblock|>"
     n = len(tok.encode(lce_data.prompt_text("q"), bos=True)) + len(tok.encode(code)) + 1   # + <|execution|>
-    cfg = GenConfig(max_total_tokens=n, max_prompt_tokens=n - 1, execute=False)
+    cfg = GenConfig(max_total_tokens=n, max_prompt_tokens=n - 1, context="stop", execute=False)
     [r] = infer.solve(scripted(tok, code + "<|text|>x<|endofblock|><|endofmessage|>"), tok, ["q"], cfg=cfg)
     assert r["stop"] == "max_total_tokens" and r["solution"] == code + "<|execution|>"
 
