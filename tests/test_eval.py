@@ -349,6 +349,25 @@ def test_regrade_released_runs():
         assert abs(strict - official) <= 1.5 and abs(authors - official) <= 1.0, (run, r)
 
 
+def test_score_reads_the_authors_script_format(tmp_path):
+    """The released SVAMP solutions rewritten in the authors' public script's own format (blocks keyed
+    "type", no appended answer) get the same verdicts as in the released format."""
+    released = os.path.join(OFFICIAL, "MathCoder-CL-7b_SVAMP-wrong.jsonl")
+    script = tmp_path / "SVAMP_test_result.jsonl"
+    with open(script, "w") as f:
+        for line in open(released, encoding="utf-8"):
+            rec = json.loads(line)
+            dr = rec["debug_result"]
+            items = dr[:2] + [{"type": d["role"], "content": d["content"]} for d in dr[2:-1]]
+            f.write(json.dumps({**rec, "debug_result": items, "completion": items[-1]["content"]}) + "\n")
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    E.score(released, "svamp", out=str(a))
+    E.score(str(script), out=str(b))           # the data set from the file name
+    verdict = lambda p: [(r["pred"], r["correct"], r["pred_authors"], r["correct_authors"])
+                         for r in map(json.loads, open(p))]
+    assert verdict(a) == verdict(b) and len(verdict(a)) == 293
+
+
 # ------------------------------------------------------------------------------------ resumable run loop
 
 def _problems(n):
