@@ -88,9 +88,10 @@ def test_multi_round_and_execution_ablation(tok):
 def test_prompt_text_is_the_serialized_prefix():
     p = D.prompt_text("What is 12*34?", system="")
     assert p == D.serialize(R408)[:len(p)] and p.endswith("<|endofmessage|><|assistant|>")
-    # the default system text is the paper's: the one every released solution shows (debug_result[0])
+    # the default system text is the paper's, the one every released solution shows (debug_result)
     released = json.loads(open(SAMPLE, encoding="utf-8").readline())["debug_result"][0]
-    assert released == {"role": "system", "content": "Below is a math problem. Please solve it step by step."}
+    assert released == {"role": "system",
+                        "content": "Below is a math problem. Please solve it step by step."}
     assert D.prompt_text("Q").startswith(f'<|system|><|text|>{released["content"]}<|endofblock|>')
 
 
@@ -231,11 +232,12 @@ def test_authors_debug_result_format_parses():
 
 
 def script_format(released):
-    """The same solution as the authors' public src/inference.py writes it: system and user items keyed
-    "role" (its default prompt: empty system text, the question + "\\n"), then one item per block keyed
-    "type", no appended answer, `completion` = the last item's content."""
+    """The same solution as the authors' public src/inference.py writes it: system and user items
+    keyed "role" (its default prompt: empty system text, the question + "\\n"), then one item per
+    block keyed "type", no appended answer, `completion` = the last item's content."""
     dr = released["debug_result"]
-    items = [{"role": "system", "content": ""}, {"role": "user", "content": dr[1]["content"] + "\n"}]
+    items = [{"role": "system", "content": ""},
+             {"role": "user", "content": dr[1]["content"] + "\n"}]
     items += [{"type": d["role"], "content": d["content"]} for d in dr[2:-1]]
     return {"messages": released["messages"], "ground_truth": released["ground_truth"],
             "debug_result": items, "completion": items[-1]["content"]}
@@ -256,10 +258,12 @@ def test_authors_script_format_parses(tmp_path):
             [(d["role"], d["content"]) for d in x["debug_result"][2:-1]]
     bad = script_format(raw[0])
     bad["debug_result"][3] = {"type": "output", "content": "5"}
-    with pytest.raises(D.DataError, match=r"field debug_result\[3\]\.type: unknown role 'output'"):
+    with pytest.raises(D.DataError,
+                       match=r"field debug_result\[3\]\.type: unknown role 'output'"):
         D.normalize_record(bad)
     bad["debug_result"][3] = {"content": "5"}
-    with pytest.raises(D.DataError, match=r"field debug_result\[3\]: expected an object with 'role'"):
+    with pytest.raises(D.DataError,
+                       match=r"field debug_result\[3\]: expected an object with 'role'"):
         D.normalize_record(bad)
 
 
