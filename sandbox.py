@@ -585,8 +585,8 @@ class Sandbox:
                    f"and was stopped")
         elif reply == "eof" and rc is not None and rc < 0:
             why = f"the Python process was killed by {signal.Signals(-rc).name}"
-        elif reply == "eof":
-            why = f"the Python process exited (exit code {rc})"
+        elif reply == "eof":  # (rc None: its template died too)
+            why = "the Python process exited" + (f" (exit code {rc})" if rc is not None else "")
         else:
             why = "the Python process sent a malformed reply"
         return None, f"{why}; the session was restarted and all variables are lost."

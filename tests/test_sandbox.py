@@ -11,6 +11,7 @@ import concurrent.futures
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -201,6 +202,36 @@ def test_killed_worker_comes_back_from_the_template(sb):
     assert out.startswith(RESTART_NOTE + "\n") and out.endswith("NameError: name 'x' is not defined")
     assert worker_pid(sb) != old and not alive_in(sb, old)
     assert sb.run(TEMPLATE) == template  # forked by the same process: no interpreter started anew
+
+
+def template_pids(workdir):
+    """Pids (this machine's) of the template of the Sandbox working in `workdir`: of the processes
+    with its command line in /proc (the template, its worker: a fork of it, and bwrap's, if any),
+    those whose parent has another one."""
+    found = {}
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if (b"--template" in args and os.path.basename(args[0]) != b"bwrap"
+                and any(workdir.encode() in arg for arg in args)):
+            found[int(name)] = ppid
+    return [pid for pid, ppid in found.items() if ppid not in found]
+
+
+def test_a_dead_template_is_replaced(mode):
+    with Sandbox(timeout=2, preload=(), isolation=mode) as sb:
+        workdir = sb.run("import os\nos.getcwd()").strip("'")
+        [template] = template_pids(workdir)
+        os.kill(template, signal.SIGKILL)
+        assert "restarted" in sb.run("import os\nos._exit(3)")  # the worker may outlive it: end it
+        assert_fresh_session_works(sb)  # from a new template
+        assert not alive(template) and not os.path.exists(workdir)
+        assert len(template_pids(sb.run("import os\nos.getcwd()").strip("'"))) == 1
 
 
 # ---------------------------------------------------------------------------------- memory, processes
