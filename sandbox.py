@@ -53,11 +53,12 @@ import re, resource, select, shutil, signal, socket, subprocess, sys, tempfile, 
 import traceback, types, weakref
 
 EMPTY = "<empty_execution>"  # what the training data shows for a cell with no output
+# Imported once per Sandbox by its template, which then forks: no module that starts threads.
 DEFAULT_PRELOAD = ("math", "cmath", "fractions", "decimal", "itertools", "functools", "collections",
                    "statistics", "random", "re", "string", "datetime", "calendar", "heapq",
                    "bisect", "operator", "numbers", "typing", "copy", "json", "time", "array",
                    "dataclasses", "enum", "textwrap", "pprint", "unicodedata", "struct", "csv",
-                   "numpy", "sympy")  # imported once per Sandbox, by its template
+                   "numpy", "sympy")
 MODES = ("namespaces", "uid", "none")  # isolation, strongest first
 UID_BASE = 1_000_000_000  # worker uids: UID_BASE + (parent pid % 2**22) * 256 + slot, below 2**31
 GRACE = 1.0               # seconds from the soft TimeoutError to the hard kill

@@ -204,6 +204,21 @@ def test_killed_worker_comes_back_from_the_template(sb):
     assert sb.run(TEMPLATE) == template  # forked by the same process: no interpreter started anew
 
 
+def test_each_worker_draws_fresh_random_numbers():
+    # A fork copies the template's random state: without a reseed, every restarted worker would
+    # draw the same numbers (numpy.random preloaded here to check its reseed too).
+    pytest.importorskip("numpy")
+    with Sandbox(timeout=5, preload=("random", "numpy.random")) as sb:
+        draws = []
+        for _ in range(2):
+            draws.append(sb.run("import random, numpy\n(random.random(), numpy.random.random())"))
+            assert "restarted" in sb.run("import os\nos._exit(0)")
+        first, second = (d.removeprefix(RESTART_NOTE + "\n") for d in draws)
+        assert first.startswith("(0.") and second.startswith("(0.")
+        assert first.split(", ")[0] != second.split(", ")[0]  # random
+        assert first.split(", ")[1] != second.split(", ")[1]  # numpy.random
+
+
 def template_pids(workdir):
     """Pids (this machine's) of the template of the Sandbox working in `workdir`: of the processes
     with its command line in /proc (the template, its worker: a fork of it, and bwrap's, if any),
