@@ -2,9 +2,9 @@
 
 The authors' src/inference.py (docs/method.md §4) runs each problem's code blocks in one Jupyter
 kernel: variables persist from block to block, and what a notebook cell shows (stdout/stderr, the
-repr of the last expression, a traceback without colour codes, or "<empty_execution>") goes back into
-the model's context. Here, without Jupyter: one worker process per Sandbox, spoken to over a socket with one
-JSON object per line, reused across problems (reset() clears it in place, which is cheap).
+repr of the last expression, a traceback without colour codes, or "<empty_execution>") goes back
+into the model's context. Here, without Jupyter: one worker process per Sandbox, spoken to over a
+socket with one JSON object per line, reused across problems (reset() clears it in place: cheap).
 
     with Sandbox(timeout=6) as sb:
         sb.run("x = 6 * 7")       # -> "<empty_execution>"
