@@ -4,7 +4,7 @@ Speed claims live here, not in timed tests. Each subcommand prints a small table
 its own section of BENCHMARKS.md (machine, exact command, date, load average, figures).
 
     .venv/bin/python bench.py decode    # KV-cached greedy decode vs the naive recompute loop, vs the roofline
-    .venv/bin/python bench.py sandbox   # sandbox round trip, reset, restart vs in-process exec
+    .venv/bin/python bench.py sandbox   # sandbox round trip, reset; restart vs a cold start
     .venv/bin/python bench.py grade     # answer grading on MATH vs plain string compare and SymPy-only
     .venv/bin/python bench.py infer     # batched solve() (code runs while others decode) vs one at a time
     .venv/bin/python bench.py tp        # peak host memory per rank: loading with --tp 2 vs TP=1
@@ -193,46 +193,66 @@ def bench_decode(a):
            load0=load0)
 
 
-# ------------------------------------------------------------------------- sandbox: round trip, reset, restart
+# ------------------------------------------------------------ sandbox: round trip, reset, restart
 def bench_sandbox(a):
     import sandbox
-    warnings.filterwarnings("ignore", message="sandbox: the standard library")  # pyenv under /root: expected
     load0 = os.getloadavg()
     ns = {}
-    inproc = median_s(lambda: eval(compile("1+1", "<cell>", "eval"), ns), a.iters)  # no isolation at all
-    with sandbox.Sandbox() as sb:
-        if sb.run("1+1") != "2":
-            sys.exit("bench sandbox: Sandbox.run('1+1') did not return '2'")
-        for _ in range(20):
-            sb.run("1+1")  # warm-up
-        log(f"sandbox: {a.iters} round trips and resets")
-        rt = median_s(lambda: sb.run("1+1"), a.iters)
-        cycle = median_s(lambda: (sb.run("x = 1"), sb.reset()), a.iters)
-        reset = max(cycle - rt, 1e-9)
-    restart = {}
-    for label, preload in [("default preload (numpy, sympy, ...)", sandbox.DEFAULT_PRELOAD), ("preload=()", ())]:
-        with sandbox.Sandbox(preload=preload) as sb:
-            sb.run("1+1")
+    inproc = median_s(lambda: eval(compile("1+1", "<cell>", "eval"), ns), a.iters)  # no isolation
+    modes = [m for m, why in sandbox.isolation_modes().items() if why is None]  # default first
+    rt, reset, restart = {}, {}, {}
+    for mode in modes:
+        with sandbox.Sandbox(isolation=mode) as sb:  # the default preload: numpy, sympy, ...
+            if sb.run("1+1") != "2":
+                sys.exit("bench sandbox: Sandbox.run('1+1') did not return '2'")
+            for _ in range(20):
+                sb.run("1+1")  # warm-up
+            log(f"sandbox ({mode}): {a.iters} round trips and resets, {a.restarts} restarts")
+            rt[mode] = median_s(lambda: sb.run("1+1"), a.iters)
+            cycle = median_s(lambda: (sb.run("x = 1"), sb.reset()), a.iters)
+            reset[mode] = max(cycle - rt[mode], 1e-9)
 
-            def crash_restart():  # a crash kills the worker; a fresh one starts and runs the next cell
-                if "exit code 3" not in sb.run("import os; os._exit(3)") or not sb.run("1+1").endswith("2"):
+            def crash_restart():  # the worker dies; a fresh one is forked and runs the next cell
+                if ("exit code 3" not in sb.run("import os; os._exit(3)")
+                        or not sb.run("1+1").endswith("2")):
                     sys.exit("bench sandbox: crash + restart did not behave as documented")
-            log(f"sandbox: {a.restarts} crash + restart cycles, {label}")
-            restart[label] = median_s(crash_restart, a.restarts)
-    r_def, r_none = restart.values()
-    rows = [("round trip of `1+1`", fmt_t(rt), "`eval` of the same cell in-process (no isolation)",
-             fmt_t(inproc), f"{rt / inproc:,.0f}x slower"),
-            ("`reset()` (new problem)", fmt_t(reset), "crash + fresh worker + `1+1` (default preload)",
-             fmt_t(r_def), f"**{r_def / reset:,.0f}x** faster"),
-            ("crash + fresh worker + `1+1`, default preload", fmt_t(r_def), "round trip of `1+1`", fmt_t(rt),
-             f"{r_def / rt:,.0f}x"),
-            ("crash + fresh worker + `1+1`, preload=()", fmt_t(r_none), "round trip of `1+1`", fmt_t(rt),
-             f"{r_none / rt:,.0f}x")]
-    notes = [f"Medians of {a.iters} round trips / resets and {a.restarts} restarts. `reset()` = median of "
-             "(`x = 1` + `reset()`) minus a round trip. A restart is what a crash or hard timeout costs beyond the "
-             "time limit itself (the worker is killed, a new one imports its preload and runs the next cell); "
-             "`reset()` is why a problem never needs one otherwise."]
-    report("sandbox", "sandbox: round trip, reset and restart (CPU)", rows, notes, a.write, load0=load0)
+            restart[mode] = median_s(crash_restart, a.restarts)
+    default = modes[0]
+    log(f"sandbox ({default}): {a.restarts} cold starts")
+    cold = []
+    for _ in range(a.restarts):  # what every restart cost before the fork server
+        t = time.perf_counter()
+        sb = sandbox.Sandbox(isolation=default)
+        if sb.run("1+1") != "2":
+            sys.exit("bench sandbox: a new Sandbox did not run '1+1'")
+        cold.append(time.perf_counter() - t)
+        sb.close()
+    cold = statistics.median(cold)
+    rows = [(f"round trip of `1+1` ({default})", fmt_t(rt[default]),
+             "`eval` of the same cell in-process (no isolation)", fmt_t(inproc),
+             f"{rt[default] / inproc:,.0f}x slower"),
+            (f"`reset()` (new problem, {default})", fmt_t(reset[default]),
+             "crash + fresh worker + `1+1`", fmt_t(restart[default]),
+             f"{restart[default] / reset[default]:,.0f}x faster"),
+            (f"crash + fresh worker + `1+1` ({default}: forked from the template)",
+             fmt_t(restart[default]), "cold start: new Sandbox + `1+1` (a new interpreter imports "
+             "the preload, as every restart did before)", fmt_t(cold),
+             f"**{cold / restart[default]:,.0f}x** faster")]
+    for mode in modes[1:]:
+        rows += [(f"round trip of `1+1` ({mode})", fmt_t(rt[mode]), f"the same, {default}",
+                  fmt_t(rt[default]), f"{rt[mode] / rt[default]:.2f}x"),
+                 (f"crash + fresh worker + `1+1` ({mode})", fmt_t(restart[mode]),
+                  f"the same, {default}", fmt_t(restart[default]),
+                  f"{restart[mode] / restart[default]:.2f}x")]
+    notes = [f"Isolation modes available here: {', '.join(modes)} (default: {default}). Every "
+             f"Sandbox has the default preload (numpy, sympy, ...). Medians of {a.iters} round "
+             f"trips / resets and {a.restarts} restarts and cold starts. `reset()` = median of "
+             "(`x = 1` + `reset()`) minus a round trip. A restart is what a crash or hard timeout "
+             "costs beyond the time limit itself: the template kills the worker and what it "
+             "started, forks a fresh one, which runs the next cell; `reset()` is why a problem "
+             "never needs one otherwise."]
+    report("sandbox", "sandbox: round trip, reset and restart (CPU)", rows, notes, a.write,
+           load0=load0)
 
 
 # ---------------------------------------------------------------------------- grade: MATH self-consistency
@@ -512,7 +532,7 @@ def main(argv=None):
     d.add_argument("--new-tokens", type=int, default=192)
     s = sub.add_parser("sandbox", parents=[common], help="sandbox round trip / reset / restart")
     s.add_argument("--iters", type=int, default=200, help="round trips and resets")
-    s.add_argument("--restarts", type=int, default=10, help="crash + restart cycles per preload setting")
+    s.add_argument("--restarts", type=int, default=10, help="crash + restarts and cold starts")
     g = sub.add_parser("grade", parents=[common], help="grading throughput on MATH")
     g.add_argument("--limit", type=int, default=0, help="first N MATH problems (0: all 5000)")
     g.add_argument("--mismatched", type=int, default=1000, help="mismatched pairs for the slow case")

@@ -1,72 +1,92 @@
-"""sandbox.py: a stateful Python session for the code MathCoder writes mid-solution (METHOD.md §4).
+"""sandbox.py: a stateful Python session for the code MathCoder writes mid-solution.
 
-The authors ran each problem's code blocks in one Jupyter kernel: variables persist from block to block, and
-what a notebook cell shows (stdout/stderr, the repr of the last expression, a traceback without colour codes,
-or "<empty_execution>") goes back into the model's context. Here, without Jupyter: one worker process per
-Sandbox (this very file, run with --worker), spoken to over pipes with one JSON object per line, reused
-across problems (reset() clears it in place, which is cheap).
+The authors' src/inference.py (docs/method.md §4) runs each problem's code blocks in one Jupyter
+kernel: variables persist from block to block, and what a notebook cell shows (stdout/stderr, the
+repr of the last expression, a traceback without colour codes, or "<empty_execution>") goes back
+into the model's context. Here, without Jupyter: one worker process per Sandbox, spoken to over a
+socket with one JSON object per line, reused across problems (reset() clears it in place: cheap).
 
     with Sandbox(timeout=6) as sb:
         sb.run("x = 6 * 7")       # -> "<empty_execution>"
         sb.run("print(x); x + 1") # -> "42\\n43"
 
+A fork server makes restarts cheap: each Sandbox starts a template (this file, run with --template)
+that imports the preload (numpy, sympy, ...) once and forks the worker: the first one, and a fresh
+one whenever a worker dies or is killed. The template runs no model code.
+
 Limits (all configurable):
-  time      soft: at `timeout` s a TimeoutError is raised inside the cell and the session goes on (as with
-            Jupyter's interrupt). hard: code that catches it, ignores signals or sits in C code is killed
-            GRACE s later, with its process group and every process of its uid; the next call runs in a
+  time      soft: at `timeout` s a TimeoutError is raised inside the cell and the session goes on
+            (as with Jupyter's interrupt). hard: code that catches it, ignores signals or sits in C
+            code is killed GRACE s later with every process it started; the next call runs in a
             fresh worker and its output starts with a note that earlier variables are lost.
-  memory    RLIMIT_AS (address space): MemoryError inside the cell, or the worker dies and is restarted.
-  processes RLIMIT_NPROC, per uid (threads included): needs the worker's own uid (root, below).
+  memory    RLIMIT_AS (address space): MemoryError inside the cell, or the worker dies and restarts.
+  processes RLIMIT_NPROC, threads included. The kernel counts it per uid and never for root, so it
+            holds only where the worker has a uid or a user namespace of its own (see below).
   output    head and tail kept, "[... N characters cut ...]" between; cut in the worker, so printing
             100 MB never reaches the parent.
-  files     RLIMIT_FSIZE per file ("File too large"). Processes the cell left running die when it ends.
+  files     RLIMIT_FSIZE per file ("File too large"). Processes a cell left running die at its end.
 
-Isolation, and its limits (this is NOT a security boundary):
-  * As root (containers, CI) the worker drops to its own unprivileged uid/gid (UID_BASE + a slot, no account
-    needed): it cannot signal the parent or other sandboxes, nor write where that uid may not (the repo,
-    home), and RLIMIT_NPROC stops fork/thread bombs. Modules imported after the drop must be readable by
-    that uid (a Python under /root, e.g. pyenv, is not), so common ones are imported before it
-    (DEFAULT_PRELOAD; extend it if needed). Without root none of this exists: the worker runs as you.
-  * A Python audit hook (sys.addaudithook) refuses, through Python's own APIs, writes outside the work
-    directory (even to /tmp), signals to processes outside the sandbox, and sockets: a guard rail against
-    accidents, which ctypes, a shell (`os.system`) or code that goes looking gets around.
-  * Reads, disk use inside the work directory, CPU share and the kernel's attack surface are not limited.
-    For untrusted code at scale, run the whole program in a container or VM with no network, a read-only
-    root, a tmpfs work directory and a seccomp profile (docker --network none --read-only --pids-limit,
-    gVisor, or nsjail/bubblewrap around the worker).
-Linux is the tested platform (it uses /proc, rlimits, setuid); macOS works with fewer guarantees.
+Isolation, Sandbox(isolation=...); default_isolation() is the strongest this machine offers:
+  "namespaces"  The template and its worker run inside bubblewrap (`bwrap`, package bubblewrap), one
+      per Sandbox: all files read-only but the Sandbox's work directory, fresh /dev and /proc, no
+      network (a network namespace with only loopback), their own PID, IPC and UTS namespaces (the
+      parent, other sandboxes and all other processes are invisible, so cannot be signalled); killed
+      with the parent. As root the worker also drops to a uid of its own, as in "uid". Without root,
+      bwrap makes a user namespace and the worker keeps your uid: it could then kill its own
+      template, which costs only its own Sandbox a cold restart.
+  "uid"  (root on Linux) The worker drops to an unprivileged uid/gid of its own (UID_BASE + a slot,
+      no account needed): it cannot signal other processes nor write where that uid may not (the
+      repo, home). It sees all processes, may write where anyone may (/tmp) and has the network.
+  "none"  The worker runs as you: the limits above and the audit hook below, nothing more.
+  Reads are not restricted: a worker that drops root keeps one of its capabilities,
+  CAP_DAC_READ_SEARCH, so it reads all the caller can (a checkout or venv in a mode-700 directory,
+  like /root, still imports lazily loaded modules), and no_new_privs keeps it from gaining more.
+  In every mode a Python audit hook (sys.addaudithook) refuses, through Python's own APIs, writes
+  outside the work directory, signals to other processes and sockets: a guard rail against
+  accidents, which ctypes, a shell or code that goes looking gets around. Never limited: reads, disk
+  use inside the work directory, CPU share, the kernel's attack surface (no seccomp filter); for
+  hostile code at scale also put the whole program in a VM.
+Linux is the tested platform (/proc, rlimits, setuid, capabilities); macOS offers only "none".
 """
-import argparse, ast, builtins, contextlib, io, itertools, json, linecache, os, pwd, queue, re, resource
-import select, shutil, signal, subprocess, sys, tempfile, threading, time, traceback, types, warnings, weakref
+import argparse, ast, builtins, contextlib, ctypes, io, itertools, json, linecache, os, pwd, queue
+import re, resource, select, shutil, signal, socket, subprocess, sys, tempfile, threading, time
+import traceback, types, weakref
 
 EMPTY = "<empty_execution>"  # what the training data shows for a cell with no output
+# Imported once per Sandbox by its template, which then forks: no module that starts threads.
 DEFAULT_PRELOAD = ("math", "cmath", "fractions", "decimal", "itertools", "functools", "collections",
-                   "statistics", "random", "re", "string", "datetime", "calendar", "heapq", "bisect",
-                   "operator", "numbers", "typing", "copy", "json", "time", "array", "dataclasses", "enum",
-                   "textwrap", "pprint", "unicodedata", "struct", "csv", "numpy", "sympy")  # ~0.5 s
+                   "statistics", "random", "re", "string", "datetime", "calendar", "heapq",
+                   "bisect", "operator", "numbers", "typing", "copy", "json", "time", "array",
+                   "dataclasses", "enum", "textwrap", "pprint", "unicodedata", "struct", "csv",
+                   "numpy", "sympy")
+MODES = ("namespaces", "uid", "none")  # isolation, strongest first
 UID_BASE = 1_000_000_000  # worker uids: UID_BASE + (parent pid % 2**22) * 256 + slot, below 2**31
 GRACE = 1.0               # seconds from the soft TimeoutError to the hard kill
-STARTUP_TIMEOUT = 60.0    # seconds a new worker may take to import DEFAULT_PRELOAD and say hello
-RESTART_NOTE = "[The Python session was restarted: variables and imports from earlier cells are lost.]"
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour codes: stripped, as the authors did (METHOD.md §4)
+STARTUP_TIMEOUT = 60.0    # seconds a new template may take to import the preload and fork a worker
+RESTART_NOTE = ("[The Python session was restarted: variables and imports from earlier cells are "
+                "lost.]")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour codes: stripped, as src/inference.py does
 
 
 # ---------------------------------------------------------------------------------- wire protocol
 def _send(fd, obj):
-    data = (json.dumps(obj) + "\n").encode()  # one JSON object per line (json.dumps escapes newlines)
+    data = (json.dumps(obj) + "\n").encode()  # one JSON object per line (newlines are escaped)
     while data:
         data = data[os.write(fd, data):]
 
 
 def _recv(fd, deadline=None, limit=1 << 30):
-    """One message from fd; "eof" if the writer died, "timeout" past the deadline, "bad" if malformed.
-    Exactly one request or reply is ever in flight, so a read never runs into the next message."""
+    """One message from fd; "eof" if the writer died, "timeout" past the deadline, "bad" if
+    malformed. One request or reply at a time is in flight: a read never runs into the next one."""
     buf, poller = b"", select.poll()
     poller.register(fd, select.POLLIN)
     while not buf.endswith(b"\n"):
         if deadline is not None and not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
             return "timeout"
-        chunk = os.read(fd, 1 << 16)
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except ConnectionResetError:  # a socket whose peer died
+            chunk = b""
         if not chunk:
             return "eof"
         buf += chunk
@@ -79,7 +99,8 @@ def _recv(fd, deadline=None, limit=1 << 30):
 
 
 def _procs(uid=None, pgrp=None, ppid=None):
-    """Live (non-zombie) pids whose real uid is `uid`, or in process group `pgrp`, or children of `ppid`."""
+    """Live (non-zombie) pids whose real uid is `uid`, or in process group `pgrp`, or children of
+    `ppid`."""
     found = []
     names = os.listdir("/proc") if os.path.isdir("/proc") else []  # no /proc (macOS): nothing found
     for name in filter(str.isdigit, names):
@@ -96,7 +117,8 @@ def _procs(uid=None, pgrp=None, ppid=None):
 
 
 def _kill_all(find):
-    """SIGKILL every pid that find() returns, and again, until none is left (they may fork meanwhile)."""
+    """SIGKILL every pid that find() returns, and again, until none is left (they may fork
+    meanwhile)."""
     for _ in range(200):
         pids = find()
         if not pids:
@@ -107,38 +129,46 @@ def _kill_all(find):
 
 
 # ---------------------------------------------------------------------------------- the worker
-_S = types.SimpleNamespace(in_cell=False, trusted=False, spawned=False, pid=0, dir="", uid=None, timeout=0.0)
-_SPAWN = {"os.fork", "os.forkpty", "os.system", "os.posix_spawn", "os.exec", "subprocess.Popen", "pty.spawn"}
-_PATH_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.link": (1,),
-                "os.symlink": (1,), "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.utime": (0,),
-                "os.mkfifo": (0,), "os.mknod": (0,), "shutil.rmtree": (0,)}
+_S = types.SimpleNamespace(in_cell=False, trusted=False, spawned=False, pid=0, dir="", uid=None,
+                           timeout=0.0)
+_SPAWN = {"os.fork", "os.forkpty", "os.system", "os.posix_spawn", "os.exec", "subprocess.Popen",
+          "pty.spawn"}
+_PATH_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1),
+                "os.link": (1,), "os.symlink": (1,), "os.truncate": (0,), "os.chmod": (0,),
+                "os.chown": (0,), "os.utime": (0,), "os.mkfifo": (0,), "os.mknod": (0,),
+                "shutil.rmtree": (0,)}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
 def _guard(event, args):
-    """Audit hook: a guard rail on Python-level file writes, signals and sockets (not a security boundary)."""
+    """Audit hook: a guard rail on Python-level file writes, signals and sockets."""
     if _S.trusted:
         return
     paths = [args[i] for i in _PATH_EVENTS.get(event, ())]
     if event == "open" and args[2] & _WRITE_FLAGS:  # open() for reading is not checked
         paths = [args[0]]
-    for p in paths:
-        real = _S.dir if isinstance(p, int) else os.path.realpath(os.fsdecode(os.fspath(p)))  # int: an open fd
+    for p in paths:  # an int is an open fd
+        real = _S.dir if isinstance(p, int) else os.path.realpath(os.fsdecode(os.fspath(p)))
         if os.path.commonpath([real, _S.dir]) != _S.dir and real != os.devnull:
-            raise PermissionError(f"sandbox: writing outside the working directory is not allowed: {p!r}")
+            raise PermissionError(f"sandbox: writing outside the working directory is not allowed: "
+                                  f"{p!r}")
     if event in _SPAWN:
         _S.spawned = True
-    elif event in ("os.kill", "os.killpg"):  # the target as a process group; 0 = our own, -1 = everything
+    elif event in ("os.kill", "os.killpg"):  # the target as a group; 0 = our own, -1 = everything
         pid = args[0]
-        group = pid if event == "os.killpg" else os.getpgid(pid) if pid > 0 else -pid if pid < -1 else pid
+        if event == "os.killpg" or pid in (0, -1):
+            group = pid
+        else:
+            group = -pid if pid < 0 else os.getpgid(pid)
         if group not in (0, os.getpgrp()):
-            raise PermissionError("sandbox: signals may only be sent to the sandbox's own processes")
+            raise PermissionError("sandbox: signals may go only to the sandbox's own processes")
     elif event in ("socket.connect", "socket.bind", "socket.sendto"):
         raise PermissionError("sandbox: network access is disabled")
 
 
 class _Capture(io.TextIOBase):
-    """Stands in for stdout and stderr during a cell; keeps the first and the last `limit` characters."""
+    """Stands in for stdout and stderr during a cell; keeps the first and the last `limit`
+    characters."""
 
     def __init__(self, limit):
         self.limit, self.total, self.head, self.tail, self.tail_n = limit, 0, "", [], 0
@@ -157,7 +187,7 @@ class _Capture(io.TextIOBase):
         elif n:
             self.tail.append(s)
             self.tail_n += n
-            if self.tail_n > 2 * self.limit:  # trim now and then: memory stays O(limit) however much is printed
+            if self.tail_n > 2 * self.limit:  # trim now and then: memory stays O(limit)
                 self.tail, self.tail_n = ["".join(self.tail)[-self.limit:]], self.limit
         return n
 
@@ -185,19 +215,19 @@ def _format_exc(e):
 
 
 def _on_alarm(signum, frame):
-    # Raise only inside the user's code, never in this file's machinery (e.g. while formatting its output).
+    # Raise only inside the user's code, never in this file's machinery (e.g. formatting output).
     if _S.in_cell and frame is not None and frame.f_code.co_filename != __file__:
         _S.in_cell = False
         raise TimeoutError(f"the cell exceeded the time limit of {_S.timeout:g} s")
 
 
 def _kill_children():
-    """Kill every process the cell started and left behind (with its own uid: even setsid() ones)."""
+    """Kill every process the cell started and left (with its own uid: even setsid() ones)."""
     _S.trusted = True
     try:
         if _S.uid:
-            os.kill(-1, signal.SIGKILL)  # -1 = every process this uid may signal: only the sandbox's own
-        else:  # no uid of its own: our process group and our children (orphans come to us, a subreaper)
+            os.kill(-1, signal.SIGKILL)  # -1 = every process this uid may signal: the sandbox's own
+        else:  # our process group and our children (orphans come to us: we are a subreaper)
             _kill_all(lambda: set(_procs(pgrp=os.getpgrp(), ppid=os.getpid())) - {os.getpid()})
         while True:
             os.waitpid(-1, 0)  # reap
@@ -246,7 +276,7 @@ def _run_cell(code, ns, n, limit):
 def _reset(ns, fresh_builtins):
     ns.clear()
     ns.update(__name__="__main__", __builtins__=builtins)
-    builtins.__dict__.clear()  # patched builtins restored, added ones gone (same dict: frames hold it)
+    builtins.__dict__.clear()  # patched builtins restored, added ones gone (frames hold this dict)
     builtins.__dict__.update(fresh_builtins)
     for k in [k for k in linecache.cache if k.startswith("<cell-")]:
         del linecache.cache[k]
@@ -266,157 +296,298 @@ def _reset(ns, fresh_builtins):
         _S.trusted = False
 
 
-def _worker(cfg):
-    proto_in, proto_out = os.dup(0), os.dup(1)  # the protocol pipes move off fds 0 and 1 ...
+def _drop_to(uid):
+    """Root becomes `uid` (and gid), keeping one capability, CAP_DAC_READ_SEARCH: it still reads
+    every file root can (lazy imports from a mode-700 checkout work) and can gain nothing back."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(8, 1, 0, 0, 0)  # PR_SET_KEEPCAPS: setuid keeps the permitted capabilities, of which
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    read_all = 1 << 2  # ... CAP_DAC_READ_SEARCH alone stays (effective, permitted, inheritable)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    if (libc.capset(header, (ctypes.c_uint32 * 6)(read_all, read_all, read_all, 0, 0, 0))
+            or libc.prctl(47, 2, 2, 0, 0)     # PR_CAP_AMBIENT_RAISE: programs it runs keep it too
+            or libc.prctl(38, 1, 0, 0, 0)):   # PR_SET_NO_NEW_PRIVS: no setuid program gives more
+        raise OSError(ctypes.get_errno(), "sandbox: could not set the worker's capabilities")
+
+
+def _worker(cfg, proto):
+    """In a fresh fork of the template: session, limits, uid, guard; then one cell per request on
+    the socket `proto`, until the parent closes it."""
+    os.setsid()  # its own process group: one killpg stops it and what it started
+    os.set_inheritable(proto, False)  # programs the cell runs must not hold the parent's socket
     null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)  # ... so input() sees EOF, and stray output (os.write(1), children) cannot corrupt them
-    os.dup2(null, 1)
+    os.dup2(null, 0)  # input() sees EOF (fd 0 was the template's control socket), and stray output
+    os.dup2(null, 1)  # (os.write(1), children) goes nowhere
     _S.pid, _S.dir, _S.timeout = os.getpid(), cfg["dir"], cfg["timeout"]
-    os.chdir(_S.dir)
-    for mod in cfg["preload"]:  # imported while still privileged (the drop below may hide the stdlib)
-        with contextlib.suppress(Exception):
-            __import__(mod)
     mb = 1 << 20
-    limits = [(resource.RLIMIT_AS, cfg["memory_mb"] * mb), (resource.RLIMIT_FSIZE, cfg["max_file_mb"] * mb),
-              (resource.RLIMIT_CORE, 0)]
-    if cfg["uid"] is not None:  # per-uid process count: only meaningful once the worker has a uid of its own
-        limits.append((resource.RLIMIT_NPROC, cfg["max_procs"]))
+    limits = [(resource.RLIMIT_AS, cfg["memory_mb"] * mb), (resource.RLIMIT_CORE, 0),
+              (resource.RLIMIT_FSIZE, cfg["max_file_mb"] * mb)]
+    if cfg["uid"] is not None or cfg["isolation"] == "namespaces":  # a uid or a user namespace of
+        limits.append((resource.RLIMIT_NPROC, cfg["max_procs"]))     # its own: it counts its own
     for what, n in limits:
         with contextlib.suppress(ValueError, OSError):  # e.g. above what this system allows
             resource.setrlimit(what, (n, n))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # too-large files: OSError instead of death
-    with contextlib.suppress(Exception):  # PR_SET_CHILD_SUBREAPER (Linux): orphaned grandchildren are
-        import ctypes                        # re-parented to the worker, which kills and reaps them
-        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+    with contextlib.suppress(AttributeError):  # PR_SET_CHILD_SUBREAPER (Linux): the cell's orphans
+        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # come to the worker, which kills and reaps them
     if cfg["uid"] is not None:
-        with contextlib.suppress(OSError):
-            os.setgroups([])
-            os.setgid(cfg["uid"])
-            os.setuid(cfg["uid"])
-            _S.uid = cfg["uid"]  # set only once dropped: _kill_children's kill(-1) must never run as root/you
+        _drop_to(cfg["uid"])
+        _S.uid = cfg["uid"]  # only once dropped: _kill_children's kill(-1) never runs as root/you
+    os.chdir(_S.dir)
+    if "numpy.random" in sys.modules:  # a fork shares the template's seed (random reseeds itself)
+        sys.modules["numpy.random"].seed()
     sys.addaudithook(_guard)
-    os.dup2(null, 2)  # only now: a worker that fails to start shows its traceback on the parent's stderr
+    os.dup2(null, 2)  # only now: a worker that fails to start shows why on the parent's stderr
     fresh_builtins = dict(builtins.__dict__)
     ns, n = {"__name__": "__main__", "__builtins__": builtins}, 0
-    stdlib_ok = os.access(os.path.dirname(os.__file__), os.R_OK | os.X_OK)  # as the (new) real uid
-    _send(proto_out, {"uid": _S.uid, "stdlib_readable": stdlib_ok})
+    _send(proto, {"uid": _S.uid})
     while True:
-        msg = _recv(proto_in)
+        msg = _recv(proto)
         if not isinstance(msg, dict):
             os._exit(0)  # the parent is gone
         if msg["op"] == "run":
             n += 1
-            _send(proto_out, {"output": _run_cell(msg["code"], ns, n, cfg["max_output"])})
+            _send(proto, {"output": _run_cell(msg["code"], ns, n, cfg["max_output"])})
         else:
             n = 0
-            _send(proto_out, {"clean": _reset(ns, fresh_builtins)})
+            _send(proto, {"clean": _reset(ns, fresh_builtins)})
+
+
+# ---------------------------------------------------------------------------------- the template
+def _template(cfg):
+    """The fork server. Imports the preload once, then serves the parent on its control socket
+    (fd 0): b"fork" with a socket attached starts a worker on it, b"kill" stops the worker and
+    answers with its exit code; end-of-file (the parent is gone) stops the worker and the template.
+    """
+    if cfg["isolation"] == "namespaces" and os.getpid() != 2:  # 1: bwrap's init; see _stop_worker
+        raise SystemExit("sandbox: the template is not in a PID namespace of its own")
+    for mod in cfg["preload"]:
+        with contextlib.suppress(Exception):
+            __import__(mod)
+    control = socket.socket(fileno=0)
+    pid = None
+    while True:
+        try:
+            request, fds, _, _ = socket.recv_fds(control, 64, 1)
+        except OSError:
+            request, fds = b"", []
+        if request == b"fork":
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    _worker(cfg, fds[0])  # returns only by raising
+                except BaseException:
+                    traceback.print_exc()  # fd 2 is still the parent's stderr
+                os._exit(1)
+            os.close(fds[0])
+        else:  # b"kill", or b"": end-of-file, the parent is gone
+            rc = _stop_worker(pid, cfg) if pid else None
+            pid = None
+            if not request:
+                os._exit(0)
+            control.send(json.dumps(rc).encode())
+
+
+def _stop_worker(pid, cfg):
+    """Kill worker `pid` and every process it started; reap it. Its exit code (negative: the signal
+    that killed it)."""
+    if cfg["isolation"] == "namespaces":  # our PID namespace holds bwrap's init, us, and what the
+        os.kill(-1, signal.SIGKILL)        # worker started: -1 = all but init and us (setsid too)
+    else:
+        with contextlib.suppress(OSError):  # frozen, it starts no new children while we kill its
+            os.kill(pid, signal.SIGSTOP)
+        _kill_all(lambda: set(_procs(uid=cfg["uid"], pgrp=pid, ppid=pid)) - {pid})
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)  # its group, itself included
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 # ---------------------------------------------------------------------------------- the parent side
 _uid_lock, _uids_used, _uid_slots = threading.Lock(), set(), itertools.count()
+_modes, _announced = {}, set()
+
+
+def _bwrap_argv(workdir):
+    """bubblewrap around a template: / read-only, `workdir` writable, a fresh (read-only) /dev and
+    /proc, new PID, network, IPC and UTS namespaces; it dies with the parent."""
+    argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev", "--proc",
+            "/proc", "--bind", workdir, workdir, "--unshare-pid", "--unshare-net", "--unshare-ipc",
+            "--unshare-uts", "--die-with-parent"]
+    if os.geteuid() != 0:
+        return argv + ["--unshare-user"]  # the way in without root: one uid inside, yours
+    # Root: no user namespace, so that the worker can take a uid of its own; of root's capabilities
+    # the template keeps what that takes: set uids, signal them, read everything.
+    caps = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_READ_SEARCH")
+    return argv + ["--cap-drop", "ALL"] + [arg for cap in caps for arg in ("--cap-add", cap)]
+
+
+def isolation_modes():
+    """{mode: None where this machine offers it, else why not}; probed once per process."""
+    if not _modes:
+        why = None if shutil.which("bwrap") else "bwrap not found (install the package bubblewrap)"
+        if why is None:
+            probe = subprocess.run([*_bwrap_argv(tempfile.gettempdir()), "--", sys.executable, "-S",
+                                    "-c", ""], capture_output=True, text=True, timeout=60)
+            if probe.returncode:
+                last_line = (probe.stderr.strip() or "failed").splitlines()[-1]
+                why = f"bwrap cannot run here: {last_line}"
+        root = sys.platform == "linux" and os.geteuid() == 0
+        _modes.update(namespaces=why, uid=None if root else "needs root on Linux", none=None)
+    return _modes
+
+
+def default_isolation():
+    """The strongest isolation this machine offers, the one a Sandbox gets by default."""
+    return next(mode for mode, why in isolation_modes().items() if why is None)
 
 
 def _alloc_uid():
-    """A uid that no account, no process and no other live sandbox uses; fresh at every worker start."""
+    """A uid that no account, no process and no other live sandbox uses."""
     with _uid_lock:
         for _ in range(256):
             uid = UID_BASE + (os.getpid() % (1 << 22)) * 256 + next(_uid_slots) % 256
             with contextlib.suppress(KeyError):
                 pwd.getpwuid(uid)
-                continue  # a real account: never use (the uid sweep on restart would kill its processes)
+                continue  # a real account: never (the sweep on restart would kill its processes)
             if uid not in _uids_used and not _procs(uid=uid):
                 _uids_used.add(uid)
                 return uid
-    raise RuntimeError("sandbox: no free sandbox uid (more than 256 live sandboxes in one process?)")
+    raise RuntimeError("sandbox: no free uid (more than 256 live sandboxes in one process?)")
 
 
-def _stop_worker(w):
-    """Kill the worker's process group and every process of its uid; remove its directory. Idempotent."""
-    if "proc" not in w or w["owner"] != os.getpid():  # not running, or we are a forked copy of the parent
-        return None
+def _kill_worker(w):
+    """Have the template kill the worker and all it started. The worker's exit code (negative: the
+    signal that killed it) or None; OSError or ValueError if the template does not answer."""
+    w["control"].settimeout(10)
+    w["control"].send(b"kill")
+    rc = json.loads(w["control"].recv(64))
+    w.pop("sock").close()
+    return rc
+
+
+def _stop_template(w):
+    """Stop the worker (through the template), then the template; remove the work directory.
+    Idempotent; does nothing in a forked copy of the parent."""
+    if "proc" not in w or w["owner"] != os.getpid():
+        return
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        _kill_worker(w)
+    w.pop("control").close()  # the template exits at end-of-file
+    if "sock" in w:
+        w.pop("sock").close()
     proc = w.pop("proc")
-    proc.send_signal(signal.SIGSTOP)  # frozen, it starts no new children while we kill the ones it has
-    _kill_all(lambda: set(_procs(uid=w["uid"], ppid=proc.pid)) - {proc.pid})  # setsid() ones too
-    with contextlib.suppress(OSError):
-        os.killpg(proc.pid, signal.SIGKILL)  # before wait(): the group id cannot have been reused yet
     try:
-        rc = proc.wait(10)
+        proc.wait(5)
     except subprocess.TimeoutExpired:
-        rc = None
-    proc.stdin.close()
-    proc.stdout.close()
+        os.killpg(proc.pid, signal.SIGKILL)  # before wait(): the group id cannot be reused yet
+        proc.wait()
     with _uid_lock:
         _uids_used.discard(w["uid"])
     shutil.rmtree(w["dir"], ignore_errors=True)
-    return rc
 
 
 class Sandbox:
     """One stateful Python session (a worker process), usable as a context manager. Thread-safe."""
 
     def __init__(self, timeout=6.0, memory_mb=1024, max_procs=16, max_output=2000, max_file_mb=16,
-                 preload=DEFAULT_PRELOAD):
+                 preload=DEFAULT_PRELOAD, isolation=None):
         # timeout=6: the authors' client.execute(..., timeout=6) in src/inference.py
         self.cfg = dict(timeout=float(timeout), memory_mb=int(memory_mb), max_procs=int(max_procs),
                         max_output=int(max_output), max_file_mb=int(max_file_mb))
         for name, v in self.cfg.items():
             if not v > 0:
                 raise ValueError(f"Sandbox: {name} must be > 0, got {v!r}")
-        self.cfg["preload"] = list(preload)  # the worker's whole configuration, with `dir` and `uid` below
-        self.uid = None  # the uid the worker runs as, once it said hello (None: same user as the parent)
+        self.isolation = isolation or default_isolation()  # "namespaces", "uid" or "none"
+        if self.isolation not in MODES:
+            raise ValueError(f"Sandbox: isolation must be one of {MODES}, got {isolation!r}")
+        if isolation_modes()[self.isolation]:
+            raise RuntimeError(f"sandbox: isolation {self.isolation!r} is not available here: "
+                               f"{isolation_modes()[self.isolation]}")
+        self.cfg.update(preload=list(preload), isolation=self.isolation)  # with `dir`, `uid` below
+        self.uid = None  # the worker's uid once it said hello (None: the caller's)
         self._lock, self._w, self._note = threading.Lock(), {}, ""
-        self._fin = weakref.finalize(self, _stop_worker, self._w)  # close(); also runs at interpreter exit
+        self._fin = weakref.finalize(self, _stop_template, self._w)  # close(); also at exit
         self._start()
 
     def _start(self):
-        """Start a worker without waiting for it: it imports its modules while the caller does other work."""
-        uid = _alloc_uid() if os.geteuid() == 0 else None
+        """Start the template and ask it for a worker, without waiting: it imports its modules while
+        the caller does other work."""
+        uid = _alloc_uid() if os.geteuid() == 0 and self.isolation != "none" else None
         d = os.path.realpath(tempfile.mkdtemp(prefix="sandbox-"))
         if uid is not None:
             os.chown(d, uid, uid)
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": d, "TMPDIR": d, "LANG": "C.UTF-8",  # nothing of
-               "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "MALLOC_ARENA_MAX": "2",   # the parent's
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": d, "TMPDIR": d, "LANG": "C.UTF-8",
+               "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "MALLOC_ARENA_MAX": "2",
                "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        flags = ["-s", "-P"] if sys.version_info >= (3, 11) else ["-s"]  # no user site, no script dir on path
-        cfg = json.dumps(dict(self.cfg, dir=d, uid=uid))
-        proc = subprocess.Popen([sys.executable, *flags, os.path.abspath(__file__), "--worker", cfg],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=d,
-                                start_new_session=True)  # own process group: one killpg stops everything
-        self._w.update(proc=proc, uid=uid, dir=d, ready=False, owner=os.getpid())
+        flags = ["-s", "-P"] if sys.version_info >= (3, 11) else ["-s"]  # no user site, script dir
+        argv = [sys.executable, *flags, os.path.abspath(__file__), "--template",
+                json.dumps(dict(self.cfg, dir=d, uid=uid))]
+        if self.isolation == "namespaces":
+            argv = [*_bwrap_argv(d), "--", *argv]
+        control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:  # nothing of the parent's environment goes in; own process group for killpg
+            proc = subprocess.Popen(argv, stdin=theirs, stdout=subprocess.DEVNULL, env=env, cwd=d,
+                                    start_new_session=True)
+        self._w.update(proc=proc, control=control, uid=uid, dir=d, owner=os.getpid())
+        if self.isolation not in _announced:  # say once per process what isolation sandboxes get
+            _announced.add(self.isolation)
+            why = isolation_modes()["namespaces"]
+            note = f" (no namespaces: {why})" if why else ""
+            print(f"sandbox: isolation {self.isolation!r}{note}", file=sys.stderr)
+        self._fork()
+
+    def _fork(self):
+        """Ask the template for a fresh worker, talking on a new socket."""
+        ours, theirs = socket.socketpair()
+        with theirs:
+            socket.send_fds(self._w["control"], [b"fork"], [theirs.fileno()])
+        self._w.update(sock=ours, ready=False)
+
+    def _restart(self):
+        """Kill the worker and all it started, fork a fresh one; the old one's exit code (negative:
+        killed by that signal) or None."""
+        try:
+            rc = _kill_worker(self._w)
+            self._fork()
+            return rc
+        except (OSError, ValueError):  # the template died or hangs: the next call starts a new one
+            _stop_template(self._w)
+            return None
 
     def _call(self, msg, budget):
-        """Send one request; return (reply, None), or (None, why) after replacing a misbehaving worker."""
+        """Send one request; return (reply, None), or (None, why) after replacing a misbehaving
+        worker."""
         if not self._fin.alive:
             raise RuntimeError("sandbox: used after close()")
         if "proc" not in self._w:  # the last start failed: try again
             self._start()
         w = self._w
         if not w["ready"]:  # the first call to a new worker waits for its hello
-            hello = _recv(w["proc"].stdout.fileno(), time.monotonic() + STARTUP_TIMEOUT, 1 << 16)
+            hello = _recv(w["sock"].fileno(), time.monotonic() + STARTUP_TIMEOUT, 1 << 16)
             if not isinstance(hello, dict):
-                rc = _stop_worker(w)
-                raise RuntimeError(f"sandbox: worker failed to start ({hello}, exit code {rc}); "
+                _stop_template(w)
+                raise RuntimeError(f"sandbox: worker failed to start ({hello}); "
                                    f"try `{sys.executable} {__file__} -c 1+1`")
             w["ready"], self.uid = True, hello["uid"]
-            if not hello["stdlib_readable"]:  # shown once per process: Python's default warning filter
-                warnings.warn(f"sandbox: the standard library ({os.path.dirname(os.__file__)}) is not readable "
-                              f"by the sandbox's uid: its code can import only the standard modules in `preload`")
         try:
-            _send(w["proc"].stdin.fileno(), msg)
-            reply = _recv(w["proc"].stdout.fileno(), time.monotonic() + budget, 65536 + 8 * self.cfg["max_output"])
-        except BrokenPipeError:
+            _send(w["sock"].fileno(), msg)
+            reply = _recv(w["sock"].fileno(), time.monotonic() + budget,
+                          65536 + 8 * self.cfg["max_output"])
+        except ConnectionError:  # BrokenPipeError, ConnectionResetError: the worker died
             reply = "eof"
         if isinstance(reply, dict):
             return reply, None
-        rc = _stop_worker(w)
+        rc = self._restart()
         self._note = RESTART_NOTE
-        self._start()  # the fresh worker imports its modules while the model writes its next block
         if reply == "timeout":
-            why = f"TimeoutError: execution exceeded the time limit of {self.cfg['timeout']:g} s and was stopped"
+            why = (f"TimeoutError: execution exceeded the time limit of {self.cfg['timeout']:g} s "
+                   f"and was stopped")
         elif reply == "eof" and rc is not None and rc < 0:
             why = f"the Python process was killed by {signal.Signals(-rc).name}"
-        elif reply == "eof":
-            why = f"the Python process exited (exit code {rc})"
+        elif reply == "eof":  # (rc None: its template died too)
+            why = "the Python process exited" + (f" (exit code {rc})" if rc is not None else "")
         else:
             why = "the Python process sent a malformed reply"
         return None, f"{why}; the session was restarted and all variables are lost."
@@ -434,10 +605,9 @@ class Sandbox:
     def reset(self):
         """Fresh state for a new problem: globals, builtins, files and children cleared in place."""
         with self._lock:
-            reply, _ = self._call({"op": "reset"}, 10.0)  # a dead worker is replaced by _call itself
-            if reply is not None and not reply["clean"]:  # threads left running: only a new process stops them
-                _stop_worker(self._w)
-                self._start()
+            reply, _ = self._call({"op": "reset"}, 10.0)  # _call itself replaces a dead worker
+            if reply is not None and not reply["clean"]:  # threads left running: a new process
+                self._restart()
             self._note = ""
 
     def close(self):
@@ -452,10 +622,10 @@ class Sandbox:
 
 
 class SandboxPool:
-    """`size` sandboxes for concurrent problems. acquire() blocks until one is free and resets it."""
+    """`size` sandboxes for concurrent problems. acquire() waits until one is free and resets it."""
 
     def __init__(self, size, **limits):
-        self._all = [Sandbox(**limits) for _ in range(size)]  # workers start in parallel
+        self._all = [Sandbox(**limits) for _ in range(size)]  # templates start in parallel
         self._free, self._out = queue.SimpleQueue(), set()  # thread-safe: set.add/remove are atomic
         for sb in self._all:
             self._free.put(sb)
@@ -474,7 +644,7 @@ class SandboxPool:
         try:
             self._out.remove(sandbox)
         except KeyError:
-            raise ValueError("sandbox: release() of a sandbox not acquired from this pool") from None
+            raise ValueError("sandbox: release() of a sandbox not from this pool") from None
         self._free.put(sandbox)
 
     def close(self):
@@ -489,16 +659,21 @@ class SandboxPool:
 
 
 def main():
-    ap = argparse.ArgumentParser(description="Run Python cells in a MathCoder sandbox. Without -c: a small "
-                                 "REPL (a cell ends at an empty line; Ctrl-D quits).")
+    ap = argparse.ArgumentParser(description="Run Python cells in a MathCoder sandbox. Without -c: "
+                                 "a small REPL (a cell ends at an empty line; Ctrl-D quits).")
     ap.add_argument("-c", dest="code", help="run CODE as one cell, print what it shows, exit")
     ap.add_argument("--timeout", type=float, default=6.0, help="seconds per cell (default 6)")
-    ap.add_argument("--memory-mb", type=int, default=1024, help="address-space limit (default 1024)")
-    ap.add_argument("--max-procs", type=int, default=16, help="processes+threads, as root (default 16)")
-    ap.add_argument("--max-output", type=int, default=2000, help="characters kept per cell (default 2000)")
-    ap.add_argument("--max-file-mb", type=int, default=16, help="largest file the code may write (default 16)")
+    ap.add_argument("--memory-mb", type=int, default=1024, help="address space (default 1024)")
+    ap.add_argument("--max-procs", type=int, default=16, help="processes+threads (default 16)")
+    ap.add_argument("--max-output", type=int, default=2000,
+                    help="characters kept per cell (default 2000)")
+    ap.add_argument("--max-file-mb", type=int, default=16,
+                    help="largest file the code may write (default 16)")
+    ap.add_argument("--isolation", choices=MODES,
+                    help="default: the strongest available (namespaces, uid as root, none)")
     a = ap.parse_args()
-    with Sandbox(a.timeout, a.memory_mb, a.max_procs, a.max_output, a.max_file_mb) as sb:
+    with Sandbox(a.timeout, a.memory_mb, a.max_procs, a.max_output, a.max_file_mb,
+                 isolation=a.isolation) as sb:
         if a.code is not None:
             return print(sb.run(a.code))
         cell, eof = [], False
@@ -515,7 +690,7 @@ def main():
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":  # internal: the worker side of a Sandbox
-        _worker(json.loads(sys.argv[2]))
+    if len(sys.argv) == 3 and sys.argv[1] == "--template":  # internal: a Sandbox's fork server
+        _template(json.loads(sys.argv[2]))
     else:
         main()

@@ -23,8 +23,9 @@ MODELS = ["llama2-mha", "codellama-gqa"]       # MHA fp32 / GQA (6 heads, 2 KV h
 CASES = [(m, layout) for m in MODELS for layout in ["hf", "meta2"]]   # meta2: Meta, 2 shards
 QUESTIONS = ["What is 2+2?", "A much longer question about ducks and eggs, 16 of them.", "x",
              "Sum 1..10", "Half of 9?"]
-SOLVE = dict(max_new_tokens=12, max_total_tokens=160, max_prompt_tokens=150, max_rounds=3,
-             batch_size=3, execute=False)
+# the authors' sliding context window, 30 tokens: it slides for every question (rows recomputed)
+SOLVE = dict(max_new_tokens=12, max_total_tokens=160, max_prompt_tokens=30, context="window",
+             max_rounds=3, batch_size=3, execute=False)
 EVAL = ["--dataset", "svamp", "--limit", "6", "--batch-size", "2", "--max-new-tokens", "8",
         "--max-rounds", "2"]
 PROMPT_IDS = "1,15,72,9,200,31"
@@ -136,7 +137,8 @@ def worker(work):
     if ranks.leader:   # code that only the leader runs: its output reaches the follower as tokens
         tok = test_infer.CharTokenizer()
         with sandbox.SandboxPool(2) as pool, ranks.lockstep(m) as leader:
-            gen = infer.GenConfig(max_total_tokens=160, max_prompt_tokens=100, batch_size=2)
+            gen = infer.GenConfig(max_new_tokens=64, max_total_tokens=400, max_prompt_tokens=300,
+                                  batch_size=2)
             out = infer.solve(ScriptOverModel(leader, tok.encode(CODE_SCRIPT)), tok, ["q1", "q2"],
                               "", gen, pool)
         seen["solve_code"] = [r["solution"] for r in out]
@@ -226,8 +228,9 @@ def launched(tmp_path_factory):
         p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                             "--nproc_per_node=2", __file__, str(work)], cwd=ROOT, env=env,
                            stdout=out, stderr=subprocess.STDOUT, timeout=600)
-    # torchrun stops rank 0 when rank 1 dies; if that lands while rank 0 closes its SandboxPool,
-    # a sandbox worker is left behind, frozen (sandbox._stop_worker SIGSTOPs it first): kill ours
+    # torchrun stops rank 0 when rank 1 dies: a sandbox process that outlived its killed rank
+    # (seen without bubblewrap's --die-with-parent: a worker frozen by a SIGSTOP mid-shutdown)
+    # would hold the log open and linger; ours are found by their folder
     for proc in Path("/proc").iterdir():
         with contextlib.suppress(OSError):
             if str(tmp) in (proc / "cmdline").read_text():
