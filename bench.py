@@ -436,7 +436,8 @@ def bench_tp(a):
              "(VmHWM), then loads with `model.load_pretrained(..., tp_group)` and runs one 8-token "
              "forward pass: the growth of its peak RSS. Under TP=2 a rank reads only its rows and "
              "columns of each tensor (the rest of the file never enters its memory); the TP=2 "
-             "logits agree with TP=1's within bf16 rounding (checked)."]
+             "logits agree with TP=1's within bf16 rounding (checked). Host memory on the CPU "
+             "(gloo) only: GPU memory under NCCL and decode speed under TP are not measured here."]
     report("tp", "tp: peak host memory per rank, tensor-parallel loading (CPU, gloo)", rows, notes,
            a.write, load0)
 
