@@ -36,14 +36,15 @@ Isolation, and its limits (this is NOT a security boundary):
     gVisor, or nsjail/bubblewrap around the worker).
 Linux is the tested platform (it uses /proc, rlimits, setuid); macOS works with fewer guarantees.
 """
-import argparse, ast, builtins, contextlib, io, itertools, json, linecache, os, pwd, queue, re, resource
-import select, shutil, signal, subprocess, sys, tempfile, threading, time, traceback, types, warnings, weakref
+import argparse, builtins, contextlib, io, itertools, json, os, pwd, queue, re, resource
+import select, shutil, signal, subprocess, sys, tempfile, threading, time, types, warnings, weakref
 
 EMPTY = "<empty_execution>"  # what the training data shows for a cell with no output
 DEFAULT_PRELOAD = ("math", "cmath", "fractions", "decimal", "itertools", "functools", "collections",
                    "statistics", "random", "re", "string", "datetime", "calendar", "heapq", "bisect",
                    "operator", "numbers", "typing", "copy", "json", "time", "array", "dataclasses", "enum",
-                   "textwrap", "pprint", "unicodedata", "struct", "csv", "numpy", "sympy")  # ~0.5 s
+                   "textwrap", "pprint", "unicodedata", "struct", "csv", "numpy", "sympy",
+                   "_strptime")  # ~0.5 s; _strptime: what datetime.strptime imports on first use
 UID_BASE = 1_000_000_000  # worker uids: UID_BASE + (parent pid % 2**22) * 256 + slot, below 2**31
 GRACE = 1.0               # seconds from the soft TimeoutError to the hard kill
 STARTUP_TIMEOUT = 60.0    # seconds a new worker may take to import DEFAULT_PRELOAD and say hello
@@ -107,7 +108,9 @@ def _kill_all(find):
 
 
 # ---------------------------------------------------------------------------------- the worker
-_S = types.SimpleNamespace(in_cell=False, trusted=False, spawned=False, pid=0, dir="", uid=None, timeout=0.0)
+_S = types.SimpleNamespace(in_cell=False, trusted=False, spawned=False, pid=0, dir="", uid=None, timeout=0.0,
+                          timed_out=False, kernel=None)
+notebook = None  # notebook.py: what the authors' IPython kernel showed; the worker imports it (_worker)
 _SPAWN = {"os.fork", "os.forkpty", "os.system", "os.posix_spawn", "os.exec", "subprocess.Popen", "pty.spawn"}
 _PATH_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.link": (1,),
                 "os.symlink": (1,), "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.utime": (0,),
@@ -169,25 +172,10 @@ class _Capture(io.TextIOBase):
         return f"{self.head[:keep]}\n[... {self.total - self.limit} characters cut ...]\n{tail}"
 
 
-def _format_exc(e):
-    """The traceback as Python prints it, minus this file's frames (and ast.py's, for syntax errors)."""
-    te = traceback.TracebackException.from_exception(e)
-    todo, seen = [te], set()
-    while todo:  # the exception and every one chained to it (`raise ... from`, errors inside `except`)
-        t = todo.pop()
-        if t is None or id(t) in seen:
-            continue
-        seen.add(id(t))
-        t.stack = traceback.StackSummary.from_list(
-            [f for f in t.stack if f.filename not in (__file__, ast.__file__)])
-        todo += [t.__cause__, t.__context__]
-    return "".join(te.format())
-
-
 def _on_alarm(signum, frame):
     # Raise only inside the user's code, never in this file's machinery (e.g. while formatting its output).
     if _S.in_cell and frame is not None and frame.f_code.co_filename != __file__:
-        _S.in_cell = False
+        _S.in_cell, _S.timed_out = False, True
         raise TimeoutError(f"the cell exceeded the time limit of {_S.timeout:g} s")
 
 
@@ -207,10 +195,8 @@ def _kill_children():
         _S.trusted = False
 
 
-def _run_cell(code, ns, n, limit):
-    """Run one cell like a notebook: exec all statements, show the repr of a final expression."""
-    name = f"<cell-{n}>"
-    linecache.cache[name] = (len(code), None, code.splitlines(True), name)  # source lines in tracebacks
+def _run_cell(code, ns, limit):
+    """Run one cell as the authors' IPython kernel did (notebook.py); return what it showed."""
     out = _Capture(limit)
     sys.stdout = sys.stderr = out
     _S.spawned = False
@@ -218,20 +204,12 @@ def _run_cell(code, ns, n, limit):
     resource.setrlimit(resource.RLIMIT_CPU, (int(used + _S.timeout + GRACE) + 2, resource.RLIM_INFINITY))
     signal.signal(signal.SIGALRM, _on_alarm)  # again each cell: an earlier one may have replaced it
     signal.setitimer(signal.ITIMER_REAL, _S.timeout, 0.05)  # re-fires until cancelled, in case one is missed
-    _S.in_cell = True
+    _S.in_cell, _S.timed_out = True, False
     try:
-        tree = ast.parse(code, name)
-        last = None  # IPython shows the last statement's value if it is an expression not ending in ";"
-        if tree.body and isinstance(tree.body[-1], ast.Expr) and not code.rstrip().endswith(";"):
-            last = ast.Expression(tree.body.pop().value)
-        exec(compile(tree, name, "exec"), ns)
-        if last is not None:
-            value = eval(compile(last, name, "eval"), ns)
-            if value is not None:
-                out.write(repr(value) + "\n")
-    except BaseException as e:  # SystemExit and KeyboardInterrupt too: the session goes on
-        _S.in_cell = False  # before formatting: traceback.py is not this file, _on_alarm would raise there
-        out.write(_format_exc(e))
+        out.write(_S.kernel.run(code, ns))  # the value or the traceback comes after the cell's own output
+    except BaseException as e:  # raised in notebook.py's machinery itself (e.g. by the time limit)
+        _S.in_cell = False
+        out.write(_S.kernel.format_traceback(e))
     finally:
         _S.in_cell = False
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -240,6 +218,8 @@ def _run_cell(code, ns, n, limit):
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     if _S.spawned:
         _kill_children()
+    if _S.timed_out:  # the authors' client gave up after 6 s and showed only this (their kernel ran on)
+        return notebook.TIMEOUT
     return _ANSI.sub("", out.text()).encode("utf-8", "replace").decode().strip() or EMPTY  # authors: .strip()
 
 
@@ -248,8 +228,7 @@ def _reset(ns, fresh_builtins):
     ns.update(__name__="__main__", __builtins__=builtins)
     builtins.__dict__.clear()  # patched builtins restored, added ones gone (same dict: frames hold it)
     builtins.__dict__.update(fresh_builtins)
-    for k in [k for k in linecache.cache if k.startswith("<cell-")]:
-        del linecache.cache[k]
+    _S.kernel.reset()  # Cell In[1] again, and its cells' source lines forgotten
     _kill_children()
     _S.trusted = True  # removing a symlink that points outside would look like a write out there
     try:
@@ -267,6 +246,11 @@ def _reset(ns, fresh_builtins):
 
 
 def _worker(cfg):
+    global notebook
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run with -P: not on the path
+    import notebook  # before the privileges are dropped, like the preloaded modules
+    del sys.path[0]
+    _S.kernel = notebook.Kernel()
     proto_in, proto_out = os.dup(0), os.dup(1)  # the protocol pipes move off fds 0 and 1 ...
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)  # ... so input() sees EOF, and stray output (os.write(1), children) cannot corrupt them
@@ -297,7 +281,7 @@ def _worker(cfg):
     sys.addaudithook(_guard)
     os.dup2(null, 2)  # only now: a worker that fails to start shows its traceback on the parent's stderr
     fresh_builtins = dict(builtins.__dict__)
-    ns, n = {"__name__": "__main__", "__builtins__": builtins}, 0
+    ns = {"__name__": "__main__", "__builtins__": builtins}
     stdlib_ok = os.access(os.path.dirname(os.__file__), os.R_OK | os.X_OK)  # as the (new) real uid
     _send(proto_out, {"uid": _S.uid, "stdlib_readable": stdlib_ok})
     while True:
@@ -305,10 +289,8 @@ def _worker(cfg):
         if not isinstance(msg, dict):
             os._exit(0)  # the parent is gone
         if msg["op"] == "run":
-            n += 1
-            _send(proto_out, {"output": _run_cell(msg["code"], ns, n, cfg["max_output"])})
+            _send(proto_out, {"output": _run_cell(msg["code"], ns, cfg["max_output"])})
         else:
-            n = 0
             _send(proto_out, {"clean": _reset(ns, fresh_builtins)})
 
 
