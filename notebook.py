@@ -852,6 +852,8 @@ def same_error(theirs, ours):
 
 def difference(theirs, ours):
     """Why a produced block differs from the released one, as far as a rule can tell."""
+    if normalise(ours) == normalise(theirs):
+        return "only whitespace differs (line breaks: the pretty printer)"
     if ours == TIMEOUT:
         return "timed out here only (machine speed)"
     if "characters cut ...]" in ours:
@@ -875,8 +877,11 @@ def released_cells(path):
             try:
                 items = json.loads(line)["debug_result"]
                 roles = [it["role"] for it in items]
-            except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{n}: debug_result: {e!r}") from None
+            except ValueError:
+                raise ValueError(f"{path}:{n}: not a JSON object") from None
+            except (KeyError, TypeError):
+                raise ValueError(f"{path}:{n}: field debug_result: missing, or an item without "
+                                 "role") from None
             pairs = [(items[i]["content"], items[i + 1]["content"]) for i, r in enumerate(roles)
                      if r == "code" and i + 1 < len(roles) and roles[i + 1] == "execution"]
             yield n, pairs
@@ -885,8 +890,8 @@ def released_cells(path):
 def replay(paths, pool, workers=4, progress=None):
     """Run every released solution's code blocks, in order, each solution in a fresh sandbox from
     `pool` (acquire() resets one, release() returns it), and compare each produced block with the
-    released one (whitespace-normalised, colour codes removed). Returns a dict of counts per file
-    and the list of differing cells, each with its category (difference()).
+    released one (colour codes removed; "same" whitespace-normalised, and to the character). Returns
+    a dict of counts per file and the list of cells that differ, each with its cause (difference()).
 
     Not compared: a released timeout, and every later cell of its solution (the authors' kernel was
     still busy with the timed-out cell, so those blocks say nothing about display; see TIMEOUT),
@@ -914,16 +919,21 @@ def replay(paths, pool, workers=4, progress=None):
             s = stats[path]
             for k, (code, theirs, ours) in enumerate(produced):
                 s["cells"] += 1
-                if TIMEOUT in theirs or ours is None:
-                    s["timeout (theirs)" if ours is not None else "kernel busy (theirs)"] += 1
+                if ours is None:
+                    s["kernel busy (theirs)"] += 1
+                    continue
+                if TIMEOUT in theirs:
+                    s["timeout (theirs)"] += 1
+                    s["timeout same"] += ours == TIMEOUT
                     continue
                 if ours == TIMEOUT:
                     s["timeout (ours only)"] += 1
                     continue
                 kind = "error" if is_error(theirs) else "value"
-                same = normalise(ours) == normalise(theirs)
+                exact = ours == _ANSI.sub("", theirs).strip()
                 s[kind] += 1
-                s[kind + " same"] += same
+                s[kind + " same"] += normalise(ours) == normalise(theirs)
+                s[kind + " same to the character"] += exact
                 if kind == "error":
                     s["error final line same"] += final_line(ours) == final_line(theirs)
                     s["error final line same or reworded"] += same_error(final_line(theirs),
@@ -931,7 +941,7 @@ def replay(paths, pool, workers=4, progress=None):
                     s["error with header"] += bool(cell_headers(theirs))
                     s["error header same"] += bool(cell_headers(theirs)) and \
                         cell_headers(ours) == cell_headers(theirs)
-                if not same:
+                if not exact:
                     diffs.append(dict(file=os.path.basename(path), record=n, cell=k + 1, kind=kind,
                                       why=difference(theirs, ours), code=code, released=theirs,
                                       ours=ours))
@@ -947,12 +957,15 @@ def summary_table(stats, diffs):
     def pct(a, b):
         return f"{100 * a / b:.1f}" if b else "-"
     total = sum(stats.values(), collections.Counter())
-    out = ["| file | cells | values | same % | errors | same % | final line same % (reworded ok) "
-           "| Cell In header same % | not compared (timeouts) |", "|---" * 9 + "|"]
+    out = ["| file | cells | values | same % (to the character) | errors | same % (to the "
+           "character) | final line same % (reworded ok) | Cell In header same % | not compared "
+           "(timeouts) |", "|---" * 9 + "|"]
     for name, s in [*stats.items(), ("all", total)]:
         skipped = s["timeout (theirs)"] + s["kernel busy (theirs)"] + s["timeout (ours only)"]
         out.append(f"| {name} | {s['cells']} | {s['value']} | {pct(s['value same'], s['value'])} "
+                   f"({pct(s['value same to the character'], s['value'])}) "
                    f"| {s['error']} | {pct(s['error same'], s['error'])} "
+                   f"({pct(s['error same to the character'], s['error'])}) "
                    f"| {pct(s['error final line same'], s['error'])} "
                    f"({pct(s['error final line same or reworded'], s['error'])}) "
                    f"| {pct(s['error header same'], s['error with header'])} | {skipped} |")

@@ -1,8 +1,9 @@
 """sandbox.py: a stateful Python session for the code MathCoder writes mid-solution (METHOD.md §4).
 
 The authors ran each problem's code blocks in one Jupyter kernel: variables persist from block to block, and
-what a notebook cell shows (stdout/stderr, the repr of the last expression, a traceback without colour codes,
-or "<empty_execution>") goes back into the model's context. Here, without Jupyter: one worker process per
+what the cell showed (stdout/stderr, then IPython's display of the last expression or its traceback, or
+"<empty_execution>") goes back into the model's context; notebook.py reproduces that display, by hand.
+Here, without Jupyter: one worker process per
 Sandbox (this very file, run with --worker), spoken to over pipes with one JSON object per line, reused
 across problems (reset() clears it in place, which is cheap).
 
@@ -11,8 +12,8 @@ across problems (reset() clears it in place, which is cheap).
         sb.run("print(x); x + 1") # -> "42\\n43"
 
 Limits (all configurable):
-  time      soft: at `timeout` s a TimeoutError is raised inside the cell and the session goes on (as with
-            Jupyter's interrupt). hard: code that catches it, ignores signals or sits in C code is killed
+  time      soft: at `timeout` s a TimeoutError is raised inside the cell, which shows the authors' timeout
+            message (notebook.TIMEOUT), and the session goes on (their kernel kept running the cell). hard: code that catches it, ignores signals or sits in C code is killed
             GRACE s later, with its process group and every process of its uid; the next call runs in a
             fresh worker and its output starts with a note that earlier variables are lost.
   memory    RLIMIT_AS (address space): MemoryError inside the cell, or the worker dies and is restarted.
@@ -470,6 +471,20 @@ class SandboxPool:
         self.close()
 
 
+def _replay(a):
+    """--replay: notebook.replay() on the files, its table on stdout, progress on stderr."""
+    import notebook as nb  # the parent's own copy (the module global is the worker's)
+    try:
+        with SandboxPool(a.workers, timeout=a.timeout, memory_mb=a.memory_mb, max_procs=a.max_procs,
+                         max_output=a.max_output, max_file_mb=a.max_file_mb) as pool:
+            stats, diffs = nb.replay(a.replay, pool, a.workers, lambda m: print(m, file=sys.stderr))
+    except OSError as e:
+        sys.exit(f"error: {e.filename}: {e.strerror}")
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    print(nb.summary_table(stats, diffs))
+
+
 def main():
     ap = argparse.ArgumentParser(description="Run Python cells in a MathCoder sandbox. Without -c: a small "
                                  "REPL (a cell ends at an empty line; Ctrl-D quits).")
@@ -479,7 +494,12 @@ def main():
     ap.add_argument("--max-procs", type=int, default=16, help="processes+threads, as root (default 16)")
     ap.add_argument("--max-output", type=int, default=2000, help="characters kept per cell (default 2000)")
     ap.add_argument("--max-file-mb", type=int, default=16, help="largest file the code may write (default 16)")
+    ap.add_argument("--replay", nargs="+", metavar="FILE", help="run the code blocks of the authors' released "
+                    "solutions (data/official_outs/*.jsonl) and compare each output with theirs")
+    ap.add_argument("--workers", type=int, default=4, help="with --replay: sandboxes at once (default 4)")
     a = ap.parse_args()
+    if a.replay:
+        return _replay(a)
     with Sandbox(a.timeout, a.memory_mb, a.max_procs, a.max_output, a.max_file_mb) as sb:
         if a.code is not None:
             return print(sb.run(a.code))
