@@ -33,7 +33,8 @@ def test_pretty_wraps_as_the_released_values():
     cases = [  # (value, (file, record, cell) whose released block shows it)
         ({"2/3": (80, 120), "3/5": (72, 120), "27/8": (405, 120), "0.4": (48, 120),
           "-6": (-720, 120)}, ("MathCoder-CL-13b_mathematics-correct.jsonl", 45, 2)),
-        ([fractions.Fraction(*f) for f in [(2, 3), (-3, 10), (-2, 7), (-69605, 1), (-1, 2), (-1, 1)]],
+        ([fractions.Fraction(*f) for f in [(2, 3), (-3, 10), (-2, 7), (-69605, 1), (-1, 2),
+                                            (-1, 1)]],
          ("MathCoder-CL-13b_mathematics-correct.jsonl", 279, 1)),
         ((10500001, 1.25, 12.5, 5.8192465179423865e+87, big),
          ("MathCoder-CL-13b_mathematics-wrong.jsonl", 64, 1)),
