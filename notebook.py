@@ -1,7 +1,7 @@
 """notebook.py: what the authors' Jupyter kernel showed after a cell ran, by hand (no IPython).
 
-MathCoder's execution blocks are what an IPython 8 kernel sent back (the authors' src/inference.py;
-Python 3.9, September 2023): the cell's stdout/stderr, then the text/plain display of its last
+MathCoder's execution blocks are what an IPython 8 kernel sent back (docs/method.md §4; the authors'
+src/inference.py, Python 3.9, 2023): the cell's stdout/stderr, then the text/plain display of its last
 expression, or IPython's traceback with its parts joined by one space. The model was evaluated
 reading that text, so sandbox.py shows the same. This file mirrors, in its own small code:
 
