@@ -1,9 +1,9 @@
 """notebook.py: what the authors' Jupyter kernel showed after a cell ran, by hand (no IPython).
 
-MathCoder's execution blocks are what an IPython 8 kernel sent back (docs/method.md §4; the authors'
-src/inference.py, Python 3.9, 2023): the cell's stdout/stderr, then the text/plain display of its last
-expression, or IPython's traceback with its parts joined by one space. The model was evaluated
-reading that text, so sandbox.py shows the same. This file mirrors, in its own small code:
+MathCoder's execution blocks are what an IPython 8 kernel sent back (docs/method.md §4; the
+authors' src/inference.py, Python 3.9, 2023): the cell's stdout/stderr, then the text/plain display
+of its last expression, or IPython's traceback with its parts joined by one space. The model was
+evaluated reading that text, so sandbox.py shows the same. This file mirrors, in its own small code:
 
   * the cell      IPython's run_cell: leading blank lines and indentation removed, statements run
                   one by one, the last one's value shown unless the cell ends with ";", `Cell In[k]`

@@ -1,21 +1,23 @@
 """sandbox.py: a stateful Python session for the code MathCoder writes mid-solution (METHOD.md §4).
 
-The authors ran each problem's code blocks in one Jupyter kernel: variables persist from block to block, and
-what the cell showed (stdout/stderr, then IPython's display of the last expression or its traceback, or
-"<empty_execution>") goes back into the model's context; notebook.py reproduces that display, by hand.
-Here, without Jupyter: one worker process per
-Sandbox (this very file, run with --worker), spoken to over pipes with one JSON object per line, reused
-across problems (reset() clears it in place, which is cheap).
+The authors ran each problem's code blocks in one Jupyter kernel: variables persist from block to
+block, and what the cell showed (stdout/stderr, then IPython's display of the last expression or its
+traceback, or "<empty_execution>") goes back into the model's context. notebook.py reproduces that
+display by hand; here it runs in one worker process per Sandbox (this very file, run with
+--worker), spoken to over pipes with one JSON object per line, reused across problems (reset()
+clears it in place, which is cheap).
 
     with Sandbox(timeout=6) as sb:
         sb.run("x = 6 * 7")       # -> "<empty_execution>"
         sb.run("print(x); x + 1") # -> "42\\n43"
 
 Limits (all configurable):
-  time      soft: at `timeout` s a TimeoutError is raised inside the cell, which shows the authors' timeout
-            message (notebook.TIMEOUT), and the session goes on (their kernel kept running the cell). hard: code that catches it, ignores signals or sits in C code is killed
-            GRACE s later, with its process group and every process of its uid; the next call runs in a
-            fresh worker and its output starts with a note that earlier variables are lost.
+  time      soft: at `timeout` s a TimeoutError is raised inside the cell, which then shows the
+            authors' timeout message (notebook.TIMEOUT), and the session goes on (their kernel
+            ran on; see notebook.py). hard: code that catches it, ignores signals or sits in C
+            code is killed GRACE s later, with its process group and every process of its uid;
+            the next call runs in a fresh worker and its output starts with a note that earlier
+            variables are lost.
   memory    RLIMIT_AS (address space): MemoryError inside the cell, or the worker dies and is restarted.
   processes RLIMIT_NPROC, per uid (threads included): needs the worker's own uid (root, below).
   output    head and tail kept, "[... N characters cut ...]" between; cut in the worker, so printing
@@ -109,9 +111,9 @@ def _kill_all(find):
 
 
 # ---------------------------------------------------------------------------------- the worker
-_S = types.SimpleNamespace(in_cell=False, trusted=False, spawned=False, pid=0, dir="", uid=None, timeout=0.0,
-                          timed_out=False, kernel=None)
-notebook = None  # notebook.py: what the authors' IPython kernel showed; the worker imports it (_worker)
+_S = types.SimpleNamespace(in_cell=False, trusted=False, spawned=False, pid=0, dir="", uid=None, timeout=0.0)
+_S.timed_out, _S.kernel = False, None  # the cell hit the time limit; its notebook.Kernel
+notebook = None  # notebook.py (what the authors' kernel showed): imported by the worker, in _worker
 _SPAWN = {"os.fork", "os.forkpty", "os.system", "os.posix_spawn", "os.exec", "subprocess.Popen", "pty.spawn"}
 _PATH_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.link": (1,),
                 "os.symlink": (1,), "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.utime": (0,),
@@ -207,7 +209,7 @@ def _run_cell(code, ns, limit):
     signal.setitimer(signal.ITIMER_REAL, _S.timeout, 0.05)  # re-fires until cancelled, in case one is missed
     _S.in_cell, _S.timed_out = True, False
     try:
-        out.write(_S.kernel.run(code, ns))  # the value or the traceback comes after the cell's own output
+        out.write(_S.kernel.run(code, ns))  # the value or traceback, after the cell's own output
     except BaseException as e:  # raised in notebook.py's machinery itself (e.g. by the time limit)
         _S.in_cell = False
         out.write(_S.kernel.format_traceback(e))
@@ -219,7 +221,7 @@ def _run_cell(code, ns, limit):
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     if _S.spawned:
         _kill_children()
-    if _S.timed_out:  # the authors' client gave up after 6 s and showed only this (their kernel ran on)
+    if _S.timed_out:  # the authors' client gave up after 6 s and showed only this
         return notebook.TIMEOUT
     return _ANSI.sub("", out.text()).encode("utf-8", "replace").decode().strip() or EMPTY  # authors: .strip()
 
@@ -494,9 +496,9 @@ def main():
     ap.add_argument("--max-procs", type=int, default=16, help="processes+threads, as root (default 16)")
     ap.add_argument("--max-output", type=int, default=2000, help="characters kept per cell (default 2000)")
     ap.add_argument("--max-file-mb", type=int, default=16, help="largest file the code may write (default 16)")
-    ap.add_argument("--replay", nargs="+", metavar="FILE", help="run the code blocks of the authors' released "
-                    "solutions (data/official_outs/*.jsonl) and compare each output with theirs")
-    ap.add_argument("--workers", type=int, default=4, help="with --replay: sandboxes at once (default 4)")
+    ap.add_argument("--replay", nargs="+", metavar="FILE", help="run the code blocks of the "
+                    "authors' released solutions (data/official_outs/*.jsonl), compare the outputs")
+    ap.add_argument("--workers", type=int, default=4, help="with --replay: sandboxes at once")
     a = ap.parse_args()
     if a.replay:
         return _replay(a)
