@@ -81,9 +81,11 @@ class Kernel:
         self.cells = {}      # cell file name (from its code, as ipykernel) -> k of its latest run
 
     def reset(self):
-        """A new problem: counting starts again at In[1]."""
+        """A new problem: counting starts again at In[1]; the cells' sources are forgotten."""
         for name in self.cells:
             linecache.cache.pop(name, None)
+        for key in [key for key in _sources if key[0] in self.cells]:
+            del _sources[key]
         self.count, self.cells = 1, {}
 
     def run(self, code, ns):
@@ -225,9 +227,10 @@ class Kernel:
             except KeyError:  # an argument deleted inside the function
                 head += f", in {func}(***failed resolving arguments***)"
         out = [head + "\n"]
-        for number, text in _context_lines(code.co_filename, tb.tb_frame.f_globals, lineno,
-                                           before=context - 1 - (context - 1) // 2,
-                                           after=(context - 1) // 2):
+        shown = [] if lineno is None else _context_lines(
+            code.co_filename, tb.tb_frame.f_globals, lineno,
+            before=context - 1 - (context - 1) // 2, after=(context - 1) // 2)
+        for number, text in shown:
             if number is None:
                 out.append("   (...)\n")
             elif number == lineno:  # IPython's make_arrow: "---->" filling the 7 columns
