@@ -945,11 +945,12 @@ def done_keys(path, key="id"):
     return {json.loads(line)[key] for line in keep.decode("utf-8").splitlines() if line.strip()}
 
 
-def run_loop(problems, out_dir, solve_fn, dataset, chunk=64, model_name="this run"):
+def run_loop(problems, out_dir, solve_fn, dataset, chunk=64, model_name="this run", info=None):
     """Solve every problem not yet in out_dir/results.jsonl, appending one record per problem as it
     finishes (one write + flush + fsync of a whole line), then write summary.json and summary.md.
     solve_fn(questions, on_result) -> list of dicts with "solution" and "messages"; on_result(i,
-    result) may be called as each finishes. Tests pass a fake solve_fn; `run` passes infer.solve."""
+    result) may be called as each finishes. Tests pass a fake solve_fn; `run` passes infer.solve.
+    info: more facts about the run for summary.json (e.g. the sandbox's isolation mode)."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.jsonl")
     done = done_keys(path)
@@ -985,7 +986,7 @@ def run_loop(problems, out_dir, solve_fn, dataset, chunk=64, model_name="this ru
     for r in recs:   # lines written before the authors' verdict was recorded get it now
         if "correct_authors" not in r:
             r.update(verdicts(r["solution"], r["reference"], dataset))
-    summary = _summary(dataset, recs)
+    summary = {**_summary(dataset, recs), **(info or {})}
     atomic_write(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     # the paper's numbers were graded by the authors' protocol: they sit in that column
     lines = [f"{dataset} accuracy %: strict (exact equivalence) and paper protocol "
@@ -1006,7 +1007,7 @@ def run(args):
     import torch
     import infer                     # imported only when generating: scoring needs no model code
     from model import Transformer
-    from sandbox import SandboxPool
+    from sandbox import SandboxPool, default_isolation
     from tokenizer import Tokenizer
     problems = load_dataset(args.dataset, args.data_dir, args.subject, args.level)
     problems = problems[:args.limit or None]
@@ -1029,7 +1030,8 @@ def run(args):
             return infer.solve(model, tok, questions, [system(q) for q in questions], cfg=cfg,
                                pool=pool, on_result=on_result)
         return run_loop(problems, args.out, solve_fn, args.dataset, chunk=4 * args.batch_size,
-                        model_name=os.path.basename(os.path.normpath(args.model)))
+                        model_name=os.path.basename(os.path.normpath(args.model)),
+                        info={"sandbox_isolation": default_isolation()})
 
 
 def main(argv=None):
