@@ -987,8 +987,8 @@ def merge_parts(path, key, order):
         os.remove(part)
 
 
-def run_loop(problems, out_dir, solve_fn, dataset, model_name="this run", replica=0, n_replicas=1,
-             wait=None):
+def run_loop(problems, out_dir, solve_fn, dataset, model_name="this run", info=None, replica=0,
+             n_replicas=1, wait=None):
     """Solve every problem not yet in out_dir/results.jsonl, appending one record per problem as it
     finishes (one write + flush + fsync of a whole line), then write summary.json and summary.md.
     solve_fn(questions, on_result) -> list of dicts with "solution" and "messages"; on_result(i,
@@ -996,7 +996,8 @@ def run_loop(problems, out_dir, solve_fn, dataset, model_name="this run", replic
     one continuous batch. Tests pass a fake solve_fn; `run` passes infer.solve.
     Data parallelism (n_replicas > 1, `wait` a barrier of the replicas): replica k solves every
     n-th problem left and appends to its own part file; after the last one is done, replica 0
-    merges the parts into results.jsonl and writes the summary (the others return None)."""
+    merges the parts into results.jsonl and writes the summary (the others return None).
+    info: more facts about the run for summary.json (e.g. the sandbox's isolation mode)."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.jsonl")
     done = done_keys(path)
@@ -1037,7 +1038,7 @@ def run_loop(problems, out_dir, solve_fn, dataset, model_name="this run", replic
     for r in recs:   # lines written before the authors' verdict was recorded get it now
         if "correct_authors" not in r:
             r.update(verdicts(r["solution"], r["reference"], dataset))
-    summary = _summary(dataset, recs)
+    summary = {**_summary(dataset, recs), **(info or {})}
     atomic_write(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     # the paper's numbers were graded by the authors' protocol: they sit in that column
     lines = [f"{dataset} accuracy %: strict (exact equivalence) and paper protocol "
@@ -1057,7 +1058,7 @@ def run_loop(problems, out_dir, solve_fn, dataset, model_name="this run", replic
 def run(args):
     import infer                     # imported only when generating: scoring needs no model code
     from model import Transformer, follow, init_ranks
-    from sandbox import SandboxPool
+    from sandbox import SandboxPool, default_isolation
     from tokenizer import Tokenizer
     problems = load_dataset(args.dataset, args.data_dir, args.subject, args.level)
     problems = problems[:args.limit or None]
@@ -1085,6 +1086,7 @@ def run(args):
                                pool=pool, on_result=on_result)
         return run_loop(problems, args.out, solve_fn, args.dataset,
                         model_name=os.path.basename(os.path.normpath(args.model)),
+                        info={"sandbox_isolation": default_isolation()},
                         replica=ranks.replica, n_replicas=ranks.n_replicas, wait=ranks.wait_for_all)
 
 

@@ -1,10 +1,11 @@
 """sandbox.py: a stateful Python session for the code MathCoder writes mid-solution.
 
 The authors' src/inference.py (docs/method.md §4) runs each problem's code blocks in one Jupyter
-kernel: variables persist from block to block, and what a notebook cell shows (stdout/stderr, the
-repr of the last expression, a traceback without colour codes, or "<empty_execution>") goes back
-into the model's context. Here, without Jupyter: one worker process per Sandbox, spoken to over a
-socket with one JSON object per line, reused across problems (reset() clears it in place: cheap).
+kernel: variables persist from block to block, and what the cell shows (stdout/stderr, then
+IPython's display of the last expression or its traceback, or "<empty_execution>") goes back into
+the model's context; notebook.py reproduces that display by hand. Here, without Jupyter: one worker
+process per Sandbox, spoken to over a socket with one JSON object per line, reused across problems
+(reset() clears it in place: cheap).
 
     with Sandbox(timeout=6) as sb:
         sb.run("x = 6 * 7")       # -> "<empty_execution>"
@@ -15,8 +16,9 @@ that imports the preload (numpy, sympy, ...) once and forks the worker: the firs
 one whenever a worker dies or is killed. The template runs no model code.
 
 Limits (all configurable):
-  time      soft: at `timeout` s a TimeoutError is raised inside the cell and the session goes on
-            (as with Jupyter's interrupt). hard: code that catches it, ignores signals or sits in C
+  time      soft: at `timeout` s a TimeoutError is raised inside the cell, which then shows the
+            authors' timeout message (notebook.TIMEOUT), and the session goes on (their kernel
+            ran on; see notebook.py). hard: code that catches it, ignores signals or sits in C
             code is killed GRACE s later with every process it started; the next call runs in a
             fresh worker and its output starts with a note that earlier variables are lost.
   memory    RLIMIT_AS (address space): MemoryError inside the cell, or the worker dies and restarts.
@@ -48,7 +50,7 @@ Isolation, Sandbox(isolation=...); default_isolation() is the strongest this mac
   hostile code at scale also put the whole program in a VM.
 Linux is the tested platform (/proc, rlimits, setuid, capabilities); macOS offers only "none".
 """
-import argparse, ast, builtins, contextlib, ctypes, io, itertools, json, linecache, os, pwd, queue
+import argparse, builtins, contextlib, ctypes, io, itertools, json, os, pwd, queue
 import re, resource, select, shutil, signal, socket, subprocess, sys, tempfile, threading, time
 import traceback, types, weakref
 
@@ -58,7 +60,8 @@ DEFAULT_PRELOAD = ("math", "cmath", "fractions", "decimal", "itertools", "functo
                    "statistics", "random", "re", "string", "datetime", "calendar", "heapq",
                    "bisect", "operator", "numbers", "typing", "copy", "json", "time", "array",
                    "dataclasses", "enum", "textwrap", "pprint", "unicodedata", "struct", "csv",
-                   "numpy", "sympy")
+                   "numpy", "sympy",
+                   "_strptime")  # what datetime.strptime imports on first use
 MODES = ("namespaces", "uid", "none")  # isolation, strongest first
 UID_BASE = 1_000_000_000  # worker uids: UID_BASE + (parent pid % 2**22) * 256 + slot, below 2**31
 GRACE = 1.0               # seconds from the soft TimeoutError to the hard kill
@@ -137,6 +140,9 @@ _PATH_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.renam
                 "os.link": (1,), "os.symlink": (1,), "os.truncate": (0,), "os.chmod": (0,),
                 "os.chown": (0,), "os.utime": (0,), "os.mkfifo": (0,), "os.mknod": (0,),
                 "shutil.rmtree": (0,)}
+_S.timed_out = False  # the cell hit the time limit
+_S.kernel = None  # the worker's notebook.Kernel: what a cell shows, and the Cell In[k] counter
+notebook = None  # notebook.py, imported by the template (_template) before it forks workers
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
@@ -199,25 +205,10 @@ class _Capture(io.TextIOBase):
         return f"{self.head[:keep]}\n[... {self.total - self.limit} characters cut ...]\n{tail}"
 
 
-def _format_exc(e):
-    """The traceback as Python prints it, minus this file's frames (and ast.py's, for syntax errors)."""
-    te = traceback.TracebackException.from_exception(e)
-    todo, seen = [te], set()
-    while todo:  # the exception and every one chained to it (`raise ... from`, errors inside `except`)
-        t = todo.pop()
-        if t is None or id(t) in seen:
-            continue
-        seen.add(id(t))
-        t.stack = traceback.StackSummary.from_list(
-            [f for f in t.stack if f.filename not in (__file__, ast.__file__)])
-        todo += [t.__cause__, t.__context__]
-    return "".join(te.format())
-
-
 def _on_alarm(signum, frame):
     # Raise only inside the user's code, never in this file's machinery (e.g. formatting output).
     if _S.in_cell and frame is not None and frame.f_code.co_filename != __file__:
-        _S.in_cell = False
+        _S.in_cell, _S.timed_out = False, True
         raise TimeoutError(f"the cell exceeded the time limit of {_S.timeout:g} s")
 
 
@@ -237,10 +228,8 @@ def _kill_children():
         _S.trusted = False
 
 
-def _run_cell(code, ns, n, limit):
-    """Run one cell like a notebook: exec all statements, show the repr of a final expression."""
-    name = f"<cell-{n}>"
-    linecache.cache[name] = (len(code), None, code.splitlines(True), name)  # source lines in tracebacks
+def _run_cell(code, ns, limit):
+    """Run one cell as the authors' IPython kernel did (notebook.py); return what it showed."""
     out = _Capture(limit)
     sys.stdout = sys.stderr = out
     _S.spawned = False
@@ -248,20 +237,12 @@ def _run_cell(code, ns, n, limit):
     resource.setrlimit(resource.RLIMIT_CPU, (int(used + _S.timeout + GRACE) + 2, resource.RLIM_INFINITY))
     signal.signal(signal.SIGALRM, _on_alarm)  # again each cell: an earlier one may have replaced it
     signal.setitimer(signal.ITIMER_REAL, _S.timeout, 0.05)  # re-fires until cancelled, in case one is missed
-    _S.in_cell = True
+    _S.in_cell, _S.timed_out = True, False
     try:
-        tree = ast.parse(code, name)
-        last = None  # IPython shows the last statement's value if it is an expression not ending in ";"
-        if tree.body and isinstance(tree.body[-1], ast.Expr) and not code.rstrip().endswith(";"):
-            last = ast.Expression(tree.body.pop().value)
-        exec(compile(tree, name, "exec"), ns)
-        if last is not None:
-            value = eval(compile(last, name, "eval"), ns)
-            if value is not None:
-                out.write(repr(value) + "\n")
-    except BaseException as e:  # SystemExit and KeyboardInterrupt too: the session goes on
-        _S.in_cell = False  # before formatting: traceback.py is not this file, _on_alarm would raise there
-        out.write(_format_exc(e))
+        out.write(_S.kernel.run(code, ns))  # the value or traceback, after the cell's own output
+    except BaseException as e:  # raised in notebook.py's machinery itself (e.g. by the time limit)
+        _S.in_cell = False
+        out.write(_S.kernel.format_traceback(e))
     finally:
         _S.in_cell = False
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -270,6 +251,8 @@ def _run_cell(code, ns, n, limit):
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     if _S.spawned:
         _kill_children()
+    if _S.timed_out:  # the authors' client gave up after 6 s and showed only this
+        return notebook.TIMEOUT
     return _ANSI.sub("", out.text()).encode("utf-8", "replace").decode().strip() or EMPTY  # authors: .strip()
 
 
@@ -278,8 +261,7 @@ def _reset(ns, fresh_builtins):
     ns.update(__name__="__main__", __builtins__=builtins)
     builtins.__dict__.clear()  # patched builtins restored, added ones gone (frames hold this dict)
     builtins.__dict__.update(fresh_builtins)
-    for k in [k for k in linecache.cache if k.startswith("<cell-")]:
-        del linecache.cache[k]
+    _S.kernel.reset()  # Cell In[1] again, and its cells' source lines forgotten
     _kill_children()
     _S.trusted = True  # removing a symlink that points outside would look like a write out there
     try:
@@ -317,6 +299,7 @@ def _worker(cfg, proto):
     the socket `proto`, until the parent closes it."""
     os.setsid()  # its own process group: one killpg stops it and what it started
     os.set_inheritable(proto, False)  # programs the cell runs must not hold the parent's socket
+    _S.kernel = notebook.Kernel()
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)  # input() sees EOF (fd 0 was the template's control socket), and stray output
     os.dup2(null, 1)  # (os.write(1), children) goes nowhere
@@ -341,17 +324,15 @@ def _worker(cfg, proto):
     sys.addaudithook(_guard)
     os.dup2(null, 2)  # only now: a worker that fails to start shows why on the parent's stderr
     fresh_builtins = dict(builtins.__dict__)
-    ns, n = {"__name__": "__main__", "__builtins__": builtins}, 0
+    ns = {"__name__": "__main__", "__builtins__": builtins}
     _send(proto, {"uid": _S.uid})
     while True:
         msg = _recv(proto)
         if not isinstance(msg, dict):
             os._exit(0)  # the parent is gone
         if msg["op"] == "run":
-            n += 1
-            _send(proto, {"output": _run_cell(msg["code"], ns, n, cfg["max_output"])})
+            _send(proto, {"output": _run_cell(msg["code"], ns, cfg["max_output"])})
         else:
-            n = 0
             _send(proto, {"clean": _reset(ns, fresh_builtins)})
 
 
@@ -366,6 +347,10 @@ def _template(cfg):
     for mod in cfg["preload"]:
         with contextlib.suppress(Exception):
             __import__(mod)
+    global notebook
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run with -P: not on the path
+    import notebook  # what a cell shows (the authors' IPython display), preloaded like the rest
+    del sys.path[0]
     control = socket.socket(fileno=0)
     pid = None
     while True:
@@ -658,6 +643,20 @@ class SandboxPool:
         self.close()
 
 
+def _replay(a):
+    """--replay: notebook.replay() on the files, its table on stdout, progress on stderr."""
+    import notebook as nb  # the parent's own copy (the module global is the worker's)
+    try:
+        with SandboxPool(a.workers, timeout=a.timeout, memory_mb=a.memory_mb, max_procs=a.max_procs,
+                         max_output=a.max_output, max_file_mb=a.max_file_mb) as pool:
+            stats, diffs = nb.replay(a.replay, pool, a.workers, lambda m: print(m, file=sys.stderr))
+    except OSError as e:
+        sys.exit(f"error: {e.filename}: {e.strerror}")
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    print(nb.summary_table(stats, diffs))
+
+
 def main():
     ap = argparse.ArgumentParser(description="Run Python cells in a MathCoder sandbox. Without -c: "
                                  "a small REPL (a cell ends at an empty line; Ctrl-D quits).")
@@ -671,7 +670,12 @@ def main():
                     help="largest file the code may write (default 16)")
     ap.add_argument("--isolation", choices=MODES,
                     help="default: the strongest available (namespaces, uid as root, none)")
+    ap.add_argument("--replay", nargs="+", metavar="FILE", help="run the code blocks of the "
+                    "authors' released solutions (data/official_outs/*.jsonl), compare the outputs")
+    ap.add_argument("--workers", type=int, default=4, help="with --replay: sandboxes at once")
     a = ap.parse_args()
+    if a.replay:
+        return _replay(a)
     with Sandbox(a.timeout, a.memory_mb, a.max_procs, a.max_output, a.max_file_mb,
                  isolation=a.isolation) as sb:
         if a.code is not None:

@@ -563,6 +563,9 @@ def test_run_prompts_as_the_released_solutions(tmp_path):
         got = [{"role": m["role"], "content": m["content"][0]["content"]}
                for m in r["messages"][:2]]
         assert got == released[r["question"]]
+    summary = json.loads((tmp_path / "default" / "summary.json").read_text())
+    import sandbox
+    assert summary["sandbox_isolation"] == sandbox.default_isolation()  # reported with the run
     E.main(args + ["--out", str(tmp_path / "own"), "--system", ""])
     recs = [json.loads(x) for x in (tmp_path / "own" / "results.jsonl").read_text().splitlines()]
     assert [r["messages"][0]["content"][0]["content"] for r in recs] == ["", "", ""]

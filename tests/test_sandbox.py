@@ -22,6 +22,7 @@ import uuid
 import pytest
 
 import sandbox
+from notebook import TIMEOUT
 from sandbox import EMPTY, RESTART_NOTE, Sandbox, SandboxPool
 
 ROOT = os.geteuid() == 0
@@ -123,14 +124,15 @@ def test_math_libraries(sb):
 
 def test_traceback_is_clean(sb):
     sb.run("def inv(a):\n    return 1 / a")
-    out = sb.run("y = 3\ninv(0)")
-    assert out.startswith("Traceback (most recent call last):")
-    assert out.endswith("ZeroDivisionError: division by zero")
-    assert "inv(0)" in out and "return 1 / a" in out  # source lines, also from an earlier cell
-    assert "sandbox.py" not in out and "\x1b" not in out
+    out = sb.run("y = 3\ninv(0)")  # IPython's layout (tests/test_notebook.py checks it in detail)
+    assert out.startswith("-" * 75 + " ZeroDivisionError ")
+    assert out.endswith("\n ZeroDivisionError: division by zero")
+    assert "Cell In[2], line 2\n      1 y = 3\n----> 2 inv(0)" in out
+    assert "Cell In[1], line 2, in inv(a)\n      1 def inv(a):\n----> 2     return 1 / a" in out
+    assert "sandbox.py" not in out and "notebook.py" not in out and "\x1b" not in out
     assert sb.run("y") == "3"  # an exception does not lose state
     out = sb.run("x = (")
-    assert "SyntaxError" in out and "sandbox.py" not in out and "ast.py" not in out
+    assert out.startswith("Cell In[4], line 1\n    x = (\n        ^\nSyntaxError: ")
     assert sb.run("undefined_name").endswith("NameError: name 'undefined_name' is not defined")
 
 
@@ -138,7 +140,7 @@ def test_exit_calls(sb):
     sb.run("keep = 1")
     assert sb.run("import sys\nsys.exit()").endswith("SystemExit")
     assert sb.run("sys.exit(3)").endswith("SystemExit: 3")
-    assert sb.run("raise KeyboardInterrupt").endswith("KeyboardInterrupt")
+    assert sb.run("raise KeyboardInterrupt").endswith("KeyboardInterrupt:")  # IPython: "Name: msg"
     assert sb.run("keep") == "1"  # the session survives all three
     out = sb.run("import os\nprint('bye')\nos._exit(1)")
     assert "exited (exit code 1)" in out and "restarted" in out
@@ -159,8 +161,7 @@ def test_input_sees_eof_and_environment_is_scrubbed(mode):
 # -------------------------------------------------------------------------------------------- time
 def test_infinite_loop_is_interrupted_and_state_kept(sb):
     sb.run("n = 0")
-    out = sb.run("while True:\n    n += 1")
-    assert out.endswith("TimeoutError: the cell exceeded the time limit of 1 s")
+    assert sb.run("while True:\n    n += 1") == TIMEOUT  # what the authors' client showed
     assert sb.run("n > 0") == "True"  # soft interrupt: same session, no restart note
 
 
@@ -256,7 +257,7 @@ def test_memory_bomb(sb):
     limits = sb.run("print(open('/proc/self/limits').read())")
     assert f"Max address space         {1024 * 2**20}" in limits  # the default memory_mb
     # bytes(n) is calloc'd: untouched pages cost nothing, so without RLIMIT_AS 1.5 GiB would succeed
-    assert sb.run("x = bytes(1536 * 2**20)").endswith("MemoryError")
+    assert sb.run("x = bytes(1536 * 2**20)").endswith("MemoryError:")
     assert sb.run("x = bytes(64 * 2**20)\nlen(x)") == str(64 * 2**20)  # the limit, not a failure
     assert sb.run("keep") == "'still here'"
 
@@ -265,7 +266,7 @@ def test_growing_memory_bomb(mode):
     with Sandbox(timeout=5, memory_mb=256, preload=(), isolation=mode) as sb:
         sb.run("keep = 1")
         out = sb.run("x = [bytearray(10**7) for _ in range(10**6)]")
-        assert out.endswith("MemoryError")
+        assert out.endswith("MemoryError:")
         assert sb.run("keep") == "1"
 
 
@@ -275,10 +276,10 @@ def test_fork_bomb(sb):
         pytest.skip("no process limit in mode 'none' (the kernel counts processes per uid, never "
                     "root's): a fork bomb would hit this machine")
     out = sb.run("import os\nwhile True:\n    os.fork()")
-    assert "BlockingIOError" in out or "time limit" in out
+    assert "BlockingIOError" in out or "time limit" in out or out == TIMEOUT
     out = sb.run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n"
                  "        pass")
-    assert "time limit" in out
+    assert "time limit" in out or out == TIMEOUT
     assert sb.run("2 + 2").endswith("4")
     if sb.uid is None:  # namespaces without root: the sandbox's PID namespace holds bwrap's init,
         procs = "import os\nlen([p for p in os.listdir('/proc') if p.isdigit()])"
