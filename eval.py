@@ -932,55 +932,107 @@ def atomic_write(path, text):
 
 
 def done_keys(path, key="id"):
-    """The `key` of every record already in a results JSONL (resuming). A torn last line (the run
-    died mid-write) is cut off."""
-    if not os.path.exists(path):
-        return set()
-    with open(path, "rb") as f:
-        data = f.read()
-    keep = data[:data.rfind(b"\n") + 1]
-    if len(keep) != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(len(keep))
-    return {json.loads(line)[key] for line in keep.decode("utf-8").splitlines() if line.strip()}
+    """The `key` of every record already in a results JSONL or in the part files of its
+    data-parallel replicas (resuming). A torn last line (the run died mid-write) is cut off."""
+    keys = set()
+    for file in [path, *part_files(path)]:
+        if not os.path.exists(file):
+            continue
+        with open(file, "rb") as f:
+            data = f.read()
+        keep = data[:data.rfind(b"\n") + 1]
+        if len(keep) != len(data):
+            with open(file, "r+b") as f:
+                f.truncate(len(keep))
+        lines = keep.decode("utf-8").splitlines()
+        keys |= {json.loads(line)[key] for line in lines if line.strip()}
+    return keys
 
 
-def run_loop(problems, out_dir, solve_fn, dataset, chunk=64, model_name="this run", info=None):
+def part_path(path, replica):
+    """Where data-parallel replica `replica` appends its records during a run that writes `path`
+    (results.jsonl -> results.part3.jsonl): one writer per file. merge_parts folds them into
+    `path`."""
+    return re.sub(r"(\.jsonl)?$", f".part{replica}.jsonl", path, count=1)
+
+
+def part_files(path):
+    folder, stem = os.path.split(re.sub(r"(\.jsonl)?$", "", path, count=1))
+    pattern = re.compile(re.escape(stem) + r"\.part\d+\.jsonl")
+    names = os.listdir(folder or ".") if os.path.isdir(folder or ".") else []
+    return sorted(os.path.join(folder, name) for name in names if pattern.fullmatch(name))
+
+
+def merge_parts(path, key, order):
+    """Fold the replicas' part files into `path` (atomically), sorted by `order` (the keys in
+    their order), then delete the parts. A record already in `path` (a merge cut short before the
+    parts were deleted) is not added twice; one key in two parts is an error: replicas never share
+    a problem."""
+    parts = part_files(path)
+    if not parts:
+        return
+    recs = _read_jsonl(path) if os.path.exists(path) else []
+    merged, seen = {r[key] for r in recs}, {}
+    for part in parts:
+        for r in _read_jsonl(part):
+            if r[key] in seen:
+                raise ValueError(f"{part}: {key} {r[key]!r} is also in {seen[r[key]]}")
+            seen[r[key]] = part
+            if r[key] not in merged:
+                recs.append(r)
+    place = {k: i for i, k in enumerate(order)}
+    recs.sort(key=lambda r: place.get(r[key], len(place)))
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    for part in parts:
+        os.remove(part)
+
+
+def run_loop(problems, out_dir, solve_fn, dataset, model_name="this run", info=None, replica=0,
+             n_replicas=1, wait=None):
     """Solve every problem not yet in out_dir/results.jsonl, appending one record per problem as it
     finishes (one write + flush + fsync of a whole line), then write summary.json and summary.md.
     solve_fn(questions, on_result) -> list of dicts with "solution" and "messages"; on_result(i,
-    result) may be called as each finishes. Tests pass a fake solve_fn; `run` passes infer.solve.
+    result) may be called as each finishes. solve_fn is called once, with all the problems left:
+    one continuous batch. Tests pass a fake solve_fn; `run` passes infer.solve.
+    Data parallelism (n_replicas > 1, `wait` a barrier of the replicas): replica k solves every
+    n-th problem left and appends to its own part file; after the last one is done, replica 0
+    merges the parts into results.jsonl and writes the summary (the others return None).
     info: more facts about the run for summary.json (e.g. the sandbox's isolation mode)."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.jsonl")
     done = done_keys(path)
-    todo = [p for p in problems if p["id"] not in done]
-    print(f"[eval] {dataset}: {len(done)} done before, {len(todo)} to solve", file=sys.stderr)
+    todo = [p for p in problems if p["id"] not in done][replica::n_replicas]
+    if wait:
+        wait()   # every replica has read the files before any writes to them
+    print(f"[eval] {dataset}: {len(done)} done before, {len(todo)} to solve"
+          + (f" (replica {replica} of {n_replicas})" if n_replicas > 1 else ""), file=sys.stderr)
     t0 = time.time()
-    with open(path, "a", encoding="utf-8") as f:
-        for start in range(0, len(todo), chunk):
-            batch = todo[start:start + chunk]
-            written = set()
+    written = set()
+    with open(path if n_replicas == 1 else part_path(path, replica), "a", encoding="utf-8") as f:
 
-            def on_result(i, res):
-                if i in written:
-                    return
-                p = batch[i]
-                rec = {"id": p["id"], "question": p["question"], "solution": res["solution"],
-                       "messages": res.get("messages"), "reference": p["answer"],
-                       **verdicts(res["solution"], p["answer"], dataset)}
-                rec.update({k: p[k] for k in ("subject", "level") if k in p})
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-                written.add(i)
-            results = solve_fn([p["question"] for p in batch], on_result)
-            for i, res in enumerate(results):   # solvers that do not stream
-                on_result(i, res)
-            n_new = start + len(batch)
-            rate = n_new / max(time.time() - t0, 1e-9)
-            print(f"[eval] {len(done) + n_new}/{len(problems)}  {rate:.2f} problems/s  "
-                  f"ETA {(len(todo) - n_new) / max(rate, 1e-9) / 60:.1f} min", file=sys.stderr)
+        def on_result(i, res):
+            if i in written:
+                return
+            p = todo[i]
+            rec = {"id": p["id"], "question": p["question"], "solution": res["solution"],
+                   "messages": res.get("messages"), "reference": p["answer"],
+                   **verdicts(res["solution"], p["answer"], dataset)}
+            rec.update({k: p[k] for k in ("subject", "level") if k in p})
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            written.add(i)
+            rate = len(written) / max(time.time() - t0, 1e-9)
+            print(f"[eval] {len(written)}/{len(todo)}  {rate:.2f} problems/s  "
+                  f"ETA {(len(todo) - len(written)) / rate / 60:.1f} min", file=sys.stderr)
+        results = solve_fn([p["question"] for p in todo], on_result)
+        for i, res in enumerate(results):   # solvers that do not stream
+            on_result(i, res)
+    if wait:
+        wait()   # every replica is done
+    if replica != 0:
+        return None
+    merge_parts(path, "id", [p["id"] for p in problems])
     ids = {p["id"] for p in problems}
     recs = [r for r in _read_jsonl(path) if r["id"] in ids]
     for r in recs:   # lines written before the authors' verdict was recorded get it now
@@ -1004,16 +1056,18 @@ def run_loop(problems, out_dir, solve_fn, dataset, chunk=64, model_name="this ru
 
 
 def run(args):
-    import torch
     import infer                     # imported only when generating: scoring needs no model code
-    from model import Transformer
+    from model import Transformer, follow, init_ranks
     from sandbox import SandboxPool, default_isolation
     from tokenizer import Tokenizer
     problems = load_dataset(args.dataset, args.data_dir, args.subject, args.level)
     problems = problems[:args.limit or None]
     tok = Tokenizer.from_checkpoint(args.model)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = Transformer.from_pretrained(args.model, device=device).eval()
+    ranks = init_ranks(args.tp)   # under torchrun: W / tp replicas share out the problems
+    model = Transformer.from_pretrained(args.model, args.device or ranks.device,
+                                        tp_group=ranks.tp_group).eval()
+    if not ranks.leader:             # another shard of a tensor-parallel replica
+        return follow(model, ranks.tp_group)
     cfg = infer.GenConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                           max_rounds=args.max_rounds, context=args.context)
     # the prompt's system text: --system, else each record's own (the paper's, docs/method.md §4)
@@ -1024,14 +1078,16 @@ def run(args):
             return args.system
         return system_of[question] if system_of[question] is not None else infer.DEFAULT_SYSTEM
 
-    with SandboxPool(args.batch_size) as pool:    # one pool for the whole run: workers start once
+    # one pool for the whole run (workers start once); under TP each model call is announced
+    with SandboxPool(args.batch_size) as pool, ranks.lockstep(model) as model:
 
         def solve_fn(questions, on_result):
             return infer.solve(model, tok, questions, [system(q) for q in questions], cfg=cfg,
                                pool=pool, on_result=on_result)
-        return run_loop(problems, args.out, solve_fn, args.dataset, chunk=4 * args.batch_size,
+        return run_loop(problems, args.out, solve_fn, args.dataset,
                         model_name=os.path.basename(os.path.normpath(args.model)),
-                        info={"sandbox_isolation": default_isolation()})
+                        info={"sandbox_isolation": default_isolation()},
+                        replica=ranks.replica, n_replicas=ranks.n_replicas, wait=ranks.wait_for_all)
 
 
 def main(argv=None):
@@ -1061,7 +1117,9 @@ def main(argv=None):
     rp.add_argument("--subject", help="MATH only: e.g. algebra")
     rp.add_argument("--level", type=int, help="MATH only: 1-5")
     rp.add_argument("--system", help="system text of every prompt (default: each record's own)")
-    rp.add_argument("--device", help="default: cuda when available, else cpu")
+    rp.add_argument("--device", help="default: cuda (this rank's GPU) when available, else cpu")
+    rp.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per model replica "
+                    "(torchrun --nproc_per_node=W: W / tp replicas share out the problems)")
     rp.add_argument("--data-dir", default=DATA_DIR)
     args = ap.parse_args(argv)
     try:

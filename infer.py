@@ -63,7 +63,7 @@ import torch
 
 import lce_data
 from lce_data import DEFAULT_SYSTEM
-from model import Transformer
+from model import Transformer, follow, init_ranks
 from tokenizer import SPECIAL_TOKENS, Tokenizer
 
 
@@ -486,18 +486,27 @@ def main():
     ap.add_argument("--no-execute", action="store_true",
                     help="do not run code: the model writes its own output")
     ap.add_argument("--timeout", type=float, help="seconds per code block (default: sandbox.py's)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", help="default: cuda (this rank's GPU) when available, else cpu")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                     help="default: as stored")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per model replica "
+                    "(torchrun --nproc_per_node=W: W / tp replicas share out --file)")
     a = ap.parse_args()
     if bool(a.questions) == bool(a.file):
         ap.error("give either question(s) or --file")
     # here, not at the top: eval.py imports SymPy (slow), only --file needs it
-    from eval import atomic_write, done_keys
+    from eval import atomic_write, done_keys, merge_parts, part_path
     tok = Tokenizer.from_checkpoint(a.model)
-    net = Transformer.from_pretrained(a.model, a.device, a.dtype and getattr(torch, a.dtype))
+    ranks = init_ranks(a.tp)
+    if a.questions and ranks.n_replicas > 1:
+        ap.error("several model replicas (--nproc_per_node > --tp) need --file")
+    net = Transformer.from_pretrained(a.model, a.device or ranks.device,
+                                      a.dtype and getattr(torch, a.dtype), ranks.tp_group)
     if net.args.vocab_size < tok.vocab_size:
         sys.exit(f"{a.model}: model vocab {net.args.vocab_size} < tokenizer vocab {tok.vocab_size}")
+    if not ranks.leader:   # another shard of a tensor-parallel replica: make the leader's calls
+        return follow(net, ranks.tp_group)
+    net = ranks.lockstep(net)   # released (the followers return) in the last `finally` below
     prompt_max = a.max_prompt_tokens or max(2, min(GenConfig.max_prompt_tokens,
                                                    a.max_total_tokens - a.max_new_tokens))
     cfg = GenConfig(max_new_tokens=a.max_new_tokens, max_total_tokens=a.max_total_tokens,
@@ -525,11 +534,13 @@ def main():
             return
         recs = read_questions(a.file)[:a.limit]
         out_path = a.out or re.sub(r"(\.jsonl)?$", ".results.jsonl", a.file, count=1)
-        done = done_keys(out_path, key="index")   # resume: a torn last line is cut off
-        todo = [i for i in range(len(recs)) if i not in done]
+        done = done_keys(out_path, key="index")   # resume (replicas' parts too): torn lines cut off
+        todo = [i for i in range(len(recs)) if i not in done][ranks.replica::ranks.n_replicas]
+        ranks.wait_for_all()   # every replica has read the files before any writes to them
         print(f"{a.file}: {len(recs)} questions, {len(done)} already in {out_path}, "
               f"solving {len(todo)}", file=sys.stderr)
-        fd = os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        mine = out_path if ranks.n_replicas == 1 else part_path(out_path, ranks.replica)
+        fd = os.open(mine, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         t0, stats = time.time(), Counter()
 
         def on_result(j, r):  # one os.write per line on an O_APPEND file: a line is whole or absent
@@ -548,6 +559,11 @@ def main():
         finally:
             os.close(fd)
         dt = time.time() - t0
+        replicas = ranks.wait_for_all((stats, dt))   # every replica is done; replica 0 writes it up
+        if ranks.replica != 0:
+            return
+        stats, dt = sum((s for s, _ in replicas), Counter()), max(t for _, t in replicas)
+        merge_parts(out_path, "index", range(len(recs)))
         summary = {"file": a.file, "out": out_path, "solved": stats["n"], "seconds": round(dt, 1),
                    "problems_per_s": stats["n"] / max(dt, 1e-9),
                    "tokens_per_s": stats["tokens"] / max(dt, 1e-9),
@@ -557,6 +573,7 @@ def main():
     finally:
         if pool is not None:
             pool.close()
+        net.release()
 
 
 if __name__ == "__main__":

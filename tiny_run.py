@@ -117,7 +117,7 @@ def solve_and_grade(args, ckpt, tests, name, execute):
         return solve(model, tok, questions, system=SYSTEM, cfg=cfg, on_result=on_result)
 
     out_dir = os.path.join(args.out, name)
-    summary = grader.run_loop(tests, out_dir, solve_fn, "synthetic", chunk=len(tests), model_name=name)
+    summary = grader.run_loop(tests, out_dir, solve_fn, "synthetic", model_name=name)
     recs = [json.loads(line) for line in open(os.path.join(out_dir, "results.jsonl"))]
     summary["executed_code_blocks"] = sum(
         sum(b["type"] == "execution" for b in r["messages"][-1]["content"]) for r in recs) if execute else 0

@@ -431,14 +431,14 @@ def test_run_loop_resumes_without_duplicates(tmp_path):
     probs = _problems(10)
     calls = []
     with pytest.raises(KeyboardInterrupt):
-        E.run_loop(probs, str(tmp_path), _fake_solver(calls, crash_after=6), "toy", chunk=4)
+        E.run_loop(probs, str(tmp_path), _fake_solver(calls, crash_after=6), "toy")
     path = tmp_path / "results.jsonl"
     assert len(path.read_text().splitlines()) == 6
     # a torn last line (died mid-write) must be ignored and cut off
     with open(path, "a") as f:
         f.write('{"id": "p6", "question": "Wh')
     calls2 = []
-    s = E.run_loop(probs, str(tmp_path), _fake_solver(calls2), "toy", chunk=4)
+    s = E.run_loop(probs, str(tmp_path), _fake_solver(calls2), "toy")
     assert len(calls2) == 4                                 # only p6..p9 solved again
     recs = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["id"] for r in recs] == [f"p{i}" for i in range(10)]
@@ -464,18 +464,18 @@ def test_run_loop_goes_on_past_a_grading_failure(tmp_path, monkeypatch):
     monkeypatch.setattr(E, "_normalize", lambda s: (_ for _ in ()).throw(RecursionError("deep"))
                         if str(s) == "7" else real(s))
     calls = []
-    s = E.run_loop(_problems(4), str(tmp_path), _fake_solver(calls), "toy", chunk=2)
+    s = E.run_loop(_problems(4), str(tmp_path), _fake_solver(calls), "toy")
     recs = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["correct"] for r in recs] == [True, False, True, False] and s["n"] == 4
     assert recs[3]["grade_error"] == "strict: RecursionError: deep" and "grade_error" not in recs[1]
-    s2 = E.run_loop(_problems(5), str(tmp_path), _fake_solver(calls), "toy", chunk=2)
+    s2 = E.run_loop(_problems(5), str(tmp_path), _fake_solver(calls), "toy")
     assert len(calls) == 5 and s2["n"] == 5 and s2["correct"] == 3
 
 
 def test_run_loop_non_streaming_solver(tmp_path):
     def solve(questions, on_result):   # returns everything at the end, never calls on_result
         return [{"solution": f"\\boxed{{{2 * int(q.split()[2])}}}"} for q in questions]
-    s = E.run_loop(_problems(5), str(tmp_path), solve, "toy", chunk=2)
+    s = E.run_loop(_problems(5), str(tmp_path), solve, "toy")
     assert s["correct"] == 5 and len((tmp_path / "results.jsonl").read_text().splitlines()) == 5
 
 
