@@ -123,26 +123,71 @@ class GenConfig:
         return self.context == "stop" and window_len >= self.max_total_tokens
 
 
-def add_generation_args(parser):
-    """GenConfig's fields as flags of `parser` (infer.py and eval.py run declare them here only)."""
-    group = parser.add_argument_group("generation (GenConfig)")
-    for f in fields(GenConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool:  # --execute / --no-execute
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                               help=f.metadata["help"])
-            continue
-        kind = f.type if f.type in (int, float, str) else int  # int | None: None = derived
-        shown = "" if f.default is None else " (default: %(default)s)"
-        group.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"),
-                           help=f.metadata["help"] + shown)
+# ------------------------------------------------------------------- one problem: the authors' loop
+@torch.no_grad()
+def solve_one(model, tokenizer, question: str, system: str = DEFAULT_SYSTEM,
+              cfg: GenConfig | None = None, session=None, index: int = 0) -> dict:
+    """The authors' loop for one problem. Every round the model reads the window afresh (BOS + the
+    context's last max_prompt_tokens - 1 tokens, at positions 0, 1, ...) and writes one block; a
+    code block runs in `session` (a fresh sandbox.Sandbox, needed when cfg.execute) and its output
+    goes on as an execution block. index: the problem's sampling stream (as solve's problem index).
+    Returns what solve returns for the problem."""
+    cfg = cfg or GenConfig()
+    if cfg.execute and session is None:
+        raise ValueError("solve_one: cfg.execute needs a session (a sandbox.Sandbox)")
+    special = tokenizer.special
+    stops = {special["<|endofblock|>"], special["<|endofmessage|>"], tokenizer.eos_id}
+    device = next(model.parameters()).device
+    generator = _generator(cfg.seed, index)
+    cache = model.new_cache(1, cfg.max_total_tokens)
+    ids = tokenizer.encode(lce_data.prompt_text(question, system), bos=True)
+    n_prompt = len(ids)
+    round_start = n_prompt  # where this round's tokens begin
+    text_start = n_prompt   # where the text since the last special token begins
+    offset = 0              # the model reads BOS + ids[offset + 1:]
+    n_new = n_exec = 0
+    stop = "max_rounds"
+    for rounds in range(1, cfg.max_rounds + 1):
+        if cfg.context == "window" or rounds == 1:  # ("stop": the prompt only)
+            offset = max(0, len(ids) - cfg.max_prompt_tokens)
+        window = ids[:1] + ids[offset + 1:]
+        logits = model(torch.tensor([window], device=device), cache=cache, last_only=True)[:, -1]
+        while True:  # one block
+            token = sample(logits, cfg.temperature, cfg.top_p, [generator])[0]
+            ids.append(token)
+            n_new += 1
+            if (token in stops or len(ids) - round_start >= cfg.max_new_tokens
+                    or len(ids) - offset >= cfg.max_total_tokens):  # (full: "stop" only)
+                break
+            position = torch.tensor([[len(ids) - 1 - offset]], device=device)
+            logits = model(torch.tensor([[token]], device=device), position, cache=cache)[:, -1]
+        is_code = ids[round_start] == special["<|code|>"]
+        text, _ = round_and_retokenize(tokenizer, ids, text_start)
+        round_start = len(ids)
+        if ids[-1] in special.values():  # else the block was cut: the next round continues it
+            text_start = len(ids)
+        if token in (special["<|endofmessage|>"], tokenizer.eos_id):
+            stop = "endofmessage"
+            break
+        if cfg.context_full(len(ids) - offset):
+            stop = "max_total_tokens"
+            break
+        if is_code and cfg.execute:  # (the authors ran a code block even in the last round)
+            output = run_code(session, code_of(text))
+            ids += tokenizer.encode(f"<|execution|>{output}<|endofblock|>")
+            n_exec += 1
+            round_start = len(ids)
+            text_start = len(ids)
+        elif is_code and rounds < cfg.max_rounds:  # execution withheld: the model writes it
+            ids.append(special["<|execution|>"])   # (the next round's first token)
+            text_start = len(ids)
+        if cfg.context_full(len(ids) - offset):
+            stop = "max_total_tokens"
+            break
+    return result(tokenizer, question, system, ids[n_prompt:], stop, n_new, rounds, n_exec)
 
 
-def config_from_args(args) -> GenConfig:
-    return GenConfig(**{f.name: getattr(args, f.name) for f in fields(GenConfig)})
-
-
-# ------------------------------------------------------------- the rules both solvers share
+# ---------------------------------------------------------------------------- what both solvers use
 _DECIMAL = re.compile(r"\d+\.\d+")
 
 
@@ -234,71 +279,7 @@ def result(tokenizer, question, system, solution_ids, stop, n_tokens, n_rounds, 
             "n_tokens": n_tokens, "n_rounds": n_rounds, "n_exec": n_exec, "stop": stop}
 
 
-# --------------------------------------------------------------------------- one problem: the loop
-@torch.no_grad()
-def solve_one(model, tokenizer, question: str, system: str = DEFAULT_SYSTEM,
-              cfg: GenConfig | None = None, session=None, index: int = 0) -> dict:
-    """The authors' loop for one problem. Every round the model reads the window afresh (BOS + the
-    context's last max_prompt_tokens - 1 tokens, at positions 0, 1, ...) and writes one block; a
-    code block runs in `session` (a fresh sandbox.Sandbox, needed when cfg.execute) and its output
-    goes on as an execution block. index: the problem's sampling stream (as solve's problem index).
-    Returns what solve returns for the problem."""
-    cfg = cfg or GenConfig()
-    if cfg.execute and session is None:
-        raise ValueError("solve_one: cfg.execute needs a session (a sandbox.Sandbox)")
-    special = tokenizer.special
-    stops = {special["<|endofblock|>"], special["<|endofmessage|>"], tokenizer.eos_id}
-    device = next(model.parameters()).device
-    generator = _generator(cfg.seed, index)
-    cache = model.new_cache(1, cfg.max_total_tokens)
-    ids = tokenizer.encode(lce_data.prompt_text(question, system), bos=True)
-    n_prompt = len(ids)
-    round_start = n_prompt  # where this round's tokens begin
-    text_start = n_prompt   # where the text since the last special token begins
-    offset = 0              # the model reads BOS + ids[offset + 1:]
-    n_new = n_exec = 0
-    stop = "max_rounds"
-    for rounds in range(1, cfg.max_rounds + 1):
-        if cfg.context == "window" or rounds == 1:  # ("stop": the prompt only)
-            offset = max(0, len(ids) - cfg.max_prompt_tokens)
-        window = ids[:1] + ids[offset + 1:]
-        logits = model(torch.tensor([window], device=device), cache=cache, last_only=True)[:, -1]
-        while True:  # one block
-            token = sample(logits, cfg.temperature, cfg.top_p, [generator])[0]
-            ids.append(token)
-            n_new += 1
-            if (token in stops or len(ids) - round_start >= cfg.max_new_tokens
-                    or len(ids) - offset >= cfg.max_total_tokens):
-                break
-            position = torch.tensor([[len(ids) - 1 - offset]], device=device)
-            logits = model(torch.tensor([[token]], device=device), position, cache=cache)[:, -1]
-        is_code = ids[round_start] == special["<|code|>"]
-        text, _ = round_and_retokenize(tokenizer, ids, text_start)
-        round_start = len(ids)
-        if ids[-1] in special.values():  # else the block was cut: the next round continues it
-            text_start = len(ids)
-        if token in (special["<|endofmessage|>"], tokenizer.eos_id):
-            stop = "endofmessage"
-            break
-        if cfg.context_full(len(ids) - offset):
-            stop = "max_total_tokens"
-            break
-        if is_code and cfg.execute:  # (the authors ran a code block even in the last round)
-            output = run_code(session, code_of(text))
-            ids += tokenizer.encode(f"<|execution|>{output}<|endofblock|>")
-            n_exec += 1
-            round_start = len(ids)
-            text_start = len(ids)
-        elif is_code and rounds < cfg.max_rounds:  # execution withheld: the model writes it
-            ids.append(special["<|execution|>"])   # (the next round's first token)
-            text_start = len(ids)
-        if cfg.context_full(len(ids) - offset):
-            stop = "max_total_tokens"
-            break
-    return result(tokenizer, question, system, ids[n_prompt:], stop, n_new, rounds, n_exec)
-
-
-# ------------------------------------------------------ many problems on one KV cache: the same
+# -------------------------------------------- many problems on one KV cache: the same loop, batched
 @dataclass
 class Seq:
     """One problem in flight. ids = its whole context, BOS first. The model reads a window of it:
@@ -574,6 +555,25 @@ def solve(model, tokenizer, questions: list[str], system: str | list[str] = DEFA
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+def add_generation_args(parser):
+    """GenConfig's fields as flags of `parser` (infer.py and eval.py run declare them here only)."""
+    group = parser.add_argument_group("generation (GenConfig)")
+    for f in fields(GenConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:  # --execute / --no-execute
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                               help=f.metadata["help"])
+            continue
+        kind = f.type if f.type in (int, float, str) else int  # int | None: None = derived
+        shown = "" if f.default is None else " (default: %(default)s)"
+        group.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"),
+                           help=f.metadata["help"] + shown)
+
+
+def config_from_args(args) -> GenConfig:
+    """The GenConfig of parsed flags (a bad combination raises ValueError, naming it)."""
+    return GenConfig(**{f.name: getattr(args, f.name) for f in fields(GenConfig)})
+
 
 class Renderer:
     """Show LCE text on a terminal: code cyan and execution yellow on a tty, Markdown fences
@@ -652,10 +652,12 @@ def solve_file(model, tokenizer, args, cfg, pool, ranks):
     mine = out_path if ranks.n_replicas == 1 else storage.part_path(out_path, ranks.replica)
     start = time.time()
     stats = Counter()
-    # --system, else each record's own (the paper's prompt)
-    own = [records[i]["system"] for i in todo]
-    systems = [args.system if args.system is not None else DEFAULT_SYSTEM if text is None else text
-               for text in own]
+
+    def system_of(record):  # --system, else the record's own (the paper's prompt), else default
+        if args.system is not None:
+            return args.system
+        return DEFAULT_SYSTEM if record["system"] is None else record["system"]
+    systems = [system_of(records[i]) for i in todo]
     with open(mine, "a", encoding="utf-8") as out:
 
         def on_result(j, outcome):
