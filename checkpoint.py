@@ -16,6 +16,7 @@ shapes every tensor must have (model.load_pretrained, model.save_pretrained).
 """
 import functools
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,10 @@ def read_safetensors(file):
     with open(file, "rb") as f:
         try:
             (n,) = struct.unpack("<Q", f.read(8))
+            if n > os.fstat(f.fileno()).st_size - 8:
+                raise ValueError("header longer than the file")
             header = json.loads(f.read(n))
-        except (struct.error, UnicodeDecodeError, json.JSONDecodeError):
+        except (struct.error, ValueError):  # ValueError: also bad JSON, bad UTF-8
             raise ValueError(f"{file}: not a safetensors file (unreadable header)") from None
         for name, info in header.items():
             if name == "__metadata__":

@@ -306,20 +306,20 @@ def save_pretrained(model: Transformer, path, max_shard_bytes: int = 5 * 10**9):
     checkpoint.write_hf(path, dataclasses.asdict(model.args), model.state_dict(), max_shard_bytes)
 
 
-# ------------------------------------------------------------------------------------------ the CLI
+# ------------------------------------------------------------------------- greedy decoding, CLI
 @torch.no_grad()
 def greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     """Greedy continuation of one prompt with the KV cache (prefill once, then a token a step)."""
-    dev = next(model.parameters()).device
+    device = next(model.parameters()).device
     cache = model.new_cache(1, len(prompt_ids) + max_new_tokens)
-    logits = model(torch.tensor([prompt_ids], device=dev), cache=cache, last_only=True)
+    logits = model(torch.tensor([prompt_ids], device=device), cache=cache, last_only=True)
     out = []
     for i in range(max_new_tokens):
         out.append(int(logits[0, -1].argmax()))
         if i + 1 == max_new_tokens:
             break
-        pos = torch.tensor([[len(prompt_ids) + i]], device=dev)
-        logits = model(torch.tensor([[out[-1]]], device=dev), positions=pos, cache=cache)
+        position = torch.tensor([[len(prompt_ids) + i]], device=device)
+        logits = model(torch.tensor([[out[-1]]], device=device), positions=position, cache=cache)
     return out
 
 
@@ -339,23 +339,24 @@ def main():
     ap.add_argument("--save", metavar="OUT", help="write the model to OUT in Hugging Face layout")
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (under torchrun, "
                     "--nproc_per_node equal to it)")
-    a = ap.parse_args()
-    ranks = init_ranks(a.tp)
-    if ranks.n_replicas > 1 or (a.save and a.tp > 1):
+    args = ap.parse_args()
+    ranks = init_ranks(args.tp)
+    if ranks.n_replicas > 1 or (args.save and args.tp > 1):
         raise ValueError("model.py: --nproc_per_node must equal --tp, and --save needs --tp 1")
-    model = load_pretrained(a.ckpt, a.device or ranks.device, a.dtype and getattr(torch, a.dtype),
-                            ranks.tp_group)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    model = load_pretrained(args.ckpt, args.device or ranks.device, dtype, ranks.tp_group)
     if not ranks.leader:  # the other shards of a tensor-parallel model: make the leader's calls
         return follow(model, ranks.tp_group)
-    n = sum(p.numel() for p in model.parameters())
-    shard = f" on each of {a.tp} ranks (tensor parallel)" if a.tp > 1 else ""
-    print(f"{a.ckpt}: {n:,} parameters ({n / 1e9:.2f}B){shard}, {model.args}")
-    if a.prompt_ids:
+    n_params = sum(p.numel() for p in model.parameters())
+    shard = f" on each of {args.tp} ranks (tensor parallel)" if args.tp > 1 else ""
+    print(f"{args.ckpt}: {n_params:,} parameters ({n_params / 1e9:.2f}B){shard}, {model.args}")
+    if args.prompt_ids:
+        prompt_ids = [int(x) for x in args.prompt_ids.split(",")]
         with ranks.lockstep(model) as leader:  # under TP: each call announced to the followers
-            print(greedy(leader, [int(x) for x in a.prompt_ids.split(",")], a.max_new_tokens))
-    if a.save:
-        model.save_pretrained(a.save)
-        print(f"saved to {a.save}")
+            print(greedy(leader, prompt_ids, args.max_new_tokens))
+    if args.save:
+        model.save_pretrained(args.save)
+        print(f"saved to {args.save}")
 
 
 if __name__ == "__main__":
