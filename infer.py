@@ -63,7 +63,8 @@ import torch
 
 import lce_data
 from lce_data import DEFAULT_SYSTEM
-from model import Transformer, follow, init_ranks
+from model import Transformer
+from parallel import follow, init_ranks
 from tokenizer import SPECIAL_TOKENS, Tokenizer
 
 
