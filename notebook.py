@@ -21,7 +21,7 @@ evaluated reading that text, so sandbox.py shows the same. This file mirrors, in
     k.run("x[5]", ns)  # -> "-----...----- IndexError     Traceback (most recent call last) Cell
                        #     In[3], line 1\n----> 1 x[5]\n IndexError: list index out of range"
 
-Where this differs from the authors' kernel (replay() counts differences on their released runs):
+Where this differs from the authors' kernel (replay.py counts the differences on their released runs):
   * versions: Python 3.9 and SymPy ~1.12 there; newer ones word some errors differently (REWORDED)
     and have other library paths and line numbers; numpy is asked for its 1.x print layout;
   * colour: their regex missed the 256-colour codes of ultratb's highlighted source lines, which
@@ -33,19 +33,17 @@ Where this differs from the authors' kernel (replay() counts differences on thei
     for regex patterns, super and SimpleNamespace (shown by repr); a cell's file is
     /tmp/ipykernel/HASH.py (ipykernel: /tmp/ipykernel_PID/HASH.py, seen in warnings) so runs repeat.
 
-replay() runs released solutions through a sandbox pool and compares every execution block
-(tests/test_notebook.py; `python sandbox.py --replay FILE...` prints the figures). Only the standard
-library is imported: the sandbox's worker loads this file before it drops its privileges.
+Only the standard library is imported: the sandbox's worker loads this file before it drops its
+privileges.
 """
-import ast, collections, inspect, io, json, linecache, os, re, sys, textwrap, time, tokenize, types
-import zlib
+import ast, collections, inspect, io, linecache, os, re, sys, textwrap, tokenize, types, zlib
 
 WIDTH = 79              # IPython's PlainTextFormatter.max_width
 MAX_SEQ_LENGTH = 1000   # items shown of a container before ", ..."
 RULE = "-" * 75         # ultratb's rule: min(75, terminal width)
 # What the authors' run_code() returned on jupyter_client's TimeoutError (src/inference.py).
 TIMEOUT = f"{RULE} Timeout waiting for reply{' ' * 32}Traceback (most recent call last)"
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # every colour code, the 256-colour ones included
+ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # every colour code, the 256-colour ones included
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)
 _BLOCKS = (ast.stmt, ast.excepthandler) + ((ast.match_case,) if hasattr(ast, "match_case") else ())
 
@@ -802,178 +800,3 @@ _PRINTERS_BY_NAME = {  # IPython's deferred printers, matched by (module, class 
     ("collections", "Counter"): _ctor(lambda d: ((dict(d.most_common()),) if d else (), {})),
     ("collections", "UserList"): _ctor(lambda d: ((d.data,), {})),
 }
-
-
-# ---------------------------------------------------------------------------------- replay
-def normalise(text):
-    """For comparing execution blocks: colour codes removed, whitespace runs made one space."""
-    return " ".join(_ANSI.sub("", text).split())
-
-
-_ERROR = re.compile(RULE + r" \w[\w.]* *Traceback \(most recent call last\)"  # VerboseTB's header
-                    r"|Cell In\[\d+\], line \d+\n.*\n *\^\n\w+: "        # a SyntaxError
-                    r"|^An exception has occurred, use %tb", re.M)           # SystemExit
-
-
-def is_error(text):
-    """An execution block that shows an error in one of IPython's layouts."""
-    return bool(_ERROR.search(_ANSI.sub("", text)))
-
-
-def cell_headers(text):
-    return re.findall(r"Cell In\[\d+\], line \d+", _ANSI.sub("", text))
-
-
-def final_line(text):
-    lines = _ANSI.sub("", text).strip().splitlines()
-    return lines[-1].strip() if lines else ""
-
-
-# The same error, worded differently by the authors' Python 3.9 / SymPy 1.12 and by ours:
-# (their final line, ours), as regular expressions.
-REWORDED = [
-    (r"SyntaxError: invalid syntax", r"SyntaxError: .+"),  # Python 3.10's parser names the problem
-    (r"(IndentationError: expected an indented block)", r"\1 after .+"),            # Python 3.10
-    (r"(TypeError: cannot determine truth value of Relational)", r"\1: .+"),       # SymPy 1.13
-    (r"TypeError: can't take floor of complex number\.",                           # Python 3.10
-     r"TypeError: unsupported operand type\(s\) for //: .*'complex'.*"),
-    (r"TypeError: can't mod complex numbers\.",
-     r"TypeError: unsupported operand type\(s\) for %: .*'complex'.*"),
-    (r"(\w+Error: .*) \(/\S+\.py\)", r"\1 \(/\S+\.py\)"),   # a module's path in an ImportError
-]
-
-
-def same_error(theirs, ours):
-    """Same final line, or the same error as reworded by a newer Python or SymPy (REWORDED)."""
-    for pattern, ours_pattern in REWORDED:
-        m = re.fullmatch(pattern, theirs)
-        if m and re.fullmatch(ours_pattern.replace(r"\1", re.escape(m[1]) if m.groups() else ""),
-                              ours):
-            return True
-    return theirs == ours
-
-
-def difference(theirs, ours):
-    """Why a produced block differs from the released one, as far as a rule can tell."""
-    if normalise(ours) == normalise(theirs):
-        return "only whitespace differs (line breaks: the pretty printer)"
-    if ours == TIMEOUT:
-        return "timed out here only (machine speed)"
-    if "characters cut ...]" in ours:
-        return "cut here (sandbox max_output)"
-    if "ModuleNotFoundError: No module named" in ours:
-        return "module not installed here"
-    if is_error(theirs) and final_line(theirs) == final_line(ours):
-        return "same error; library paths, line numbers or source differ"
-    if is_error(theirs) and same_error(final_line(theirs), final_line(ours)):
-        return "same error, reworded by a newer Python or SymPy"
-    return "other"
-
-
-def released_cells(path):
-    """(record number, [(code, released execution block), ...]) for each solution of a released run
-    (the authors' format: debug_result items with role code and execution)."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                items = json.loads(line)["debug_result"]
-                roles = [it["role"] for it in items]
-            except ValueError:
-                raise ValueError(f"{path}:{n}: not a JSON object") from None
-            except (KeyError, TypeError):
-                raise ValueError(f"{path}:{n}: field debug_result: missing, or an item without "
-                                 "role") from None
-            pairs = [(items[i]["content"], items[i + 1]["content"]) for i, r in enumerate(roles)
-                     if r == "code" and i + 1 < len(roles) and roles[i + 1] == "execution"]
-            yield n, pairs
-
-
-def replay(paths, pool, workers=4, progress=None):
-    """Run every released solution's code blocks, in order, each solution in a fresh sandbox from
-    `pool` (acquire() resets one, release() returns it), and compare each produced block with the
-    released one (colour codes removed; "same" whitespace-normalised, and to the character). Returns
-    a dict of counts per file and the list of cells that differ, each with its cause (difference()).
-
-    Not compared: a released timeout, and every later cell of its solution (the authors' kernel was
-    still busy with the timed-out cell, so those blocks say nothing about display; see TIMEOUT),
-    and a cell that times out here only (this machine is slower)."""
-    from concurrent.futures import ThreadPoolExecutor  # threads: each waits on its own worker
-    jobs = [(path, n, pairs) for path in paths for n, pairs in released_cells(path)]
-
-    def run(job):
-        path, n, pairs = job
-        sb, produced = pool.acquire(), []
-        try:
-            for code, theirs in pairs:
-                if produced and TIMEOUT in produced[-1][1]:
-                    produced.append((code, theirs, None))  # their kernel was still busy
-                else:
-                    produced.append((code, theirs, sb.run(code)))
-        finally:
-            pool.release(sb)
-        return path, n, produced
-
-    stats = {p: collections.Counter() for p in paths}
-    diffs, t0 = [], time.monotonic()
-    with ThreadPoolExecutor(workers) as ex:
-        for done, (path, n, produced) in enumerate(ex.map(run, jobs), 1):
-            s = stats[path]
-            for k, (code, theirs, ours) in enumerate(produced):
-                s["cells"] += 1
-                if ours is None:
-                    s["kernel busy (theirs)"] += 1
-                    continue
-                if TIMEOUT in theirs:
-                    s["timeout (theirs)"] += 1
-                    s["timeout same"] += ours == TIMEOUT
-                    continue
-                if ours == TIMEOUT:
-                    s["timeout (ours only)"] += 1
-                    continue
-                kind = "error" if is_error(theirs) else "value"
-                exact = ours == _ANSI.sub("", theirs).strip()
-                s[kind] += 1
-                s[kind + " same"] += normalise(ours) == normalise(theirs)
-                s[kind + " same to the character"] += exact
-                if kind == "error":
-                    s["error final line same"] += final_line(ours) == final_line(theirs)
-                    s["error final line same or reworded"] += same_error(final_line(theirs),
-                                                                         final_line(ours))
-                    s["error with header"] += bool(cell_headers(theirs))
-                    s["error header same"] += bool(cell_headers(theirs)) and \
-                        cell_headers(ours) == cell_headers(theirs)
-                if not exact:
-                    diffs.append(dict(file=os.path.basename(path), record=n, cell=k + 1, kind=kind,
-                                      why=difference(theirs, ours), code=code, released=theirs,
-                                      ours=ours))
-            if progress and (done % 500 == 0 or done == len(jobs)):
-                rate = done / (time.monotonic() - t0)
-                progress(f"replay: {done}/{len(jobs)} solutions, {rate:.0f}/s, "
-                         f"ETA {(len(jobs) - done) / rate:.0f} s")
-    return {os.path.basename(p): stats[p] for p in paths}, diffs
-
-
-def summary_table(stats, diffs):
-    """replay()'s figures as Markdown: a row per file and a total, then the differences by cause."""
-    def pct(a, b):
-        return f"{100 * a / b:.1f}" if b else "-"
-    total = sum(stats.values(), collections.Counter())
-    out = ["| file | cells | values | same % (to the character) | errors | same % (to the "
-           "character) | final line same % (reworded ok) | Cell In header same % | not compared "
-           "(timeouts) |", "|---" * 9 + "|"]
-    for name, s in [*stats.items(), ("all", total)]:
-        skipped = s["timeout (theirs)"] + s["kernel busy (theirs)"] + s["timeout (ours only)"]
-        out.append(f"| {name} | {s['cells']} | {s['value']} | {pct(s['value same'], s['value'])} "
-                   f"({pct(s['value same to the character'], s['value'])}) "
-                   f"| {s['error']} | {pct(s['error same'], s['error'])} "
-                   f"({pct(s['error same to the character'], s['error'])}) "
-                   f"| {pct(s['error final line same'], s['error'])} "
-                   f"({pct(s['error final line same or reworded'], s['error'])}) "
-                   f"| {pct(s['error header same'], s['error with header'])} | {skipped} |")
-    out += ["", "| differing cells, by cause | values | errors |", "|---|---|---|"]
-    causes, kinds = collections.Counter((d["why"], d["kind"]) for d in diffs), ("value", "error")
-    for why in sorted({w for w, _ in causes}, key=lambda w: -sum(causes[w, k] for k in kinds)):
-        out.append(f"| {why} | {causes[why, 'value']} | {causes[why, 'error']} |")
-    return "\n".join(out)

@@ -7,8 +7,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["model.py", "tokenizer.py", "lce_data.py", "train.py", "sandbox.py", "infer.py", "eval.py",
-           "tiny_run.py", "bench.py"]
-LIBRARIES = ["notebook.py",  # below sandbox.py, so its command line is sandbox.py's (--replay)
+           "tiny_run.py", "bench.py", "replay.py"]
+LIBRARIES = ["notebook.py",  # below sandbox.py: what a cell shows (replay.py checks it)
              "storage.py"]  # atomic writes and JSONL, used by every module
 
 
