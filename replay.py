@@ -1,17 +1,18 @@
 """replay.py: run the authors' released solutions through our sandbox and compare what it shows.
 
-The model read, after each of its code blocks, what the authors' IPython kernel showed (docs/method.md
-§4). sandbox.py and notebook.py rebuild that display without IPython; this script checks the rebuild
-against the ground truth: the 10 released runs in data/official_outs/ (4,347 solutions, 10,299 code
-cells). Each solution's code blocks run in order in a fresh sandbox, and each produced block is compared
-with the released one, whitespace-normalised and to the character.
+After each of its code blocks the model read what the authors' IPython kernel showed
+(docs/method.md §4). sandbox.py, notebook.py and pretty.py rebuild that display without IPython;
+this script checks the rebuild against the ground truth: the 10 released runs in
+data/official_outs/ (4,347 solutions, 10,299 code cells). Each solution's code blocks run in order
+in a fresh sandbox, and each produced block is compared with the released one,
+whitespace-normalised and to the character.
 
     python replay.py data/official_outs/*.jsonl     # the table in README.md; ~30 s on 2 cores
 
-Not compared: a released timeout and every later cell of its solution (their kernel was still busy
-with the timed-out cell, so those blocks say nothing about display; see notebook.TIMEOUT), and a cell
-that times out here only (a slower machine). Each difference gets a cause (difference()); the
-thresholds that must hold are in tests/test_replay.py.
+Not compared: a released timeout and every later cell of its solution (their kernel was still
+busy with the timed-out cell, so those blocks say nothing about display; see notebook.TIMEOUT),
+and a cell that times out here only (a slower machine). Each difference gets a cause
+(difference()); the thresholds that must hold are in tests/test_replay.py.
 """
 import argparse
 import collections
