@@ -51,8 +51,8 @@ Isolation, Sandbox(isolation=...); default_isolation() is the strongest this mac
   for hostile code at scale also put the whole program in a VM.
 Linux is the tested platform (/proc, rlimits, setuid, capabilities); macOS offers only "none".
 """
-import argparse, builtins, contextlib, ctypes, dataclasses, io, itertools, json, os, pwd, queue
-import resource, select, shutil, signal, socket, subprocess, sys, tempfile, threading, time
+import argparse, builtins, contextlib, ctypes, dataclasses, inspect, io, itertools, json, os, pwd
+import queue, resource, select, shutil, signal, socket, subprocess, sys, tempfile, threading, time
 import traceback, weakref
 
 EMPTY = "<empty_execution>"  # what the training data shows for a cell with no output
@@ -121,11 +121,11 @@ def _procs(uid=None, pgrp=None, ppid=None):
     return found
 
 
-def _kill_all(find):
-    """SIGKILL every pid that find() returns, again and again until none is left (they may fork
-    meanwhile)."""
+def _kill_all(spare, **which):
+    """SIGKILL every process _procs(**which) finds but pid `spare`, again and again until none is
+    left (they may fork meanwhile)."""
     for _ in range(200):
-        pids = find()
+        pids = set(_procs(**which)) - {spare}
         if not pids:
             return
         for pid in pids:
@@ -227,7 +227,8 @@ class _Capture(io.TextIOBase):
 
 
 def _on_alarm(signum, frame):
-    # Raise only inside the user's code, never in this file's machinery (e.g. formatting output).
+    # Raise only inside the user's code, never in this file's machinery (_Capture.write under a
+    # print): the timer fires again 50 ms later.
     if _worker.in_cell and frame is not None and frame.f_code.co_filename != __file__:
         _worker.in_cell = False
         _worker.timed_out = True
@@ -241,8 +242,7 @@ def _kill_children():
         if _worker.uid:
             os.kill(-1, signal.SIGKILL)  # -1: every process this uid may signal, the sandbox's own
         else:  # our process group and our children (orphans come to us: we are a subreaper)
-            me = os.getpid()
-            _kill_all(lambda: set(_procs(pgrp=os.getpgrp(), ppid=me)) - {me})
+            _kill_all(os.getpid(), pgrp=os.getpgrp(), ppid=os.getpid())
         while True:
             os.waitpid(-1, 0)  # reap
     except ChildProcessError:
@@ -414,7 +414,7 @@ def _stop_worker(pid, cfg):
     else:
         with contextlib.suppress(OSError):  # frozen, it starts no new children while we kill them
             os.kill(pid, signal.SIGSTOP)
-        _kill_all(lambda: set(_procs(uid=cfg["uid"], pgrp=pid, ppid=pid)) - {pid})
+        _kill_all(pid, uid=cfg["uid"], pgrp=pid, ppid=pid)
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)  # its group, itself included
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
@@ -689,23 +689,25 @@ class SandboxPool:
         self.close()
 
 
+LIMITS = {"timeout": "seconds per cell", "memory_mb": "address space in MiB",  # Sandbox(...)'s
+          "max_procs": "processes + threads", "max_output": "characters kept per cell",
+          "max_file_mb": "largest file the code may write, in MiB"}
+
+
 def main():
     ap = argparse.ArgumentParser(description="Run Python cells in a MathCoder sandbox. Without -c: "
                                  "a small REPL (a cell ends at an empty line; Ctrl-D quits). "
                                  "replay.py runs the authors' released solutions through it.")
     ap.add_argument("-c", dest="code", help="run CODE as one cell, print what it shows, exit")
-    ap.add_argument("--timeout", type=float, default=6.0, help="seconds per cell (default 6)")
-    ap.add_argument("--memory-mb", type=int, default=1024, help="address space (default 1024)")
-    ap.add_argument("--max-procs", type=int, default=16, help="processes+threads (default 16)")
-    ap.add_argument("--max-output", type=int, default=2000,
-                    help="characters kept per cell (default 2000)")
-    ap.add_argument("--max-file-mb", type=int, default=16,
-                    help="largest file the code may write (default 16)")
+    for name, what in LIMITS.items():  # the defaults are Sandbox's own
+        default = inspect.signature(Sandbox).parameters[name].default
+        ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
+                        help=f"{what} (default {default:g})")
     ap.add_argument("--isolation", choices=MODES,
                     help="default: the strongest available (namespaces, uid as root, none)")
     args = ap.parse_args()
-    with Sandbox(args.timeout, args.memory_mb, args.max_procs, args.max_output, args.max_file_mb,
-                 isolation=args.isolation) as sb:
+    limits = {name: getattr(args, name) for name in LIMITS}
+    with Sandbox(**limits, isolation=args.isolation) as sb:
         if args.code is not None:
             return print(sb.run(args.code))
         cell = []
