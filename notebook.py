@@ -13,7 +13,8 @@ evaluated reading that text, so sandbox.py shows the same. This file mirrors, in
                   (2 statements before and after, blank lines hidden), chained exceptions and
                   collapsed recursion; a SyntaxError in ultratb's short layout.
 
-    kernel, namespace = Kernel(), {"__name__": "__main__"}
+    kernel = Kernel()
+    namespace = {"__name__": "__main__"}
     kernel.run("x = [1, 2]", namespace)  # -> ""  (what follows the cell's own printed output)
     kernel.run("{3, 1, 2}", namespace)   # -> "{1, 2, 3}"
     kernel.run("x[5]", namespace)  # -> "-----...----- IndexError     Traceback (most recent call
@@ -65,7 +66,7 @@ def _ends_with_semicolon(cell):
     except (tokenize.TokenError, SyntaxError):
         return False
     skip = (tokenize.ENDMARKER, tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT)
-    last = next((t for t in reversed(tokens) if t.type not in skip), None)
+    last = next((token for token in reversed(tokens) if token.type not in skip), None)
     return last is not None and last.type == tokenize.OP and last.string == ";"
 
 

@@ -400,10 +400,11 @@ _PRINTERS = {
 _PRINTERS_BY_NAME = {  # IPython's deferred printers, matched by (module, class name)
     ("datetime", "datetime"): _print_repr,
     ("datetime", "timedelta"): _print_repr,
-    ("collections", "defaultdict"): _as_call(lambda d: ((d.default_factory, dict(d)), {})),
-    ("collections", "OrderedDict"): _as_call(lambda d: (([*d.items()],) if d else (), {})),
-    ("collections", "deque"): _as_call(lambda d: (([*d],), {} if d.maxlen is None
-                                                   else {"maxlen": d.maxlen})),
-    ("collections", "Counter"): _as_call(lambda d: ((dict(d.most_common()),) if d else (), {})),
-    ("collections", "UserList"): _as_call(lambda d: ((d.data,), {})),
+    ("collections", "defaultdict"): _as_call(lambda obj: ((obj.default_factory, dict(obj)), {})),
+    ("collections", "OrderedDict"): _as_call(lambda obj: (([*obj.items()],) if obj else (), {})),
+    ("collections", "deque"): _as_call(lambda obj: (([*obj],), {} if obj.maxlen is None
+                                                   else {"maxlen": obj.maxlen})),
+    ("collections", "Counter"):
+        _as_call(lambda obj: ((dict(obj.most_common()),) if obj else (), {})),
+    ("collections", "UserList"): _as_call(lambda obj: ((obj.data,), {})),
 }

@@ -31,16 +31,16 @@ def released_cells(path):
     """[(record number, [(code, released execution block), ...]), ...] for each solution of a
     released run (the authors' format: debug_result items with role code and execution)."""
     solutions = []
-    for n, record in enumerate(read_jsonl(path), 1):
+    for number, record in enumerate(read_jsonl(path), 1):
         try:
             items = record["debug_result"]
             roles = [item["role"] for item in items]
         except (KeyError, TypeError):
-            raise ValueError(f"{path}:{n}: field debug_result: missing, or an item without "
+            raise ValueError(f"{path}:{number}: field debug_result: missing, or an item without "
                              "role") from None
         pairs = [(items[i]["content"], items[i + 1]["content"]) for i, role in enumerate(roles)
                  if role == "code" and i + 1 < len(roles) and roles[i + 1] == "execution"]
-        solutions.append((n, pairs))
+        solutions.append((number, pairs))
     return solutions
 
 
@@ -118,10 +118,10 @@ def replay(paths, pool, workers=4, progress=None):
     `pool` (acquire() resets one, release() returns it), and compare each produced block with the
     released one (colour codes removed; "same" whitespace-normalised, and to the character). Returns
     a dict of counts per file and the list of cells that differ, each with its cause."""
-    jobs = [(path, n, pairs) for path in paths for n, pairs in released_cells(path)]
+    jobs = [(path, record, pairs) for path in paths for record, pairs in released_cells(path)]
 
     def run(job):  # in a thread: each waits on its own worker process
-        path, n, pairs = job
+        path, record, pairs = job
         sandbox = pool.acquire()
         produced = []  # (code, theirs, ours); ours None: not run, their kernel was still busy
         try:
@@ -130,20 +130,20 @@ def replay(paths, pool, workers=4, progress=None):
                 produced.append((code, theirs, None if busy else sandbox.run(code)))
         finally:
             pool.release(sandbox)
-        return path, n, produced
+        return path, record, produced
 
     stats = {path: collections.Counter() for path in paths}
     diffs = []
     start = time.monotonic()
     with ThreadPoolExecutor(workers) as executor:
-        for done, (path, n, produced) in enumerate(executor.map(run, jobs), 1):
+        for done, (path, record, produced) in enumerate(executor.map(run, jobs), 1):
             counts = stats[path]
-            for k, (code, theirs, ours) in enumerate(produced, 1):
+            for cell, (code, theirs, ours) in enumerate(produced, 1):
                 kind = _count(counts, theirs, ours)
                 if kind and ours != ANSI.sub("", theirs).strip():
-                    diffs.append(dict(file=os.path.basename(path), record=n, cell=k, kind=kind,
-                                      why=difference(theirs, ours), code=code, released=theirs,
-                                      ours=ours))
+                    diffs.append(dict(file=os.path.basename(path), record=record, cell=cell,
+                                      kind=kind, why=difference(theirs, ours), code=code,
+                                      released=theirs, ours=ours))
             if progress and (done % 500 == 0 or done == len(jobs)):
                 rate = done / (time.monotonic() - start)
                 progress(f"replay: {done}/{len(jobs)} solutions, {rate:.0f}/s, "
@@ -203,7 +203,7 @@ def summary_table(stats, diffs):
                  skipped]
         out.append("| " + " | ".join(map(str, cells)) + " |")
     out += ["", "| differing cells, by cause | values | errors |", "|---|---|---|"]
-    causes = collections.Counter((d["why"], d["kind"]) for d in diffs)
+    causes = collections.Counter((diff["why"], diff["kind"]) for diff in diffs)
     by_count = sorted({why for why, _ in causes},
                       key=lambda why: (-causes[why, "value"] - causes[why, "error"], why))
     for why in by_count:

@@ -97,7 +97,8 @@ def test_cell_rules(sb):
     assert sb.run("import sys\nsys.exit(3)") == \
         "An exception has occurred, use %tb to see the full traceback.\n SystemExit: 3"
     assert sb.run("import numpy as np\n[np.float64(1.5), np.int64(2)]") == "[1.5, 2]"  # numpy 1.x
-    assert sb.run("from datetime import datetime\ndatetime.strptime('13:05', '%H:%M').minute") == "5"
+    strptime = "from datetime import datetime\ndatetime.strptime('13:05', '%H:%M').minute"
+    assert sb.run(strptime) == "5"
     warning = r"/tmp/ipykernel/\d+\.py:2: UserWarning: careful\n  warnings\.warn\('careful'\)"
     assert re.fullmatch(warning, sb.run("import warnings\nwarnings.warn('careful')"))
     sb.reset()
