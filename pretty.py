@@ -3,7 +3,7 @@
 What the model read after a cell whose last line is an expression is this display, not repr():
 sets sorted, containers wrapped at 79 columns with their items aligned, collections shown as
 constructor calls, a class or function by its qualified name. notebook.py shows a cell's value
-through pretty(); the released solutions check it (tests/test_notebook.py, replay.py).
+through pretty(); the released solutions check it (tests/test_pretty.py, replay.py).
 
     pretty({3, 1, 2})                   # -> "{1, 2, 3}"
     pretty(Counter("abb"))              # -> "Counter({'b': 2, 'a': 1})"
