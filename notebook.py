@@ -33,8 +33,8 @@ runs):
     for regex patterns, super and SimpleNamespace (shown by repr); a cell's file is
     /tmp/ipykernel/HASH.py (ipykernel: /tmp/ipykernel_PID/HASH.py, seen in warnings) so runs repeat.
 
-Only the standard library is imported: the sandbox's worker loads this file before it drops its
-privileges.
+Only the standard library and pretty.py are imported: the sandbox's worker loads this file before
+it drops its privileges.
 """
 import ast, collections, inspect, io, linecache, os, re, sys, textwrap, tokenize, types, zlib
 
