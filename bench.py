@@ -373,8 +373,8 @@ def bench_infer(a):
 # -------------------------------------------------------------- tp: peak memory per rank, TP=2 vs 1
 PEAK_RSS_SCRIPT = """
 import ctypes, gc, json, os, sys, torch
-import model
-ranks = model.init_ranks(int(sys.argv[2]))
+import model, parallel
+ranks = parallel.init_ranks(int(sys.argv[2]))
 def kib(field):
     return int(next(ln for ln in open("/proc/self/status") if ln.startswith(field)).split()[1])
 model.load_pretrained("tests/fixtures/models/llama2-mha/hf", tp_group=ranks.tp_group)   # warm-up

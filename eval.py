@@ -993,7 +993,8 @@ def run_loop(problems, out_dir, solve_fn, dataset, model_name="this run", info=N
 
 def run(args):
     import infer                     # imported only when generating: scoring needs no model code
-    from model import Transformer, follow, init_ranks
+    from model import Transformer
+    from parallel import follow, init_ranks
     from sandbox import SandboxPool, default_isolation
     from tokenizer import Tokenizer
     cfg = infer.config_from_args(args)   # the generation flags (infer.add_generation_args)

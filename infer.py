@@ -71,7 +71,8 @@ import lce_data
 import sandbox
 import storage
 from lce_data import DEFAULT_SYSTEM
-from model import Transformer, follow, init_ranks
+from model import Transformer
+from parallel import follow, init_ranks
 from tokenizer import SPECIAL_TOKENS, Tokenizer
 
 

@@ -21,21 +21,22 @@ Limits (all configurable):
             ran on; see notebook.py). hard: code that catches it, ignores signals or sits in C
             code is killed GRACE s later with every process it started; the next call runs in a
             fresh worker and its output starts with a note that earlier variables are lost.
-  memory    RLIMIT_AS (address space): MemoryError inside the cell, or the worker dies and restarts.
+  memory    RLIMIT_AS (address space): MemoryError inside the cell, or the worker dies and
+            restarts.
   processes RLIMIT_NPROC, threads included. The kernel counts it per uid and never for root, so it
             holds only where the worker has a uid or a user namespace of its own (see below).
-  output    head and tail kept, "[... N characters cut ...]" between; cut in the worker, so printing
-            100 MB never reaches the parent.
+  output    head and tail kept, "[... N characters cut ...]" between; cut in the worker, so
+            printing 100 MB never reaches the parent.
   files     RLIMIT_FSIZE per file ("File too large"). Processes a cell left running die at its end.
 
 Isolation, Sandbox(isolation=...); default_isolation() is the strongest this machine offers:
-  "namespaces"  The template and its worker run inside bubblewrap (`bwrap`, package bubblewrap), one
-      per Sandbox: all files read-only but the Sandbox's work directory, fresh /dev and /proc, no
-      network (a network namespace with only loopback), their own PID, IPC and UTS namespaces (the
-      parent, other sandboxes and all other processes are invisible, so cannot be signalled); killed
-      with the parent. As root the worker also drops to a uid of its own, as in "uid". Without root,
-      bwrap makes a user namespace and the worker keeps your uid: it could then kill its own
-      template, which costs only its own Sandbox a cold restart.
+  "namespaces"  The template and its worker run inside bubblewrap (`bwrap`, package bubblewrap),
+      one per Sandbox: all files read-only but the Sandbox's work directory, fresh /dev and /proc,
+      no network (a network namespace with only loopback), their own PID, IPC and UTS namespaces
+      (the parent, other sandboxes and all other processes are invisible, so cannot be signalled);
+      killed with the parent. As root the worker also drops to a uid of its own, as in "uid".
+      Without root, bwrap makes a user namespace and the worker keeps your uid: it could then kill
+      its own template, which costs only its own Sandbox a cold restart.
   "uid"  (root on Linux) The worker drops to an unprivileged uid/gid of its own (UID_BASE + a slot,
       no account needed): it cannot signal other processes nor write where that uid may not (the
       repo, home). It sees all processes, may write where anyone may (/tmp) and has the network.
@@ -45,30 +46,29 @@ Isolation, Sandbox(isolation=...); default_isolation() is the strongest this mac
   like /root, still imports lazily loaded modules), and no_new_privs keeps it from gaining more.
   In every mode a Python audit hook (sys.addaudithook) refuses, through Python's own APIs, writes
   outside the work directory, signals to other processes and sockets: a guard rail against
-  accidents, which ctypes, a shell or code that goes looking gets around. Never limited: reads, disk
-  use inside the work directory, CPU share, the kernel's attack surface (no seccomp filter); for
-  hostile code at scale also put the whole program in a VM.
+  accidents, which ctypes, a shell or code that goes looking gets around. Never limited: reads,
+  disk use inside the work directory, CPU share, the kernel's attack surface (no seccomp filter);
+  for hostile code at scale also put the whole program in a VM.
 Linux is the tested platform (/proc, rlimits, setuid, capabilities); macOS offers only "none".
 """
-import argparse, builtins, contextlib, ctypes, io, itertools, json, os, pwd, queue
-import re, resource, select, shutil, signal, socket, subprocess, sys, tempfile, threading, time
-import traceback, types, weakref
+import argparse, builtins, contextlib, ctypes, dataclasses, inspect, io, itertools, json, os, pwd
+import queue, resource, select, shutil, signal, socket, subprocess, sys, tempfile, threading, time
+import traceback, weakref
 
 EMPTY = "<empty_execution>"  # what the training data shows for a cell with no output
 # Imported once per Sandbox by its template, which then forks: no module that starts threads.
-DEFAULT_PRELOAD = ("math", "cmath", "fractions", "decimal", "itertools", "functools", "collections",
-                   "statistics", "random", "re", "string", "datetime", "calendar", "heapq",
-                   "bisect", "operator", "numbers", "typing", "copy", "json", "time", "array",
-                   "dataclasses", "enum", "textwrap", "pprint", "unicodedata", "struct", "csv",
-                   "numpy", "sympy",
+DEFAULT_PRELOAD = ("math", "cmath", "fractions", "decimal", "itertools", "functools",
+                   "collections", "statistics", "random", "re", "string", "datetime", "calendar",
+                   "heapq", "bisect", "operator", "numbers", "typing", "copy", "json", "time",
+                   "array", "dataclasses", "enum", "textwrap", "pprint", "unicodedata", "struct",
+                   "csv", "numpy", "sympy",
                    "_strptime")  # what datetime.strptime imports on first use
 MODES = ("namespaces", "uid", "none")  # isolation, strongest first
 UID_BASE = 1_000_000_000  # worker uids: UID_BASE + (parent pid % 2**22) * 256 + slot, below 2**31
 GRACE = 1.0               # seconds from the soft TimeoutError to the hard kill
 STARTUP_TIMEOUT = 60.0    # seconds a new template may take to import the preload and fork a worker
-RESTART_NOTE = ("[The Python session was restarted: variables and imports from earlier cells are "
-                "lost.]")
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour codes: stripped, as src/inference.py does
+RESTART_NOTE = ("[The Python session was restarted: variables and imports from earlier cells "
+                "are lost.]")
 
 
 # ---------------------------------------------------------------------------------- wire protocol
@@ -81,7 +81,8 @@ def _send(fd, obj):
 def _recv(fd, deadline=None, limit=1 << 30):
     """One message from fd; "eof" if the writer died, "timeout" past the deadline, "bad" if
     malformed. One request or reply at a time is in flight: a read never runs into the next one."""
-    buf, poller = b"", select.poll()
+    buf = b""
+    poller = select.poll()
     poller.register(fd, select.POLLIN)
     while not buf.endswith(b"\n"):
         if deadline is not None and not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
@@ -101,29 +102,30 @@ def _recv(fd, deadline=None, limit=1 << 30):
         return "bad"
 
 
+# ---------------------------------------------------------------------------------- processes
 def _procs(uid=None, pgrp=None, ppid=None):
     """Live (non-zombie) pids whose real uid is `uid`, or in process group `pgrp`, or children of
-    `ppid`."""
+    `ppid`. Without /proc (macOS): none."""
     found = []
-    names = os.listdir("/proc") if os.path.isdir("/proc") else []  # no /proc (macOS): nothing found
+    names = os.listdir("/proc") if os.path.isdir("/proc") else []
     for name in filter(str.isdigit, names):
         try:
             with open(f"/proc/{name}/stat") as f:
-                state, pp, pg = f.read().rsplit(")", 1)[1].split()[:3]
+                state, parent, group = f.read().rsplit(")", 1)[1].split()[:3]
             with open(f"/proc/{name}/status") as f:
                 real_uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
-            if state not in "ZX" and (int(pg) == pgrp or int(pp) == ppid or real_uid == uid):
-                found.append(int(name))
         except (OSError, ValueError, StopIteration):  # it exited meanwhile
-            pass
+            continue
+        if state not in "ZX" and (int(group) == pgrp or int(parent) == ppid or real_uid == uid):
+            found.append(int(name))
     return found
 
 
-def _kill_all(find):
-    """SIGKILL every pid that find() returns, and again, until none is left (they may fork
-    meanwhile)."""
+def _kill_all(spare, **which):
+    """SIGKILL every process _procs(**which) finds but pid `spare`, again and again until none is
+    left (they may fork meanwhile)."""
     for _ in range(200):
-        pids = find()
+        pids = set(_procs(**which)) - {spare}
         if not pids:
             return
         for pid in pids:
@@ -132,34 +134,48 @@ def _kill_all(find):
 
 
 # ---------------------------------------------------------------------------------- the worker
-_S = types.SimpleNamespace(in_cell=False, trusted=False, spawned=False, pid=0, dir="", uid=None,
-                           timeout=0.0)
-_SPAWN = {"os.fork", "os.forkpty", "os.system", "os.posix_spawn", "os.exec", "subprocess.Popen",
-          "pty.spawn"}
-_PATH_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1),
-                "os.link": (1,), "os.symlink": (1,), "os.truncate": (0,), "os.chmod": (0,),
-                "os.chown": (0,), "os.utime": (0,), "os.mkfifo": (0,), "os.mknod": (0,),
-                "shutil.rmtree": (0,)}
-_S.timed_out = False  # the cell hit the time limit
-_S.kernel = None  # the worker's notebook.Kernel: what a cell shows, and the Cell In[k] counter
+@dataclasses.dataclass
+class _WorkerState:
+    """What the worker process knows about itself (one worker per process, so module-level)."""
+    pid: int = 0            # the worker's own pid: a process forked by a cell must never answer
+    dir: str = ""           # the work directory, the only place Python-level writes may go
+    uid: "int | None" = None  # the uid it dropped to (None: it runs as the caller)
+    timeout: float = 0.0    # seconds per cell
+    kernel: object = None   # its notebook.Kernel: what a cell shows, and the Cell In[k] counter
+    in_cell: bool = False   # the user's code runs: the time limit may interrupt it
+    timed_out: bool = False  # the running cell hit the time limit
+    spawned: bool = False   # the cell started a process: kill what it left at its end
+    trusted: bool = False   # this file's own clean-up runs: the audit hook stands aside
+
+
+_worker = _WorkerState()
 notebook = None  # notebook.py, imported by the template (_template) before it forks workers
+_SPAWN_EVENTS = {"os.fork", "os.forkpty", "os.system", "os.posix_spawn", "os.exec",
+                 "subprocess.Popen", "pty.spawn"}
+_PATH_EVENTS = {  # audit event -> which of its arguments are paths written to
+    "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.link": (1,),
+    "os.symlink": (1,), "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.utime": (0,),
+    "os.mkfifo": (0,), "os.mknod": (0,), "shutil.rmtree": (0,)}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
 def _guard(event, args):
     """Audit hook: a guard rail on Python-level file writes, signals and sockets."""
-    if _S.trusted:
+    if _worker.trusted:
         return
     paths = [args[i] for i in _PATH_EVENTS.get(event, ())]
     if event == "open" and args[2] & _WRITE_FLAGS:  # open() for reading is not checked
         paths = [args[0]]
-    for p in paths:  # an int is an open fd
-        real = _S.dir if isinstance(p, int) else os.path.realpath(os.fsdecode(os.fspath(p)))
-        if os.path.commonpath([real, _S.dir]) != _S.dir and real != os.devnull:
-            raise PermissionError(f"sandbox: writing outside the working directory is not allowed: "
-                                  f"{p!r}")
-    if event in _SPAWN:
-        _S.spawned = True
+    for path in paths:  # an int is an open fd
+        if isinstance(path, int):
+            real = _worker.dir
+        else:
+            real = os.path.realpath(os.fsdecode(os.fspath(path)))
+        if os.path.commonpath([real, _worker.dir]) != _worker.dir and real != os.devnull:
+            raise PermissionError("sandbox: writing outside the working directory is not "
+                                  f"allowed: {path!r}")
+    if event in _SPAWN_EVENTS:
+        _worker.spawned = True
     elif event in ("os.kill", "os.killpg"):  # the target as a group; 0 = our own, -1 = everything
         pid = args[0]
         if event == "os.killpg" or pid in (0, -1):
@@ -174,28 +190,33 @@ def _guard(event, args):
 
 class _Capture(io.TextIOBase):
     """Stands in for stdout and stderr during a cell; keeps the first and the last `limit`
-    characters."""
+    characters, so memory stays O(limit) whatever the cell prints."""
 
     def __init__(self, limit):
-        self.limit, self.total, self.head, self.tail, self.tail_n = limit, 0, "", [], 0
+        self.limit = limit
+        self.total = 0     # characters written
+        self.head = ""     # the first `limit` of them
+        self.tail = []     # pieces holding (at least) the last `limit` of them
+        self.tail_len = 0
 
     def writable(self):
         return True
 
-    def write(self, s):
-        s = str(s)
-        n = len(s)
-        self.total += n
+    def write(self, text):
+        text = str(text)
+        self.total += len(text)
         if len(self.head) < self.limit:
-            self.head += s[:self.limit - len(self.head)]
-        if n >= self.limit:  # the last `limit` characters are all in s
-            self.tail, self.tail_n = [s[-self.limit:]], self.limit
-        elif n:
-            self.tail.append(s)
-            self.tail_n += n
-            if self.tail_n > 2 * self.limit:  # trim now and then: memory stays O(limit)
-                self.tail, self.tail_n = ["".join(self.tail)[-self.limit:]], self.limit
-        return n
+            self.head += text[:self.limit - len(self.head)]
+        if len(text) >= self.limit:  # the last `limit` characters are all in text
+            self.tail = [text[-self.limit:]]
+            self.tail_len = self.limit
+        elif text:
+            self.tail.append(text)
+            self.tail_len += len(text)
+            if self.tail_len > 2 * self.limit:  # trim now and then
+                self.tail = ["".join(self.tail)[-self.limit:]]
+                self.tail_len = self.limit
+        return len(text)
 
     def text(self):
         if self.total <= self.limit:
@@ -206,76 +227,84 @@ class _Capture(io.TextIOBase):
 
 
 def _on_alarm(signum, frame):
-    # Raise only inside the user's code, never in this file's machinery (e.g. formatting output).
-    if _S.in_cell and frame is not None and frame.f_code.co_filename != __file__:
-        _S.in_cell, _S.timed_out = False, True
-        raise TimeoutError(f"the cell exceeded the time limit of {_S.timeout:g} s")
+    # Raise only inside the user's code, never in this file's machinery (_Capture.write under a
+    # print): the timer fires again 50 ms later.
+    if _worker.in_cell and frame is not None and frame.f_code.co_filename != __file__:
+        _worker.in_cell = False
+        _worker.timed_out = True
+        raise TimeoutError(f"the cell exceeded the time limit of {_worker.timeout:g} s")
 
 
 def _kill_children():
     """Kill every process the cell started and left (with its own uid: even setsid() ones)."""
-    _S.trusted = True
+    _worker.trusted = True
     try:
-        if _S.uid:
-            os.kill(-1, signal.SIGKILL)  # -1 = every process this uid may signal: the sandbox's own
+        if _worker.uid:
+            os.kill(-1, signal.SIGKILL)  # -1: every process this uid may signal, the sandbox's own
         else:  # our process group and our children (orphans come to us: we are a subreaper)
-            _kill_all(lambda: set(_procs(pgrp=os.getpgrp(), ppid=os.getpid())) - {os.getpid()})
+            _kill_all(os.getpid(), pgrp=os.getpgrp(), ppid=os.getpid())
         while True:
             os.waitpid(-1, 0)  # reap
     except ChildProcessError:
         pass
     finally:
-        _S.trusted = False
+        _worker.trusted = False
 
 
-def _run_cell(code, ns, limit):
+def _run_cell(code, namespace, limit):
     """Run one cell as the authors' IPython kernel did (notebook.py); return what it showed."""
     out = _Capture(limit)
     sys.stdout = sys.stderr = out
-    _S.spawned = False
-    used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])  # RLIMIT_CPU: a backstop if the parent is gone
-    resource.setrlimit(resource.RLIMIT_CPU, (int(used + _S.timeout + GRACE) + 2, resource.RLIM_INFINITY))
+    _worker.spawned = False
+    # RLIMIT_CPU: a backstop should the parent be gone and nobody enforce the time limit
+    used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+    cpu_limit = int(used + _worker.timeout + GRACE) + 2
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_limit, resource.RLIM_INFINITY))
     signal.signal(signal.SIGALRM, _on_alarm)  # again each cell: an earlier one may have replaced it
-    signal.setitimer(signal.ITIMER_REAL, _S.timeout, 0.05)  # re-fires until cancelled, in case one is missed
-    _S.in_cell, _S.timed_out = True, False
+    signal.setitimer(signal.ITIMER_REAL, _worker.timeout, 0.05)  # re-fires, in case one is missed
+    _worker.timed_out = False
+    _worker.in_cell = True
     try:
-        out.write(_S.kernel.run(code, ns))  # the value or traceback, after the cell's own output
+        out.write(_worker.kernel.run(code, namespace))  # the value or traceback, after the prints
     except BaseException as e:  # raised in notebook.py's machinery itself (e.g. by the time limit)
-        _S.in_cell = False
-        out.write(_S.kernel.format_traceback(e))
+        _worker.in_cell = False
+        out.write(_worker.kernel.format_traceback(e))
     finally:
-        _S.in_cell = False
+        _worker.in_cell = False
         signal.setitimer(signal.ITIMER_REAL, 0)
-        if os.getpid() != _S.pid:  # a process forked by the cell: it must never answer the parent
+        if os.getpid() != _worker.pid:  # a process forked by the cell: it must not answer
             os._exit(0)
-        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-    if _S.spawned:
+        sys.stdout = sys.__stdout__
+        sys.stderr = sys.__stderr__
+    if _worker.spawned:
         _kill_children()
-    if _S.timed_out:  # the authors' client gave up after 6 s and showed only this
+    if _worker.timed_out:  # the authors' client gave up after 6 s and showed only this
         return notebook.TIMEOUT
-    return _ANSI.sub("", out.text()).encode("utf-8", "replace").decode().strip() or EMPTY  # authors: .strip()
+    shown = notebook.ANSI.sub("", out.text()).encode("utf-8", "replace").decode()
+    return shown.strip() or EMPTY  # the authors' .strip()
 
 
-def _reset(ns, fresh_builtins):
-    ns.clear()
-    ns.update(__name__="__main__", __builtins__=builtins)
+def _reset(namespace, fresh_builtins):
+    """A new problem in the same worker; False if only a restart can make it clean."""
+    namespace.clear()
+    namespace.update(__name__="__main__", __builtins__=builtins)
     builtins.__dict__.clear()  # patched builtins restored, added ones gone (frames hold this dict)
     builtins.__dict__.update(fresh_builtins)
-    _S.kernel.reset()  # Cell In[1] again, and its cells' source lines forgotten
+    _worker.kernel.reset()  # Cell In[1] again, and its cells' source lines forgotten
     _kill_children()
-    _S.trusted = True  # removing a symlink that points outside would look like a write out there
+    _worker.trusted = True  # removing a symlink that points outside would look like a write there
     try:
-        os.chdir(_S.dir)
-        for entry in os.scandir(_S.dir):  # files written for the last problem go too
+        os.chdir(_worker.dir)
+        for entry in os.scandir(_worker.dir):  # files written for the last problem go too
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)
             else:
                 os.unlink(entry.path)
-        return threading.active_count() == 1  # threads left running: only a restart can stop them
+        return threading.active_count() == 1  # threads left running: only a restart stops them
     except OSError:
         return False
     finally:
-        _S.trusted = False
+        _worker.trusted = False
 
 
 def _drop_to(uid):
@@ -294,46 +323,48 @@ def _drop_to(uid):
         raise OSError(ctypes.get_errno(), "sandbox: could not set the worker's capabilities")
 
 
-def _worker(cfg, proto):
+def _worker_main(cfg, conn):
     """In a fresh fork of the template: session, limits, uid, guard; then one cell per request on
-    the socket `proto`, until the parent closes it."""
+    the socket `conn`, until the parent closes it."""
     os.setsid()  # its own process group: one killpg stops it and what it started
-    os.set_inheritable(proto, False)  # programs the cell runs must not hold the parent's socket
-    _S.kernel = notebook.Kernel()
+    os.set_inheritable(conn, False)  # programs the cell runs must not hold the parent's socket
+    _worker.kernel = notebook.Kernel()
     null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)  # input() sees EOF (fd 0 was the template's control socket), and stray output
-    os.dup2(null, 1)  # (os.write(1), children) goes nowhere
-    _S.pid, _S.dir, _S.timeout = os.getpid(), cfg["dir"], cfg["timeout"]
-    mb = 1 << 20
-    limits = [(resource.RLIMIT_AS, cfg["memory_mb"] * mb), (resource.RLIMIT_CORE, 0),
-              (resource.RLIMIT_FSIZE, cfg["max_file_mb"] * mb)]
+    os.dup2(null, 0)  # input() sees EOF (fd 0 was the template's control socket), and stray
+    os.dup2(null, 1)  # output (os.write(1), children) goes nowhere
+    _worker.pid = os.getpid()
+    _worker.dir = cfg["dir"]
+    _worker.timeout = cfg["timeout"]
+    mib = 1 << 20
+    limits = [(resource.RLIMIT_AS, cfg["memory_mb"] * mib), (resource.RLIMIT_CORE, 0),
+              (resource.RLIMIT_FSIZE, cfg["max_file_mb"] * mib)]
     if cfg["uid"] is not None or cfg["isolation"] == "namespaces":  # a uid or a user namespace of
         limits.append((resource.RLIMIT_NPROC, cfg["max_procs"]))     # its own: it counts its own
-    for what, n in limits:
+    for which, value in limits:
         with contextlib.suppress(ValueError, OSError):  # e.g. above what this system allows
-            resource.setrlimit(what, (n, n))
+            resource.setrlimit(which, (value, value))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # too-large files: OSError instead of death
     with contextlib.suppress(AttributeError):  # PR_SET_CHILD_SUBREAPER (Linux): the cell's orphans
         ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # come to the worker, which kills and reaps them
     if cfg["uid"] is not None:
         _drop_to(cfg["uid"])
-        _S.uid = cfg["uid"]  # only once dropped: _kill_children's kill(-1) never runs as root/you
-    os.chdir(_S.dir)
+        _worker.uid = cfg["uid"]  # only once dropped: kill(-1) in _kill_children never runs as root
+    os.chdir(_worker.dir)
     if "numpy.random" in sys.modules:  # a fork shares the template's seed (random reseeds itself)
         sys.modules["numpy.random"].seed()
     sys.addaudithook(_guard)
     os.dup2(null, 2)  # only now: a worker that fails to start shows why on the parent's stderr
     fresh_builtins = dict(builtins.__dict__)
-    ns = {"__name__": "__main__", "__builtins__": builtins}
-    _send(proto, {"uid": _S.uid})
+    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    _send(conn, {"uid": _worker.uid})  # hello
     while True:
-        msg = _recv(proto)
-        if not isinstance(msg, dict):
+        request = _recv(conn)
+        if not isinstance(request, dict):
             os._exit(0)  # the parent is gone
-        if msg["op"] == "run":
-            _send(proto, {"output": _run_cell(msg["code"], ns, cfg["max_output"])})
+        if request["op"] == "run":
+            _send(conn, {"output": _run_cell(request["code"], namespace, cfg["max_output"])})
         else:
-            _send(proto, {"clean": _reset(ns, fresh_builtins)})
+            _send(conn, {"clean": _reset(namespace, fresh_builtins)})
 
 
 # ---------------------------------------------------------------------------------- the template
@@ -344,9 +375,9 @@ def _template(cfg):
     """
     if cfg["isolation"] == "namespaces" and os.getpid() != 2:  # 1: bwrap's init; see _stop_worker
         raise SystemExit("sandbox: the template is not in a PID namespace of its own")
-    for mod in cfg["preload"]:
+    for module in cfg["preload"]:
         with contextlib.suppress(Exception):
-            __import__(mod)
+            __import__(module)
     global notebook
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run with -P: not on the path
     import notebook  # what a cell shows (the authors' IPython display), preloaded like the rest
@@ -357,22 +388,22 @@ def _template(cfg):
         try:
             request, fds, _, _ = socket.recv_fds(control, 64, 1)
         except OSError:
-            request, fds = b"", []
+            request = b""
         if request == b"fork":
             pid = os.fork()
             if pid == 0:
                 try:
-                    _worker(cfg, fds[0])  # returns only by raising
+                    _worker_main(cfg, fds[0])  # returns only by raising
                 except BaseException:
                     traceback.print_exc()  # fd 2 is still the parent's stderr
                 os._exit(1)
             os.close(fds[0])
-        else:  # b"kill", or b"": end-of-file, the parent is gone
-            rc = _stop_worker(pid, cfg) if pid else None
-            pid = None
-            if not request:
-                os._exit(0)
-            control.send(json.dumps(rc).encode())
+            continue
+        exit_code = _stop_worker(pid, cfg) if pid else None  # b"kill", or b"": the parent is gone
+        pid = None
+        if not request:
+            os._exit(0)
+        control.send(json.dumps(exit_code).encode())
 
 
 def _stop_worker(pid, cfg):
@@ -381,25 +412,28 @@ def _stop_worker(pid, cfg):
     if cfg["isolation"] == "namespaces":  # our PID namespace holds bwrap's init, us, and what the
         os.kill(-1, signal.SIGKILL)        # worker started: -1 = all but init and us (setsid too)
     else:
-        with contextlib.suppress(OSError):  # frozen, it starts no new children while we kill its
+        with contextlib.suppress(OSError):  # frozen, it starts no new children while we kill them
             os.kill(pid, signal.SIGSTOP)
-        _kill_all(lambda: set(_procs(uid=cfg["uid"], pgrp=pid, ppid=pid)) - {pid})
+        _kill_all(pid, uid=cfg["uid"], pgrp=pid, ppid=pid)
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)  # its group, itself included
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 # ---------------------------------------------------------------------------------- the parent side
-_uid_lock, _uids_used, _uid_slots = threading.Lock(), set(), itertools.count()
-_modes, _announced = {}, set()
+_uid_lock = threading.Lock()
+_uids_in_use = set()
+_uid_slots = itertools.count()
+_why_not = {}           # isolation mode -> None where this machine offers it, else why not
+_modes_announced = set()
 
 
 def _bwrap_argv(workdir):
     """bubblewrap around a template: / read-only, `workdir` writable, a fresh (read-only) /dev and
     /proc, new PID, network, IPC and UTS namespaces; it dies with the parent."""
-    argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev", "--proc",
-            "/proc", "--bind", workdir, workdir, "--unshare-pid", "--unshare-net", "--unshare-ipc",
-            "--unshare-uts", "--die-with-parent"]
+    argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev",
+            "--proc", "/proc", "--bind", workdir, workdir, "--unshare-pid", "--unshare-net",
+            "--unshare-ipc", "--unshare-uts", "--die-with-parent"]
     if os.geteuid() != 0:
         return argv + ["--unshare-user"]  # the way in without root: one uid inside, yours
     # Root: no user namespace, so that the worker can take a uid of its own; of root's capabilities
@@ -410,17 +444,17 @@ def _bwrap_argv(workdir):
 
 def isolation_modes():
     """{mode: None where this machine offers it, else why not}; probed once per process."""
-    if not _modes:
+    if not _why_not:
         why = None if shutil.which("bwrap") else "bwrap not found (install the package bubblewrap)"
         if why is None:
-            probe = subprocess.run([*_bwrap_argv(tempfile.gettempdir()), "--", sys.executable, "-S",
-                                    "-c", ""], capture_output=True, text=True, timeout=60)
+            probe = subprocess.run([*_bwrap_argv(tempfile.gettempdir()), "--", sys.executable,
+                                    "-S", "-c", ""], capture_output=True, text=True, timeout=60)
             if probe.returncode:
                 last_line = (probe.stderr.strip() or "failed").splitlines()[-1]
                 why = f"bwrap cannot run here: {last_line}"
         root = sys.platform == "linux" and os.geteuid() == 0
-        _modes.update(namespaces=why, uid=None if root else "needs root on Linux", none=None)
-    return _modes
+        _why_not.update(namespaces=why, uid=None if root else "needs root on Linux", none=None)
+    return _why_not
 
 
 def default_isolation():
@@ -436,41 +470,41 @@ def _alloc_uid():
             with contextlib.suppress(KeyError):
                 pwd.getpwuid(uid)
                 continue  # a real account: never (the sweep on restart would kill its processes)
-            if uid not in _uids_used and not _procs(uid=uid):
-                _uids_used.add(uid)
+            if uid not in _uids_in_use and not _procs(uid=uid):
+                _uids_in_use.add(uid)
                 return uid
     raise RuntimeError("sandbox: no free uid (more than 256 live sandboxes in one process?)")
 
 
-def _kill_worker(w):
+def _kill_worker(server):
     """Have the template kill the worker and all it started. The worker's exit code (negative: the
     signal that killed it) or None; OSError or ValueError if the template does not answer."""
-    w["control"].settimeout(10)
-    w["control"].send(b"kill")
-    rc = json.loads(w["control"].recv(64))
-    w.pop("sock").close()
-    return rc
+    server["control"].settimeout(10)
+    server["control"].send(b"kill")
+    exit_code = json.loads(server["control"].recv(64))
+    server.pop("worker").close()
+    return exit_code
 
 
-def _stop_template(w):
+def _stop_server(server):
     """Stop the worker (through the template), then the template; remove the work directory.
     Idempotent; does nothing in a forked copy of the parent."""
-    if "proc" not in w or w["owner"] != os.getpid():
+    if "template" not in server or server["owner"] != os.getpid():
         return
     with contextlib.suppress(OSError, ValueError, KeyError):
-        _kill_worker(w)
-    w.pop("control").close()  # the template exits at end-of-file
-    if "sock" in w:
-        w.pop("sock").close()
-    proc = w.pop("proc")
+        _kill_worker(server)
+    server.pop("control").close()  # the template exits at end-of-file
+    if "worker" in server:
+        server.pop("worker").close()
+    template = server.pop("template")
     try:
-        proc.wait(5)
+        template.wait(5)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # before wait(): the group id cannot be reused yet
-        proc.wait()
+        os.killpg(template.pid, signal.SIGKILL)  # before wait(): the group id cannot be reused yet
+        template.wait()
     with _uid_lock:
-        _uids_used.discard(w["uid"])
-    shutil.rmtree(w["dir"], ignore_errors=True)
+        _uids_in_use.discard(server["uid"])
+    shutil.rmtree(server["dir"], ignore_errors=True)
 
 
 class Sandbox:
@@ -481,43 +515,50 @@ class Sandbox:
         # timeout=6: the authors' client.execute(..., timeout=6) in src/inference.py
         self.cfg = dict(timeout=float(timeout), memory_mb=int(memory_mb), max_procs=int(max_procs),
                         max_output=int(max_output), max_file_mb=int(max_file_mb))
-        for name, v in self.cfg.items():
-            if not v > 0:
-                raise ValueError(f"Sandbox: {name} must be > 0, got {v!r}")
+        for name, value in self.cfg.items():
+            if not value > 0:
+                raise ValueError(f"Sandbox: {name} must be > 0, got {value!r}")
         self.isolation = isolation or default_isolation()  # "namespaces", "uid" or "none"
         if self.isolation not in MODES:
             raise ValueError(f"Sandbox: isolation must be one of {MODES}, got {isolation!r}")
         if isolation_modes()[self.isolation]:
             raise RuntimeError(f"sandbox: isolation {self.isolation!r} is not available here: "
                                f"{isolation_modes()[self.isolation]}")
-        self.cfg.update(preload=list(preload), isolation=self.isolation)  # with `dir`, `uid` below
+        self.cfg.update(preload=list(preload), isolation=self.isolation)  # `dir`, `uid`: _start
         self.uid = None  # the worker's uid once it said hello (None: the caller's)
-        self._lock, self._w, self._note = threading.Lock(), {}, ""
-        self._fin = weakref.finalize(self, _stop_template, self._w)  # close(); also at exit
+        self._lock = threading.Lock()
+        # The template and worker as the parent holds them: template (its Popen), control (socket
+        # to the template), worker (socket to the worker), ready (it said hello), dir, uid, owner.
+        # Apart from self, so that the finalizer (close(), also at exit) can stop them.
+        self._server = {}
+        self._note = ""  # shown before the next cell's output: the session was restarted
+        self._finalizer = weakref.finalize(self, _stop_server, self._server)
         self._start()
 
     def _start(self):
-        """Start the template and ask it for a worker, without waiting: it imports its modules while
-        the caller does other work."""
+        """Start the template and ask it for a worker, without waiting: it imports its modules
+        while the caller does other work."""
         uid = _alloc_uid() if os.geteuid() == 0 and self.isolation != "none" else None
-        d = os.path.realpath(tempfile.mkdtemp(prefix="sandbox-"))
+        workdir = os.path.realpath(tempfile.mkdtemp(prefix="sandbox-"))
         if uid is not None:
-            os.chown(d, uid, uid)
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": d, "TMPDIR": d, "LANG": "C.UTF-8",
-               "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "MALLOC_ARENA_MAX": "2",
-               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            os.chown(workdir, uid, uid)
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
+               "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1",
+               "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+               "MKL_NUM_THREADS": "1"}
         flags = ["-s", "-P"] if sys.version_info >= (3, 11) else ["-s"]  # no user site, script dir
         argv = [sys.executable, *flags, os.path.abspath(__file__), "--template",
-                json.dumps(dict(self.cfg, dir=d, uid=uid))]
+                json.dumps(dict(self.cfg, dir=workdir, uid=uid))]
         if self.isolation == "namespaces":
-            argv = [*_bwrap_argv(d), "--", *argv]
+            argv = [*_bwrap_argv(workdir), "--", *argv]
         control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:  # nothing of the parent's environment goes in; own process group for killpg
-            proc = subprocess.Popen(argv, stdin=theirs, stdout=subprocess.DEVNULL, env=env, cwd=d,
-                                    start_new_session=True)
-        self._w.update(proc=proc, control=control, uid=uid, dir=d, owner=os.getpid())
-        if self.isolation not in _announced:  # say once per process what isolation sandboxes get
-            _announced.add(self.isolation)
+            template = subprocess.Popen(argv, stdin=theirs, stdout=subprocess.DEVNULL, env=env,
+                                        cwd=workdir, start_new_session=True)
+        self._server.update(template=template, control=control, uid=uid, dir=workdir,
+                            owner=os.getpid())
+        if self.isolation not in _modes_announced:  # say once per process what sandboxes get
+            _modes_announced.add(self.isolation)
             why = isolation_modes()["namespaces"]
             note = f" (no namespaces: {why})" if why else ""
             print(f"sandbox: isolation {self.isolation!r}{note}", file=sys.stderr)
@@ -527,52 +568,55 @@ class Sandbox:
         """Ask the template for a fresh worker, talking on a new socket."""
         ours, theirs = socket.socketpair()
         with theirs:
-            socket.send_fds(self._w["control"], [b"fork"], [theirs.fileno()])
-        self._w.update(sock=ours, ready=False)
+            socket.send_fds(self._server["control"], [b"fork"], [theirs.fileno()])
+        self._server.update(worker=ours, ready=False)
 
     def _restart(self):
-        """Kill the worker and all it started, fork a fresh one; the old one's exit code (negative:
-        killed by that signal) or None."""
+        """Kill the worker and all it started, fork a fresh one; the old one's exit code
+        (negative: killed by that signal) or None."""
         try:
-            rc = _kill_worker(self._w)
+            exit_code = _kill_worker(self._server)
             self._fork()
-            return rc
+            return exit_code
         except (OSError, ValueError):  # the template died or hangs: the next call starts a new one
-            _stop_template(self._w)
+            _stop_server(self._server)
             return None
 
-    def _call(self, msg, budget):
+    def _call(self, request, budget):
         """Send one request; return (reply, None), or (None, why) after replacing a misbehaving
         worker."""
-        if not self._fin.alive:
+        if not self._finalizer.alive:
             raise RuntimeError("sandbox: used after close()")
-        if "proc" not in self._w:  # the last start failed: try again
+        if "template" not in self._server:  # the last start failed: try again
             self._start()
-        w = self._w
-        if not w["ready"]:  # the first call to a new worker waits for its hello
-            hello = _recv(w["sock"].fileno(), time.monotonic() + STARTUP_TIMEOUT, 1 << 16)
+        server = self._server
+        if not server["ready"]:  # the first call to a new worker waits for its hello
+            hello = _recv(server["worker"].fileno(), time.monotonic() + STARTUP_TIMEOUT, 1 << 16)
             if not isinstance(hello, dict):
-                _stop_template(w)
+                _stop_server(server)
                 raise RuntimeError(f"sandbox: worker failed to start ({hello}); "
                                    f"try `{sys.executable} {__file__} -c 1+1`")
-            w["ready"], self.uid = True, hello["uid"]
+            server["ready"] = True
+            self.uid = hello["uid"]
         try:
-            _send(w["sock"].fileno(), msg)
-            reply = _recv(w["sock"].fileno(), time.monotonic() + budget,
+            _send(server["worker"].fileno(), request)
+            reply = _recv(server["worker"].fileno(), time.monotonic() + budget,
                           65536 + 8 * self.cfg["max_output"])
         except ConnectionError:  # BrokenPipeError, ConnectionResetError: the worker died
             reply = "eof"
         if isinstance(reply, dict):
             return reply, None
-        rc = self._restart()
+        exit_code = self._restart()
         self._note = RESTART_NOTE
         if reply == "timeout":
             why = (f"TimeoutError: execution exceeded the time limit of {self.cfg['timeout']:g} s "
                    f"and was stopped")
-        elif reply == "eof" and rc is not None and rc < 0:
-            why = f"the Python process was killed by {signal.Signals(-rc).name}"
-        elif reply == "eof":  # (rc None: its template died too)
-            why = "the Python process exited" + (f" (exit code {rc})" if rc is not None else "")
+        elif reply == "eof" and exit_code is not None and exit_code < 0:
+            why = f"the Python process was killed by {signal.Signals(-exit_code).name}"
+        elif reply == "eof":  # (exit_code None: its template died too)
+            why = "the Python process exited"
+            if exit_code is not None:
+                why += f" (exit code {exit_code})"
         else:
             why = "the Python process sent a malformed reply"
         return None, f"{why}; the session was restarted and all variables are lost."
@@ -582,7 +626,8 @@ class Sandbox:
         if not isinstance(code, str):
             raise TypeError(f"Sandbox.run: code must be a str, got {type(code).__name__}")
         with self._lock:
-            note, self._note = self._note, ""
+            note = self._note
+            self._note = ""
             reply, problem = self._call({"op": "run", "code": code}, self.cfg["timeout"] + GRACE)
             out = problem or reply["output"]
             return f"{note}\n{out}" if note else out
@@ -597,7 +642,7 @@ class Sandbox:
 
     def close(self):
         with self._lock:
-            self._fin()
+            self._finalizer()
 
     def __enter__(self):
         return self
@@ -611,30 +656,31 @@ class SandboxPool:
 
     def __init__(self, size, **limits):
         self._all = [Sandbox(**limits) for _ in range(size)]  # templates start in parallel
-        self._free, self._out = queue.SimpleQueue(), set()  # thread-safe: set.add/remove are atomic
-        for sb in self._all:
-            self._free.put(sb)
+        self._free = queue.SimpleQueue()
+        self._lent = set()  # thread-safe: set.add and set.remove are atomic
+        for sandbox in self._all:
+            self._free.put(sandbox)
 
     def acquire(self, timeout=None) -> Sandbox:
-        sb = self._free.get(timeout=timeout)
+        sandbox = self._free.get(timeout=timeout)
         try:
-            sb.reset()
+            sandbox.reset()
         except BaseException:
-            self._free.put(sb)
+            self._free.put(sandbox)
             raise
-        self._out.add(sb)
-        return sb
+        self._lent.add(sandbox)
+        return sandbox
 
     def release(self, sandbox):
         try:
-            self._out.remove(sandbox)
+            self._lent.remove(sandbox)
         except KeyError:
             raise ValueError("sandbox: release() of a sandbox not from this pool") from None
         self._free.put(sandbox)
 
     def close(self):
-        for sb in self._all:
-            sb.close()
+        for sandbox in self._all:
+            sandbox.close()
 
     def __enter__(self):
         return self
@@ -643,54 +689,40 @@ class SandboxPool:
         self.close()
 
 
-def _replay(a):
-    """--replay: notebook.replay() on the files, its table on stdout, progress on stderr."""
-    import notebook as nb  # the parent's own copy (the module global is the worker's)
-    try:
-        with SandboxPool(a.workers, timeout=a.timeout, memory_mb=a.memory_mb, max_procs=a.max_procs,
-                         max_output=a.max_output, max_file_mb=a.max_file_mb) as pool:
-            stats, diffs = nb.replay(a.replay, pool, a.workers, lambda m: print(m, file=sys.stderr))
-    except OSError as e:
-        sys.exit(f"error: {e.filename}: {e.strerror}")
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    print(nb.summary_table(stats, diffs))
+LIMITS = {"timeout": "seconds per cell", "memory_mb": "address space in MiB",  # Sandbox(...)'s
+          "max_procs": "processes + threads", "max_output": "characters kept per cell",
+          "max_file_mb": "largest file the code may write, in MiB"}
 
 
 def main():
     ap = argparse.ArgumentParser(description="Run Python cells in a MathCoder sandbox. Without -c: "
-                                 "a small REPL (a cell ends at an empty line; Ctrl-D quits).")
+                                 "a small REPL (a cell ends at an empty line; Ctrl-D quits). "
+                                 "replay.py runs the authors' released solutions through it.")
     ap.add_argument("-c", dest="code", help="run CODE as one cell, print what it shows, exit")
-    ap.add_argument("--timeout", type=float, default=6.0, help="seconds per cell (default 6)")
-    ap.add_argument("--memory-mb", type=int, default=1024, help="address space (default 1024)")
-    ap.add_argument("--max-procs", type=int, default=16, help="processes+threads (default 16)")
-    ap.add_argument("--max-output", type=int, default=2000,
-                    help="characters kept per cell (default 2000)")
-    ap.add_argument("--max-file-mb", type=int, default=16,
-                    help="largest file the code may write (default 16)")
+    for name, what in LIMITS.items():  # the defaults are Sandbox's own
+        default = inspect.signature(Sandbox).parameters[name].default
+        ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
+                        help=f"{what} (default {default:g})")
     ap.add_argument("--isolation", choices=MODES,
                     help="default: the strongest available (namespaces, uid as root, none)")
-    ap.add_argument("--replay", nargs="+", metavar="FILE", help="run the code blocks of the "
-                    "authors' released solutions (data/official_outs/*.jsonl), compare the outputs")
-    ap.add_argument("--workers", type=int, default=4, help="with --replay: sandboxes at once")
-    a = ap.parse_args()
-    if a.replay:
-        return _replay(a)
-    with Sandbox(a.timeout, a.memory_mb, a.max_procs, a.max_output, a.max_file_mb,
-                 isolation=a.isolation) as sb:
-        if a.code is not None:
-            return print(sb.run(a.code))
-        cell, eof = [], False
-        while not eof:
+    args = ap.parse_args()
+    limits = {name: getattr(args, name) for name in LIMITS}
+    with Sandbox(**limits, isolation=args.isolation) as sb:
+        if args.code is not None:
+            return print(sb.run(args.code))
+        cell = []
+        while True:
             try:
                 line = input("... " if cell else ">>> ")
             except EOFError:
-                line, eof = "", True
+                break
             if line:
                 cell.append(line)
             elif cell:
                 print(sb.run("\n".join(cell)))
                 cell = []
+        if cell:  # Ctrl-D ends the last cell too
+            print(sb.run("\n".join(cell)))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def test_serialize_and_ids_match_the_reference_conversation(tok):
 
 def test_loss_positions_token_by_token(tok):
     ids, labels = D.encode_example(R408, tok, 4096)
-    e = tok.sp.encode
+    e = tok.sentencepiece.encode
     # (tokens, carries loss) written out by hand from METHOD.md §3
     expected = [([1], 0), ([IDS["<|system|>"], IDS["<|text|>"], IDS["<|endofblock|>"], IDS["<|endofmessage|>"]], 0),
                 ([IDS["<|user|>"], IDS["<|text|>"]] + e("What is 12*34?") + [IDS["<|endofblock|>"]], 0),

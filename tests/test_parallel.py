@@ -83,10 +83,11 @@ def worker(work):
     import eval as E
     import infer
     import model as M
+    import parallel as P
     import sandbox
     import test_infer
     import train
-    ranks = M.init_ranks(2)                       # one replica of 2 ranks: tensor parallelism
+    ranks = P.init_ranks(2)                       # one replica of 2 ranks: tensor parallelism
     rank, group, seen = ranks.rank, ranks.tp_group, {}
 
     def forward(m, ids):
@@ -121,7 +122,7 @@ def worker(work):
             with ranks.lockstep(m) as leader:
                 seen[f"greedy_{name}_{layout}"] = M.greedy(leader, e["prompt_ids"][0].tolist(), 24)
         else:
-            M.follow(m, group)
+            P.follow(m, group)
     torch.load = real_load
     seen["meta_files_opened"] = sorted(set(opened))
 
@@ -133,7 +134,7 @@ def worker(work):
                               infer.GenConfig(**SOLVE))
         seen["solve"] = [r["solution"] for r in out]
     else:
-        M.follow(m, group)
+        P.follow(m, group)
     if ranks.leader:   # code that only the leader runs: its output reaches the follower as tokens
         tok = test_infer.CharTokenizer()
         with sandbox.SandboxPool(2) as pool, ranks.lockstep(m) as leader:
@@ -143,7 +144,7 @@ def worker(work):
                               "", gen, pool)
         seen["solve_code"] = [r["solution"] for r in out]
     else:
-        M.follow(m, group)
+        P.follow(m, group)
     sys.argv = ["model.py", str(FIX / "models" / "codellama-gqa" / "hf"), "--tp", "2",
                 "--dtype", "float32", "--prompt-ids", PROMPT_IDS]
     with contextlib.redirect_stdout(io.StringIO()) as printed:
@@ -305,10 +306,10 @@ def test_model_cli_tp2_prints_the_one_process_continuation(launched):
 
 
 def test_tp_refuses_heads_that_do_not_divide(tmp_path):
-    from model import ModelArgs, check_tensor_parallel
+    from model import ModelArgs
+    from parallel import check_tensor_parallel, init_ranks
     with pytest.raises(ValueError, match="2 key/value heads do not divide by 4 .*whole KV heads"):
         check_tensor_parallel(ModelArgs(dim=64, n_heads=8, n_kv_heads=2, hidden_dim=64), 4)
-    from model import init_ranks
     with pytest.raises(ValueError, match="--tp 2 needs torchrun"):
         init_ranks(2)
 

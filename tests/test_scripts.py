@@ -6,10 +6,13 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ["model.py", "tokenizer.py", "lce_data.py", "train.py", "sandbox.py", "infer.py", "eval.py",
-           "tiny_run.py", "bench.py"]
-LIBRARIES = ["notebook.py",  # below sandbox.py, so its command line is sandbox.py's (--replay)
-             "storage.py"]  # atomic writes and JSONL, used by every module
+SCRIPTS = ["model.py", "tokenizer.py", "lce_data.py", "train.py", "sandbox.py", "infer.py",
+           "eval.py", "tiny_run.py", "bench.py", "replay.py"]
+LIBRARIES = ["notebook.py",    # below sandbox.py: what a cell shows (replay.py checks it)
+             "pretty.py",      # below notebook.py: IPython's display of a value
+             "storage.py",     # atomic writes and JSONL, used by every module
+             "checkpoint.py",  # checkpoint files, below model.py (whose CLI loads and saves them)
+             "parallel.py"]    # tensor parallelism and replicas, below model.py, infer.py, eval.py
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
