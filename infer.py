@@ -146,7 +146,8 @@ def solve_one(model, tokenizer, question: str, system: str = DEFAULT_SYSTEM,
     round_start = n_prompt  # where this round's tokens begin
     text_start = n_prompt   # where the text since the last special token begins
     offset = 0              # the model reads BOS + ids[offset + 1:]
-    n_new = n_exec = 0
+    n_new = 0               # tokens the model generated
+    n_exec = 0
     stop = "max_rounds"
     for rounds in range(1, cfg.max_rounds + 1):
         if cfg.context == "window" or rounds == 1:  # ("stop": the prompt only)
