@@ -1,4 +1,4 @@
-"""storage.py: a write is whole or absent, a torn JSONL line is cut on resume, bad lines are named."""
+"""storage.py: a write is whole or absent, a torn JSONL line is cut on resume, bad lines named."""
 import json
 import os
 
