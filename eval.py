@@ -30,6 +30,8 @@ from fractions import Fraction
 
 import sympy
 
+import html_views
+
 TIME_LIMIT = 2.0          # seconds for one SymPy parse or comparison
 REL_TOL = 1e-4            # a rounded decimal must be this close (relatively) to count as equal
 FAST_PATH = True          # string / plain-number equality before SymPy (False only to benchmark)
@@ -684,6 +686,62 @@ def run(args):
                         model_name=os.path.basename(os.path.normpath(args.model)))
 
 
+# ------------------------------------------------------------------------------------------- report
+
+def report(paths, out=None, dataset=None, data_dir=DATA_DIR):
+    """A page to browse a run (html_views.report_page): RUN_DIR/report.html from its results.jsonl
+    and summary.json, or one page for result files, ours or the authors' released format
+    (debug_result). Records without a verdict are graded here as `score` does; a file named
+    *-correct / *-wrong (as in data/official_outs/) also gives the official verdict. Returns the
+    page's path."""
+    import lce_data                  # lazy: it imports torch, which scoring does not need
+    run_dir = paths[0] if len(paths) == 1 and os.path.isdir(paths[0]) else None
+    files = [os.path.join(run_dir, "results.jsonl")] if run_dir else list(paths)
+    summary = None
+    if run_dir and os.path.isfile(os.path.join(run_dir, "summary.json")):
+        with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
+            summary = json.load(f)
+    stem = re.sub(r"(-correct|-wrong)?\.jsonl$", "", os.path.basename(files[0]))
+    out = out or (os.path.join(run_dir, "report.html") if run_dir else stem + ".html")
+    dataset = dataset or (summary or {}).get("dataset") or next(
+        (w for w in re.split(r"[_.-]", stem.lower()) if w in DATASETS), None)
+    rows = []
+    for path in files:
+        official = {"correct": True, "wrong": False}.get(path[:-len(".jsonl")].rsplit("-", 1)[-1])
+        for n, rec in enumerate(_read_jsonl(path), 1):
+            sol, ref, pid = _record_parts(rec, f"{path}:{n}")
+            if "correct" not in rec:            # the authors' files: graded here
+                pred, ok = grade(sol, ref, dataset)
+                rec = {**rec, "pred": pred, "correct": ok}
+            msgs = rec.get("messages") or []
+            if "debug_result" in rec:
+                try:
+                    msgs = lce_data.normalize_record(rec)["messages"]
+                except lce_data.DataError:      # then shown as the solution text, not left out
+                    msgs = []
+            blocks = [(b["type"], b["content"]) for m in msgs if m["role"] == "assistant"
+                      for b in m["content"]] or lce_data.parse_assistant(sol) or [("text", sol)]
+            verdicts = {"strict (ours)": bool(rec["correct"])}
+            verdicts.update({k[len("correct_"):]: v for k, v in rec.items()
+                             if k.startswith("correct_") and isinstance(v, bool)})
+            if official is not None:
+                verdicts["official (file name)"] = official
+            row = {"id": pid if pid is not None else f"{os.path.basename(path)}:{n}",
+                   "question": rec.get("question") or _user_text({"messages": msgs}),
+                   "blocks": blocks, "answers": {"extracted (ours)": rec.get("pred")},
+                   "reference": ref, "verdicts": verdicts}
+            if "model_answer" in rec:
+                row["answers"]["extracted (authors)"] = rec["model_answer"]
+            if rec.get("subject") or str(pid).startswith("test/"):      # MATH
+                row["subject"] = rec.get("subject") or str(pid).split("/")[1]
+                row["level"] = rec.get("level") or _math_levels(data_dir).get(pid)
+            rows.append(row)
+    paper = [(m, v[dataset], m.lower() in stem.lower()) for m, v in PAPER.items() if dataset in v]
+    page = html_views.report_page(f"{run_dir or stem}: {dataset}", rows, summary, paper)
+    atomic_write(out, page)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -692,6 +750,13 @@ def main(argv=None):
     sp.add_argument("--dataset", help="gsm8k/math/svamp/mathematics/simuleq/minival (default: from file name)")
     sp.add_argument("--out", help="write the re-graded records here (JSONL)")
     sp.add_argument("--data-dir", default=DATA_DIR)
+    hp = sub.add_parser("report", help="an HTML page: accuracy, MATH heat map, every problem")
+    hp.add_argument("paths", nargs="+", help="a run directory (results.jsonl), or result files: "
+                    "ours or the authors', e.g. data/official_outs/MathCoder-CL-34b_GSM8K-*.jsonl")
+    hp.add_argument("--out", help="default: RUN_DIR/report.html, or NAME.html here for files")
+    hp.add_argument("--dataset", help="grading protocol of records without a verdict (default: "
+                    "from summary.json or the file name)")
+    hp.add_argument("--data-dir", default=DATA_DIR)
     rp = sub.add_parser("run", help="generate with a checkpoint and grade (resumable)")
     rp.add_argument("--model", required=True, help="checkpoint directory (HF layout + tokenizer.model)")
     rp.add_argument("--dataset", required=True)
@@ -708,6 +773,8 @@ def main(argv=None):
     try:
         if args.cmd == "score":
             score(args.results, args.dataset, args.out, args.data_dir)
+        elif args.cmd == "report":
+            print(report(args.paths, args.out, args.dataset, args.data_dir))
         else:
             run(args)
     except (ValueError, OSError) as e:   # bad input: one clear line naming the file (and line), no traceback

@@ -7,7 +7,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["model.py", "tokenizer.py", "lce_data.py", "train.py", "sandbox.py", "infer.py", "eval.py",
-           "tiny_run.py", "bench.py"]
+           "tiny_run.py", "bench.py", "html_views.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
