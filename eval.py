@@ -717,8 +717,10 @@ def report(paths, out=None, dataset=None, data_dir=DATA_DIR):
             if "debug_result" in rec:
                 try:
                     msgs = lce_data.normalize_record(rec)["messages"]
-                except lce_data.DataError:      # then shown as the solution text, not left out
-                    msgs = []
+                except lce_data.DataError:      # e.g. cut off after an execution: shown as is
+                    msgs = [{"role": "assistant", "content": [
+                        {"type": d["role"], "content": str(d.get("content"))}
+                        for d in rec["debug_result"] if d.get("role") in lce_data.BLOCKS]}]
             blocks = [(b["type"], b["content"]) for m in msgs if m["role"] == "assistant"
                       for b in m["content"]] or lce_data.parse_assistant(sol) or [("text", sol)]
             verdicts = {"strict (ours)": bool(rec["correct"])}
@@ -726,8 +728,9 @@ def report(paths, out=None, dataset=None, data_dir=DATA_DIR):
                              if k.startswith("correct_") and isinstance(v, bool)})
             if official is not None:
                 verdicts["official (file name)"] = official
+            question = rec.get("question") or _user_text(rec) or _user_text({"messages": msgs})
             row = {"id": pid if pid is not None else f"{os.path.basename(path)}:{n}",
-                   "question": rec.get("question") or _user_text({"messages": msgs}),
+                   "question": question,
                    "blocks": blocks, "answers": {"extracted (ours)": rec.get("pred")},
                    "reference": ref, "verdicts": verdicts}
             if "model_answer" in rec:

@@ -52,7 +52,7 @@ details.problem > summary { cursor: pointer; }
 .side { display: grid; grid-template-columns: 1fr 1fr; gap: 14px; }
 .side > div { min-width: 0; }
 .tokens { font: 14px/1.9 ui-monospace, "DejaVu Sans Mono", monospace; white-space: pre-wrap;
-          word-break: break-all; }
+          overflow-wrap: anywhere; }
 .t { color: #8a8a8a; border-right: 1px solid #fff; }
 .t.loss { color: #000; box-shadow: inset 0 -3px 0 #d62728; }
 .t.sp { font-size: 11px; outline: 1px solid #999; white-space: nowrap; }
@@ -327,6 +327,10 @@ def blocks_html(blocks) -> str:
     return "\n".join(out) or '<p class="bad">no solution</p>'
 
 
+def _cut(text, n):
+    return text if len(text) <= n else text[:n] + "..."
+
+
 def verdict_html(ok, name="") -> str:
     mark = '<span class="ok">&#10003;</span>' if ok else '<span class="bad">&#10007;</span>'
     name = name or ("right" if ok else "wrong")
@@ -442,14 +446,17 @@ def report_page(title, rows, summary=None, paper=(), note="") -> str:
         where = f" &middot; {esc(r['subject'])}, level {esc(r.get('level'))}" \
             if r.get("subject") else ""
         question = str(r.get("question", ""))
-        short = question if len(question) <= 160 else question[:160] + "..."
+        short = _cut(question, 160)
         full = f"<p><b>Question.</b> {esc(question)}</p>\n" if short != question else ""
+        answer = next(iter(r.get("answers", {}).values()), None)
+        brief = (f" &middot; <code>{esc(_cut(str(answer), 40))}</code> for "
+                 f"<code>{esc(_cut(str(r.get('reference')), 40))}</code>")
         answers = "".join(f"<tr><td>{esc(k)}</td><td><code>{esc(v)}</code></td></tr>"
                           for k, v in r.get("answers", {}).items())
         parts.append(
             f'<details class="problem" {data} data-agree="{int(len(set(verdicts)) < 2)}"'
             f'{" open" if n <= 30 else ""}><summary>{marks}<b class="mono">{esc(r["id"])}</b>'
-            f"{where} &middot; {esc(short)}</summary>\n{full}"
+            f"{where} &middot; {esc(short)}{brief}</summary>\n{full}"
             f"{blocks_html(r.get('blocks', []))}\n<table>{answers}<tr><td>reference</td>"
             f"<td><code>{esc(r.get('reference'))}</code></td></tr></table></details>")
     return page(title, "\n".join(parts), REPORT_JS)
