@@ -733,8 +733,10 @@ def report(paths, out=None, dataset=None, data_dir=DATA_DIR):
                    "question": question,
                    "blocks": blocks, "answers": {"extracted (ours)": rec.get("pred")},
                    "reference": ref, "verdicts": verdicts}
-            if "model_answer" in rec:
-                row["answers"]["extracted (authors)"] = rec["model_answer"]
+            row["answers"].update({f"extracted ({k[len('pred_'):]})": v for k, v in rec.items()
+                                   if k.startswith("pred_")})
+            if "model_answer" in rec:                  # the authors' files: their extraction
+                row["answers"]["extracted (authors' file)"] = rec["model_answer"]
             if rec.get("subject") or str(pid).startswith("test/"):      # MATH
                 row["subject"] = rec.get("subject") or str(pid).split("/")[1]
                 row["level"] = rec.get("level") or _math_levels(data_dir).get(pid)

@@ -468,11 +468,14 @@ def main():
         records = read_jsonl_records(args.file)
         if not 0 <= args.index < len(records):
             raise DataError(f"{args.file}: --index {args.index}: not in 0..{len(records) - 1}")
+        st = {}
         ids, labels = encode_example(records[args.index], tok, args.max_len,
-                                     args.train_on_execution)
+                                     args.train_on_execution, stats=st)
         pieces = [tok.id_to_special.get(i) or tok.sp.id_to_piece(i) for i in ids]
-        html_views.save(args.html, html_views.tokens_page(
-            f"{args.file}, record {args.index}", ids, labels, pieces, tok.special, IGNORE))
+        title = f"{args.file}, record {args.index}" + (f", cut to {args.max_len} tokens"
+                                                        if st.get("truncate") else "")
+        html_views.save(args.html, html_views.tokens_page(title, ids, labels, pieces,
+                                                          tok.special, IGNORE))
         print(args.html)
     elif args.cmd == "stats":
         read = {}

@@ -259,7 +259,7 @@ def _our_record(i, subject, level, ok, **extra):
 
 
 def test_report_of_our_run_dir_math_heatmap_second_verdict_and_escaping(tmp_path):
-    recs = [_our_record(0, "algebra", 5, True, correct_authors=True),
+    recs = [_our_record(0, "algebra", 5, True, correct_authors=True, pred_authors="0.0"),
             _our_record(1, "algebra", 5, False, correct_authors=True),
             _our_record(2, "algebra", 5, True, correct_authors=True),
             _our_record(3, "geometry", 1, False, correct_authors=False)]
@@ -278,6 +278,9 @@ def test_report_of_our_run_dir_math_heatmap_second_verdict_and_escaping(tmp_path
     for p, r in zip(probs, recs):
         assert HOSTILE in p.text() and r["id"] in p.text()           # escaped, then read back
         assert len(p.find("div", "error")) == 1                      # the traceback shows red
+    answers = [[td.text() for td in tr.find("td")] for tr in probs[0].find("tr")]
+    assert answers == [["extracted (ours)", "0"], ["extracted (authors)", "0.0"],
+                       ["reference", HOSTILE]]
     heat = root.find("table", "heat")[0]
     cells = {tr.find("th")[0].text(): [td.text() for td in tr.find("td")]
              for tr in heat.find("tr")[1:]}
