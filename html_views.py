@@ -516,6 +516,8 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
                            + (pct(x) if "accuracy" in k and isinstance(x, float) else esc(x))
                            + "</td></tr>" for k, x in v.items())
             parts.append(f"<h2>{esc(name)}</h2><table>{rows}</table>")
+        elif name == "seconds":
+            parts.append(f"<p>The whole run took {v:.0f} s.</p>")
         else:
             parts.append(f"<p>{esc(name)}: {esc(v)}</p>")
     # the training curves: every folder with a log.jsonl, on one plot
@@ -533,8 +535,8 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
             series, "optimizer step", "loss per loss-carrying token (nats)", log_y=True,
             width=900) + '<p class="note">Each model\'s loss is averaged over its own '
             "loss-carrying tokens: the masked model's over text and code, the other's over the "
-            "execution output too, whose digits it must guess. Loss and learning rate per run: "
-            + ", ".join(links) + "</p>")
+            "execution output too, whose digits it must guess."
+            + (" Loss and learning rate per run: " + ", ".join(links) if links else "") + "</p>")
     # the same held-out problems, solved with and without execution
     pairs = []
     if all(os.path.isfile(path(m, "results.jsonl")) for m in ("with_execution",

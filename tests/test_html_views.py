@@ -336,7 +336,7 @@ def test_tiny_run_page(tmp_path):
     recipe = root.find("table")[1]
     assert [td.text() for td in recipe.find("td")] == ["initial_accuracy", "25.0%",
                                                         "final_accuracy", "75.0%", "n_test", "4"]
-    assert "seconds: 12.5" in root.text()
+    assert "The whole run took 12 s." in root.text()
     # both models' curves on one plot, one point per step
     lines = {pl.attrs["data-name"]: len(_points(pl)) for pl in root.find("polyline")}
     assert lines == {"train/ (masked)": 30,
