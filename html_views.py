@@ -322,8 +322,8 @@ def blocks_html(blocks) -> str:
         error = kind == "execution" and ERROR_RE.search(content)
         label = "execution: error" if error else kind
         shown = esc(content) if content else "<i>(empty)</i>"
-        out.append(f'<div class="blk {kind}{" error" if error else ""}"><div class="lab">{label}'
-                   f"</div><pre>{shown}</pre></div>")
+        out.append(f'<div class="blk {esc(kind)}{" error" if error else ""}"><div class="lab">'
+                   f"{esc(label)}</div><pre>{shown}</pre></div>")
     return "\n".join(out) or '<p class="bad">no solution</p>'
 
 
@@ -507,8 +507,8 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
         link = (f'<a href="{esc(name)}/report.html">{esc(name)}/report.html</a>'
                 if os.path.isfile(path(name, "report.html")) else esc(name))
         parts.append(f"<tr><td>{model}</td><td>{how}</td><td>{bar(r['accuracy'])}</td>"
-                     f"<td class=num>{pct(r['accuracy'])}</td><td class=num>{r['correct']} / "
-                     f"{r['n']}</td><td>{link}</td></tr>")
+                     f"<td class=num>{pct(r['accuracy'])}</td><td class=num>{esc(r['correct'])} / "
+                     f"{esc(r['n'])}</td><td>{link}</td></tr>")
     parts.append("</table>")
     for name, v in others:        # other stages (a data recipe, say) and the timing, as they are
         if isinstance(v, dict):

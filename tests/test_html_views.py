@@ -244,6 +244,17 @@ def test_report_cli_on_an_official_run_split_by_verdict(tmp_path):
     assert "70.7%" in row.text()
 
 
+def test_every_field_of_a_problem_is_escaped():
+    row = {"id": HOSTILE, "question": HOSTILE,
+           "blocks": [(HOSTILE, HOSTILE), ("execution", HOSTILE)],
+           "answers": {HOSTILE: HOSTILE}, "reference": HOSTILE, "verdicts": {HOSTILE: True},
+           "subject": HOSTILE, "level": HOSTILE}
+    text = H.report_page(HOSTILE, [row], {HOSTILE: HOSTILE}, [(HOSTILE, 50.0, True)])
+    assert "<script>alert" not in text and "<img" not in text
+    root = parse(text)
+    assert root.text().count(HOSTILE) >= 10
+
+
 def _our_record(i, subject, level, ok, **extra):
     question = f"Problem {i}: {HOSTILE}"
     blocks = [{"type": "text", "content": f"Text {i} {HOSTILE}"},
