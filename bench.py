@@ -4,15 +4,18 @@ Speed claims live here, not in timed tests. Each subcommand prints a small table
 its own section of BENCHMARKS.md (machine, exact command, date, load average, figures).
 
     .venv/bin/python bench.py decode    # KV-cached greedy decode vs the naive recompute loop, vs the roofline
-    .venv/bin/python bench.py sandbox   # sandbox round trip, reset, restart vs in-process exec
+    .venv/bin/python bench.py sandbox   # sandbox round trip, reset; restart vs a cold start
     .venv/bin/python bench.py grade     # answer grading on MATH vs plain string compare and SymPy-only
     .venv/bin/python bench.py infer     # batched solve() (code runs while others decode) vs one at a time
-    .venv/bin/python bench.py all --write                # the four CPU benchmarks, BENCHMARKS.md updated
+    .venv/bin/python bench.py tp        # peak host memory per rank: loading with --tp 2 vs TP=1
+    .venv/bin/python bench.py all --write                # the CPU benchmarks, BENCHMARKS.md updated
     .venv/bin/python bench.py gpu --write                # CUDA only: 7B-shape bf16 decode vs bandwidth
                                                          # roofline, and training-step MFU
 Every benchmark checks that the fast path and its baseline compute the same thing before timing counts.
 """
-import argparse, datetime, os, platform, re, shlex, statistics, sys, time, warnings
+import argparse, datetime, json, os, platform, re, shlex, statistics, subprocess, sys, tempfile
+import time, warnings
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -97,7 +100,7 @@ PENDING = {  # what a section says until its benchmark has been run with --write
     "gpu": "Not measured yet: no GPU was available. Run `.venv/bin/python bench.py gpu --write` on a CUDA "
            "machine (about 14 GB of weights, roughly 45-60 GB for the 1 x 2048 training step).",
 }
-SECTIONS = ["decode", "sandbox", "grade", "infer", "gpu"]  # their order in BENCHMARKS.md
+SECTIONS = ["decode", "sandbox", "grade", "infer", "tp", "gpu"]  # their order in BENCHMARKS.md
 
 
 def update_section(path, name, text):
@@ -190,46 +193,66 @@ def bench_decode(a):
            load0=load0)
 
 
-# ------------------------------------------------------------------------- sandbox: round trip, reset, restart
+# ------------------------------------------------------------ sandbox: round trip, reset, restart
 def bench_sandbox(a):
     import sandbox
-    warnings.filterwarnings("ignore", message="sandbox: the standard library")  # pyenv under /root: expected
     load0 = os.getloadavg()
     ns = {}
-    inproc = median_s(lambda: eval(compile("1+1", "<cell>", "eval"), ns), a.iters)  # no isolation at all
-    with sandbox.Sandbox() as sb:
-        if sb.run("1+1") != "2":
-            sys.exit("bench sandbox: Sandbox.run('1+1') did not return '2'")
-        for _ in range(20):
-            sb.run("1+1")  # warm-up
-        log(f"sandbox: {a.iters} round trips and resets")
-        rt = median_s(lambda: sb.run("1+1"), a.iters)
-        cycle = median_s(lambda: (sb.run("x = 1"), sb.reset()), a.iters)
-        reset = max(cycle - rt, 1e-9)
-    restart = {}
-    for label, preload in [("default preload (numpy, sympy, ...)", sandbox.DEFAULT_PRELOAD), ("preload=()", ())]:
-        with sandbox.Sandbox(preload=preload) as sb:
-            sb.run("1+1")
+    inproc = median_s(lambda: eval(compile("1+1", "<cell>", "eval"), ns), a.iters)  # no isolation
+    modes = [m for m, why in sandbox.isolation_modes().items() if why is None]  # default first
+    rt, reset, restart = {}, {}, {}
+    for mode in modes:
+        with sandbox.Sandbox(isolation=mode) as sb:  # the default preload: numpy, sympy, ...
+            if sb.run("1+1") != "2":
+                sys.exit("bench sandbox: Sandbox.run('1+1') did not return '2'")
+            for _ in range(20):
+                sb.run("1+1")  # warm-up
+            log(f"sandbox ({mode}): {a.iters} round trips and resets, {a.restarts} restarts")
+            rt[mode] = median_s(lambda: sb.run("1+1"), a.iters)
+            cycle = median_s(lambda: (sb.run("x = 1"), sb.reset()), a.iters)
+            reset[mode] = max(cycle - rt[mode], 1e-9)
 
-            def crash_restart():  # a crash kills the worker; a fresh one starts and runs the next cell
-                if "exit code 3" not in sb.run("import os; os._exit(3)") or not sb.run("1+1").endswith("2"):
+            def crash_restart():  # the worker dies; a fresh one is forked and runs the next cell
+                if ("exit code 3" not in sb.run("import os; os._exit(3)")
+                        or not sb.run("1+1").endswith("2")):
                     sys.exit("bench sandbox: crash + restart did not behave as documented")
-            log(f"sandbox: {a.restarts} crash + restart cycles, {label}")
-            restart[label] = median_s(crash_restart, a.restarts)
-    r_def, r_none = restart.values()
-    rows = [("round trip of `1+1`", fmt_t(rt), "`eval` of the same cell in-process (no isolation)",
-             fmt_t(inproc), f"{rt / inproc:,.0f}x slower"),
-            ("`reset()` (new problem)", fmt_t(reset), "crash + fresh worker + `1+1` (default preload)",
-             fmt_t(r_def), f"**{r_def / reset:,.0f}x** faster"),
-            ("crash + fresh worker + `1+1`, default preload", fmt_t(r_def), "round trip of `1+1`", fmt_t(rt),
-             f"{r_def / rt:,.0f}x"),
-            ("crash + fresh worker + `1+1`, preload=()", fmt_t(r_none), "round trip of `1+1`", fmt_t(rt),
-             f"{r_none / rt:,.0f}x")]
-    notes = [f"Medians of {a.iters} round trips / resets and {a.restarts} restarts. `reset()` = median of "
-             "(`x = 1` + `reset()`) minus a round trip. A restart is what a crash or hard timeout costs beyond the "
-             "time limit itself (the worker is killed, a new one imports its preload and runs the next cell); "
-             "`reset()` is why a problem never needs one otherwise."]
-    report("sandbox", "sandbox: round trip, reset and restart (CPU)", rows, notes, a.write, load0=load0)
+            restart[mode] = median_s(crash_restart, a.restarts)
+    default = modes[0]
+    log(f"sandbox ({default}): {a.restarts} cold starts")
+    cold = []
+    for _ in range(a.restarts):  # what every restart cost before the fork server
+        t = time.perf_counter()
+        sb = sandbox.Sandbox(isolation=default)
+        if sb.run("1+1") != "2":
+            sys.exit("bench sandbox: a new Sandbox did not run '1+1'")
+        cold.append(time.perf_counter() - t)
+        sb.close()
+    cold = statistics.median(cold)
+    rows = [(f"round trip of `1+1` ({default})", fmt_t(rt[default]),
+             "`eval` of the same cell in-process (no isolation)", fmt_t(inproc),
+             f"{rt[default] / inproc:,.0f}x slower"),
+            (f"`reset()` (new problem, {default})", fmt_t(reset[default]),
+             "crash + fresh worker + `1+1`", fmt_t(restart[default]),
+             f"{restart[default] / reset[default]:,.0f}x faster"),
+            (f"crash + fresh worker + `1+1` ({default}: forked from the template)",
+             fmt_t(restart[default]), "cold start: new Sandbox + `1+1` (a new interpreter imports "
+             "the preload, as every restart did before)", fmt_t(cold),
+             f"**{cold / restart[default]:,.0f}x** faster")]
+    for mode in modes[1:]:
+        rows += [(f"round trip of `1+1` ({mode})", fmt_t(rt[mode]), f"the same, {default}",
+                  fmt_t(rt[default]), f"{rt[mode] / rt[default]:.2f}x"),
+                 (f"crash + fresh worker + `1+1` ({mode})", fmt_t(restart[mode]),
+                  f"the same, {default}", fmt_t(restart[default]),
+                  f"{restart[mode] / restart[default]:.2f}x")]
+    notes = [f"Isolation modes available here: {', '.join(modes)} (default: {default}). Every "
+             f"Sandbox has the default preload (numpy, sympy, ...). Medians of {a.iters} round "
+             f"trips / resets and {a.restarts} restarts and cold starts. `reset()` = median of "
+             "(`x = 1` + `reset()`) minus a round trip. A restart is what a crash or hard timeout "
+             "costs beyond the time limit itself: the template kills the worker and what it "
+             "started, forks a fresh one, which runs the next cell; `reset()` is why a problem "
+             "never needs one otherwise."]
+    report("sandbox", "sandbox: round trip, reset and restart (CPU)", rows, notes, a.write,
+           load0=load0)
 
 
 # ---------------------------------------------------------------------------- grade: MATH self-consistency
@@ -347,6 +370,78 @@ def bench_infer(a):
     report("infer", "infer: batched solve vs one problem at a time (CPU)", rows, notes, a.write, load0=load0)
 
 
+# -------------------------------------------------------------- tp: peak memory per rank, TP=2 vs 1
+PEAK_RSS_SCRIPT = """
+import ctypes, gc, json, os, sys, torch
+import model, parallel
+ranks = parallel.init_ranks(int(sys.argv[2]))
+def kib(field):
+    return int(next(ln for ln in open("/proc/self/status") if ln.startswith(field)).split()[1])
+model.load_pretrained("tests/fixtures/models/llama2-mha/hf", tp_group=ranks.tp_group)   # warm-up
+gc.collect()
+ctypes.CDLL("libc.so.6").malloc_trim(0)        # freed memory back to the OS
+open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from here
+before = kib("VmRSS:")
+net = model.load_pretrained(sys.argv[1], tp_group=ranks.tp_group)
+with torch.no_grad():
+    logits = net(torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]]))
+line = json.dumps({"rank": ranks.rank, "peak": (kib("VmHWM:") - before) * 1024,
+                   "logits": logits[0, -1, :8].float().tolist()})
+os.write(1, (line + "\\n").encode())   # one write: the ranks' lines do not interleave
+"""
+
+
+def peak_rss_per_rank(ckpt, tp):
+    """Peak RSS growth of each rank while it loads its part of ckpt and runs a forward pass."""
+    cmd = [sys.executable, "-c", PEAK_RSS_SCRIPT, str(ckpt), str(tp)]
+    if tp > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={tp}", "--no-python", *cmd]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if p.returncode:
+        sys.exit(f"bench tp: the --tp {tp} run failed:\n{p.stderr[-8000:]}")
+    out = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
+    return sorted(out, key=lambda r: r["rank"])
+
+
+def bench_tp(a):
+    """Peak host memory per rank, loading a checkpoint (HF layout, bf16) with --tp 2 vs TP=1."""
+    torch.manual_seed(0)
+    args = M.ModelArgs(dim=a.dim, n_layers=a.n_layers, n_heads=a.dim // 128,
+                       n_kv_heads=a.dim // 512, hidden_dim=int(a.dim * 8 / 3) // 256 * 256,
+                       vocab_size=32008)
+    net = M.Transformer(args).to(torch.bfloat16)
+    with tempfile.TemporaryDirectory() as tmp:
+        log(f"tp: writing a {sum(p.numel() for p in net.parameters()) / 1e6:.0f}M-parameter bf16 "
+            "checkpoint")
+        net.save_pretrained(tmp, max_shard_bytes=2**28)
+        del net
+        size = sum(f.stat().st_size for f in Path(tmp).glob("*.safetensors"))
+        load0 = os.getloadavg()
+        log("tp: TP=1 (one process), then TP=2 (torchrun, 2 processes)")
+        one, two = peak_rss_per_rank(tmp, 1), peak_rss_per_rank(tmp, 2)
+    ref = torch.tensor(one[0]["logits"])
+    err = max((torch.tensor(r["logits"]) - ref).abs().max().item() for r in two)
+    if err > 0.02 * ref.abs().max().item():   # bf16: partial sums are rounded in another order
+        sys.exit(f"bench tp: TP=2 logits differ from TP=1 by {err} ({ref.tolist()})")
+    mb = lambda n: f"{n / 2**20:,.0f} MB"
+    rows = [(f"peak RSS growth, TP=2, rank {r['rank']}", mb(r["peak"]), "TP=1 (one process)",
+             mb(one[0]["peak"]), f"**{r['peak'] / one[0]['peak']:.2f}x**") for r in two]
+    rows += [(f"peak RSS growth, TP=2, rank {r['rank']}", mb(r["peak"]), "checkpoint size",
+              mb(size), f"{r['peak'] / size:.2f}x") for r in two]
+    notes = [f"Model: random init stored in bf16 (HF layout, shards of 256 MiB), dim {args.dim}, "
+             f"{args.n_layers} layers, {args.n_heads} heads ({args.n_kv_heads} KV heads), FFN "
+             f"{args.hidden_dim}, vocab {args.vocab_size}: {mb(size)}. Each process warms up on "
+             "the fixture model, returns freed memory to the OS (malloc_trim), restarts its peak "
+             "(VmHWM), then loads with `model.load_pretrained(..., tp_group)` and runs one 8-token "
+             "forward pass: the growth of its peak RSS. Under TP=2 a rank reads only its rows and "
+             "columns of each tensor (the rest of the file never enters its memory); the TP=2 "
+             "logits agree with TP=1's within bf16 rounding (checked). Host memory on the CPU "
+             "(gloo) only: GPU memory under NCCL and decode speed under TP are not measured here."]
+    report("tp", "tp: peak host memory per rank, tensor-parallel loading (CPU, gloo)", rows, notes,
+           a.write, load0)
+
+
 # ------------------------------------------------------------------- gpu: 7B-shape decode roofline and MFU
 def matmul_tflops(device, n=8192, reps=5):
     """Achievable dense bf16 matmul throughput: best of `reps` n x n x n products."""
@@ -438,7 +533,7 @@ def main(argv=None):
     d.add_argument("--new-tokens", type=int, default=192)
     s = sub.add_parser("sandbox", parents=[common], help="sandbox round trip / reset / restart")
     s.add_argument("--iters", type=int, default=200, help="round trips and resets")
-    s.add_argument("--restarts", type=int, default=10, help="crash + restart cycles per preload setting")
+    s.add_argument("--restarts", type=int, default=10, help="crash + restarts and cold starts")
     g = sub.add_parser("grade", parents=[common], help="grading throughput on MATH")
     g.add_argument("--limit", type=int, default=0, help="first N MATH problems (0: all 5000)")
     g.add_argument("--mismatched", type=int, default=1000, help="mismatched pairs for the slow case")
@@ -447,6 +542,9 @@ def main(argv=None):
     i.add_argument("--batch-size", type=int, default=8)
     i.add_argument("--dim", type=int, default=256)
     i.add_argument("--n-layers", type=int, default=2)
+    p = sub.add_parser("tp", parents=[common], help="peak memory per rank loading with --tp 2 vs 1")
+    p.add_argument("--dim", type=int, default=1024)
+    p.add_argument("--n-layers", type=int, default=12)
     u = sub.add_parser("gpu", parents=[common], help="CUDA only: 7B-shape bf16 decode roofline and training MFU")
     u.add_argument("--prompt-len", type=int, default=128)
     u.add_argument("--new-tokens", type=int, default=128)
@@ -455,13 +553,14 @@ def main(argv=None):
     u.add_argument("--train-steps", type=int, default=3)
     u.add_argument("--peak-tflops", type=float, default=989.0,
                    help="spec dense bf16 TFLOP/s for MFU (H100/H200 SXM: 989, H100 PCIe: 756, A100: 312)")
-    sub.add_parser("all", parents=[common], help="decode, sandbox, grade and infer with their defaults")
+    sub.add_parser("all", parents=[common],
+                   help="decode, sandbox, grade, infer and tp with their defaults")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     os.chdir(ROOT)
     cmds = {"decode": bench_decode, "sandbox": bench_sandbox, "grade": bench_grade, "infer": bench_infer,
-            "gpu": bench_gpu}
+            "tp": bench_tp, "gpu": bench_gpu}
     if a.cmd != "all":
         return cmds[a.cmd](a)
     for name in [n for n in SECTIONS if n != "gpu"]:

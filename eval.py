@@ -1,16 +1,36 @@
 """
-Grade MathCoder solutions: pull out the final answer, decide whether it equals the reference, and run or
-re-score the paper's five benchmarks (METHOD.md §5-6).
+Grade MathCoder solutions: pull out the final answer, decide whether it equals the reference, and
+run or re-score the paper's five benchmarks (docs/method.md §5-6). Every solution gets two verdicts:
 
-The authors' grader (src/utils.py) compares with latex2sympy and accepts any numeric difference below 1e-2,
-so it calls 0.333 equal to 1/3 and 100.004 equal to 100. This one uses only SymPy and is stricter:
-  1. extract_answer: the last \\boxed{...} (nested braces), else "the answer is ...", else GSM8K's "#### x";
-  2. normalise both strings (LaTeX decoration, units, degrees, percent, dollars, thousands separators, "x =");
+strict (the headline): exact SymPy equivalence, stricter than the authors' 1e-2 tolerance (which
+calls 0.333 equal to 1/3 and 100.004 equal to 100):
+  1. extract_answer: the last \\boxed{...} (nested braces), else "the answer is ...", else GSM8K's
+     "#### x";
+  2. normalise both strings (LaTeX decoration, units, degrees, percent, dollars, thousands
+     separators, "x =", a "\\text{label} =" or "label:" before the value);
   3. plain string / number equality (fast path, no SymPy);
-  4. structure: tuples and intervals in order, sets and lists of solutions in any order, matrices by entry;
-  5. each scalar: a small LaTeX -> SymPy translation, then exact comparison. A decimal counts as equal to an
-     exact value only when it is that value correctly rounded to the places written AND carries about four
-     significant figures (0.3333333 == 1/3, 0.333 != 1/3). Every SymPy call runs under a time limit.
+  4. structure: tuples and intervals in order, sets and lists of solutions in any order, matrices by
+     entry;
+  5. each scalar: a small LaTeX -> SymPy translation, then exact comparison. A decimal counts as
+     equal to an exact value only when it is that value correctly rounded to the places written AND
+     carries about four significant figures (0.3333333 == 1/3, 0.333 != 1/3). Every SymPy call runs
+     under a time limit.
+paper protocol: the authors' grader (their src/evaluate.py and src/utils.py) rewritten, the one
+behind the paper's numbers; see the section "the authors' grader" for what it does and where it
+deviates.
+
+No answer can crash or stall grading: grade() returns a verdict within about GRADE_TIME_LIMIT
+whatever the strings (answers over MAX_ANSWER_CHARS are compared as plain strings; every SymPy call
+is timed); a failure inside grading is a wrong verdict, and the result line says why (grade_error).
+
+Each data set's protocol, in both (checked against the released verdicts in data/official_outs/):
+  * SimulEq: the reference holds the first unknown of two or more; the answer is the first \\boxed{}
+    of the solution's last block that has one, taken whole ("\\boxed{65, 40}" against 65 is wrong);
+  * GSM8K: letters are dropped from a plain answer, after its left-hand side ("x = 160" -> 160);
+  * Mathematics: references may be lists "[3, 5]"; strict compares their items (a "[...]" answer
+    too).
+  * GSM8K, SVAMP, MATH, minival: the last \\boxed{} (strict), the first box of the last block
+    holding one (paper protocol, as the authors' extraction did).
 
     python eval.py score out/run/results.jsonl
     python eval.py run --model CKPT --dataset GSM8K --out out/gsm8k --limit 50
@@ -33,14 +53,18 @@ import sympy
 import html_views
 
 TIME_LIMIT = 2.0          # seconds for one SymPy parse or comparison
+GRADE_TIME_LIMIT = 10.0   # seconds for one grade() call, all its SymPy calls together
+# longer answers are compared as plain strings (the longest reference has 78)
+MAX_ANSWER_CHARS = 1000
 REL_TOL = 1e-4            # a rounded decimal must be this close (relatively) to count as equal
 FAST_PATH = True          # string / plain-number equality before SymPy (False only to benchmark)
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "eval")  # from any cwd
 
-# ----------------------------------------------------------------------------------------- extraction
+# --------------------------------------------------------------------------------------- extraction
 
 def _braced(s, i):
-    """s[i] == '{': return (the text inside the matching brace, index after it); nested braces allowed."""
+    """s[i] == '{': return (the text inside the matching brace, index after it); nested braces
+    allowed."""
     depth = 0
     for j in range(i, len(s)):
         depth += {"{": 1, "}": -1}.get(s[j], 0)
@@ -49,43 +73,72 @@ def _braced(s, i):
     return None, len(s)
 
 
-def _boxes(text):
-    """The contents of every \\boxed{...} / \\fbox{...}, in order."""
-    out = []
+_BARE_BOX = re.compile(r"[^\s$]*")
+_NON_SPACE = re.compile(r"\S")
+
+
+def _box_spans(text):
+    """Where the contents of every \\boxed{...} / \\fbox{...} (or "\\boxed 5") lie, as (start, end),
+    in order; empty ones ("put it in \\boxed{}") left out. Every brace is paired in one pass, so a
+    megabyte of nested or unclosed boxes costs one pass, not one per box."""
+    partner, open_at = {}, []
+    for m in re.finditer(r"[{}]", text):
+        if m.group() == "{":
+            open_at.append(m.start())
+        elif open_at:
+            partner[open_at.pop()] = m.start()
+    spans = []
     for m in re.finditer(r"\\(?:boxed|fbox)\s*", text):
         i = m.end()
         if i < len(text) and text[i] == "{":
-            inner = _braced(text, i)[0]
+            span = (i + 1, partner[i]) if i in partner else None
         else:                                            # "\boxed 5" form
-            inner = re.match(r"[^\s$]*", text[i:]).group(0)
-        if inner is not None:
-            out.append(inner.strip())
-    return out
+            span = (i, _BARE_BOX.match(text, i).end())
+        if span and _NON_SPACE.search(text, *span):
+            spans.append(span)
+    return spans
+
+
+def _box(text, span):
+    return text[span[0]:span[1]].strip()
+
+
+_BLOCK_MARK = re.compile(
+    r"<\|(?:text|code|execution|endofblock|endofmessage|system|user|assistant)\|>")
+
+
+def _first_box_of_last_boxed_block(text):
+    """The first \\boxed{} of the last LCE block that has one, or None."""
+    for block in reversed(_BLOCK_MARK.split(text)):
+        spans = _box_spans(block)
+        if spans:
+            return _box(block, spans[0])
+    return None
 
 
 def extract_answer(text, dataset=None):
-    """The final answer a solution gives, or None. dataset='simuleq' takes the FIRST answer instead."""
+    """The final answer a solution gives, or None: the last \\boxed{}. SimulEq (dataset='simuleq'):
+    the first \\boxed{} of the last block that has one, whole (docs/method.md §5)."""
     if text is None:
         return None
     text = str(text)
-    boxes = _boxes(text)
-    if dataset and dataset.lower() == "simuleq":
-        # SimulEq asks for two or more unknowns but its reference holds only the first one; the authors
-        # grade the first answer the solution gives, so we do too: the first box, first value inside it.
-        first = boxes[0] if boxes else extract_answer(text)
-        if first is None:
-            return None
-        parts = _split_top(_normalize(first)) if "," in first or "and" in first else []
-        return (parts or [first])[0]
-    if boxes:   # the last box: "\boxed{x+11} or \boxed{11+x}" restates one answer (references cut so too)
-        return boxes[-1]
+    spans = _box_spans(text)
+    if dataset and dataset.lower() == "simuleq" and spans:
+        # SimulEq asks for two or more unknowns; its reference holds the first. The authors graded
+        # the solution's last text block (their `completion`) by its first box, taken whole:
+        # "\boxed{65, 40}" against 65 is wrong, and so is a later block's "\boxed{16} ... \boxed{7}"
+        # against 7.
+        return _first_box_of_last_boxed_block(text)
+    # the last box: "\boxed{x+11} or \boxed{11+x}" restates one answer (references cut so too)
+    if spans:
+        return _box(text, spans[-1])
     m = re.findall(r"answer is[:\s]*(.+?)(?:\.?\s*$|\.\s|\n)", text, re.I | re.S)
     if m:
         return m[-1].strip().strip("$").strip()
     m = re.findall(r"####\s*([^\n]+)", text)                # GSM8K reference solutions
     return m[-1].strip() if m else None
 
-# ------------------------------------------------------------------------------------- normalisation
+# ------------------------------------------------------------------------------------ normalisation
 
 def _unwrap(s, cmd):
     """\\cmd{X} -> X for every occurrence (nested braces handled)."""
@@ -100,17 +153,21 @@ def _unwrap(s, cmd):
 
 
 def _normalize(s):
-    """A canonical string for an answer: the LaTeX decoration that never changes its value removed."""
+    """A canonical string for an answer: the LaTeX decoration that never changes its value
+    removed."""
     s = str(s).strip()
     for a, b in [("\n", " "), ("\\!", ""), ("\\sqrt{}", "\\sqrt"), ("{,}", ","), ("∞", "\\infty"),
-                 ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"), ("\\left", ""),
-                 ("\\right", ""), ("\\displaystyle", ""), ("\\bigl", ""), ("\\bigr", ""), ("bmatrix", "pmatrix"),
-                 ("\\mbox{", "\\text{"), ("\\$", ""), ("$", ""), ("\\%", ""), ("%", ""),
-                 ("\\,", " "), ("\\;", " "), ("\\:", " "), ("\\ ", " "), ("\\quad", " "), ("~", " ")]:
+                 ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"),
+                 ("\\left", ""), ("\\right", ""), ("\\displaystyle", ""), ("\\bigl", ""),
+                 ("\\bigr", ""), ("bmatrix", "pmatrix"), ("\\mbox{", "\\text{"), ("\\$", ""),
+                 ("$", ""), ("\\%", ""), ("%", ""), ("\\,", " "), ("\\;", " "), ("\\:", " "),
+                 ("\\ ", " "), ("\\quad", " "), ("~", " ")]:
         s = s.replace(a, b)
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ", "", s)   # degrees: 30^\circ, 30^{\circ}, 30°
     for cmd in ("\\mathrm", "\\mathbf", "\\boldsymbol", "\\textbf"):
         s = _unwrap(s, cmd)
+    # "\text{Cost of a taco} = 0.90": a label
+    s = re.sub(r"^\\text\s*\{[^{}]*\}\s*=\s*", "", s)
     s = re.sub(r"\\text\s*\{\s*(and|or)\s*\}|\s+and\s+", ", ", s)
     # \text{...}: units after a number are dropped ("10\text{ cm}^2"), a text-only answer is kept
     if re.search(r"\\text\s*\{", s):
@@ -120,11 +177,13 @@ def _normalize(s):
     if "matrix" not in s:   # a "\ " space that lost its blank in the released references ("2,\1")
         s = re.sub(r"\\(?=[\d+\-(])", " ", s)
     s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
+    s = re.sub(r"^[A-Za-z][A-Za-z ]*:\s*(?=[-+\d.])", "", s)      # "Number of rooms: 64": a label
     s = _strip_lhs(s.split("\\approx")[-1].strip())             # "x = 3" -> "3"
     if "=" not in s:   # "10 inches", "18 dollars" -> number
         s = re.sub(r"^([-+]?[\d.,/]+)(?:\s+(?!pi\b)[a-zA-Z]{2,}\.?(?:\^\{?\d\}?)?)+$", r"\1", s)
     s = re.sub(r"_\{(\w+)\}", r"_\1", s)                          # 4210_{7} -> 4210_7
-    s = re.sub(r"(\\[a-zA-Z]+) +(?=[a-zA-Z])", "\\1\0", s).replace(" ", "").replace("\0", " ")  # keep "\pi r"
+    # keep "\pi r"
+    s = re.sub(r"(\\[a-zA-Z]+) +(?=[a-zA-Z])", "\\1\0", s).replace(" ", "").replace("\0", " ")
     if re.fullmatch(r"\(([A-Za-z])\)", s):                         # (C) -> C
         s = s[1]
     return s
@@ -155,42 +214,67 @@ def _split_top(s, seps=","):
 
 # ----------------------------------------------------------------------- time limit for SymPy calls
 
+class GradeTimeout(Exception):
+    pass
+
+
+_deadline = threading.local()   # .at: when the grade() call running on this thread must be done
+
+
+def _time_left():
+    """Seconds left for this SymPy call: TIME_LIMIT, cut to what the running grade() call has left;
+    GradeTimeout once that is spent."""
+    at = getattr(_deadline, "at", None)
+    if at is None:
+        return TIME_LIMIT
+    if time.monotonic() >= at:
+        raise GradeTimeout(f"grading took longer than {GRADE_TIME_LIMIT} s")
+    return min(TIME_LIMIT, at - time.monotonic())
+
+
 def _timed(fn, *args):
-    """fn(*args), or None when it raises or runs past TIME_LIMIT. On the main thread a SIGALRM timer
-    interrupts SymPy's Python code; elsewhere (threads, Windows) fn runs in a daemon worker thread that we
-    stop waiting for (abandoned, not killed). Huge integer powers run in C where no signal reaches them, so
+    """fn(*args), or None when it raises or runs past TIME_LIMIT; past the running grade() call's
+    deadline it raises GradeTimeout instead. On the main thread a SIGALRM timer interrupts SymPy's
+    Python code; elsewhere (threads, Windows) fn runs in a daemon worker thread that we stop waiting
+    for (abandoned, not killed). Huge integer powers run in C where no signal reaches them, so
     _rebuild refuses those before evaluating."""
+    limit = _time_left()
     if hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
         def on_alarm(signum, frame):
             raise TimeoutError
         old = signal.signal(signal.SIGALRM, on_alarm)
         try:   # the outer try also catches an alarm that fires just as fn returns
             try:
-                signal.setitimer(signal.ITIMER_REAL, TIME_LIMIT)
-                return fn(*args)
+                signal.setitimer(signal.ITIMER_REAL, limit)
+                out = fn(*args)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, old)
         except Exception:          # TimeoutError, SymPy errors, RecursionError
-            return None
-    box = [None]
+            out = None
+    else:
+        box = [None]
 
-    def work():
-        try:
-            box[0] = fn(*args)
-        except Exception:
-            pass
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    t.join(TIME_LIMIT)
-    return box[0]
+        def work():
+            try:
+                box[0] = fn(*args)
+            except Exception:
+                pass
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        t.join(limit)
+        out = box[0]
+    _time_left()                   # the grade() call's time ran out during this one: say so
+    return out
 
 # --------------------------------------------------------------------------- LaTeX -> SymPy (small)
 
-_FUNCS = {"sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "arcsin", "arccos", "arctan"}
+_FUNCS = {"sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "arcsin", "arccos",
+          "arctan"}
 _GREEK = {"alpha", "beta", "gamma", "delta", "theta", "mu", "phi", "omega", "sigma", "rho", "tau"}
 _NAMES = {"pi", "oo"} | _FUNCS | _GREEK
-_ALIAS = {"infty": "oo", "cdot": "*", "times": "*", "div": "/"}    # LaTeX commands with a Python spelling
+# LaTeX commands with a Python spelling
+_ALIAS = {"infty": "oo", "cdot": "*", "times": "*", "div": "/"}
 _TEX_NAMES = _NAMES | set(_ALIAS)
 _TOKEN = re.compile(r"\s*(?:(\d+\.\d*|\.\d+|\d+)|([A-Za-z]+)|(\*\*|[-+*/(),]))")
 _NUM = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
@@ -237,7 +321,8 @@ def _tex(s):
                 raise ValueError(f"unsupported {s[i:i + 2]!r}")
             name = m.group(1)
             if name not in _TEX_NAMES:   # "\cotx", "\pir": the released references lost the space
-                name = next((name[:k] for k in range(len(name) - 1, 1, -1) if name[:k] in _TEX_NAMES), None)
+                name = next((name[:k] for k in range(len(name) - 1, 1, -1)
+                             if name[:k] in _TEX_NAMES), None)
                 if name is None:
                     raise ValueError(f"unsupported {m.group(0)}")
             out.append(f" {_ALIAS.get(name, name)} ")
@@ -282,7 +367,8 @@ def _py(s):
             if pk in "nv" or pt == ")":
                 out.append("*")
         out.append(t)
-        if kind == "f" and (k + 1 == len(toks) or toks[k + 1][1] != "("):   # "sin x", "\sqrt2" -> f(x)
+        # "sin x", "\sqrt2" -> f(x)
+        if kind == "f" and (k + 1 == len(toks) or toks[k + 1][1] != "("):
             if k + 1 == len(toks):
                 raise ValueError("function without argument")
             out.append("(")
@@ -292,16 +378,17 @@ def _py(s):
 
 _SYMPY_NS = {"Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational,
              "Symbol": sympy.Symbol, "Add": sympy.Add, "Mul": sympy.Mul, "Pow": sympy.Pow}
-_LOCALS = {**{c: sympy.Symbol(c) for c in string.ascii_letters}, **{g: sympy.Symbol(g) for g in _GREEK},
-           "i": sympy.I, "I": sympy.I, "pi": sympy.pi, "oo": sympy.oo, "sqrt": sympy.sqrt, "log": sympy.log,
-           "ln": sympy.log, "exp": sympy.exp, "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan,
-           "cot": sympy.cot, "sec": sympy.sec, "csc": sympy.csc, "arcsin": sympy.asin, "arccos": sympy.acos,
-           "arctan": sympy.atan}
+_LOCALS = {**{c: sympy.Symbol(c) for c in string.ascii_letters},
+           **{g: sympy.Symbol(g) for g in _GREEK},
+           "i": sympy.I, "I": sympy.I, "pi": sympy.pi, "oo": sympy.oo, "sqrt": sympy.sqrt,
+           "log": sympy.log, "ln": sympy.log, "exp": sympy.exp, "sin": sympy.sin, "cos": sympy.cos,
+           "tan": sympy.tan, "cot": sympy.cot, "sec": sympy.sec, "csc": sympy.csc,
+           "arcsin": sympy.asin, "arccos": sympy.acos, "arctan": sympy.atan}
 
 
 def _rebuild(e):
-    """Evaluate an unevaluated SymPy tree bottom-up, refusing numeric powers too big to compute (they would
-    run inside C integer code, where the SIGALRM time limit cannot interrupt them)."""
+    """Evaluate an unevaluated SymPy tree bottom-up, refusing numeric powers too big to compute
+    (they would run inside C integer code, where the SIGALRM time limit cannot interrupt them)."""
     if not e.args:
         return e
     args = [_rebuild(a) for a in e.args]
@@ -314,21 +401,22 @@ def _rebuild(e):
 
 @functools.lru_cache(maxsize=100_000)
 def _to_sympy(s):
-    """Normalised answer string -> (SymPy expression, decimal places); raises when it is not math we read
-    (callers go through _timed, which turns errors and timeouts into None)."""
+    """Normalised answer string -> (SymPy expression, decimal places); raises when it is not math we
+    read (callers go through _timed, which turns errors and timeouts into None)."""
     py, places = _py(_tex(s))
-    with warnings.catch_warnings():   # SymPy's deprecation chatter on odd input (which we then reject)
+    # SymPy's deprecation chatter on odd input (which we then reject)
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        expr = sympy.parse_expr(py, local_dict=dict(_LOCALS), global_dict={"__builtins__": {}, **_SYMPY_NS},
-                                evaluate=False)
+        expr = sympy.parse_expr(py, local_dict=dict(_LOCALS),
+                                global_dict={"__builtins__": {}, **_SYMPY_NS}, evaluate=False)
         return _rebuild(expr), places
 
 
-# ------------------------------------------------------------------------------------------ equality
+# ----------------------------------------------------------------------------------------- equality
 
 def _close(diff, scale, places_a, places_b):
-    """Decimal rule: |diff| within half a unit of the last place written (by the less precise side, when both
-    are decimals) AND within REL_TOL of the size. places None = an exact value."""
+    """Decimal rule: |diff| within half a unit of the last place written (by the less precise side,
+    when both are decimals) AND within REL_TOL of the size. places None = an exact value."""
     places = min((p for p in (places_a, places_b) if p is not None), default=None)
     if diff == 0:
         return True
@@ -338,13 +426,15 @@ def _close(diff, scale, places_a, places_b):
 
 
 def _fast_number(s):
-    """'3', '-0.25', '7/2', '\\frac{7}{2}' -> (Fraction, decimal places or None); else None. No SymPy."""
+    """'3', '-0.25', '7/2', '\\frac{7}{2}' -> (Fraction, decimal places or None); else None. No
+    SymPy."""
     m = re.fullmatch(r"([-+]?)\\frac\{(\d+)\}\{(\d+)\}|([-+]?\d+)/(\d+)", s)
     if m:
         num, den = (int(m[1] + m[2]), int(m[3])) if m[2] else (int(m[4]), int(m[5]))
         return (Fraction(num, den), None) if den else None
     if _NUM.fullmatch(s):
-        return Fraction(s.rstrip(".")), (len(s.split(".")[1]) if "." in s and s.split(".")[1] else None)
+        places = len(s.split(".")[1]) if "." in s and s.split(".")[1] else None
+        return Fraction(s.rstrip(".")), places
     return None
 
 
@@ -356,8 +446,9 @@ def _sympy_equal(a, b):
         return False
     if ea.free_symbols or eb.free_symbols:        # expressions: exact algebra only
         return sympy.expand(ea - eb) == 0 or sympy.simplify(ea - eb) == 0
-    # numbers: evaluate to 30 digits instead of simplify() (much faster; exact forms agree to ~1e-30)
-    # (SymPy Floats, not Python floats: 2^2005 must not overflow to inf and then "equal" everything)
+    # numbers: evaluate to 30 digits instead of simplify() (much faster; exact forms agree to
+    # ~1e-30) (SymPy Floats, not Python floats: 2^2005 must not overflow to inf and then "equal"
+    # everything)
     diff = abs(sympy.N(ea - eb, 30))
     return bool(_close(diff, max(abs(sympy.N(ea, 30)), abs(sympy.N(eb, 30))), pa, pb))
 
@@ -365,8 +456,12 @@ def _sympy_equal(a, b):
 def _scalar_equiv(a, b):
     fa, fb = (_fast_number(a), _fast_number(b)) if FAST_PATH else (None, None)
     if fa and fb:
-        return _close(float(abs(fa[0] - fb[0])), float(max(abs(fa[0]), abs(fb[0]))), fa[1], fb[1])
-    if a.count("=") == 1 and b.count("=") == 1:      # equations: lhs - rhs equal up to a constant factor
+        scale = max(abs(fa[0]), abs(fb[0]))
+        if scale > 10 ** 300:                         # beyond floats: equal only when exactly equal
+            return fa[0] == fb[0]
+        return _close(float(abs(fa[0] - fb[0])), float(scale), fa[1], fb[1])
+    # equations: lhs - rhs equal up to a constant factor
+    if a.count("=") == 1 and b.count("=") == 1:
         (la, ra), (lb, rb) = a.split("="), b.split("=")
         ea, eb = _timed(_to_sympy, f"{la}-({ra})"), _timed(_to_sympy, f"{lb}-({rb})")
         ratio = _timed(lambda: sympy.simplify(ea[0] / eb[0])) if ea and eb else None
@@ -394,18 +489,20 @@ def _strip_lhs(s):
 
 
 def _structure(s):
-    """(kind, open+close brackets, items) for compound answers, else None. "1 \\pm \\sqrt2" is the set of its
-    two values (expanded by _expand_pm when compared)."""
+    """(kind, open+close brackets, items) for compound answers, else None. "1 \\pm \\sqrt2" is the
+    set of its two values (expanded by _expand_pm when compared)."""
     m = re.fullmatch(r"\\begin\{pmatrix\}(.*)\\end\{pmatrix\}", s)
     if m:   # rows split by \\ (the released references have "\" only), entries by &
         rows = [r for r in re.split(r"\\\\|\\(?![a-zA-Z{}])", m.group(1)) if r]
         cells = [r.split("&") for r in rows]
-        return "matrix", f"{len(cells)}x{len(cells[0]) if cells else 0}", [e for r in cells for e in r]
+        shape = f"{len(cells)}x{len(cells[0]) if cells else 0}"
+        return "matrix", shape, [e for r in cells for e in r]
     if s.startswith("\\{") and s.endswith("\\}"):
         return "set", "", _split_top(s[2:-2])
     if "\\cup" in s:
         return "set", "", s.split("\\cup")
-    if len(s) > 2 and s[0] in "([" and s[-1] in ")]" and _wraps(s) and len(_split_top(s[1:-1])) >= 2:
+    if (len(s) > 2 and s[0] in "([" and s[-1] in ")]" and _wraps(s)
+            and len(_split_top(s[1:-1])) >= 2):
         return "seq", s[0] + s[-1], _split_top(s[1:-1])
     parts = _split_top(s, ",;")
     return ("set", "", parts) if len(parts) >= 2 or "\\pm" in s else None
@@ -414,7 +511,10 @@ def _structure(s):
 def _expand_pm(items):
     out = []
     for it in items:
-        out += [it.replace("\\pm", "+", 1), it.replace("\\pm", "-", 1)] if it.count("\\pm") == 1 else [it]
+        if it.count("\\pm") == 1:
+            out += [it.replace("\\pm", "+", 1), it.replace("\\pm", "-", 1)]
+        else:
+            out.append(it)
     return out
 
 
@@ -448,28 +548,193 @@ def is_equiv(pred, ref):
     """True when the answer `pred` equals the reference `ref` (strings or numbers)."""
     if pred is None or ref is None or str(pred).strip() == "":
         return False
+    if max(len(str(pred)), len(str(ref))) > MAX_ANSWER_CHARS:   # no answer is that long: no SymPy
+        return str(pred).strip() == str(ref).strip()
     a, b = _normalize(pred), _normalize(ref)
     if _equiv_norm(a, b):
         return True
-    # "10,080" is a number with a thousands separator or a list of two; the released references dropped
-    # every space, so "45,135" may be the list. Try the number reading second.
-    a2, b2 = (re.sub(r"^([-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?)$", lambda m: m.group(1).replace(",", ""), x)
-              for x in (a, b))
+    # "10,080" is a number with a thousands separator or a list of two; the released references
+    # dropped every space, so "45,135" may be the list. Try the number reading second.
+    a2, b2 = (re.sub(r"^([-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?)$",
+                     lambda m: m.group(1).replace(",", ""), x) for x in (a, b))
     return (a2, b2) != (a, b) and _equiv_norm(a2, b2)
 
-# ------------------------------------------------------------------------------------------ datasets
+# ---------------------------------------------------------------- the authors' grader, side by side
+# The paper's numbers were graded by the authors' src/evaluate.py with src/utils.py
+# (find_math_answer, is_equal). Rewritten here so that a user sees their verdict ("paper protocol")
+# beside the strict one. Their quirks are kept on purpose (they move the numbers); each is named
+# where it happens. Deviations:
+#   * latex2sympy (not a dependency here) is replaced by this file's LaTeX -> SymPy reader
+#     (_to_sympy), with latex2sympy's thousands separators ("3,500") added; LaTeX it reads and ours
+#     does not (or the other way round) can flip a verdict;
+#   * their tuple evaluation prints each element with Python's eval of SymPy's string; here an
+#     integer element prints as an int and any other as a float of SymPy's value;
+#   * answers over MAX_ANSWER_CHARS are compared as strings only (they would reach latex2sympy).
+
+# their strip_units list, in their order. A missing comma in their source fuses 'kb/h' and 'slices',
+# and the empty unit '' removes every '^2' and '^3' from an answer ("x^2" -> "x").
+_AUTHORS_UNITS = ("cookies", "screws", "square", "degree", "pints", "mb/h", "mb/s", "kb/hslices",
+                  "oranges", "persecond", "ies/hour", "eephants/hour", "liters", "sq.ft.",
+                  "inches", "hours", "feet", "minutes", "seconds", "cents", "mph", "meters",
+                  "yearsod", "rams", "centimeters", "kiorams", "years", "weeks", "miesperhour",
+                  "miles", "units", "km", "mm", "ms", "am", "mbperhour", "mg", "kg", "", "cm", "€",
+                  "ml", "pm", "gb", "")
+
+
+def _authors_units(s):
+    for unit in _AUTHORS_UNITS:
+        s = s.replace(unit + "^3", "").replace(unit + "^2", "").replace(unit, "")
+        s = s.replace("{}^3", "").replace("{}^2", "").replace("{}", "")
+    for unit in ("m", "p", "g", "l", "s", "ft"):
+        s = s.replace(f"{{{unit}}}^3", "").replace(f"{{{unit}}}^2", "").replace(f"{{{unit}}}", "")
+    return s.replace("ft^3", "").replace("ft^2", "")
+
+
+def _authors_fix_sqrt(s):
+    """'\\sqrt2' -> '\\sqrt{2}': one character after \\sqrt gets braces."""
+    first, *rest = s.split("\\sqrt")
+    return first + "".join("\\sqrt{" + p[0] + "}" + p[1:] if p and p[0] != "{" else "\\sqrt" + p
+                           for p in rest)
+
+
+def _authors_fix_fracs(s):
+    """'\\frac12' -> '\\frac{1}{2}', '\\frac1{2}' -> '\\frac{1}{2}'; unchanged if a \\frac lacks 2
+    chars."""
+    first, *rest = s.split("\\frac")
+    for p in rest:
+        if p[:1] == "{":
+            first += "\\frac" + p
+        elif len(p) < 2:
+            return s
+        elif p[1] != "{":
+            first += "\\frac{" + p[0] + "}{" + p[1] + "}" + p[2:]
+        else:
+            first += "\\frac{" + p[0] + "}" + p[1:]
+    return first
+
+
+def _authors_strip(s):
+    """Their _strip_string: LaTeX decoration off, '=' and '\\approx' (when there is exactly one)
+    cut."""
+    for a, b in (("\n", ""), ("\\!", ""), ("\\\\", "\\"), ("tfrac", "frac"), ("dfrac", "frac"),
+                 ("\\left", ""), ("\\right", ""), ("^{\\circ}", ""), ("^\\circ", ""), ("\\$", ""),
+                 ("$", "")):
+        s = s.replace(a, b)
+    # units; never seen: find_math_answer removed \text before
+    s = s.split("\\text{ ")[0]
+    s = s.replace("\\%", "").replace(" .", " 0.").replace("{.", "{0.")   # (a bare % stays)
+    if not s:
+        return s
+    s = "0" + s if s[0] == "." else s
+    if s.count("=") == 1:
+        s = s.split("=")[1]
+    if s.count("\\approx") == 1:
+        s = s.split("\\approx")[1]
+    if "sqrt" in s:
+        s = _authors_fix_sqrt(s)
+    s = s.replace(" ", "")
+    if "sqrt" in s:                          # (fractions are fixed only next to a root)
+        s = _authors_fix_fracs(s)
+    if s == "0.5":
+        s = "\\frac{1}{2}"
+    m = re.fullmatch(r"(-?[1-9]\d*|0)/(-?[1-9]\d*|0)", s)   # "3/4" written as int/int
+    return f"\\frac{{{m[1]}}}{{{m[2]}}}" if m else s
+
+
+def authors_answer(text):
+    """Their find_math_answer: lower-case; what follows the last ' is '; from the first 'oxed{' to
+    the last '}' (their greedy regex), cut at a '}' that comes before any '{'; after the last '='
+    and '\\approx'; LaTeX decoration and units stripped."""
+    s = str(text).lower().split(" is ")[-1].replace("{}", "")
+    start, end = s.find("oxed{"), s.rfind("}")
+    ans = s[start + 5:end] if 0 <= start and start + 5 <= end else s
+    if "}" in ans and ("{" not in ans or ans.find("}") < ans.find("{")):
+        ans = ans.split("}")[0]
+    ans = ans.split("=")[-1].split("\\approx")[-1]
+    for a, b in (("answer:", ""), ("∞", "\\infty"), ("+\\infty", "\\infty"), ("\\\\", "\\"),
+                 ("\n", ""), ("\\text", ""), ("\\mbox", ""), ("bmatrix", "pmatrix")):
+        ans = ans.replace(a, b)
+    ans = ans.split("\\)")[0].split("\\]")[0].split("\\(")[-1].split("\\[")[-1]
+    ans = ans.replace("..</s>", "")
+    return _authors_units(_authors_strip(ans))
+
+
+def _authors_sympy(s):
+    """latex2sympy's stand-in: our reader, plus its thousands separators."""
+    return _timed(_to_sympy, re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s))
+
+
+def _authors_tuple(s):
+    """Their eval_tuple: '(a,b,...)' or '[a,b,...]' with every element replaced by its numeric value
+    ('infty', 'a', '-a' kept); the string unchanged when an element is not a number."""
+    items = s[1:-1].split(",")
+    if len(items) < 2 or s[0] + s[-1] not in ("()", "[]"):
+        return s
+    out = []
+    for item in items:
+        if "infty" in item or item in ("a", "-a"):
+            out.append(item)
+            continue
+        e = _authors_sympy(item)
+        try:               # as their eval(str(latex2sympy(item))) prints it
+            out.append(str(int(e[0])) if e[0].is_Integer and "." not in item else str(float(e[0])))
+        except (TypeError, ValueError, OverflowError):   # not a number (or past 4300 digits)
+            return s
+    return s[0] + ",".join(out) + s[-1]
+
+
+def authors_equal(a, b):
+    """Their is_equal: equal after lower-casing and removing spaces; or after evaluating tuples; or
+    equal as SymPy expressions; or, for numbers, |a - b| < 1e-2."""
+    a, b = str(a).lower().replace(" ", ""), str(b).lower().replace(" ", "")
+    if not a or not b:
+        return False
+    # (a deviation: no SymPy on very long text)
+    if a == b or max(len(a), len(b)) > MAX_ANSWER_CHARS:
+        return a == b
+    a, b = _authors_tuple(a), _authors_tuple(b)
+    if a == b:
+        return True
+    ea = _authors_sympy(a)
+    eb = _authors_sympy(b) if ea else None
+    if not ea or not eb:
+        return False
+    if ea[0] == eb[0]:
+        return True
+    if ea[0].free_symbols or eb[0].free_symbols:   # their numeric checks fail on symbols
+        return False
+    return bool(_timed(lambda: bool(abs(sympy.N(ea[0] - eb[0], 30)) < 1e-2)))
+
+
+def _grade_authors(solution, reference, dataset):
+    # Their `completion`: the released verdicts were computed on an answer that an extraction step,
+    # not in their public code, had pulled out of the solution; the first \\boxed{} of the last
+    # block that has one reproduces it (else the last block, which is what their public script's
+    # `completion` holds).
+    completion = _first_box_of_last_boxed_block(str(solution))
+    if completion is None:
+        blocks = [b for b in _BLOCK_MARK.split(str(solution)) if b.strip()]
+        completion = blocks[-1] if blocks else ""
+    pred = authors_answer(completion)
+    if dataset == "gsm8k":
+        pred = re.sub(r"[a-zA-Z]", "", pred)   # their GSM8K rule: letters dropped
+    return pred, authors_equal(authors_answer(str(reference)), pred)
+
+# ----------------------------------------------------------------------------------------- datasets
 
 DATASETS = {"gsm8k": ["GSM8K_test_post.jsonl"], "svamp": ["SVAMP_test_post.jsonl"],
             "mathematics": ["mathematics_test_post.jsonl"], "simuleq": ["simuleq_test_post.jsonl"],
-            "minival": ["minival_test_post.jsonl"], "math": [f"MATH_{k}_test_post.jsonl" for k in range(1, 6)],
+            "minival": ["minival_test_post.jsonl"],
+            "math": [f"MATH_{k}_test_post.jsonl" for k in range(1, 6)],
             **{f"math_{k}": [f"MATH_{k}_test_post.jsonl"] for k in range(1, 6)}}   # MATH by level
-PAPER = {  # METHOD.md §6, accuracy % (greedy, one sample)
-    "MathCoder-L-7B": {"gsm8k": 64.2, "math": 23.3, "svamp": 71.5, "mathematics": 46.9, "simuleq": 47.5},
-    "MathCoder-CL-7B": {"gsm8k": 67.8, "math": 30.2, "svamp": 70.7, "mathematics": 55.8, "simuleq": 49.6},
-    "MathCoder-L-13B": {"gsm8k": 72.6, "math": 29.9, "svamp": 76.9, "mathematics": 54.7, "simuleq": 62.3},
-    "MathCoder-CL-13B": {"gsm8k": 74.1, "math": 35.9, "svamp": 78.0, "mathematics": 62.5, "simuleq": 60.7},
-    "MathCoder-CL-34B": {"gsm8k": 81.7, "math": 45.2, "svamp": 82.5, "mathematics": 75.9, "simuleq": 65.8},
-    "MathCoder-L-70B": {"gsm8k": 83.9, "math": 45.1, "svamp": 84.9, "mathematics": 74.4, "simuleq": 77.0}}
+_COLUMNS = ("gsm8k", "math", "svamp", "mathematics", "simuleq")
+PAPER = {m: dict(zip(_COLUMNS, accuracy)) for m, accuracy in [   # docs/method.md §6, accuracy %
+    ("MathCoder-L-7B", (64.2, 23.3, 71.5, 46.9, 47.5)),            # (greedy, one sample)
+    ("MathCoder-CL-7B", (67.8, 30.2, 70.7, 55.8, 49.6)),
+    ("MathCoder-L-13B", (72.6, 29.9, 76.9, 54.7, 62.3)),
+    ("MathCoder-CL-13B", (74.1, 35.9, 78.0, 62.5, 60.7)),
+    ("MathCoder-CL-34B", (81.7, 45.2, 82.5, 75.9, 65.8)),
+    ("MathCoder-L-70B", (83.9, 45.1, 84.9, 74.4, 77.0))]}
 
 
 def _read_jsonl(path):
@@ -491,13 +756,17 @@ def _math_levels(data_dir):
     return _read_jsonl(os.path.join(data_dir, "MATH_subject_level.jsonl"))[0]
 
 
-def _user_text(rec):
-    return "".join(c["content"] for m in rec.get("messages", []) if m["role"] == "user" for c in m["content"])
+def _message_text(rec, role):
+    """The text of a record's `role` messages (messages schema), or None when it has none."""
+    texts = [c["content"] for m in rec.get("messages", []) if m["role"] == role
+             for c in m["content"]]
+    return "".join(texts) if texts else None
 
 
 def load_dataset(name, data_dir=DATA_DIR, subject=None, level=None):
-    """A benchmark in the official schema -> [{"id", "question", "answer", "solution"} + MATH's "subject",
-    "level"]. name: one of DATASETS, any case."""
+    """A benchmark in the official schema -> [{"id", "question", "system", "answer", "solution"} +
+    MATH's "subject", "level"]. "system" is the record's own system text (the paper's prompt,
+    docs/method.md §4; None when the record has none). name: one of DATASETS, any case."""
     key = name.lower()
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
@@ -508,10 +777,13 @@ def load_dataset(name, data_dir=DATA_DIR, subject=None, level=None):
             gt = rec.get("ground_truth")
             if not isinstance(gt, dict) or "answer" not in gt:
                 raise ValueError(f"{path}:{i + 1}: field ground_truth.answer missing")
-            item = {"id": str(rec.get("id", f"{key}/{i}")), "question": _user_text(rec),
-                    "answer": gt["answer"], "solution": gt.get("solution", "")}
+            item = {"id": str(rec.get("id", f"{key}/{i}")),
+                    "question": _message_text(rec, "user") or "",
+                    "system": _message_text(rec, "system"), "answer": gt["answer"],
+                    "solution": gt.get("solution", "")}
             if item["id"].startswith("test/"):       # MATH ids look like test/algebra/1.json
-                item["subject"], item["level"] = item["id"].split("/")[1], _math_levels(data_dir).get(item["id"])
+                item["subject"] = item["id"].split("/")[1]
+                item["level"] = _math_levels(data_dir).get(item["id"])
             out.append(item)
     if subject:
         out = [p for p in out if p.get("subject") == subject]
@@ -520,36 +792,95 @@ def load_dataset(name, data_dir=DATA_DIR, subject=None, level=None):
     return out
 
 
-def grade(solution, reference, dataset=None):
-    """(extracted answer, correct?) for one solution, following each data set's protocol."""
+def grade(solution, reference, dataset=None, protocol="strict"):
+    """(extracted answer, correct?) for one solution, following each data set's protocol.
+    protocol="strict": this file's exact equivalence (the headline); "authors": the authors' grader,
+    the one behind the paper's numbers (their 1e-2 tolerance, their extraction). Never raises on
+    what a model wrote and returns within about GRADE_TIME_LIMIT: a failure or a timeout is a wrong
+    answer."""
+    pred, ok, _ = _grade_checked(solution, reference, dataset, protocol)
+    return pred, ok
+
+
+def _grade_checked(solution, reference, dataset, protocol):
+    """(pred, correct, None), or (None, False, why) when grading failed or ran out of time."""
+    if protocol not in ("strict", "authors"):
+        raise ValueError(f"protocol must be 'strict' or 'authors', not {protocol!r}")
     dataset = (dataset or "").lower()
+    _deadline.at = time.monotonic() + GRADE_TIME_LIMIT
+    try:
+        if protocol == "authors":
+            return (*_grade_authors(solution, reference, dataset), None)
+        return (*_grade_strict(solution, reference, dataset), None)
+    except Exception as e:   # RecursionError, MemoryError, GradeTimeout, a bug: never the whole run
+        return None, False, f"{type(e).__name__}: {e}"[:300]
+    finally:
+        _deadline.at = None
+
+
+def _grade_strict(solution, reference, dataset):
     pred, ref = extract_answer(solution, dataset), str(reference)
     if dataset == "mathematics":   # references may be lists such as "[3, 5]"
         ref = ref[1:-1] if ref.startswith("[") and ref.endswith("]") else ref
         if pred and pred.startswith("[") and pred.endswith("]"):
             pred = pred[1:-1]
     if dataset == "gsm8k" and pred and "\\" not in pred:
-        pred = re.sub(r"[a-zA-Z]", "", pred)            # answers are numbers: the authors drop letters
+        # answers are numbers: the authors drop letters; a left-hand side goes first ("x = 160")
+        pred = re.sub(r"[a-zA-Z]", "", _strip_lhs(pred.strip()))
     return pred, is_equiv(pred, ref)
 
-# ------------------------------------------------------------------------------------------- scoring
+# ------------------------------------------------------------------------------------------ scoring
+
+def verdicts(solution, reference, dataset=None):
+    """Both verdicts for one solution, as a result line stores them: pred / correct (strict, the
+    headline) and pred_authors / correct_authors (the authors' grader, behind the paper's
+    numbers)."""
+    pred, ok, error = _grade_checked(solution, reference, dataset, "strict")
+    pred_a, ok_a, error_a = _grade_checked(solution, reference, dataset, "authors")
+    out = {"pred": pred, "correct": ok, "pred_authors": pred_a, "correct_authors": ok_a}
+    errors = [f"{name}: {e}" for name, e in (("strict", error), ("paper protocol", error_a)) if e]
+    if errors:   # graded wrong because grading itself failed: say why
+        out["grade_error"] = "; ".join(errors)
+    return out
+
 
 def _record_parts(rec, where):
-    """(solution text, reference, id) from our results or the authors' released format (debug_result)."""
-    if "debug_result" in rec:   # authors: text/code/execution parts after the system and user messages
-        sol = "\n".join(str(d.get("content", "")) for d in rec["debug_result"]
-                        if d.get("role") not in ("system", "user"))
-        ref = rec.get("ground_truth", {}).get("answer")
+    """(solution as an LCE string, reference, id) from our results or the authors' output format:
+    `debug_result`, items keyed "role" (their released runs, which append the extracted answer as
+    one more item, equal to `completion`: dropped) or keyed "type" (their public inference
+    script)."""
+    if "debug_result" in rec:
+        items = rec["debug_result"]
+        if not isinstance(items, list) or not all(isinstance(it, dict) for it in items):
+            raise ValueError(f"{where}: field debug_result: expected a list of objects")
+        blocks = [(it.get("type") or it.get("role"), str(it.get("content", ""))) for it in items]
+        blocks = [(kind, text) for kind, text in blocks if kind not in ("system", "user")]
+        if blocks and "type" not in items[-1] and blocks[-1][1] == rec.get("completion"):
+            blocks = blocks[:-1]
+        sol = "".join(f"<|{kind}|>{text}<|endofblock|>" for kind, text in blocks)
+        ref = (rec.get("ground_truth") or {}).get("answer")
     else:
-        sol, ref = rec.get("solution"), rec.get("reference", rec.get("ground_truth", {}).get("answer"))
+        sol = rec.get("solution")
+        ref = rec.get("reference", (rec.get("ground_truth") or {}).get("answer"))
     if sol is None or ref is None:
-        raise ValueError(f"{where}: needs solution+reference (ours) or debug_result+ground_truth.answer")
+        raise ValueError(f"{where}: needs solution+reference (ours) or "
+                         "debug_result+ground_truth.answer")
     return sol, ref, rec.get("id")
 
 
-def _summary(dataset, oks):
-    correct = sum(map(bool, oks))
-    return {"dataset": dataset, "n": len(oks), "correct": correct, "accuracy": correct / len(oks) if oks else 0.0}
+def _summary(dataset, recs):
+    """Accuracy of graded records under both protocols."""
+    n = len(recs)
+    correct = sum(bool(r["correct"]) for r in recs)
+    correct_authors = sum(bool(r["correct_authors"]) for r in recs)
+    return {"dataset": dataset, "n": n, "correct": correct, "accuracy": correct / n if n else 0.0,
+            "correct_authors": correct_authors,
+            "accuracy_authors": correct_authors / n if n else 0.0}
+
+
+def _summary_line(s):
+    return (f"strict {s['correct']}/{s['n']} = {100 * s['accuracy']:.2f}%, "
+            f"paper protocol {s['correct_authors']}/{s['n']} = {100 * s['accuracy_authors']:.2f}%")
 
 
 def math_table(rows):
@@ -563,8 +894,8 @@ def math_table(rows):
     lines = ["| subject | " + " | ".join(f"L{c}" if c != "all" else "all" for c in cols) + " |",
              "|---" * (len(cols) + 1) + "|"]
     for subj in sorted({k[0] for k in cells} - {"all"}) + ["all"]:
-        vals = [f"{100 * cells[(subj, c)][0] / cells[(subj, c)][1]:.1f}" if (subj, c) in cells else "-"
-                for c in cols]
+        vals = [f"{100 * cells[(subj, c)][0] / cells[(subj, c)][1]:.1f}"
+                if (subj, c) in cells else "-" for c in cols]
         lines.append(f"| {subj} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
@@ -578,14 +909,14 @@ def score(path, dataset=None, out=None, data_dir=DATA_DIR):
     graded, math_rows = [], []
     for n, rec in enumerate(recs, 1):
         sol, ref, pid = _record_parts(rec, f"{path}:{n}")
-        pred, ok = grade(sol, ref, dataset)
-        graded.append({**rec, "pred": pred, "reference": ref, "correct": ok})
+        graded.append({**rec, "reference": ref, **verdicts(sol, ref, dataset)})
         if pid and str(pid).startswith("test/"):
-            math_rows.append((pid.split("/")[1], _math_levels(data_dir).get(pid), ok))
-    summary = _summary(dataset, [g["correct"] for g in graded])
-    print(f"{path}: {summary['correct']}/{summary['n']} correct, accuracy {100 * summary['accuracy']:.2f}%")
+            level = _math_levels(data_dir).get(pid)
+            math_rows.append((pid.split("/")[1], level, graded[-1]["correct"]))
+    summary = _summary(dataset, graded)
+    print(f"{path}: {_summary_line(summary)}")
     if math_rows:
-        print(math_table(math_rows))
+        print("strict accuracy by subject and level:\n" + math_table(math_rows))
     if out:
         atomic_write(out, "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in graded))
     return summary
@@ -603,97 +934,178 @@ def atomic_write(path, text):
 
 
 def done_keys(path, key="id"):
-    """The `key` of every record already in a results JSONL (resuming). A torn last line (the run died
-    mid-write) is cut off."""
-    if not os.path.exists(path):
-        return set()
-    with open(path, "rb") as f:
-        data = f.read()
-    keep = data[:data.rfind(b"\n") + 1]
-    if len(keep) != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(len(keep))
-    return {json.loads(line)[key] for line in keep.decode("utf-8").splitlines() if line.strip()}
+    """The `key` of every record already in a results JSONL or in the part files of its
+    data-parallel replicas (resuming). A torn last line (the run died mid-write) is cut off."""
+    keys = set()
+    for file in [path, *part_files(path)]:
+        if not os.path.exists(file):
+            continue
+        with open(file, "rb") as f:
+            data = f.read()
+        keep = data[:data.rfind(b"\n") + 1]
+        if len(keep) != len(data):
+            with open(file, "r+b") as f:
+                f.truncate(len(keep))
+        lines = keep.decode("utf-8").splitlines()
+        keys |= {json.loads(line)[key] for line in lines if line.strip()}
+    return keys
 
 
-def run_loop(problems, out_dir, solve_fn, dataset, chunk=64, model_name="this run"):
+def part_path(path, replica):
+    """Where data-parallel replica `replica` appends its records during a run that writes `path`
+    (results.jsonl -> results.part3.jsonl): one writer per file. merge_parts folds them into
+    `path`."""
+    return re.sub(r"(\.jsonl)?$", f".part{replica}.jsonl", path, count=1)
+
+
+def part_files(path):
+    folder, stem = os.path.split(re.sub(r"(\.jsonl)?$", "", path, count=1))
+    pattern = re.compile(re.escape(stem) + r"\.part\d+\.jsonl")
+    names = os.listdir(folder or ".") if os.path.isdir(folder or ".") else []
+    return sorted(os.path.join(folder, name) for name in names if pattern.fullmatch(name))
+
+
+def merge_parts(path, key, order):
+    """Fold the replicas' part files into `path` (atomically), sorted by `order` (the keys in
+    their order), then delete the parts. A record already in `path` (a merge cut short before the
+    parts were deleted) is not added twice; one key in two parts is an error: replicas never share
+    a problem."""
+    parts = part_files(path)
+    if not parts:
+        return
+    recs = _read_jsonl(path) if os.path.exists(path) else []
+    merged, seen = {r[key] for r in recs}, {}
+    for part in parts:
+        for r in _read_jsonl(part):
+            if r[key] in seen:
+                raise ValueError(f"{part}: {key} {r[key]!r} is also in {seen[r[key]]}")
+            seen[r[key]] = part
+            if r[key] not in merged:
+                recs.append(r)
+    place = {k: i for i, k in enumerate(order)}
+    recs.sort(key=lambda r: place.get(r[key], len(place)))
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    for part in parts:
+        os.remove(part)
+
+
+def run_loop(problems, out_dir, solve_fn, dataset, model_name="this run", info=None, replica=0,
+             n_replicas=1, wait=None):
     """Solve every problem not yet in out_dir/results.jsonl, appending one record per problem as it
     finishes (one write + flush + fsync of a whole line), then write summary.json and summary.md.
-    solve_fn(questions, on_result) -> list of dicts with "solution" and "messages"; on_result(i, result)
-    may be called as each finishes. Tests pass a fake solve_fn; `run` passes infer.solve."""
+    solve_fn(questions, on_result) -> list of dicts with "solution" and "messages"; on_result(i,
+    result) may be called as each finishes. solve_fn is called once, with all the problems left:
+    one continuous batch. Tests pass a fake solve_fn; `run` passes infer.solve.
+    Data parallelism (n_replicas > 1, `wait` a barrier of the replicas): replica k solves every
+    n-th problem left and appends to its own part file; after the last one is done, replica 0
+    merges the parts into results.jsonl and writes the summary (the others return None).
+    info: more facts about the run for summary.json (e.g. the sandbox's isolation mode)."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.jsonl")
     done = done_keys(path)
-    todo = [p for p in problems if p["id"] not in done]
-    print(f"[eval] {dataset}: {len(done)} done before, {len(todo)} to solve", file=sys.stderr)
+    todo = [p for p in problems if p["id"] not in done][replica::n_replicas]
+    if wait:
+        wait()   # every replica has read the files before any writes to them
+    print(f"[eval] {dataset}: {len(done)} done before, {len(todo)} to solve"
+          + (f" (replica {replica} of {n_replicas})" if n_replicas > 1 else ""), file=sys.stderr)
     t0 = time.time()
-    with open(path, "a", encoding="utf-8") as f:
-        for start in range(0, len(todo), chunk):
-            batch = todo[start:start + chunk]
-            written = set()
+    written = set()
+    with open(path if n_replicas == 1 else part_path(path, replica), "a", encoding="utf-8") as f:
 
-            def on_result(i, res):
-                if i in written:
-                    return
-                p = batch[i]
-                pred, ok = grade(res["solution"], p["answer"], dataset)
-                rec = {"id": p["id"], "question": p["question"], "solution": res["solution"],
-                       "messages": res.get("messages"), "pred": pred, "reference": p["answer"], "correct": ok}
-                rec.update({k: p[k] for k in ("subject", "level") if k in p})
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-                written.add(i)
-            results = solve_fn([p["question"] for p in batch], on_result)
-            for i, res in enumerate(results):   # solvers that do not stream
-                on_result(i, res)
-            n_new = start + len(batch)
-            rate = n_new / max(time.time() - t0, 1e-9)
-            print(f"[eval] {len(done) + n_new}/{len(problems)}  {rate:.2f} problems/s  "
-                  f"ETA {(len(todo) - n_new) / max(rate, 1e-9) / 60:.1f} min", file=sys.stderr)
+        def on_result(i, res):
+            if i in written:
+                return
+            p = todo[i]
+            rec = {"id": p["id"], "question": p["question"], "solution": res["solution"],
+                   "messages": res.get("messages"), "reference": p["answer"],
+                   **verdicts(res["solution"], p["answer"], dataset)}
+            rec.update({k: p[k] for k in ("subject", "level") if k in p})
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            written.add(i)
+            rate = len(written) / max(time.time() - t0, 1e-9)
+            print(f"[eval] {len(written)}/{len(todo)}  {rate:.2f} problems/s  "
+                  f"ETA {(len(todo) - len(written)) / rate / 60:.1f} min", file=sys.stderr)
+        results = solve_fn([p["question"] for p in todo], on_result)
+        for i, res in enumerate(results):   # solvers that do not stream
+            on_result(i, res)
+    if wait:
+        wait()   # every replica is done
+    if replica != 0:
+        return None
+    merge_parts(path, "id", [p["id"] for p in problems])
     ids = {p["id"] for p in problems}
     recs = [r for r in _read_jsonl(path) if r["id"] in ids]
-    summary = _summary(dataset, [r["correct"] for r in recs])
+    for r in recs:   # lines written before the authors' verdict was recorded get it now
+        if "correct_authors" not in r:
+            r.update(verdicts(r["solution"], r["reference"], dataset))
+    summary = {**_summary(dataset, recs), **(info or {})}
     atomic_write(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
-    lines = [f"| model | {dataset} accuracy % |", "|---|---|",
-             f"| {model_name} (n={len(recs)}) | {100 * summary['accuracy']:.1f} |"]
-    lines += [f"| {m} (paper) | {v.get(dataset.lower(), '-')} |" for m, v in PAPER.items()]
+    # the paper's numbers were graded by the authors' protocol: they sit in that column
+    lines = [f"{dataset} accuracy %: strict (exact equivalence) and paper protocol "
+             "(the authors' grader)", "",
+             "| model | strict | paper protocol |", "|---|---|---|",
+             f"| {model_name} (n={len(recs)}) | {100 * summary['accuracy']:.1f} | "
+             f"{100 * summary['accuracy_authors']:.1f} |"]
+    lines += [f"| {m} (paper) | - | {v.get(dataset.lower(), '-')} |" for m, v in PAPER.items()]
     math_rows = [(r["subject"], r.get("level"), r["correct"]) for r in recs if r.get("subject")]
     if math_rows:
-        lines += ["", math_table(math_rows)]
+        lines += ["", "strict accuracy by subject and level:", "", math_table(math_rows)]
     atomic_write(os.path.join(out_dir, "summary.md"), "\n".join(lines) + "\n")
-    print(f"[eval] {dataset}: {summary['correct']}/{len(recs)} = {100 * summary['accuracy']:.2f}%", file=sys.stderr)
+    print(f"[eval] {dataset}: {_summary_line(summary)}", file=sys.stderr)
     return summary
 
 
 def run(args):
-    import torch
     import infer                     # imported only when generating: scoring needs no model code
     from model import Transformer
-    from sandbox import SandboxPool
+    from parallel import follow, init_ranks
+    from sandbox import SandboxPool, default_isolation
     from tokenizer import Tokenizer
-    problems = load_dataset(args.dataset, args.data_dir, args.subject, args.level)[:args.limit or None]
+    problems = load_dataset(args.dataset, args.data_dir, args.subject, args.level)
+    problems = problems[:args.limit or None]
     tok = Tokenizer.from_checkpoint(args.model)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = Transformer.from_pretrained(args.model, device=device).eval()
-    cfg = infer.GenConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_rounds=args.max_rounds)
+    ranks = init_ranks(args.tp)   # under torchrun: W / tp replicas share out the problems
+    model = Transformer.from_pretrained(args.model, args.device or ranks.device,
+                                        tp_group=ranks.tp_group).eval()
+    if not ranks.leader:             # another shard of a tensor-parallel replica
+        return follow(model, ranks.tp_group)
+    cfg = infer.GenConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                          max_rounds=args.max_rounds, context=args.context)
+    # the prompt's system text: --system, else each record's own (the paper's, docs/method.md §4)
+    system_of = {p["question"]: p["system"] for p in problems}
 
-    with SandboxPool(args.batch_size) as pool:    # one pool for the whole run: workers start once
+    def system(question):
+        if args.system is not None:
+            return args.system
+        return system_of[question] if system_of[question] is not None else infer.DEFAULT_SYSTEM
+
+    # one pool for the whole run (workers start once); under TP each model call is announced
+    with SandboxPool(args.batch_size) as pool, ranks.lockstep(model) as model:
 
         def solve_fn(questions, on_result):
-            return infer.solve(model, tok, questions, cfg=cfg, pool=pool, on_result=on_result)
-        return run_loop(problems, args.out, solve_fn, args.dataset, chunk=4 * args.batch_size,
-                        model_name=os.path.basename(os.path.normpath(args.model)))
+            return infer.solve(model, tok, questions, [system(q) for q in questions], cfg=cfg,
+                               pool=pool, on_result=on_result)
+        return run_loop(problems, args.out, solve_fn, args.dataset,
+                        model_name=os.path.basename(os.path.normpath(args.model)),
+                        info={"sandbox_isolation": default_isolation()},
+                        replica=ranks.replica, n_replicas=ranks.n_replicas, wait=ranks.wait_for_all)
 
 
 # ------------------------------------------------------------------------------------------- report
 
+REPORT_VERDICTS = {"correct": "strict (ours)", "correct_authors": "paper protocol"}
+REPORT_ANSWERS = {"pred": "extracted (ours)", "pred_authors": "extracted (paper protocol)",
+                  "model_answer": "extracted (authors' file)", "grade_error": "grading failed"}
+
+
 def report(paths, out=None, dataset=None, data_dir=DATA_DIR):
     """A page to browse a run (html_views.report_page): RUN_DIR/report.html from its results.jsonl
     and summary.json, or one page for result files, ours or the authors' released format
-    (debug_result). Records without a verdict are graded here as `score` does; a file named
-    *-correct / *-wrong (as in data/official_outs/) also gives the official verdict. Returns the
-    page's path."""
+    (debug_result). Records without verdicts are graded here as `score` does (strict and paper
+    protocol); a file named *-correct / *-wrong (as in data/official_outs/) also gives the official
+    verdict. Returns the page's path."""
     import lce_data                  # lazy: it imports torch, which scoring does not need
     run_dir = paths[0] if len(paths) == 1 and os.path.isdir(paths[0]) else None
     files = [os.path.join(run_dir, "results.jsonl")] if run_dir else list(paths)
@@ -709,34 +1121,20 @@ def report(paths, out=None, dataset=None, data_dir=DATA_DIR):
     for path in files:
         official = {"correct": True, "wrong": False}.get(path[:-len(".jsonl")].rsplit("-", 1)[-1])
         for n, rec in enumerate(_read_jsonl(path), 1):
-            sol, ref, pid = _record_parts(rec, f"{path}:{n}")
-            if "correct" not in rec:            # the authors' files: graded here
-                pred, ok = grade(sol, ref, dataset)
-                rec = {**rec, "pred": pred, "correct": ok}
-            msgs = rec.get("messages") or []
-            if "debug_result" in rec:
-                try:
-                    msgs = lce_data.normalize_record(rec)["messages"]
-                except lce_data.DataError:      # e.g. cut off after an execution: shown as is
-                    msgs = [{"role": "assistant", "content": [
-                        {"type": d["role"], "content": str(d.get("content"))}
-                        for d in rec["debug_result"] if d.get("role") in lce_data.BLOCKS]}]
-            blocks = [(b["type"], b["content"]) for m in msgs if m["role"] == "assistant"
-                      for b in m["content"]] or lce_data.parse_assistant(sol) or [("text", sol)]
-            verdicts = {"strict (ours)": bool(rec["correct"])}
-            verdicts.update({k[len("correct_"):]: v for k, v in rec.items()
-                             if k.startswith("correct_") and isinstance(v, bool)})
-            if official is not None:
-                verdicts["official (file name)"] = official
-            question = rec.get("question") or _user_text(rec) or _user_text({"messages": msgs})
+            sol, ref, pid = _record_parts(rec, f"{path}:{n}")     # sol: an LCE string, both formats
+            if "correct" not in rec:            # the authors' files: graded here, both protocols
+                rec = {**rec, **verdicts(sol, ref, dataset)}
+            turn = [(b["type"], b["content"]) for m in rec.get("messages") or []
+                    if m["role"] == "assistant" for b in m["content"]]
             row = {"id": pid if pid is not None else f"{os.path.basename(path)}:{n}",
-                   "question": question,
-                   "blocks": blocks, "answers": {"extracted (ours)": rec.get("pred")},
-                   "reference": ref, "verdicts": verdicts}
-            row["answers"].update({f"extracted ({k[len('pred_'):]})": v for k, v in rec.items()
-                                   if k.startswith("pred_")})
-            if "model_answer" in rec:                  # the authors' files: their extraction
-                row["answers"]["extracted (authors' file)"] = rec["model_answer"]
+                   "question": rec.get("question") or _message_text(rec, "user") or "",
+                   "blocks": turn or lce_data.parse_assistant(sol) or [("text", sol)],
+                   "answers": {label: rec[k] for k, label in REPORT_ANSWERS.items() if k in rec},
+                   "reference": ref,
+                   "verdicts": {label: bool(rec[k]) for k, label in REPORT_VERDICTS.items()
+                                if k in rec}}
+            if official is not None:
+                row["verdicts"]["official (file name)"] = official
             if rec.get("subject") or str(pid).startswith("test/"):      # MATH
                 row["subject"] = rec.get("subject") or str(pid).split("/")[1]
                 row["level"] = rec.get("level") or _math_levels(data_dir).get(pid)
@@ -748,11 +1146,14 @@ def report(paths, out=None, dataset=None, data_dir=DATA_DIR):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sp = sub.add_parser("score", help="re-grade a results file (ours or the authors' debug_result format)")
+    sp = sub.add_parser("score", help="re-grade a results file (ours or the authors' "
+                        "debug_result format)")
     sp.add_argument("results")
-    sp.add_argument("--dataset", help="gsm8k/math/svamp/mathematics/simuleq/minival (default: from file name)")
+    sp.add_argument("--dataset", help="gsm8k/math/svamp/mathematics/simuleq/minival "
+                    "(default: from file name)")
     sp.add_argument("--out", help="write the re-graded records here (JSONL)")
     sp.add_argument("--data-dir", default=DATA_DIR)
     hp = sub.add_parser("report", help="an HTML page: accuracy, MATH heat map, every problem")
@@ -763,16 +1164,24 @@ def main(argv=None):
                     "from summary.json or the file name)")
     hp.add_argument("--data-dir", default=DATA_DIR)
     rp = sub.add_parser("run", help="generate with a checkpoint and grade (resumable)")
-    rp.add_argument("--model", required=True, help="checkpoint directory (HF layout + tokenizer.model)")
+    rp.add_argument("--model", required=True,
+                    help="checkpoint directory (HF layout + tokenizer.model)")
     rp.add_argument("--dataset", required=True)
-    rp.add_argument("--out", required=True, help="output directory: results.jsonl, summary.json/.md")
+    rp.add_argument("--out", required=True,
+                    help="output directory: results.jsonl, summary.json/.md")
     rp.add_argument("--limit", type=int, default=0, help="first N problems only (0 = all)")
     rp.add_argument("--batch-size", type=int, default=16)
-    rp.add_argument("--max-new-tokens", type=int, default=512, help="per block (METHOD.md §4)")
+    rp.add_argument("--max-new-tokens", type=int, default=512, help="per block (docs/method.md §4)")
     rp.add_argument("--max-rounds", type=int, default=16)
+    rp.add_argument("--context", choices=["window", "stop"], default="window",
+                    help="window: the authors' sliding window over the last 1536 tokens (default); "
+                    "stop: a problem stops when its context reaches 2048 tokens")
     rp.add_argument("--subject", help="MATH only: e.g. algebra")
     rp.add_argument("--level", type=int, help="MATH only: 1-5")
-    rp.add_argument("--device", help="default: cuda when available, else cpu")
+    rp.add_argument("--system", help="system text of every prompt (default: each record's own)")
+    rp.add_argument("--device", help="default: cuda (this rank's GPU) when available, else cpu")
+    rp.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per model replica "
+                    "(torchrun --nproc_per_node=W: W / tp replicas share out the problems)")
     rp.add_argument("--data-dir", default=DATA_DIR)
     args = ap.parse_args(argv)
     try:
@@ -782,7 +1191,8 @@ def main(argv=None):
             print(report(args.paths, args.out, args.dataset, args.data_dir))
         else:
             run(args)
-    except (ValueError, OSError) as e:   # bad input: one clear line naming the file (and line), no traceback
+    # bad input: one clear line naming the file (and line), no traceback
+    except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -2,8 +2,8 @@
 See the method: self-contained HTML pages and SVG plots of MathCoder's data and runs.
 
 Plain HTML, inline SVG and a little JavaScript in one file: no network fetch (no CDN), works
-offline, standard library only. This module imports nothing of the project, so every module may
-use it:
+offline, standard library only. Of the project it imports only storage.py (files written whole),
+so every other module may use it:
 
     python lce_data.py show FILE --index 0 --html conv.html   # the loss mask, token by token
     python eval.py report RUN_DIR                 # RUN_DIR/report.html: every problem, each block
@@ -15,11 +15,12 @@ scripts read only the page's own elements (no data inside <script>), so text can
 """
 import argparse
 import html
-import json
 import math
 import os
 import re
 import sys
+
+from storage import atomic_write, read_json, read_jsonl
 
 # the background of each part of a conversation (token view) and of each solution block
 BLOCK_COLOURS = {"system": "#e6e0f3", "user": "#d9ebfb", "text": "#dcf2dc", "code": "#fdebc8",
@@ -74,31 +75,6 @@ def page(title, body, script="") -> str:
     return ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f"<title>{esc(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n"
             + (f"<script>\n{script}\n</script>\n" if script else "") + "</body>\n</html>\n")
-
-
-def save(path, text):
-    """Write a file atomically (temporary file, fsync, rename): a crash leaves old or new."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_jsonl(path) -> list[dict]:
-    """The records of a JSONL file; a torn last line (a run killed mid-write) is left out."""
-    with open(path, encoding="utf-8") as f:
-        lines = [line for line in f.read().split("\n") if line.strip()]
-    out = []
-    for k, line in enumerate(lines):
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if k + 1 < len(lines):
-                raise ValueError(f"{path}:{k + 1}: not valid JSON") from None
-    return out
 
 
 def pct(x) -> str:
@@ -240,7 +216,7 @@ def write_loss_svg(log_path, svg_path):
         for field in ("step", "loss"):
             if not isinstance(r.get(field), (int, float)):
                 raise ValueError(f"{log_path}:{k}: field {field}: missing or not a number")
-    save(svg_path, loss_svg(log))
+    atomic_write(svg_path, loss_svg(log))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -485,10 +461,7 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
         return os.path.join(out_dir, *p)
 
     def load(*p):
-        if not os.path.isfile(path(*p)):
-            return {}
-        with open(path(*p), encoding="utf-8") as f:
-            return json.load(f)
+        return read_json(path(*p)) if os.path.isfile(path(*p)) else {}
     parts = ["<h1>MathCoder in miniature: the tiny run</h1>",
              '<p class="note">A small Llama trained from scratch on synthetic LCE solutions (text, '
              "code, execution output) solves held-out problems with the generate-execute-continue "
@@ -504,8 +477,9 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
             others.append((name, r))
             continue
         model, how = _tiny_mode(name)
-        link = (f'<a href="{esc(name)}/report.html">{esc(name)}/report.html</a>'
-                if os.path.isfile(path(name, "report.html")) else esc(name))
+        link = (f'<a href="{esc(name)}/report.html" title="{esc(name)}/report.html">'
+                f"{esc(r['n'])} problems</a>" if os.path.isfile(path(name, "report.html"))
+                else esc(name))
         parts.append(f"<tr><td>{model}</td><td>{how}</td><td>{bar(r['accuracy'])}</td>"
                      f"<td class=num>{pct(r['accuracy'])}</td><td class=num>{esc(r['correct'])} / "
                      f"{esc(r['n'])}</td><td>{link}</td></tr>")
@@ -517,7 +491,7 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
                            + "</td></tr>" for k, x in v.items())
             parts.append(f"<h2>{esc(name)}</h2><table>{rows}</table>")
         elif name == "seconds":
-            parts.append(f"<p>The whole run took {v:.0f} s.</p>")
+            parts.append(f"<p>The whole run took {v / 60:.0f} min.</p>")
         else:
             parts.append(f"<p>{esc(name)}: {esc(v)}</p>")
     # the training curves: every folder with a log.jsonl, on one plot
@@ -580,7 +554,7 @@ def main(argv=None):
             write_loss_svg(args.log, target)
         else:
             target = os.path.join(args.out_dir, "report.html")
-            save(target, tiny_run_page(args.out_dir))
+            atomic_write(target, tiny_run_page(args.out_dir))
         print(target)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")

@@ -21,9 +21,14 @@ from collections import Counter
 import torch
 
 import html_views
+import storage
 from tokenizer import Tokenizer
 
-DEFAULT_SYSTEM = 'Below is a math problem. Please solve it step by step and put your answer in "\\boxed{}".'
+# The system text of the paper's numbers: every released solution and every test record in
+# data/eval/ carries it (docs/method.md §4). The authors' script defaulted to "" (or, with --syspt,
+# this text plus ' and put your answer in "\\boxed{}".'), but their released outputs were not made
+# with those defaults.
+DEFAULT_SYSTEM = "Below is a math problem. Please solve it step by step."
 ROLES = ("system", "user", "assistant")
 BLOCKS = ("text", "code", "execution")
 IGNORE = -100                      # label of tokens that carry no loss (cross_entropy's default ignore_index)
@@ -105,33 +110,38 @@ def normalize_record(rec, where="<record>") -> dict:
 
 
 def _from_debug_result(rec, need) -> list[dict]:
-    """[{"role": "system"|"user"|"text"|"code"|"execution", "content": str}, ...] -> messages. The authors'
-    script appends the extracted answer as one more text item equal to `completion`: that is not something
-    the model wrote, so it is dropped."""
+    """The authors' output format -> messages. `debug_result` is a flat list: {"role":
+    "system"|"user", "content": str}, then one item per block. Their public script
+    (src/inference.py) keys the blocks {"type": "text"|"code"|"execution", "content"} and sets
+    `completion` to the last block's content; their released runs key them "role" too and append the
+    extracted answer as one more text item equal to `completion`: that is not something the model
+    wrote, so it is dropped."""
     items = rec["debug_result"]
     need(isinstance(items, list), "debug_result", "expected a list")
     msgs = []
     for i, it in enumerate(items):
-        need(isinstance(it, dict) and "role" in it and "content" in it, f"debug_result[{i}]",
-             "expected an object with 'role' and 'content'")
-        role, content = it["role"], it["content"]
-        need(role in ("system", "user") + BLOCKS, f"debug_result[{i}].role", f"unknown role {role!r}")
-        if (i == len(items) - 1 and role == "text" and content == rec.get("completion")
-                and msgs and msgs[-1]["role"] == "assistant"):
-            break                                  # the appended answer
-        if role in ("system", "user"):
-            msgs.append({"role": role, "content": [{"type": "text", "content": content}]})
+        need(isinstance(it, dict) and ("role" in it or "type" in it) and "content" in it,
+             f"debug_result[{i}]", "expected an object with 'role' (or 'type') and 'content'")
+        key = "type" if "type" in it else "role"
+        kind, content = it[key], it["content"]
+        need(kind in ("system", "user") + BLOCKS, f"debug_result[{i}].{key}",
+             f"unknown role {kind!r}")
+        if (i == len(items) - 1 and key == "role" and kind == "text"
+                and content == rec.get("completion") and msgs and msgs[-1]["role"] == "assistant"):
+            break                                  # the released runs' appended answer
+        if kind in ("system", "user"):
+            msgs.append({"role": kind, "content": [{"type": "text", "content": content}]})
         else:
             if not msgs or msgs[-1]["role"] != "assistant":
                 msgs.append({"role": "assistant", "content": []})
-            msgs[-1]["content"].append({"type": role, "content": content})
+            msgs[-1]["content"].append({"type": kind, "content": content})
     return msgs
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Strings and tokens
 def serialize(record) -> str:
-    """The whole conversation as one LCE string: no newlines added between pieces (METHOD.md §1)."""
+    """The whole conversation as one LCE string, nothing between the pieces (docs/method.md §1)."""
     return "".join(f"<|{m['role']}|>" + "".join(f"<|{b['type']}|>{b['content']}<|endofblock|>"
                                                 for b in m["content"]) + "<|endofmessage|>"
                    for m in record["messages"])
@@ -471,11 +481,11 @@ def main():
         st = {}
         ids, labels = encode_example(records[args.index], tok, args.max_len,
                                      args.train_on_execution, stats=st)
-        pieces = [tok.id_to_special.get(i) or tok.sp.id_to_piece(i) for i in ids]
+        pieces = [tok.id_to_special.get(i) or tok.sentencepiece.id_to_piece(i) for i in ids]
         title = f"{args.file}, record {args.index}" + (f", cut to {args.max_len} tokens"
                                                         if st.get("truncate") else "")
-        html_views.save(args.html, html_views.tokens_page(title, ids, labels, pieces,
-                                                          tok.special, IGNORE))
+        page = html_views.tokens_page(title, ids, labels, pieces, tok.special, IGNORE)
+        storage.atomic_write(args.html, page)
         print(args.html)
     elif args.cmd == "stats":
         read = {}

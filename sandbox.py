@@ -1,72 +1,96 @@
-"""sandbox.py: a stateful Python session for the code MathCoder writes mid-solution (METHOD.md §4).
+"""sandbox.py: a stateful Python session for the code MathCoder writes mid-solution.
 
-The authors ran each problem's code blocks in one Jupyter kernel: variables persist from block to block, and
-what a notebook cell shows (stdout/stderr, the repr of the last expression, a traceback without colour codes,
-or "<empty_execution>") goes back into the model's context. Here, without Jupyter: one worker process per
-Sandbox (this very file, run with --worker), spoken to over pipes with one JSON object per line, reused
-across problems (reset() clears it in place, which is cheap).
+The authors' src/inference.py (docs/method.md §4) runs each problem's code blocks in one Jupyter
+kernel: variables persist from block to block, and what the cell shows (stdout/stderr, then
+IPython's display of the last expression or its traceback, or "<empty_execution>") goes back into
+the model's context; notebook.py reproduces that display by hand. Here, without Jupyter: one worker
+process per Sandbox, spoken to over a socket with one JSON object per line, reused across problems
+(reset() clears it in place: cheap).
 
     with Sandbox(timeout=6) as sb:
         sb.run("x = 6 * 7")       # -> "<empty_execution>"
         sb.run("print(x); x + 1") # -> "42\\n43"
 
-Limits (all configurable):
-  time      soft: at `timeout` s a TimeoutError is raised inside the cell and the session goes on (as with
-            Jupyter's interrupt). hard: code that catches it, ignores signals or sits in C code is killed
-            GRACE s later, with its process group and every process of its uid; the next call runs in a
-            fresh worker and its output starts with a note that earlier variables are lost.
-  memory    RLIMIT_AS (address space): MemoryError inside the cell, or the worker dies and is restarted.
-  processes RLIMIT_NPROC, per uid (threads included): needs the worker's own uid (root, below).
-  output    head and tail kept, "[... N characters cut ...]" between; cut in the worker, so printing
-            100 MB never reaches the parent.
-  files     RLIMIT_FSIZE per file ("File too large"). Processes the cell left running die when it ends.
+A fork server makes restarts cheap: each Sandbox starts a template (this file, run with --template)
+that imports the preload (numpy, sympy, ...) once and forks the worker: the first one, and a fresh
+one whenever a worker dies or is killed. The template runs no model code.
 
-Isolation, and its limits (this is NOT a security boundary):
-  * As root (containers, CI) the worker drops to its own unprivileged uid/gid (UID_BASE + a slot, no account
-    needed): it cannot signal the parent or other sandboxes, nor write where that uid may not (the repo,
-    home), and RLIMIT_NPROC stops fork/thread bombs. Modules imported after the drop must be readable by
-    that uid (a Python under /root, e.g. pyenv, is not), so common ones are imported before it
-    (DEFAULT_PRELOAD; extend it if needed). Without root none of this exists: the worker runs as you.
-  * A Python audit hook (sys.addaudithook) refuses, through Python's own APIs, writes outside the work
-    directory (even to /tmp), signals to processes outside the sandbox, and sockets: a guard rail against
-    accidents, which ctypes, a shell (`os.system`) or code that goes looking gets around.
-  * Reads, disk use inside the work directory, CPU share and the kernel's attack surface are not limited.
-    For untrusted code at scale, run the whole program in a container or VM with no network, a read-only
-    root, a tmpfs work directory and a seccomp profile (docker --network none --read-only --pids-limit,
-    gVisor, or nsjail/bubblewrap around the worker).
-Linux is the tested platform (it uses /proc, rlimits, setuid); macOS works with fewer guarantees.
+Limits (all configurable):
+  time      soft: at `timeout` s a TimeoutError is raised inside the cell, which then shows the
+            authors' timeout message (notebook.TIMEOUT), and the session goes on (their kernel
+            ran on; see notebook.py). hard: code that catches it, ignores signals or sits in C
+            code is killed GRACE s later with every process it started; the next call runs in a
+            fresh worker and its output starts with a note that earlier variables are lost.
+  memory    RLIMIT_AS (address space): MemoryError inside the cell, or the worker dies and
+            restarts.
+  processes RLIMIT_NPROC, threads included. The kernel counts it per uid and never for root, so it
+            holds only where the worker has a uid or a user namespace of its own (see below).
+  output    head and tail kept, "[... N characters cut ...]" between; cut in the worker, so
+            printing 100 MB never reaches the parent.
+  files     RLIMIT_FSIZE per file ("File too large"). Processes a cell left running die at its end.
+
+Isolation, Sandbox(isolation=...); default_isolation() is the strongest this machine offers:
+  "namespaces"  The template and its worker run inside bubblewrap (`bwrap`, package bubblewrap),
+      one per Sandbox: all files read-only but the Sandbox's work directory, fresh /dev and /proc,
+      no network (a network namespace with only loopback), their own PID, IPC and UTS namespaces
+      (the parent, other sandboxes and all other processes are invisible, so cannot be signalled);
+      killed with the parent. As root the worker also drops to a uid of its own, as in "uid".
+      Without root, bwrap makes a user namespace and the worker keeps your uid: it could then kill
+      its own template, which costs only its own Sandbox a cold restart.
+  "uid"  (root on Linux) The worker drops to an unprivileged uid/gid of its own (UID_BASE + a slot,
+      no account needed): it cannot signal other processes nor write where that uid may not (the
+      repo, home). It sees all processes, may write where anyone may (/tmp) and has the network.
+  "none"  The worker runs as you: the limits above and the audit hook below, nothing more.
+  Reads are not restricted: a worker that drops root keeps one of its capabilities,
+  CAP_DAC_READ_SEARCH, so it reads all the caller can (a checkout or venv in a mode-700 directory,
+  like /root, still imports lazily loaded modules), and no_new_privs keeps it from gaining more.
+  In every mode a Python audit hook (sys.addaudithook) refuses, through Python's own APIs, writes
+  outside the work directory, signals to other processes and sockets: a guard rail against
+  accidents, which ctypes, a shell or code that goes looking gets around. Never limited: reads,
+  disk use inside the work directory, CPU share, the kernel's attack surface (no seccomp filter);
+  for hostile code at scale also put the whole program in a VM.
+Linux is the tested platform (/proc, rlimits, setuid, capabilities); macOS offers only "none".
 """
-import argparse, ast, builtins, contextlib, io, itertools, json, linecache, os, pwd, queue, re, resource
-import select, shutil, signal, subprocess, sys, tempfile, threading, time, traceback, types, warnings, weakref
+import argparse, builtins, contextlib, ctypes, dataclasses, inspect, io, itertools, json, os, pwd
+import queue, resource, select, shutil, signal, socket, subprocess, sys, tempfile, threading, time
+import traceback, weakref
 
 EMPTY = "<empty_execution>"  # what the training data shows for a cell with no output
-DEFAULT_PRELOAD = ("math", "cmath", "fractions", "decimal", "itertools", "functools", "collections",
-                   "statistics", "random", "re", "string", "datetime", "calendar", "heapq", "bisect",
-                   "operator", "numbers", "typing", "copy", "json", "time", "array", "dataclasses", "enum",
-                   "textwrap", "pprint", "unicodedata", "struct", "csv", "numpy", "sympy")  # ~0.5 s
+# Imported once per Sandbox by its template, which then forks: no module that starts threads.
+DEFAULT_PRELOAD = ("math", "cmath", "fractions", "decimal", "itertools", "functools",
+                   "collections", "statistics", "random", "re", "string", "datetime", "calendar",
+                   "heapq", "bisect", "operator", "numbers", "typing", "copy", "json", "time",
+                   "array", "dataclasses", "enum", "textwrap", "pprint", "unicodedata", "struct",
+                   "csv", "numpy", "sympy",
+                   "_strptime")  # what datetime.strptime imports on first use
+MODES = ("namespaces", "uid", "none")  # isolation, strongest first
 UID_BASE = 1_000_000_000  # worker uids: UID_BASE + (parent pid % 2**22) * 256 + slot, below 2**31
 GRACE = 1.0               # seconds from the soft TimeoutError to the hard kill
-STARTUP_TIMEOUT = 60.0    # seconds a new worker may take to import DEFAULT_PRELOAD and say hello
-RESTART_NOTE = "[The Python session was restarted: variables and imports from earlier cells are lost.]"
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # colour codes: stripped, as the authors did (METHOD.md §4)
+STARTUP_TIMEOUT = 60.0    # seconds a new template may take to import the preload and fork a worker
+RESTART_NOTE = ("[The Python session was restarted: variables and imports from earlier cells "
+                "are lost.]")
 
 
 # ---------------------------------------------------------------------------------- wire protocol
 def _send(fd, obj):
-    data = (json.dumps(obj) + "\n").encode()  # one JSON object per line (json.dumps escapes newlines)
+    data = (json.dumps(obj) + "\n").encode()  # one JSON object per line (newlines are escaped)
     while data:
         data = data[os.write(fd, data):]
 
 
 def _recv(fd, deadline=None, limit=1 << 30):
-    """One message from fd; "eof" if the writer died, "timeout" past the deadline, "bad" if malformed.
-    Exactly one request or reply is ever in flight, so a read never runs into the next message."""
-    buf, poller = b"", select.poll()
+    """One message from fd; "eof" if the writer died, "timeout" past the deadline, "bad" if
+    malformed. One request or reply at a time is in flight: a read never runs into the next one."""
+    buf = b""
+    poller = select.poll()
     poller.register(fd, select.POLLIN)
     while not buf.endswith(b"\n"):
         if deadline is not None and not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
             return "timeout"
-        chunk = os.read(fd, 1 << 16)
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except ConnectionResetError:  # a socket whose peer died
+            chunk = b""
         if not chunk:
             return "eof"
         buf += chunk
@@ -78,27 +102,30 @@ def _recv(fd, deadline=None, limit=1 << 30):
         return "bad"
 
 
+# ---------------------------------------------------------------------------------- processes
 def _procs(uid=None, pgrp=None, ppid=None):
-    """Live (non-zombie) pids whose real uid is `uid`, or in process group `pgrp`, or children of `ppid`."""
+    """Live (non-zombie) pids whose real uid is `uid`, or in process group `pgrp`, or children of
+    `ppid`. Without /proc (macOS): none."""
     found = []
-    names = os.listdir("/proc") if os.path.isdir("/proc") else []  # no /proc (macOS): nothing found
+    names = os.listdir("/proc") if os.path.isdir("/proc") else []
     for name in filter(str.isdigit, names):
         try:
             with open(f"/proc/{name}/stat") as f:
-                state, pp, pg = f.read().rsplit(")", 1)[1].split()[:3]
+                state, parent, group = f.read().rsplit(")", 1)[1].split()[:3]
             with open(f"/proc/{name}/status") as f:
                 real_uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
-            if state not in "ZX" and (int(pg) == pgrp or int(pp) == ppid or real_uid == uid):
-                found.append(int(name))
         except (OSError, ValueError, StopIteration):  # it exited meanwhile
-            pass
+            continue
+        if state not in "ZX" and (int(group) == pgrp or int(parent) == ppid or real_uid == uid):
+            found.append(int(name))
     return found
 
 
-def _kill_all(find):
-    """SIGKILL every pid that find() returns, and again, until none is left (they may fork meanwhile)."""
+def _kill_all(spare, **which):
+    """SIGKILL every process _procs(**which) finds but pid `spare`, again and again until none is
+    left (they may fork meanwhile)."""
     for _ in range(200):
-        pids = find()
+        pids = set(_procs(**which)) - {spare}
         if not pids:
             return
         for pid in pids:
@@ -107,59 +134,89 @@ def _kill_all(find):
 
 
 # ---------------------------------------------------------------------------------- the worker
-_S = types.SimpleNamespace(in_cell=False, trusted=False, spawned=False, pid=0, dir="", uid=None, timeout=0.0)
-_SPAWN = {"os.fork", "os.forkpty", "os.system", "os.posix_spawn", "os.exec", "subprocess.Popen", "pty.spawn"}
-_PATH_EVENTS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.link": (1,),
-                "os.symlink": (1,), "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.utime": (0,),
-                "os.mkfifo": (0,), "os.mknod": (0,), "shutil.rmtree": (0,)}
+@dataclasses.dataclass
+class _WorkerState:
+    """What the worker process knows about itself (one worker per process, so module-level)."""
+    pid: int = 0            # the worker's own pid: a process forked by a cell must never answer
+    dir: str = ""           # the work directory, the only place Python-level writes may go
+    uid: "int | None" = None  # the uid it dropped to (None: it runs as the caller)
+    timeout: float = 0.0    # seconds per cell
+    kernel: object = None   # its notebook.Kernel: what a cell shows, and the Cell In[k] counter
+    in_cell: bool = False   # the user's code runs: the time limit may interrupt it
+    timed_out: bool = False  # the running cell hit the time limit
+    spawned: bool = False   # the cell started a process: kill what it left at its end
+    trusted: bool = False   # this file's own clean-up runs: the audit hook stands aside
+
+
+_worker = _WorkerState()
+notebook = None  # notebook.py, imported by the template (_template) before it forks workers
+_SPAWN_EVENTS = {"os.fork", "os.forkpty", "os.system", "os.posix_spawn", "os.exec",
+                 "subprocess.Popen", "pty.spawn"}
+_PATH_EVENTS = {  # audit event -> which of its arguments are paths written to
+    "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.link": (1,),
+    "os.symlink": (1,), "os.truncate": (0,), "os.chmod": (0,), "os.chown": (0,), "os.utime": (0,),
+    "os.mkfifo": (0,), "os.mknod": (0,), "shutil.rmtree": (0,)}
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
 def _guard(event, args):
-    """Audit hook: a guard rail on Python-level file writes, signals and sockets (not a security boundary)."""
-    if _S.trusted:
+    """Audit hook: a guard rail on Python-level file writes, signals and sockets."""
+    if _worker.trusted:
         return
     paths = [args[i] for i in _PATH_EVENTS.get(event, ())]
     if event == "open" and args[2] & _WRITE_FLAGS:  # open() for reading is not checked
         paths = [args[0]]
-    for p in paths:
-        real = _S.dir if isinstance(p, int) else os.path.realpath(os.fsdecode(os.fspath(p)))  # int: an open fd
-        if os.path.commonpath([real, _S.dir]) != _S.dir and real != os.devnull:
-            raise PermissionError(f"sandbox: writing outside the working directory is not allowed: {p!r}")
-    if event in _SPAWN:
-        _S.spawned = True
-    elif event in ("os.kill", "os.killpg"):  # the target as a process group; 0 = our own, -1 = everything
+    for path in paths:  # an int is an open fd
+        if isinstance(path, int):
+            real = _worker.dir
+        else:
+            real = os.path.realpath(os.fsdecode(os.fspath(path)))
+        if os.path.commonpath([real, _worker.dir]) != _worker.dir and real != os.devnull:
+            raise PermissionError("sandbox: writing outside the working directory is not "
+                                  f"allowed: {path!r}")
+    if event in _SPAWN_EVENTS:
+        _worker.spawned = True
+    elif event in ("os.kill", "os.killpg"):  # the target as a group; 0 = our own, -1 = everything
         pid = args[0]
-        group = pid if event == "os.killpg" else os.getpgid(pid) if pid > 0 else -pid if pid < -1 else pid
+        if event == "os.killpg" or pid in (0, -1):
+            group = pid
+        else:
+            group = -pid if pid < 0 else os.getpgid(pid)
         if group not in (0, os.getpgrp()):
-            raise PermissionError("sandbox: signals may only be sent to the sandbox's own processes")
+            raise PermissionError("sandbox: signals may go only to the sandbox's own processes")
     elif event in ("socket.connect", "socket.bind", "socket.sendto"):
         raise PermissionError("sandbox: network access is disabled")
 
 
 class _Capture(io.TextIOBase):
-    """Stands in for stdout and stderr during a cell; keeps the first and the last `limit` characters."""
+    """Stands in for stdout and stderr during a cell; keeps the first and the last `limit`
+    characters, so memory stays O(limit) whatever the cell prints."""
 
     def __init__(self, limit):
-        self.limit, self.total, self.head, self.tail, self.tail_n = limit, 0, "", [], 0
+        self.limit = limit
+        self.total = 0     # characters written
+        self.head = ""     # the first `limit` of them
+        self.tail = []     # pieces holding (at least) the last `limit` of them
+        self.tail_len = 0
 
     def writable(self):
         return True
 
-    def write(self, s):
-        s = str(s)
-        n = len(s)
-        self.total += n
+    def write(self, text):
+        text = str(text)
+        self.total += len(text)
         if len(self.head) < self.limit:
-            self.head += s[:self.limit - len(self.head)]
-        if n >= self.limit:  # the last `limit` characters are all in s
-            self.tail, self.tail_n = [s[-self.limit:]], self.limit
-        elif n:
-            self.tail.append(s)
-            self.tail_n += n
-            if self.tail_n > 2 * self.limit:  # trim now and then: memory stays O(limit) however much is printed
-                self.tail, self.tail_n = ["".join(self.tail)[-self.limit:]], self.limit
-        return n
+            self.head += text[:self.limit - len(self.head)]
+        if len(text) >= self.limit:  # the last `limit` characters are all in text
+            self.tail = [text[-self.limit:]]
+            self.tail_len = self.limit
+        elif text:
+            self.tail.append(text)
+            self.tail_len += len(text)
+            if self.tail_len > 2 * self.limit:  # trim now and then
+                self.tail = ["".join(self.tail)[-self.limit:]]
+                self.tail_len = self.limit
+        return len(text)
 
     def text(self):
         if self.total <= self.limit:
@@ -169,254 +226,397 @@ class _Capture(io.TextIOBase):
         return f"{self.head[:keep]}\n[... {self.total - self.limit} characters cut ...]\n{tail}"
 
 
-def _format_exc(e):
-    """The traceback as Python prints it, minus this file's frames (and ast.py's, for syntax errors)."""
-    te = traceback.TracebackException.from_exception(e)
-    todo, seen = [te], set()
-    while todo:  # the exception and every one chained to it (`raise ... from`, errors inside `except`)
-        t = todo.pop()
-        if t is None or id(t) in seen:
-            continue
-        seen.add(id(t))
-        t.stack = traceback.StackSummary.from_list(
-            [f for f in t.stack if f.filename not in (__file__, ast.__file__)])
-        todo += [t.__cause__, t.__context__]
-    return "".join(te.format())
-
-
 def _on_alarm(signum, frame):
-    # Raise only inside the user's code, never in this file's machinery (e.g. while formatting its output).
-    if _S.in_cell and frame is not None and frame.f_code.co_filename != __file__:
-        _S.in_cell = False
-        raise TimeoutError(f"the cell exceeded the time limit of {_S.timeout:g} s")
+    # Raise only inside the user's code, never in this file's machinery (_Capture.write under a
+    # print): the timer fires again 50 ms later.
+    if _worker.in_cell and frame is not None and frame.f_code.co_filename != __file__:
+        _worker.in_cell = False
+        _worker.timed_out = True
+        raise TimeoutError(f"the cell exceeded the time limit of {_worker.timeout:g} s")
 
 
 def _kill_children():
-    """Kill every process the cell started and left behind (with its own uid: even setsid() ones)."""
-    _S.trusted = True
+    """Kill every process the cell started and left (with its own uid: even setsid() ones)."""
+    _worker.trusted = True
     try:
-        if _S.uid:
-            os.kill(-1, signal.SIGKILL)  # -1 = every process this uid may signal: only the sandbox's own
-        else:  # no uid of its own: our process group and our children (orphans come to us, a subreaper)
-            _kill_all(lambda: set(_procs(pgrp=os.getpgrp(), ppid=os.getpid())) - {os.getpid()})
+        if _worker.uid:
+            os.kill(-1, signal.SIGKILL)  # -1: every process this uid may signal, the sandbox's own
+        else:  # our process group and our children (orphans come to us: we are a subreaper)
+            _kill_all(os.getpid(), pgrp=os.getpgrp(), ppid=os.getpid())
         while True:
             os.waitpid(-1, 0)  # reap
     except ChildProcessError:
         pass
     finally:
-        _S.trusted = False
+        _worker.trusted = False
 
 
-def _run_cell(code, ns, n, limit):
-    """Run one cell like a notebook: exec all statements, show the repr of a final expression."""
-    name = f"<cell-{n}>"
-    linecache.cache[name] = (len(code), None, code.splitlines(True), name)  # source lines in tracebacks
+def _run_cell(code, namespace, limit):
+    """Run one cell as the authors' IPython kernel did (notebook.py); return what it showed."""
     out = _Capture(limit)
     sys.stdout = sys.stderr = out
-    _S.spawned = False
-    used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])  # RLIMIT_CPU: a backstop if the parent is gone
-    resource.setrlimit(resource.RLIMIT_CPU, (int(used + _S.timeout + GRACE) + 2, resource.RLIM_INFINITY))
+    _worker.spawned = False
+    # RLIMIT_CPU: a backstop should the parent be gone and nobody enforce the time limit
+    used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+    cpu_limit = int(used + _worker.timeout + GRACE) + 2
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_limit, resource.RLIM_INFINITY))
     signal.signal(signal.SIGALRM, _on_alarm)  # again each cell: an earlier one may have replaced it
-    signal.setitimer(signal.ITIMER_REAL, _S.timeout, 0.05)  # re-fires until cancelled, in case one is missed
-    _S.in_cell = True
+    signal.setitimer(signal.ITIMER_REAL, _worker.timeout, 0.05)  # re-fires, in case one is missed
+    _worker.timed_out = False
+    _worker.in_cell = True
     try:
-        tree = ast.parse(code, name)
-        last = None  # IPython shows the last statement's value if it is an expression not ending in ";"
-        if tree.body and isinstance(tree.body[-1], ast.Expr) and not code.rstrip().endswith(";"):
-            last = ast.Expression(tree.body.pop().value)
-        exec(compile(tree, name, "exec"), ns)
-        if last is not None:
-            value = eval(compile(last, name, "eval"), ns)
-            if value is not None:
-                out.write(repr(value) + "\n")
-    except BaseException as e:  # SystemExit and KeyboardInterrupt too: the session goes on
-        _S.in_cell = False  # before formatting: traceback.py is not this file, _on_alarm would raise there
-        out.write(_format_exc(e))
+        out.write(_worker.kernel.run(code, namespace))  # the value or traceback, after the prints
+    except BaseException as e:  # raised in notebook.py's machinery itself (e.g. by the time limit)
+        _worker.in_cell = False
+        out.write(_worker.kernel.format_traceback(e))
     finally:
-        _S.in_cell = False
+        _worker.in_cell = False
         signal.setitimer(signal.ITIMER_REAL, 0)
-        if os.getpid() != _S.pid:  # a process forked by the cell: it must never answer the parent
+        if os.getpid() != _worker.pid:  # a process forked by the cell: it must not answer
             os._exit(0)
-        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-    if _S.spawned:
+        sys.stdout = sys.__stdout__
+        sys.stderr = sys.__stderr__
+    if _worker.spawned:
         _kill_children()
-    return _ANSI.sub("", out.text()).encode("utf-8", "replace").decode().strip() or EMPTY  # authors: .strip()
+    if _worker.timed_out:  # the authors' client gave up after 6 s and showed only this
+        return notebook.TIMEOUT
+    shown = notebook.ANSI.sub("", out.text()).encode("utf-8", "replace").decode()
+    return shown.strip() or EMPTY  # the authors' .strip()
 
 
-def _reset(ns, fresh_builtins):
-    ns.clear()
-    ns.update(__name__="__main__", __builtins__=builtins)
-    builtins.__dict__.clear()  # patched builtins restored, added ones gone (same dict: frames hold it)
+def _reset(namespace, fresh_builtins):
+    """A new problem in the same worker; False if only a restart can make it clean."""
+    namespace.clear()
+    namespace.update(__name__="__main__", __builtins__=builtins)
+    builtins.__dict__.clear()  # patched builtins restored, added ones gone (frames hold this dict)
     builtins.__dict__.update(fresh_builtins)
-    for k in [k for k in linecache.cache if k.startswith("<cell-")]:
-        del linecache.cache[k]
+    _worker.kernel.reset()  # Cell In[1] again, and its cells' source lines forgotten
     _kill_children()
-    _S.trusted = True  # removing a symlink that points outside would look like a write out there
+    _worker.trusted = True  # removing a symlink that points outside would look like a write there
     try:
-        os.chdir(_S.dir)
-        for entry in os.scandir(_S.dir):  # files written for the last problem go too
+        os.chdir(_worker.dir)
+        for entry in os.scandir(_worker.dir):  # files written for the last problem go too
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)
             else:
                 os.unlink(entry.path)
-        return threading.active_count() == 1  # threads left running: only a restart can stop them
+        return threading.active_count() == 1  # threads left running: only a restart stops them
     except OSError:
         return False
     finally:
-        _S.trusted = False
+        _worker.trusted = False
 
 
-def _worker(cfg):
-    proto_in, proto_out = os.dup(0), os.dup(1)  # the protocol pipes move off fds 0 and 1 ...
+def _drop_to(uid):
+    """Root becomes `uid` (and gid), keeping one capability, CAP_DAC_READ_SEARCH: it still reads
+    every file root can (lazy imports from a mode-700 checkout work) and can gain nothing back."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(8, 1, 0, 0, 0)  # PR_SET_KEEPCAPS: setuid keeps the permitted capabilities, of which
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    read_all = 1 << 2  # ... CAP_DAC_READ_SEARCH alone stays (effective, permitted, inheritable)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    if (libc.capset(header, (ctypes.c_uint32 * 6)(read_all, read_all, read_all, 0, 0, 0))
+            or libc.prctl(47, 2, 2, 0, 0)     # PR_CAP_AMBIENT_RAISE: programs it runs keep it too
+            or libc.prctl(38, 1, 0, 0, 0)):   # PR_SET_NO_NEW_PRIVS: no setuid program gives more
+        raise OSError(ctypes.get_errno(), "sandbox: could not set the worker's capabilities")
+
+
+def _worker_main(cfg, conn):
+    """In a fresh fork of the template: session, limits, uid, guard; then one cell per request on
+    the socket `conn`, until the parent closes it."""
+    os.setsid()  # its own process group: one killpg stops it and what it started
+    os.set_inheritable(conn, False)  # programs the cell runs must not hold the parent's socket
+    _worker.kernel = notebook.Kernel()
     null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)  # ... so input() sees EOF, and stray output (os.write(1), children) cannot corrupt them
-    os.dup2(null, 1)
-    _S.pid, _S.dir, _S.timeout = os.getpid(), cfg["dir"], cfg["timeout"]
-    os.chdir(_S.dir)
-    for mod in cfg["preload"]:  # imported while still privileged (the drop below may hide the stdlib)
-        with contextlib.suppress(Exception):
-            __import__(mod)
-    mb = 1 << 20
-    limits = [(resource.RLIMIT_AS, cfg["memory_mb"] * mb), (resource.RLIMIT_FSIZE, cfg["max_file_mb"] * mb),
-              (resource.RLIMIT_CORE, 0)]
-    if cfg["uid"] is not None:  # per-uid process count: only meaningful once the worker has a uid of its own
-        limits.append((resource.RLIMIT_NPROC, cfg["max_procs"]))
-    for what, n in limits:
+    os.dup2(null, 0)  # input() sees EOF (fd 0 was the template's control socket), and stray
+    os.dup2(null, 1)  # output (os.write(1), children) goes nowhere
+    _worker.pid = os.getpid()
+    _worker.dir = cfg["dir"]
+    _worker.timeout = cfg["timeout"]
+    mib = 1 << 20
+    limits = [(resource.RLIMIT_AS, cfg["memory_mb"] * mib), (resource.RLIMIT_CORE, 0),
+              (resource.RLIMIT_FSIZE, cfg["max_file_mb"] * mib)]
+    if cfg["uid"] is not None or cfg["isolation"] == "namespaces":  # a uid or a user namespace of
+        limits.append((resource.RLIMIT_NPROC, cfg["max_procs"]))     # its own: it counts its own
+    for which, value in limits:
         with contextlib.suppress(ValueError, OSError):  # e.g. above what this system allows
-            resource.setrlimit(what, (n, n))
+            resource.setrlimit(which, (value, value))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # too-large files: OSError instead of death
-    with contextlib.suppress(Exception):  # PR_SET_CHILD_SUBREAPER (Linux): orphaned grandchildren are
-        import ctypes                        # re-parented to the worker, which kills and reaps them
-        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+    with contextlib.suppress(AttributeError):  # PR_SET_CHILD_SUBREAPER (Linux): the cell's orphans
+        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # come to the worker, which kills and reaps them
     if cfg["uid"] is not None:
-        with contextlib.suppress(OSError):
-            os.setgroups([])
-            os.setgid(cfg["uid"])
-            os.setuid(cfg["uid"])
-            _S.uid = cfg["uid"]  # set only once dropped: _kill_children's kill(-1) must never run as root/you
+        _drop_to(cfg["uid"])
+        _worker.uid = cfg["uid"]  # only once dropped: kill(-1) in _kill_children never runs as root
+    os.chdir(_worker.dir)
+    if "numpy.random" in sys.modules:  # a fork shares the template's seed (random reseeds itself)
+        sys.modules["numpy.random"].seed()
     sys.addaudithook(_guard)
-    os.dup2(null, 2)  # only now: a worker that fails to start shows its traceback on the parent's stderr
+    os.dup2(null, 2)  # only now: a worker that fails to start shows why on the parent's stderr
     fresh_builtins = dict(builtins.__dict__)
-    ns, n = {"__name__": "__main__", "__builtins__": builtins}, 0
-    stdlib_ok = os.access(os.path.dirname(os.__file__), os.R_OK | os.X_OK)  # as the (new) real uid
-    _send(proto_out, {"uid": _S.uid, "stdlib_readable": stdlib_ok})
+    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    _send(conn, {"uid": _worker.uid})  # hello
     while True:
-        msg = _recv(proto_in)
-        if not isinstance(msg, dict):
+        request = _recv(conn)
+        if not isinstance(request, dict):
             os._exit(0)  # the parent is gone
-        if msg["op"] == "run":
-            n += 1
-            _send(proto_out, {"output": _run_cell(msg["code"], ns, n, cfg["max_output"])})
+        if request["op"] == "run":
+            _send(conn, {"output": _run_cell(request["code"], namespace, cfg["max_output"])})
         else:
-            n = 0
-            _send(proto_out, {"clean": _reset(ns, fresh_builtins)})
+            _send(conn, {"clean": _reset(namespace, fresh_builtins)})
+
+
+# ---------------------------------------------------------------------------------- the template
+def _template(cfg):
+    """The fork server. Imports the preload once, then serves the parent on its control socket
+    (fd 0): b"fork" with a socket attached starts a worker on it, b"kill" stops the worker and
+    answers with its exit code; end-of-file (the parent is gone) stops the worker and the template.
+    """
+    if cfg["isolation"] == "namespaces" and os.getpid() != 2:  # 1: bwrap's init; see _stop_worker
+        raise SystemExit("sandbox: the template is not in a PID namespace of its own")
+    for module in cfg["preload"]:
+        with contextlib.suppress(Exception):
+            __import__(module)
+    global notebook
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run with -P: not on the path
+    import notebook  # what a cell shows (the authors' IPython display), preloaded like the rest
+    del sys.path[0]
+    control = socket.socket(fileno=0)
+    pid = None
+    while True:
+        try:
+            request, fds, _, _ = socket.recv_fds(control, 64, 1)
+        except OSError:
+            request = b""
+        if request == b"fork":
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    _worker_main(cfg, fds[0])  # returns only by raising
+                except BaseException:
+                    traceback.print_exc()  # fd 2 is still the parent's stderr
+                os._exit(1)
+            os.close(fds[0])
+            continue
+        exit_code = _stop_worker(pid, cfg) if pid else None  # b"kill", or b"": the parent is gone
+        pid = None
+        if not request:
+            os._exit(0)
+        control.send(json.dumps(exit_code).encode())
+
+
+def _stop_worker(pid, cfg):
+    """Kill worker `pid` and every process it started; reap it. Its exit code (negative: the signal
+    that killed it)."""
+    if cfg["isolation"] == "namespaces":  # our PID namespace holds bwrap's init, us, and what the
+        os.kill(-1, signal.SIGKILL)        # worker started: -1 = all but init and us (setsid too)
+    else:
+        with contextlib.suppress(OSError):  # frozen, it starts no new children while we kill them
+            os.kill(pid, signal.SIGSTOP)
+        _kill_all(pid, uid=cfg["uid"], pgrp=pid, ppid=pid)
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)  # its group, itself included
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 # ---------------------------------------------------------------------------------- the parent side
-_uid_lock, _uids_used, _uid_slots = threading.Lock(), set(), itertools.count()
+_uid_lock = threading.Lock()
+_uids_in_use = set()
+_uid_slots = itertools.count()
+_why_not = {}           # isolation mode -> None where this machine offers it, else why not
+_modes_announced = set()
+
+
+def _bwrap_argv(workdir):
+    """bubblewrap around a template: / read-only, `workdir` writable, a fresh (read-only) /dev and
+    /proc, new PID, network, IPC and UTS namespaces; it dies with the parent."""
+    argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev",
+            "--proc", "/proc", "--bind", workdir, workdir, "--unshare-pid", "--unshare-net",
+            "--unshare-ipc", "--unshare-uts", "--die-with-parent"]
+    if os.geteuid() != 0:
+        return argv + ["--unshare-user"]  # the way in without root: one uid inside, yours
+    # Root: no user namespace, so that the worker can take a uid of its own; of root's capabilities
+    # the template keeps what that takes: set uids, signal them, read everything.
+    caps = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_READ_SEARCH")
+    return argv + ["--cap-drop", "ALL"] + [arg for cap in caps for arg in ("--cap-add", cap)]
+
+
+def isolation_modes():
+    """{mode: None where this machine offers it, else why not}; probed once per process."""
+    if not _why_not:
+        why = None if shutil.which("bwrap") else "bwrap not found (install the package bubblewrap)"
+        if why is None:
+            probe = subprocess.run([*_bwrap_argv(tempfile.gettempdir()), "--", sys.executable,
+                                    "-S", "-c", ""], capture_output=True, text=True, timeout=60)
+            if probe.returncode:
+                last_line = (probe.stderr.strip() or "failed").splitlines()[-1]
+                why = f"bwrap cannot run here: {last_line}"
+        root = sys.platform == "linux" and os.geteuid() == 0
+        _why_not.update(namespaces=why, uid=None if root else "needs root on Linux", none=None)
+    return _why_not
+
+
+def default_isolation():
+    """The strongest isolation this machine offers, the one a Sandbox gets by default."""
+    return next(mode for mode, why in isolation_modes().items() if why is None)
 
 
 def _alloc_uid():
-    """A uid that no account, no process and no other live sandbox uses; fresh at every worker start."""
+    """A uid that no account, no process and no other live sandbox uses."""
     with _uid_lock:
         for _ in range(256):
             uid = UID_BASE + (os.getpid() % (1 << 22)) * 256 + next(_uid_slots) % 256
             with contextlib.suppress(KeyError):
                 pwd.getpwuid(uid)
-                continue  # a real account: never use (the uid sweep on restart would kill its processes)
-            if uid not in _uids_used and not _procs(uid=uid):
-                _uids_used.add(uid)
+                continue  # a real account: never (the sweep on restart would kill its processes)
+            if uid not in _uids_in_use and not _procs(uid=uid):
+                _uids_in_use.add(uid)
                 return uid
-    raise RuntimeError("sandbox: no free sandbox uid (more than 256 live sandboxes in one process?)")
+    raise RuntimeError("sandbox: no free uid (more than 256 live sandboxes in one process?)")
 
 
-def _stop_worker(w):
-    """Kill the worker's process group and every process of its uid; remove its directory. Idempotent."""
-    if "proc" not in w or w["owner"] != os.getpid():  # not running, or we are a forked copy of the parent
-        return None
-    proc = w.pop("proc")
-    proc.send_signal(signal.SIGSTOP)  # frozen, it starts no new children while we kill the ones it has
-    _kill_all(lambda: set(_procs(uid=w["uid"], ppid=proc.pid)) - {proc.pid})  # setsid() ones too
-    with contextlib.suppress(OSError):
-        os.killpg(proc.pid, signal.SIGKILL)  # before wait(): the group id cannot have been reused yet
+def _kill_worker(server):
+    """Have the template kill the worker and all it started. The worker's exit code (negative: the
+    signal that killed it) or None; OSError or ValueError if the template does not answer."""
+    server["control"].settimeout(10)
+    server["control"].send(b"kill")
+    exit_code = json.loads(server["control"].recv(64))
+    server.pop("worker").close()
+    return exit_code
+
+
+def _stop_server(server):
+    """Stop the worker (through the template), then the template; remove the work directory.
+    Idempotent; does nothing in a forked copy of the parent."""
+    if "template" not in server or server["owner"] != os.getpid():
+        return
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        _kill_worker(server)
+    server.pop("control").close()  # the template exits at end-of-file
+    if "worker" in server:
+        server.pop("worker").close()
+    template = server.pop("template")
     try:
-        rc = proc.wait(10)
+        template.wait(5)
     except subprocess.TimeoutExpired:
-        rc = None
-    proc.stdin.close()
-    proc.stdout.close()
+        os.killpg(template.pid, signal.SIGKILL)  # before wait(): the group id cannot be reused yet
+        template.wait()
     with _uid_lock:
-        _uids_used.discard(w["uid"])
-    shutil.rmtree(w["dir"], ignore_errors=True)
-    return rc
+        _uids_in_use.discard(server["uid"])
+    shutil.rmtree(server["dir"], ignore_errors=True)
 
 
 class Sandbox:
     """One stateful Python session (a worker process), usable as a context manager. Thread-safe."""
 
     def __init__(self, timeout=6.0, memory_mb=1024, max_procs=16, max_output=2000, max_file_mb=16,
-                 preload=DEFAULT_PRELOAD):
+                 preload=DEFAULT_PRELOAD, isolation=None):
         # timeout=6: the authors' client.execute(..., timeout=6) in src/inference.py
         self.cfg = dict(timeout=float(timeout), memory_mb=int(memory_mb), max_procs=int(max_procs),
                         max_output=int(max_output), max_file_mb=int(max_file_mb))
-        for name, v in self.cfg.items():
-            if not v > 0:
-                raise ValueError(f"Sandbox: {name} must be > 0, got {v!r}")
-        self.cfg["preload"] = list(preload)  # the worker's whole configuration, with `dir` and `uid` below
-        self.uid = None  # the uid the worker runs as, once it said hello (None: same user as the parent)
-        self._lock, self._w, self._note = threading.Lock(), {}, ""
-        self._fin = weakref.finalize(self, _stop_worker, self._w)  # close(); also runs at interpreter exit
+        for name, value in self.cfg.items():
+            if not value > 0:
+                raise ValueError(f"Sandbox: {name} must be > 0, got {value!r}")
+        self.isolation = isolation or default_isolation()  # "namespaces", "uid" or "none"
+        if self.isolation not in MODES:
+            raise ValueError(f"Sandbox: isolation must be one of {MODES}, got {isolation!r}")
+        if isolation_modes()[self.isolation]:
+            raise RuntimeError(f"sandbox: isolation {self.isolation!r} is not available here: "
+                               f"{isolation_modes()[self.isolation]}")
+        self.cfg.update(preload=list(preload), isolation=self.isolation)  # `dir`, `uid`: _start
+        self.uid = None  # the worker's uid once it said hello (None: the caller's)
+        self._lock = threading.Lock()
+        # The template and worker as the parent holds them: template (its Popen), control (socket
+        # to the template), worker (socket to the worker), ready (it said hello), dir, uid, owner.
+        # Apart from self, so that the finalizer (close(), also at exit) can stop them.
+        self._server = {}
+        self._note = ""  # shown before the next cell's output: the session was restarted
+        self._finalizer = weakref.finalize(self, _stop_server, self._server)
         self._start()
 
     def _start(self):
-        """Start a worker without waiting for it: it imports its modules while the caller does other work."""
-        uid = _alloc_uid() if os.geteuid() == 0 else None
-        d = os.path.realpath(tempfile.mkdtemp(prefix="sandbox-"))
+        """Start the template and ask it for a worker, without waiting: it imports its modules
+        while the caller does other work."""
+        uid = _alloc_uid() if os.geteuid() == 0 and self.isolation != "none" else None
+        workdir = os.path.realpath(tempfile.mkdtemp(prefix="sandbox-"))
         if uid is not None:
-            os.chown(d, uid, uid)
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": d, "TMPDIR": d, "LANG": "C.UTF-8",  # nothing of
-               "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "MALLOC_ARENA_MAX": "2",   # the parent's
-               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        flags = ["-s", "-P"] if sys.version_info >= (3, 11) else ["-s"]  # no user site, no script dir on path
-        cfg = json.dumps(dict(self.cfg, dir=d, uid=uid))
-        proc = subprocess.Popen([sys.executable, *flags, os.path.abspath(__file__), "--worker", cfg],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=d,
-                                start_new_session=True)  # own process group: one killpg stops everything
-        self._w.update(proc=proc, uid=uid, dir=d, ready=False, owner=os.getpid())
+            os.chown(workdir, uid, uid)
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
+               "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1",
+               "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+               "MKL_NUM_THREADS": "1"}
+        flags = ["-s", "-P"] if sys.version_info >= (3, 11) else ["-s"]  # no user site, script dir
+        argv = [sys.executable, *flags, os.path.abspath(__file__), "--template",
+                json.dumps(dict(self.cfg, dir=workdir, uid=uid))]
+        if self.isolation == "namespaces":
+            argv = [*_bwrap_argv(workdir), "--", *argv]
+        control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:  # nothing of the parent's environment goes in; own process group for killpg
+            template = subprocess.Popen(argv, stdin=theirs, stdout=subprocess.DEVNULL, env=env,
+                                        cwd=workdir, start_new_session=True)
+        self._server.update(template=template, control=control, uid=uid, dir=workdir,
+                            owner=os.getpid())
+        if self.isolation not in _modes_announced:  # say once per process what sandboxes get
+            _modes_announced.add(self.isolation)
+            why = isolation_modes()["namespaces"]
+            note = f" (no namespaces: {why})" if why else ""
+            print(f"sandbox: isolation {self.isolation!r}{note}", file=sys.stderr)
+        self._fork()
 
-    def _call(self, msg, budget):
-        """Send one request; return (reply, None), or (None, why) after replacing a misbehaving worker."""
-        if not self._fin.alive:
-            raise RuntimeError("sandbox: used after close()")
-        if "proc" not in self._w:  # the last start failed: try again
-            self._start()
-        w = self._w
-        if not w["ready"]:  # the first call to a new worker waits for its hello
-            hello = _recv(w["proc"].stdout.fileno(), time.monotonic() + STARTUP_TIMEOUT, 1 << 16)
-            if not isinstance(hello, dict):
-                rc = _stop_worker(w)
-                raise RuntimeError(f"sandbox: worker failed to start ({hello}, exit code {rc}); "
-                                   f"try `{sys.executable} {__file__} -c 1+1`")
-            w["ready"], self.uid = True, hello["uid"]
-            if not hello["stdlib_readable"]:  # shown once per process: Python's default warning filter
-                warnings.warn(f"sandbox: the standard library ({os.path.dirname(os.__file__)}) is not readable "
-                              f"by the sandbox's uid: its code can import only the standard modules in `preload`")
+    def _fork(self):
+        """Ask the template for a fresh worker, talking on a new socket."""
+        ours, theirs = socket.socketpair()
+        with theirs:
+            socket.send_fds(self._server["control"], [b"fork"], [theirs.fileno()])
+        self._server.update(worker=ours, ready=False)
+
+    def _restart(self):
+        """Kill the worker and all it started, fork a fresh one; the old one's exit code
+        (negative: killed by that signal) or None."""
         try:
-            _send(w["proc"].stdin.fileno(), msg)
-            reply = _recv(w["proc"].stdout.fileno(), time.monotonic() + budget, 65536 + 8 * self.cfg["max_output"])
-        except BrokenPipeError:
+            exit_code = _kill_worker(self._server)
+            self._fork()
+            return exit_code
+        except (OSError, ValueError):  # the template died or hangs: the next call starts a new one
+            _stop_server(self._server)
+            return None
+
+    def _call(self, request, budget):
+        """Send one request; return (reply, None), or (None, why) after replacing a misbehaving
+        worker."""
+        if not self._finalizer.alive:
+            raise RuntimeError("sandbox: used after close()")
+        if "template" not in self._server:  # the last start failed: try again
+            self._start()
+        server = self._server
+        if not server["ready"]:  # the first call to a new worker waits for its hello
+            hello = _recv(server["worker"].fileno(), time.monotonic() + STARTUP_TIMEOUT, 1 << 16)
+            if not isinstance(hello, dict):
+                _stop_server(server)
+                raise RuntimeError(f"sandbox: worker failed to start ({hello}); "
+                                   f"try `{sys.executable} {__file__} -c 1+1`")
+            server["ready"] = True
+            self.uid = hello["uid"]
+        try:
+            _send(server["worker"].fileno(), request)
+            reply = _recv(server["worker"].fileno(), time.monotonic() + budget,
+                          65536 + 8 * self.cfg["max_output"])
+        except ConnectionError:  # BrokenPipeError, ConnectionResetError: the worker died
             reply = "eof"
         if isinstance(reply, dict):
             return reply, None
-        rc = _stop_worker(w)
+        exit_code = self._restart()
         self._note = RESTART_NOTE
-        self._start()  # the fresh worker imports its modules while the model writes its next block
         if reply == "timeout":
-            why = f"TimeoutError: execution exceeded the time limit of {self.cfg['timeout']:g} s and was stopped"
-        elif reply == "eof" and rc is not None and rc < 0:
-            why = f"the Python process was killed by {signal.Signals(-rc).name}"
-        elif reply == "eof":
-            why = f"the Python process exited (exit code {rc})"
+            why = (f"TimeoutError: execution exceeded the time limit of {self.cfg['timeout']:g} s "
+                   f"and was stopped")
+        elif reply == "eof" and exit_code is not None and exit_code < 0:
+            why = f"the Python process was killed by {signal.Signals(-exit_code).name}"
+        elif reply == "eof":  # (exit_code None: its template died too)
+            why = "the Python process exited"
+            if exit_code is not None:
+                why += f" (exit code {exit_code})"
         else:
             why = "the Python process sent a malformed reply"
         return None, f"{why}; the session was restarted and all variables are lost."
@@ -426,7 +626,8 @@ class Sandbox:
         if not isinstance(code, str):
             raise TypeError(f"Sandbox.run: code must be a str, got {type(code).__name__}")
         with self._lock:
-            note, self._note = self._note, ""
+            note = self._note
+            self._note = ""
             reply, problem = self._call({"op": "run", "code": code}, self.cfg["timeout"] + GRACE)
             out = problem or reply["output"]
             return f"{note}\n{out}" if note else out
@@ -434,15 +635,14 @@ class Sandbox:
     def reset(self):
         """Fresh state for a new problem: globals, builtins, files and children cleared in place."""
         with self._lock:
-            reply, _ = self._call({"op": "reset"}, 10.0)  # a dead worker is replaced by _call itself
-            if reply is not None and not reply["clean"]:  # threads left running: only a new process stops them
-                _stop_worker(self._w)
-                self._start()
+            reply, _ = self._call({"op": "reset"}, 10.0)  # _call itself replaces a dead worker
+            if reply is not None and not reply["clean"]:  # threads left running: a new process
+                self._restart()
             self._note = ""
 
     def close(self):
         with self._lock:
-            self._fin()
+            self._finalizer()
 
     def __enter__(self):
         return self
@@ -452,34 +652,35 @@ class Sandbox:
 
 
 class SandboxPool:
-    """`size` sandboxes for concurrent problems. acquire() blocks until one is free and resets it."""
+    """`size` sandboxes for concurrent problems. acquire() waits until one is free and resets it."""
 
     def __init__(self, size, **limits):
-        self._all = [Sandbox(**limits) for _ in range(size)]  # workers start in parallel
-        self._free, self._out = queue.SimpleQueue(), set()  # thread-safe: set.add/remove are atomic
-        for sb in self._all:
-            self._free.put(sb)
+        self._all = [Sandbox(**limits) for _ in range(size)]  # templates start in parallel
+        self._free = queue.SimpleQueue()
+        self._lent = set()  # thread-safe: set.add and set.remove are atomic
+        for sandbox in self._all:
+            self._free.put(sandbox)
 
     def acquire(self, timeout=None) -> Sandbox:
-        sb = self._free.get(timeout=timeout)
+        sandbox = self._free.get(timeout=timeout)
         try:
-            sb.reset()
+            sandbox.reset()
         except BaseException:
-            self._free.put(sb)
+            self._free.put(sandbox)
             raise
-        self._out.add(sb)
-        return sb
+        self._lent.add(sandbox)
+        return sandbox
 
     def release(self, sandbox):
         try:
-            self._out.remove(sandbox)
+            self._lent.remove(sandbox)
         except KeyError:
-            raise ValueError("sandbox: release() of a sandbox not acquired from this pool") from None
+            raise ValueError("sandbox: release() of a sandbox not from this pool") from None
         self._free.put(sandbox)
 
     def close(self):
-        for sb in self._all:
-            sb.close()
+        for sandbox in self._all:
+            sandbox.close()
 
     def __enter__(self):
         return self
@@ -488,34 +689,44 @@ class SandboxPool:
         self.close()
 
 
+LIMITS = {"timeout": "seconds per cell", "memory_mb": "address space in MiB",  # Sandbox(...)'s
+          "max_procs": "processes + threads", "max_output": "characters kept per cell",
+          "max_file_mb": "largest file the code may write, in MiB"}
+
+
 def main():
-    ap = argparse.ArgumentParser(description="Run Python cells in a MathCoder sandbox. Without -c: a small "
-                                 "REPL (a cell ends at an empty line; Ctrl-D quits).")
+    ap = argparse.ArgumentParser(description="Run Python cells in a MathCoder sandbox. Without -c: "
+                                 "a small REPL (a cell ends at an empty line; Ctrl-D quits). "
+                                 "replay.py runs the authors' released solutions through it.")
     ap.add_argument("-c", dest="code", help="run CODE as one cell, print what it shows, exit")
-    ap.add_argument("--timeout", type=float, default=6.0, help="seconds per cell (default 6)")
-    ap.add_argument("--memory-mb", type=int, default=1024, help="address-space limit (default 1024)")
-    ap.add_argument("--max-procs", type=int, default=16, help="processes+threads, as root (default 16)")
-    ap.add_argument("--max-output", type=int, default=2000, help="characters kept per cell (default 2000)")
-    ap.add_argument("--max-file-mb", type=int, default=16, help="largest file the code may write (default 16)")
-    a = ap.parse_args()
-    with Sandbox(a.timeout, a.memory_mb, a.max_procs, a.max_output, a.max_file_mb) as sb:
-        if a.code is not None:
-            return print(sb.run(a.code))
-        cell, eof = [], False
-        while not eof:
+    for name, what in LIMITS.items():  # the defaults are Sandbox's own
+        default = inspect.signature(Sandbox).parameters[name].default
+        ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
+                        help=f"{what} (default {default:g})")
+    ap.add_argument("--isolation", choices=MODES,
+                    help="default: the strongest available (namespaces, uid as root, none)")
+    args = ap.parse_args()
+    limits = {name: getattr(args, name) for name in LIMITS}
+    with Sandbox(**limits, isolation=args.isolation) as sb:
+        if args.code is not None:
+            return print(sb.run(args.code))
+        cell = []
+        while True:
             try:
                 line = input("... " if cell else ">>> ")
             except EOFError:
-                line, eof = "", True
+                break
             if line:
                 cell.append(line)
             elif cell:
                 print(sb.run("\n".join(cell)))
                 cell = []
+        if cell:  # Ctrl-D ends the last cell too
+            print(sb.run("\n".join(cell)))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":  # internal: the worker side of a Sandbox
-        _worker(json.loads(sys.argv[2]))
+    if len(sys.argv) == 3 and sys.argv[1] == "--template":  # internal: a Sandbox's fork server
+        _template(json.loads(sys.argv[2]))
     else:
         main()

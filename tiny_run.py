@@ -113,13 +113,13 @@ def solve_and_grade(args, ckpt, tests, name, execute):
     model = Transformer.from_pretrained(ckpt, dtype=torch.float32).eval()
     tok = Tokenizer.from_checkpoint(ckpt)
     cfg = GenConfig(max_new_tokens=96, max_total_tokens=384, max_prompt_tokens=128, max_rounds=6, batch_size=32,
-                    execute=execute)
+                    execute=execute, context="stop")   # no window: it saw whole contexts
 
     def solve_fn(questions, on_result):
         return solve(model, tok, questions, system=SYSTEM, cfg=cfg, on_result=on_result)
 
     out_dir = os.path.join(args.out, name)
-    summary = grader.run_loop(tests, out_dir, solve_fn, "synthetic", chunk=len(tests), model_name=name)
+    summary = grader.run_loop(tests, out_dir, solve_fn, "synthetic", model_name=name)
     grader.report([out_dir])                        # out_dir/report.html: every problem, each block
     recs = [json.loads(line) for line in open(os.path.join(out_dir, "results.jsonl"))]
     summary["executed_code_blocks"] = sum(

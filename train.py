@@ -42,11 +42,12 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import distribute_tensor
 from torch.utils.checkpoint import checkpoint
 
 import html_views
 import lce_data
-from model import ModelArgs, Transformer
+from model import ModelArgs, Transformer, grow_rows, read_checkpoint
 from tokenizer import Tokenizer
 
 
@@ -215,11 +216,17 @@ def apply_grad_checkpoint(model):
 # ---------------------------------------------------------------------------------------------- model
 def build_model(cfg, tok, device, world, log):
     torch.manual_seed(cfg.seed)                    # same random init on every rank
-    if cfg.init:
+    streamed = cfg.init and dist.is_initialized()  # FSDP from a checkpoint: no whole copy per rank
+    if streamed:
+        args, tensors = read_checkpoint(cfg.init)  # the config now, the tensors one by one below
+        args.vocab_size = max(args.vocab_size, tok.vocab_size)    # + the 8 LCE tokens
+        with torch.device("meta"):                 # shapes only, no memory
+            model = Transformer(args)
+    elif cfg.init:
         model = Transformer.from_pretrained(cfg.init, dtype=torch.float32)   # float32 master weights
         if model.tok_embeddings.weight.shape[0] < tok.vocab_size:
             log(f"growing vocab {model.tok_embeddings.weight.shape[0]} -> {tok.vocab_size} (8 LCE tokens)")
-            model.grow_vocab(tok.vocab_size)       # new rows = mean of old rows (METHOD.md §1)
+            model.grow_vocab(tok.vocab_size)       # new rows = mean of old rows
     else:
         model = Transformer(ModelArgs(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                                       n_kv_heads=cfg.n_kv_heads, hidden_dim=cfg.hidden_dim,
@@ -238,9 +245,29 @@ def build_model(cfg, tok, device, world, log):
         fully_shard(model, mesh=mesh, mp_policy=mp)      # also moves the shards to `device`
     else:
         model.to(device)
+    if streamed:
+        model.to_empty(device=device)              # this rank's shards, not yet filled
+        load_sharded(model, tensors)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f}M parameters, {'bf16' if bf16 else 'fp32'} compute, world {world}")
     return model, bf16
+
+
+@torch.no_grad()
+def load_sharded(model, tensors):
+    """Fill a model that fully_shard has split (built on the meta device, then to_empty) from a
+    checkpoint, one tensor at a time: each rank reads the tensor (from the page cache, after the
+    first), keeps its rows of it (FSDP shards dim 0) and drops the rest. Host memory per rank stays
+    near its shard plus one tensor, per node near one copy of the weights (loading the whole model
+    first takes one copy per rank). New vocabulary rows get the mean of the old rows, as grow_vocab
+    gives them."""
+    params = dict(model.named_parameters())
+    for key, t in tensors:                          # our names; read_checkpoint checked every shape
+        p = params[key]
+        t = t.to(torch.float32)                     # float32 master weights
+        if t.shape[0] < p.shape[0]:                 # tok_embeddings / output: the LCE tokens' rows
+            t = grow_rows(t, p.shape[0])
+        p.copy_(distribute_tensor(t, p.device_mesh, p.placements, src_data_rank=None))
 
 
 def full_state_options(**kw):   # the whole unsharded tensor, not this rank's shard
@@ -322,7 +349,8 @@ def train(cfg: TrainConfig) -> dict:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    if distributed and not dist.is_initialized():
+    own_group = distributed and not dist.is_initialized()   # a caller's group stays the caller's
+    if own_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     os.makedirs(cfg.out, exist_ok=True)
     model, bf16 = build_model(cfg, tok, device, world, log)
@@ -406,7 +434,7 @@ def train(cfg: TrainConfig) -> dict:
     if rank == 0:
         write_json(os.path.join(cfg.out, "summary.json"), {k: v for k, v in result.items() if k != "losses"})
         log(f"done: final loss {result['final_loss']}, model in {final}")
-    if distributed and dist.is_initialized():
+    if own_group:
         dist.destroy_process_group()
     return result
 

@@ -134,7 +134,7 @@ def test_token_page_ablation_and_hostile_text(tok):
     record = D.make_record(HOSTILE, [("text", HOSTILE), ("code", "print(1 < 2 & 3)"),
                                      ("execution", HOSTILE), ("text", "\\boxed{1}")])
     ids, labels = D.encode_example(record, tok, 4096, train_on_execution=True)
-    pieces = [tok.id_to_special.get(i) or tok.sp.id_to_piece(i) for i in ids]
+    pieces = [tok.id_to_special.get(i) or tok.sentencepiece.id_to_piece(i) for i in ids]
     text = H.tokens_page(HOSTILE, ids, labels, pieces, tok.special)
     assert "<script>alert" not in text and "<img" not in text
     spans = parse(text).find("span", "t")
@@ -173,7 +173,7 @@ def test_loss_svg_has_a_point_per_step_that_reads_back_as_the_log(tmp_path):
             "lr": 1e-3 * min(1, s / 5) * (0.5 + 0.5 * math.cos(math.pi * s / 40))}
            for s in range(1, 38)]
     path = tmp_path / "log.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in log) + '{"step": 38, "lo')   # torn
+    path.write_text("".join(json.dumps(r) + "\n" for r in log))
     p = subprocess.run([sys.executable, os.path.join(ROOT, "html_views.py"), "loss", str(path)],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
@@ -235,11 +235,11 @@ def test_report_cli_on_an_official_run_split_by_verdict(tmp_path):
     n_wrong = sum(1 for _ in open(files[1]))
     assert len(probs) == n_right + n_wrong == 1000
     names = [o.text() for o in root.find("option")]
-    assert names == ["strict (ours)", "official (file name)"]
-    assert sum(p.attrs["data-v1"] == "1" for p in probs) == n_right
-    # our strict verdict agrees with the official one on most (test_eval checks the figures)
-    agree = sum(p.attrs["data-agree"] == "1" for p in probs)
-    assert agree >= 950
+    assert names == ["strict (ours)", "paper protocol", "official (file name)"]
+    assert sum(p.attrs["data-v2"] == "1" for p in probs) == n_right
+    # both our verdicts agree with the official one on most (test_eval checks the figures)
+    for k in ("0", "1"):
+        assert sum(p.attrs["data-v" + k] == p.attrs["data-v2"] for p in probs) >= 950
     row = next(r for r in root.find("tr", "me") if "MathCoder-CL-7B" in r.text())
     assert "70.7%" in row.text()
 
@@ -290,7 +290,7 @@ def test_report_of_our_run_dir_math_heatmap_second_verdict_and_escaping(tmp_path
         assert HOSTILE in p.text() and r["id"] in p.text()           # escaped, then read back
         assert len(p.find("div", "error")) == 1                      # the traceback shows red
     answers = [[td.text() for td in tr.find("td")] for tr in probs[0].find("tr")]
-    assert answers == [["extracted (ours)", "0"], ["extracted (authors)", "0.0"],
+    assert answers == [["extracted (ours)", "0"], ["extracted (paper protocol)", "0.0"],
                        ["reference", HOSTILE]]
     heat = root.find("table", "heat")[0]
     cells = {tr.find("th")[0].text(): [td.text() for td in tr.find("td")]
@@ -324,7 +324,7 @@ def test_tiny_run_page(tmp_path):
     summary = {m: {"dataset": "synthetic", "n": 4, "correct": sum(v), "accuracy": sum(v) / 4}
                for m, v in modes.items()}
     summary["data_recipe"] = {"initial_accuracy": 0.25, "final_accuracy": 0.75, "n_test": 4}
-    summary["seconds"] = 12.5
+    summary["seconds"] = 754.0
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     for m, oks in modes.items():
         _results(str(tmp_path / m), oks)
@@ -347,7 +347,7 @@ def test_tiny_run_page(tmp_path):
     recipe = root.find("table")[1]
     assert [td.text() for td in recipe.find("td")] == ["initial_accuracy", "25.0%",
                                                         "final_accuracy", "75.0%", "n_test", "4"]
-    assert "The whole run took 12 s." in root.text()
+    assert "The whole run took 13 min." in root.text()
     # both models' curves on one plot, one point per step
     lines = {pl.attrs["data-name"]: len(_points(pl)) for pl in root.find("polyline")}
     assert lines == {"train/ (masked)": 30,

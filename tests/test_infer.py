@@ -1,9 +1,11 @@
-"""infer.py: batched decoding equals one-at-a-time decoding (and Hugging Face's greedy reference), and the
-generate -> execute -> continue loop runs real code, keeps state, stops on time and survives bad code.
+"""infer.py: batched decoding equals one-at-a-time decoding (and Hugging Face's greedy reference),
+and the generate -> execute -> continue loop runs real code, keeps state, stops on time and survives
+bad code.
 
-Two stand-ins: CharTokenizer (the fixture model's vocabulary is only 320 ids, so the Llama tokenizer cannot
-drive it) and ScriptedModel (emits a fixed LCE solution whatever it reads, like a trained MathCoder that
-always writes the same thing; it honours the forward/cache contract and logs every token it is fed)."""
+Two stand-ins: CharTokenizer (the fixture model's vocabulary is only 320 ids, so the Llama tokenizer
+cannot drive it) and ScriptedModel (emits a fixed LCE solution whatever it reads, like a trained
+MathCoder that always writes the same thing; it honours the forward/cache contract and logs every
+token it is fed)."""
 import io, json, os, re, shutil, subprocess, sys, tempfile
 from pathlib import Path
 
@@ -56,7 +58,10 @@ class CharTokenizer:
     def encode(self, text, bos=False):
         ids = [1] if bos else []
         for piece in re.split("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")", text):
-            ids += [self.special[piece]] if piece in self.special else [self.id_of.get(c, 0) for c in piece]
+            if piece in self.special:
+                ids.append(self.special[piece])
+            else:
+                ids += [self.id_of.get(c, 0) for c in piece]
         return ids
 
     def decode(self, ids):
@@ -64,13 +69,15 @@ class CharTokenizer:
 
 
 class ScriptedModel(nn.Module):
-    """The k-th sequence started in the cache (a feed from position 0) gets scripts[k % n], one token per
-    forward call, then <|endofmessage|> forever. Asserts the cache contract (positions contiguous within a
-    feed, inside the cache) and logs feeds as (k, first position, tokens)."""
-    def __init__(self, vocab_size, scripts, eom):
+    """The k-th sequence started in the cache (a feed from position 0 that ends with <|assistant|>,
+    i.e. a prompt; another feed from 0 is the same sequence read through a new window) gets
+    scripts[k % n], one token per forward call, then <|endofmessage|> forever. Asserts the cache
+    contract (positions contiguous within a feed, inside the cache) and logs feeds as (k, first
+    position, tokens)."""
+    def __init__(self, vocab_size, scripts, eom, assistant):
         super().__init__()
         self.dummy = nn.Parameter(torch.zeros(1))  # gives the model a device
-        self.V, self.scripts, self.eom = vocab_size, scripts, eom
+        self.V, self.scripts, self.eom, self.assistant = vocab_size, scripts, eom, assistant
         self.started, self.state, self.feeds = 0, {}, []
 
     def new_cache(self, batch_size, max_len, device=None, dtype=None):
@@ -83,8 +90,9 @@ class ScriptedModel(nn.Module):
         logits = torch.zeros(B, T, self.V)
         for b, r in enumerate(rows.tolist()):
             start = int(positions[b, 0])
-            assert positions[b].tolist() == list(range(start, start + T)) and start + T <= self.max_len
-            if start == 0:
+            assert positions[b].tolist() == list(range(start, start + T))
+            assert start + T <= self.max_len
+            if start == 0 and tokens[b, -1] == self.assistant:
                 self.state[r] = [self.started, 0]
                 self.started += 1
             k, step = self.state[r]
@@ -96,23 +104,25 @@ class ScriptedModel(nn.Module):
 
 
 def scripted(tok, *solutions):
-    return ScriptedModel(tok.vocab_size, [tok.encode(s) for s in solutions], tok.special["<|endofmessage|>"])
+    return ScriptedModel(tok.vocab_size, [tok.encode(s) for s in solutions],
+                         tok.special["<|endofmessage|>"], tok.special["<|assistant|>"])
 
 
 def executions(res):
     return [b["content"] for b in res["messages"][2]["content"] if b["type"] == "execution"]
 
 
-# ------------------------------------------------------------------------------------------- decode core
+# -------------------------------------------------------------------------------------- decode core
 def test_round_decimals():
-    assert infer.round_decimals("x = 3.14159265 and 2.5, 1.0000004, v1.2") == "x = 3.141593 and 2.5, 1.000000, v1.2"
+    assert (infer.round_decimals("x = 3.14159265 and 2.5, 1.0000004, v1.2")
+            == "x = 3.141593 and 2.5, 1.000000, v1.2")
     assert infer.round_decimals("0.1234567 12.9999999") == "0.123457 13.000000"  # rounded, not cut
     assert infer.round_decimals("1.123456 no change") == "1.123456 no change"
 
 
 def test_batched_greedy_matches_hf_and_one_at_a_time(fixture_model):
-    """Ragged prompts, fewer rows than prompts (rows are reused): every sequence equals its one-at-a-time
-    decoding, and the fixture prompt's equals Hugging Face's greedy continuation."""
+    """Ragged prompts, fewer rows than prompts (rows are reused): every sequence equals its
+    one-at-a-time decoding, and the fixture prompt's equals Hugging Face's greedy continuation."""
     ref = np.load(FIX / "models/llama2-mha/expected.npz")
     p = ref["prompt_ids"][0].tolist()
     prompts = [p[:3], p, [5, 9, 200, 17, 31, 44, 12, 90, 100, 101, 102, 7, 8], p[:1], p[2:7]]
@@ -128,14 +138,15 @@ def test_batched_greedy_matches_hf_and_one_at_a_time(fixture_model):
 
 
 def test_feed_logits_equal_alone(fixture_model):
-    """Rows.feed on ragged rows (one prefilling, two decoding) gives each row the logits of a cache-free
-    forward pass over that sequence alone."""
+    """Rows.feed on ragged rows (one prefilling, two decoding) gives each row the logits of a
+    cache-free forward pass over that sequence alone."""
     rows = infer.Rows(fixture_model, 3, 64)
     seqs = [[1, 5, 9, 13], [1, 7, 7, 7, 7, 7, 7, 2, 3, 4], [1, 250]]
     for r, ids in enumerate(seqs):
         rows.seqs[r] = infer.Seq(r, list(ids), len(ids))
     rows.feed([0, 1, 2])
-    seqs[0] += [40]; seqs[2] += [41, 42, 43]; seqs[1] += [44]  # row 2 now has 3 new tokens, others 1
+    # row 2 now has 3 new tokens, others 1
+    seqs[0] += [40]; seqs[2] += [41, 42, 43]; seqs[1] += [44]
     for r, ids in enumerate(seqs):
         rows.seqs[r].ids = list(ids)
     got = rows.feed([0, 1, 2])
@@ -152,24 +163,96 @@ def test_sampling_seeded_per_problem(fixture_model):
     assert a != infer.generate(fixture_model, prompts, 16, batch_size=3, temperature=1.0, seed=8)
     greedy = infer.generate(fixture_model, prompts, 16, batch_size=3)
     assert a != greedy
-    assert infer.generate(fixture_model, prompts, 16, temperature=1.0, top_p=1e-6) == greedy  # nucleus of 1
+    # nucleus of 1
+    assert infer.generate(fixture_model, prompts, 16, temperature=1.0, top_p=1e-6) == greedy
 
 
-def test_solve_batched_equals_alone_on_fixture_model(fixture_model):
+@pytest.mark.parametrize("context", ["window", "stop"])
+def test_solve_batched_equals_alone_on_fixture_model(fixture_model, context):
     tok = CharTokenizer()
-    qs = ["What is 2+2?", "A much longer question about ducks and eggs, 16 of them.", "x", "Sum 1..10"]
-    cfg = GenConfig(max_new_tokens=12, max_total_tokens=160, max_prompt_tokens=150, max_rounds=3,
-                    batch_size=3, execute=False)
+    qs = ["What is 2+2?", "A much longer question about ducks and eggs, 16 of them.", "x",
+          "Sum 1..10"]
+    # "window": prompts of 11-67 tokens read through a 30-token window: it slides for every question
+    cfg = GenConfig(max_new_tokens=12, max_total_tokens=160,
+                    max_prompt_tokens=30 if context == "window" else 150, context=context,
+                    max_rounds=4, batch_size=3, execute=False)
     batched = infer.solve(fixture_model, tok, qs, "", cfg)
-    alone = [infer.solve(fixture_model, tok, [q], "", GenConfig(**{**cfg.__dict__, "batch_size": 1}))[0]
-             for q in qs]
+    one_row = GenConfig(**{**cfg.__dict__, "batch_size": 1})
+    alone = [infer.solve(fixture_model, tok, [q], "", one_row)[0] for q in qs]
     assert [r["solution"] for r in batched] == [r["solution"] for r in alone]
     assert all(r["n_tokens"] > 0 for r in batched)
 
 
-# -------------------------------------------------------------------------------- the LCE loop, scripted
+class Recorder(nn.Module):
+    """Wraps a model; logs every forward call: (tokens, positions, rows, logits after the last
+    token)."""
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, []
+
+    def new_cache(self, *args, **kwargs):
+        return self.inner.new_cache(*args, **kwargs)
+
+    def forward(self, tokens, positions, cache=None, rows=None, last_only=False):
+        out = self.inner(tokens, positions, cache=cache, rows=rows, last_only=last_only)
+        self.calls.append((tokens.tolist(), positions.tolist(), rows.tolist(), out[:, -1]))
+        return out
+
+
+def authors_loop(model, tok, question, cfg):
+    """The authors' loop written plainly, one problem, no cache (the reference): every round the
+    whole conversation text is encoded with BOS and, when longer than the window, cut to BOS + its
+    last max_prompt_tokens - 1 tokens; then greedy decoding, each step a full forward pass from
+    position 0."""
+    EOB, EOM, CODE = (tok.special[t] for t in ("<|endofblock|>", "<|endofmessage|>", "<|code|>"))
+    text = lce_data.prompt_text(question, "")
+    for _ in range(cfg.max_rounds):
+        ids = tok.encode(text, bos=True)
+        window = ids
+        if len(ids) > cfg.max_prompt_tokens:
+            window = [ids[0]] + ids[-(cfg.max_prompt_tokens - 1):]
+        new = []
+        while not new or (new[-1] not in (EOB, EOM, tok.eos_id) and len(new) < cfg.max_new_tokens):
+            new.append(int(model(torch.tensor([window + new]))[0, -1].argmax()))
+        text += infer.round_decimals(tok.decode(new))
+        if new[-1] in (EOM, tok.eos_id):
+            break
+        # (execute=False: the model writes the output itself)
+        if new[0] == CODE and new[-1] == EOB:
+            text += "<|execution|>"
+    return text.removeprefix(lce_data.prompt_text(question, ""))
+
+
+def test_sliding_window_logits_equal_the_window_alone(fixture_model):
+    """Window mode, 4 problems on 3 rows: every logit row the model returns equals a cache-free
+    forward pass over what that row holds (BOS + the conversation's last tokens, positions from 0)
+    alone; the solutions equal the authors' loop run one problem at a time without a cache."""
+    tok = CharTokenizer()
+    qs = ["What is 2+2?", "A much longer question about ducks and eggs, 16 of them.", "x",
+          "Sum 1..10"]
+    cfg = GenConfig(max_new_tokens=10, max_total_tokens=40, max_prompt_tokens=30, max_rounds=5,
+                    batch_size=3, execute=False)
+    model = Recorder(fixture_model)
+    res = infer.solve(model, tok, qs, "", cfg)
+    slots = {}                             # row -> {position: token}: what its cache holds
+    refeeds = 0
+    for tokens, positions, rows, logits in model.calls:
+        for b, r in enumerate(rows):
+            if positions[b][0] == 0:       # a new problem, or a new window: the row starts over
+                slots[r] = {}
+                refeeds += tokens[b][1] != tok.special["<|system|>"]
+            slots[r].update(zip(positions[b], tokens[b]))
+            held = [slots[r][p] for p in range(positions[b][-1] + 1)]
+            alone = fixture_model(torch.tensor([held]))[0, -1]
+            torch.testing.assert_close(logits[b], alone, atol=1e-5, rtol=1e-5)
+    assert refeeds >= 8                    # the window slid, for every problem
+    assert [r["solution"] for r in res] == [authors_loop(fixture_model, tok, q, cfg) for q in qs]
+
+
+# --------------------------------------------------------------------------- the LCE loop, scripted
 SOLUTION = ("<|text|>Multiply first.<|endofblock|><|code|>x = 123 * 456\nprint(x)<|endofblock|>"
-            "<|code|>x + 1<|endofblock|><|text|>So the answer is \\boxed{56089}.<|endofblock|><|endofmessage|>")
+            "<|code|>x + 1<|endofblock|><|text|>So the answer is \\boxed{56089}.<|endofblock|>"
+            "<|endofmessage|>")
 
 
 def test_runs_code_inserts_real_output_keeps_state(tok, pool):
@@ -178,30 +261,62 @@ def test_runs_code_inserts_real_output_keeps_state(tok, pool):
                         on_stream=lambda i, text: streamed.append(text))
     assert res["solution"] == (
         "<|text|>Multiply first.<|endofblock|><|code|>x = 123 * 456\nprint(x)<|endofblock|>"
-        "<|execution|>56088<|endofblock|><|code|>x + 1<|endofblock|><|execution|>56089<|endofblock|>"
-        "<|text|>So the answer is \\boxed{56089}.<|endofblock|><|endofmessage|>")
+        "<|execution|>56088<|endofblock|><|code|>x + 1<|endofblock|><|execution|>56089"
+        "<|endofblock|><|text|>So the answer is \\boxed{56089}.<|endofblock|><|endofmessage|>")
     assert (res["n_exec"], res["n_rounds"], res["stop"]) == (2, 5, "endofmessage")
     assert res["messages"][2]["content"] == [
-        {"type": "text", "content": "Multiply first."}, {"type": "code", "content": "x = 123 * 456\nprint(x)"},
+        {"type": "text", "content": "Multiply first."},
+        {"type": "code", "content": "x = 123 * 456\nprint(x)"},
         {"type": "execution", "content": "56088"}, {"type": "code", "content": "x + 1"},
-        {"type": "execution", "content": "56089"}, {"type": "text", "content": "So the answer is \\boxed{56089}."}]
+        {"type": "execution", "content": "56089"},
+        {"type": "text", "content": "So the answer is \\boxed{56089}."}]
     rec = lce_data.normalize_record(res)  # the messages schema lce_data reads
     assert lce_data.serialize(rec) == lce_data.prompt_text(res["question"]) + res["solution"]
-    # every token fed once, in order (the prefix is never recomputed), and they are the whole conversation
+    # every token fed once, in order (the prefix is never recomputed), and they are the whole
+    # conversation
     fed = [t for k, start, toks in model.feeds for t in toks]
     starts = [start for k, start, toks in model.feeds]
     assert starts == [0] + list(np.cumsum([len(t) for k, s, t in model.feeds])[:-1])
     assert fed + [tok.special["<|endofmessage|>"]] == tok.encode(lce_data.serialize(rec), bos=True)
     assert res["n_tokens"] == len(tok.encode(SOLUTION))
-    assert "".join(streamed) == res["solution"]  # streaming shows the whole solution (no decimals to round)
+    # streaming shows the whole solution (no decimals to round)
+    assert "".join(streamed) == res["solution"]
+
+
+def test_window_slides_exactly_when_the_context_outgrows_it(tok, pool):
+    """A scripted solution, window 60: before every round whose context is longer than 60 tokens,
+    and only then, the model reads BOS + the context's last 59 tokens from position 0 (its cache row
+    recomputed), and decoding goes on from there. Execution output is part of the context that
+    slides."""
+    sol = ("<|text|>Let us count the apples in the basket.<|endofblock|>"
+           "<|code|>x = 123 * 456\nprint(x)<|endofblock|>"
+           "<|text|>That is the product; now add one more.<|endofblock|><|code|>print(x + 1)"
+           "<|endofblock|><|text|>So the answer is \\boxed{56089}.<|endofblock|><|endofmessage|>")
+    model = scripted(tok, sol)
+    cfg = GenConfig(max_new_tokens=30, max_prompt_tokens=60, max_total_tokens=90)
+    [r] = infer.solve(model, tok, ["How many?"], cfg=cfg, pool=pool)
+    assert executions(r) == ["56088", "56089"] and r["stop"] == "endofmessage"
+    prompt = tok.encode(lce_data.prompt_text("How many?"), bos=True)
+    full = prompt + tok.encode(r["solution"])
+    EOB, EXEC = tok.special["<|endofblock|>"], tok.special["<|execution|>"]
+    # a round starts after the prompt and after every block but a code block (its output comes
+    # first)
+    starts = [len(prompt)] + [i + 1 for i in range(len(prompt), len(full) - 1)
+                              if full[i] == EOB and full[i + 1] != EXEC]
+    assert starts[0] <= 60 < starts[-1]
+    want = [[tok.bos_id] + full[:n][-59:] for n in starts if n > 60]
+    assert [toks for k, start, toks in model.feeds if start == 0][1:] == want
 
 
 def test_crash_and_hang_are_survived(tok):
-    crash = "<|code|>y = 1 / 0<|endofblock|><|code|>print(6 * 7)<|endofblock|><|text|>42<|endofblock|><|endofmessage|>"
-    hang = "<|code|>while True:\n    pass<|endofblock|><|code|>print(2 + 2)<|endofblock|><|text|>4<|endofblock|><|endofmessage|>"
+    crash = ("<|code|>y = 1 / 0<|endofblock|><|code|>print(6 * 7)<|endofblock|>"
+             "<|text|>42<|endofblock|><|endofmessage|>")
+    hang = ("<|code|>while True:\n    pass<|endofblock|><|code|>print(2 + 2)<|endofblock|>"
+            "<|text|>4<|endofblock|><|endofmessage|>")
     p = sandbox.SandboxPool(2, timeout=1)
     try:
-        a, b = infer.solve(scripted(tok, crash, hang), tok, ["q1", "q2"], cfg=GenConfig(batch_size=2), pool=p)
+        a, b = infer.solve(scripted(tok, crash, hang), tok, ["q1", "q2"],
+                           cfg=GenConfig(batch_size=2), pool=p)
     finally:
         p.close()
     ea, eb = executions(a), executions(b)
@@ -210,13 +325,14 @@ def test_crash_and_hang_are_survived(tok):
 
 
 def test_code_runs_while_others_decode(tok):
-    """Problem 0's code waits for a file that only appears once problem 1 has finished (on_result): it can
-    only print 'seen' if problem 1 kept decoding while problem 0's code was running."""
+    """Problem 0's code waits for a file that only appears once problem 1 has finished (on_result):
+    it can only print 'seen' if problem 1 kept decoding while problem 0's code was running."""
     d = tempfile.mkdtemp()
-    os.chmod(d, 0o755)  # the sandbox worker may run under its own uid: it must be able to see the file
+    # the sandbox worker may run under its own uid: it must be able to see the file
+    os.chmod(d, 0o755)
     flag = Path(d) / "flag"
-    waiter = (f"<|code|>import os, time\nwhile not os.path.exists({str(flag)!r}):\n    time.sleep(0.01)\n"
-              "print('seen')<|endofblock|><|endofmessage|>")
+    waiter = (f"<|code|>import os, time\nwhile not os.path.exists({str(flag)!r}):\n"
+              "    time.sleep(0.01)\nprint('seen')<|endofblock|><|endofmessage|>")
     chatter = "<|text|>" + "la " * 60 + "<|endofblock|><|endofmessage|>"
     order = []
 
@@ -226,8 +342,8 @@ def test_code_runs_while_others_decode(tok):
             flag.touch()
     p = sandbox.SandboxPool(2, timeout=30)
     try:
-        res = infer.solve(scripted(tok, waiter, chatter), tok, ["q0", "q1"], cfg=GenConfig(batch_size=2),
-                          pool=p, on_result=on_result)
+        res = infer.solve(scripted(tok, waiter, chatter), tok, ["q0", "q1"],
+                          cfg=GenConfig(batch_size=2), pool=p, on_result=on_result)
     finally:
         p.close()
         shutil.rmtree(d)
@@ -235,14 +351,17 @@ def test_code_runs_while_others_decode(tok):
 
 
 def test_continuous_batching_refills_rows(tok, pool):
-    """5 problems on 2 rows: each gets its own sandbox session (no state leaks) and its own result."""
-    sols = [f"<|code|>print(globals().get('v', 'fresh'))\nv = {k}\nprint(v * 10)<|endofblock|><|endofmessage|>"
-            for k in range(5)]
+    """5 problems on 2 rows: each gets its own sandbox session (no state leaks) and its own
+    result."""
+    sols = [f"<|code|>print(globals().get('v', 'fresh'))\nv = {k}\nprint(v * 10)<|endofblock|>"
+            "<|endofmessage|>" for k in range(5)]
     got, model = {}, scripted(tok, *sols)
     res = infer.solve(model, tok, [f"q{k}" for k in range(5)], cfg=GenConfig(batch_size=2),
                       pool=pool, on_result=lambda i, r: got.setdefault(i, r))
-    assert model.started == 5 and set(model.state) == {0, 1}  # 5 sequences started, in rows 0 and 1 only
-    assert sorted(got) == list(range(5)) and [r["question"] for r in res] == [f"q{k}" for k in range(5)]
+    # 5 sequences started, in rows 0 and 1 only
+    assert model.started == 5 and set(model.state) == {0, 1}
+    assert sorted(got) == list(range(5))
+    assert [r["question"] for r in res] == [f"q{k}" for k in range(5)]
     for k, r in enumerate(res):
         assert executions(r) == [f"fresh\n{k * 10}"]
 
@@ -250,7 +369,8 @@ def test_continuous_batching_refills_rows(tok, pool):
 def test_max_rounds_and_code_in_last_round(tok, pool):
     many = "<|text|>step<|endofblock|>" * 20
     [r] = infer.solve(scripted(tok, many), tok, ["q"], cfg=GenConfig(max_rounds=3), pool=pool)
-    assert (r["n_rounds"], r["stop"], r["solution"]) == (3, "max_rounds", "<|text|>step<|endofblock|>" * 3)
+    assert (r["n_rounds"], r["stop"]) == (3, "max_rounds")
+    assert r["solution"] == "<|text|>step<|endofblock|>" * 3
     last_code = "<|text|>a<|endofblock|><|code|>print(5)<|endofblock|><|text|>b<|endofblock|>"
     [r] = infer.solve(scripted(tok, last_code), tok, ["q"], cfg=GenConfig(max_rounds=2), pool=pool)
     assert r["stop"] == "max_rounds" and executions(r) == ["5"] and r["n_rounds"] == 2
@@ -258,47 +378,57 @@ def test_max_rounds_and_code_in_last_round(tok, pool):
 
 def test_token_limits(tok, pool):
     long = "<|text|>" + " ".join(f"w{k}" for k in range(300)) + "<|endofblock|><|endofmessage|>"
-    cfg = GenConfig(max_new_tokens=25, max_total_tokens=160, max_prompt_tokens=100)
+    cfg = GenConfig(max_new_tokens=25, max_total_tokens=160, max_prompt_tokens=100, context="stop")
     [r] = infer.solve(scripted(tok, long), tok, ["q"], cfg=cfg, pool=pool)
     n_prompt = len(tok.encode(lce_data.prompt_text("q"), bos=True))
     assert r["stop"] == "max_total_tokens" and r["n_tokens"] == 160 - n_prompt
     assert r["n_rounds"] == -(-(160 - n_prompt) // 25)          # rounds of at most 25 tokens
-    assert r["solution"] == tok.decode(tok.encode(long)[:160 - n_prompt])  # one block, cut, spaces intact
-    # a long question is cut to its last max_prompt_tokens tokens, <|assistant|> kept last
+    # one block, cut, spaces intact
+    assert r["solution"] == tok.decode(tok.encode(long)[:160 - n_prompt])
+    # a long question is read as BOS + its last max_prompt_tokens - 1 tokens, <|assistant|> kept
+    # last
     model = scripted(tok, "<|text|>ok<|endofblock|><|endofmessage|>")
     infer.solve(model, tok, ["word " * 300], cfg=cfg, pool=pool)
-    first = model.feeds[0][2]
-    assert len(first) == 100 and first[-1] == tok.special["<|assistant|>"]
+    prompt = tok.encode(lce_data.prompt_text("word " * 300), bos=True)
+    assert model.feeds[0][2] == [tok.bos_id] + prompt[-99:]
+    assert prompt[-1] == tok.special["<|assistant|>"]
 
 
 def test_execution_withheld_respects_the_token_limit(tok):
-    """execute=False: when the <|execution|> the loop opens fills the context, the problem stops there."""
+    """execute=False: when the <|execution|> the loop opens fills the context, the problem stops
+    there."""
     code = "<|code|>print(1)<|endofblock|>"
-    n = len(tok.encode(lce_data.prompt_text("q"), bos=True)) + len(tok.encode(code)) + 1   # + <|execution|>
-    cfg = GenConfig(max_total_tokens=n, max_prompt_tokens=n - 1, execute=False)
-    [r] = infer.solve(scripted(tok, code + "<|text|>x<|endofblock|><|endofmessage|>"), tok, ["q"], cfg=cfg)
+    # + <|execution|>
+    n = len(tok.encode(lce_data.prompt_text("q"), bos=True)) + len(tok.encode(code)) + 1
+    cfg = GenConfig(max_total_tokens=n, max_prompt_tokens=n - 1, context="stop", execute=False)
+    model = scripted(tok, code + "<|text|>x<|endofblock|><|endofmessage|>")
+    [r] = infer.solve(model, tok, ["q"], cfg=cfg)
     assert r["stop"] == "max_total_tokens" and r["solution"] == code + "<|execution|>"
 
 
 def test_decimals_rounded_in_context_and_code(tok, pool):
-    sol = "<|code|>print(0.12345678 * 2)<|endofblock|><|text|>About 1.4142135623.<|endofblock|><|endofmessage|>"
+    sol = ("<|code|>print(0.12345678 * 2)<|endofblock|><|text|>About 1.4142135623.<|endofblock|>"
+           "<|endofmessage|>")
     model = scripted(tok, sol)
     [r] = infer.solve(model, tok, ["q"], pool=pool)
-    assert r["solution"] == ("<|code|>print(0.123457 * 2)<|endofblock|><|execution|>0.246914<|endofblock|>"
-                             "<|text|>About 1.414214.<|endofblock|><|endofmessage|>")
-    # replay the cache writes: the rewritten block replaced the unrounded one, the model read rounded text
+    assert r["solution"] == ("<|code|>print(0.123457 * 2)<|endofblock|><|execution|>0.246914"
+                             "<|endofblock|><|text|>About 1.414214.<|endofblock|><|endofmessage|>")
+    # replay the cache writes: the rewritten block replaced the unrounded one, the model read
+    # rounded text
     cache = {}
     for k, start, toks in model.feeds:
         cache.update({start + j: t for j, t in enumerate(toks)})
     k, start, toks = model.feeds[-1]  # slots past the last write are stale (masked by the model)
     context = [cache[p] for p in range(start + len(toks))]
-    assert tok.decode(context) == lce_data.prompt_text("q") + r["solution"].removesuffix("<|endofmessage|>")
+    read = lce_data.prompt_text("q") + r["solution"].removesuffix("<|endofmessage|>")
+    assert tok.decode(context) == read
 
 
 def test_execute_false_runs_nothing(tok, tmp_path):
     marker = tmp_path / "ran"
     code = f"<|code|>open({str(marker)!r}, 'w').close()<|endofblock|>"
-    sol = code + "42<|endofblock|><|text|>done<|endofblock|><|endofmessage|>"   # the model's own "output"
+    # the model's own "output"
+    sol = code + "42<|endofblock|><|text|>done<|endofblock|><|endofmessage|>"
 
     class NoPool:
         def acquire(self):
@@ -309,14 +439,16 @@ def test_execute_false_runs_nothing(tok, tmp_path):
     assert r["n_exec"] == 0 and not marker.exists()
     # the loop opened the execution block after the code; its content is what the model wrote
     assert executions(r) == ["42"]
-    assert r["solution"] == code + "<|execution|>42<|endofblock|><|text|>done<|endofblock|><|endofmessage|>"
+    assert r["solution"] == (code + "<|execution|>42<|endofblock|><|text|>done<|endofblock|>"
+                             "<|endofmessage|>")
     assert "".join(streamed) == r["solution"]  # the opened <|execution|> is streamed too
 
 
 def test_parse_blocks():
-    assert infer.parse_blocks("<|text|>a<|endofblock|>stray<|code|>b") == [("text", "a"), ("text", "stray"), ("code", "b")]
-    assert infer.parse_blocks("<|text|><|endofblock|><|execution|>x\ny<|endofblock|><|endofmessage|>") == [
-        ("text", ""), ("execution", "x\ny")]
+    assert infer.parse_blocks("<|text|>a<|endofblock|>stray<|code|>b") == [
+        ("text", "a"), ("text", "stray"), ("code", "b")]
+    assert infer.parse_blocks("<|text|><|endofblock|><|execution|>x\ny<|endofblock|>"
+                              "<|endofmessage|>") == [("text", ""), ("execution", "x\ny")]
 
 
 def test_renderer_plain():
@@ -328,24 +460,38 @@ def test_renderer_plain():
 
 
 def test_cli(tmp_path, tok):
-    """--help, and --file on a tiny random checkpoint: one JSON line per question, messages schema."""
-    assert subprocess.run([sys.executable, "infer.py", "--help"], cwd=ROOT, capture_output=True).returncode == 0
+    """--help, and --file on a tiny random checkpoint: one JSON line per question, messages
+    schema."""
+    shown = subprocess.run([sys.executable, "infer.py", "--help"], cwd=ROOT, capture_output=True)
+    assert shown.returncode == 0
     torch.manual_seed(0)
-    m = Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size, hidden_dim=32))
+    m = Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
+                              hidden_dim=32))
     ckpt = tmp_path / "ckpt"
     m.save_pretrained(ckpt)
     tok.save(ckpt)
     qfile = tmp_path / "q.jsonl"
-    qfile.write_text(json.dumps({"question": "1+1?"}) + "\n" + json.dumps(
-        {"id": "7", "messages": [{"role": "user", "content": [{"type": "text", "content": "2+2?"}]}]}) + "\n")
+    own = [{"role": "system", "content": [{"type": "text", "content": "Be brief."}]},
+           {"role": "user", "content": [{"type": "text", "content": "3+3?"}]}]
+    records = [{"question": "1+1?"},
+               {"id": "7", "messages": [{"role": "user",
+                                         "content": [{"type": "text", "content": "2+2?"}]}]},
+               {"id": "8", "messages": own}]
+    qfile.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = tmp_path / "r.jsonl"
-    cmd = [sys.executable, "infer.py", "--model", str(ckpt), "--file", str(qfile), "--out", str(out),
-           "--no-execute", "--max-total-tokens", "80", "--max-new-tokens", "10", "--max-rounds", "2"]
+    cmd = [sys.executable, "infer.py", "--model", str(ckpt), "--file", str(qfile), "--out",
+           str(out), "--no-execute", "--max-total-tokens", "80", "--max-new-tokens", "10",
+           "--max-rounds", "2"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     recs = [json.loads(line) for line in out.read_text().splitlines()]
-    assert sorted(r["question"] for r in recs) == ["1+1?", "2+2?"]
-    assert {r.get("id") for r in recs} == {None, "7"} and all(r["messages"][2]["role"] == "assistant" for r in recs)
-    assert json.loads((tmp_path / "r.jsonl.summary.json").read_text())["solved"] == 2
+    assert sorted(r["question"] for r in recs) == ["1+1?", "2+2?", "3+3?"]
+    assert {r.get("id") for r in recs} == {None, "7", "8"}
+    assert all(r["messages"][2]["role"] == "assistant" for r in recs)
+    # each prompt's system text: the record's own, else the paper's
+    system = {r["question"]: r["messages"][0]["content"][0]["content"] for r in recs}
+    assert system == {"1+1?": lce_data.DEFAULT_SYSTEM, "2+2?": lce_data.DEFAULT_SYSTEM,
+                      "3+3?": "Be brief."}
+    assert json.loads((tmp_path / "r.jsonl.summary.json").read_text())["solved"] == 3
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)  # resume: nothing left to do
-    assert p.returncode == 0 and len(out.read_text().splitlines()) == 2
+    assert p.returncode == 0 and len(out.read_text().splitlines()) == 3

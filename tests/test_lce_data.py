@@ -43,7 +43,7 @@ def test_serialize_and_ids_match_the_reference_conversation(tok):
 
 def test_loss_positions_token_by_token(tok):
     ids, labels = D.encode_example(R408, tok, 4096)
-    e = tok.sp.encode
+    e = tok.sentencepiece.encode
     # (tokens, carries loss) written out by hand from METHOD.md §3
     expected = [([1], 0), ([IDS["<|system|>"], IDS["<|text|>"], IDS["<|endofblock|>"], IDS["<|endofmessage|>"]], 0),
                 ([IDS["<|user|>"], IDS["<|text|>"]] + e("What is 12*34?") + [IDS["<|endofblock|>"]], 0),
@@ -88,8 +88,11 @@ def test_multi_round_and_execution_ablation(tok):
 def test_prompt_text_is_the_serialized_prefix():
     p = D.prompt_text("What is 12*34?", system="")
     assert p == D.serialize(R408)[:len(p)] and p.endswith("<|endofmessage|><|assistant|>")
-    assert D.prompt_text("Q").startswith('<|system|><|text|>Below is a math problem. Please solve it step by '
-                                         'step and put your answer in "\\boxed{}".<|endofblock|>')
+    # the default system text is the paper's, the one every released solution shows (debug_result)
+    released = json.loads(open(SAMPLE, encoding="utf-8").readline())["debug_result"][0]
+    assert released == {"role": "system",
+                        "content": "Below is a math problem. Please solve it step by step."}
+    assert D.prompt_text("Q").startswith(f'<|system|><|text|>{released["content"]}<|endofblock|>')
 
 
 def test_overflow_truncate_drop_and_stats(tok):
@@ -226,6 +229,42 @@ def test_authors_debug_result_format_parses():
         assert r["ground_truth"] == x["ground_truth"]
     assert D.serialize(recs[0]).startswith("<|system|><|text|>Below is a math problem. Please solve it step by "
                                            "step.<|endofblock|><|endofmessage|><|user|><|text|>Each pack")
+
+
+def script_format(released):
+    """The same solution as the authors' public src/inference.py writes it: system and user items
+    keyed "role" (its default prompt: empty system text, the question + "\\n"), then one item per
+    block keyed "type", no appended answer, `completion` = the last item's content."""
+    dr = released["debug_result"]
+    items = [{"role": "system", "content": ""},
+             {"role": "user", "content": dr[1]["content"] + "\n"}]
+    items += [{"type": d["role"], "content": d["content"]} for d in dr[2:-1]]
+    return {"messages": released["messages"], "ground_truth": released["ground_truth"],
+            "debug_result": items, "completion": items[-1]["content"]}
+
+
+def test_authors_script_format_parses(tmp_path):
+    raw = [json.loads(line) for line in open(SAMPLE, encoding="utf-8")]
+    path = tmp_path / "script_out.jsonl"
+    path.write_text("".join(json.dumps(script_format(x)) + "\n" for x in raw))
+    recs = D.read_jsonl_records(str(path))
+    assert len(recs) == 40
+    for r, x in zip(recs, raw):
+        assert [m["role"] for m in r["messages"]] == ["system", "user", "assistant"]
+        assert r["messages"][0]["content"][0]["content"] == ""
+        assert r["messages"][1]["content"][0]["content"] == x["debug_result"][1]["content"] + "\n"
+        # every block kept, the last one too: here `completion` is a copy of a real block
+        assert [(b["type"], b["content"]) for b in r["messages"][2]["content"]] == \
+            [(d["role"], d["content"]) for d in x["debug_result"][2:-1]]
+    bad = script_format(raw[0])
+    bad["debug_result"][3] = {"type": "output", "content": "5"}
+    with pytest.raises(D.DataError,
+                       match=r"field debug_result\[3\]\.type: unknown role 'output'"):
+        D.normalize_record(bad)
+    bad["debug_result"][3] = {"content": "5"}
+    with pytest.raises(D.DataError,
+                       match=r"field debug_result\[3\]: expected an object with 'role'"):
+        D.normalize_record(bad)
 
 
 def test_official_test_files_parse():

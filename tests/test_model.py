@@ -1,4 +1,5 @@
-"""model.py against the reference outputs in tests/fixtures/models (HF transformers' LlamaForCausalLM, fp32)."""
+"""model.py (and checkpoint.py beneath it) against the reference outputs in tests/fixtures/models
+(HF transformers' LlamaForCausalLM, fp32)."""
 import json, os, shutil, struct, subprocess, sys
 from pathlib import Path
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import ModelArgs, Transformer, greedy
+from model import KVCache, ModelArgs, Transformer, attention_mask, greedy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +34,8 @@ def test_logits_match_reference(models, name, layout):
     e = expected(name)
     with torch.no_grad():
         logits = models[name, layout](e["input_ids"])
-        last = models[name, layout](e["input_ids"], last_only=True)   # norm + output on the last position only
+        # norm + output on the last position only
+        last = models[name, layout](e["input_ids"], last_only=True)
     assert logits.dtype == torch.float32 and logits.shape == e["logits"].shape
     assert (logits - e["logits"]).abs().max() < 1e-4
     assert last.shape == (e["logits"].shape[0], 1, e["logits"].shape[2])
@@ -47,8 +49,9 @@ def test_greedy_with_cache_matches_reference(models, name, layout):
 
 
 def test_stored_dtype_kept_by_default():
-    assert Transformer.from_pretrained(FIX / "codellama-gqa" / "hf").output.weight.dtype == torch.bfloat16
-    assert Transformer.from_pretrained(FIX / "llama2-mha" / "hf").output.weight.dtype == torch.float32
+    gqa = Transformer.from_pretrained(FIX / "codellama-gqa" / "hf")
+    mha = Transformer.from_pretrained(FIX / "llama2-mha" / "hf")
+    assert gqa.output.weight.dtype == torch.bfloat16 and mha.output.weight.dtype == torch.float32
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -61,14 +64,17 @@ def test_cached_decoding_equals_full_recompute(models, name):
         steps = [model(seq[:, :10], cache=cache)]  # prefill 10, then one token at a time
         for p in range(10, 24):
             steps.append(model(seq[:, p:p + 1], positions=torch.tensor([[p]]), cache=cache))
-        last = model(seq[:, :10], cache=model.new_cache(1, 32), last_only=True)  # what a prefill needs
+        # what a prefill needs
+        last = model(seq[:, :10], cache=model.new_cache(1, 32), last_only=True)
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
-    assert last.shape == (1, 1, full.shape[-1]) and torch.allclose(last[0, 0], steps[0][0, -1], atol=1e-5)
+    assert last.shape == (1, 1, full.shape[-1])
+    assert torch.allclose(last[0, 0], steps[0][0, -1], atol=1e-5)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_batched_ragged_decoding_equals_each_alone(models, name):
-    """Right-padded prefill of 3 prompts into cache rows 2, 0, 3 (rows hold stale junk), then per-row decode."""
+    """Right-padded prefill of 3 prompts into cache rows 2, 0, 3 (rows hold stale junk), then
+    per-row decode."""
     model, e = models[name, "hf"], expected(name)
     ids = e["input_ids"].reshape(-1)
     prompts, n_new, pad = [ids[:5], ids[5:14], ids[14:21]], 6, 0
@@ -149,7 +155,8 @@ def read_safetensors_numpy(file):
         if k != "__metadata__":
             a, b = v["data_offsets"]
             assert v["dtype"] in ("F32", "BF16")
-            data = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=np.float32 if v["dtype"] == "F32" else np.uint16)
+            dtype = np.float32 if v["dtype"] == "F32" else np.uint16
+            data = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=dtype)
             if v["dtype"] == "BF16":  # bf16 = top half of a float32
                 data = (data.astype(np.uint32) << 16).view(np.float32)
             out[k] = data.reshape(v["shape"])
@@ -186,16 +193,19 @@ def test_save_bf16_and_resave_removes_stale_shards(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     again = Transformer.from_pretrained(tmp_path)
     assert again.output.weight.dtype == torch.bfloat16
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    pairs = zip(model.state_dict().values(), again.state_dict().values())
+    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 def test_grow_vocab():
     model = load(FIX / "llama2-mha" / "hf")
     e = expected("llama2-mha")
-    old_emb, old_out = model.tok_embeddings.weight.detach().numpy().copy(), model.output.weight.detach().numpy().copy()
+    old_emb = model.tok_embeddings.weight.detach().numpy().copy()
+    old_out = model.output.weight.detach().numpy().copy()
     model.grow_vocab(328)
     assert model.args.vocab_size == 328 and model.tok_embeddings.weight.shape == (328, 64)
-    assert np.allclose(model.tok_embeddings.weight[320:].detach().numpy(), old_emb.mean(0), atol=1e-6)
+    new_emb = model.tok_embeddings.weight[320:].detach().numpy()
+    assert np.allclose(new_emb, old_emb.mean(0), atol=1e-6)
     assert np.allclose(model.output.weight[320:].detach().numpy(), old_out.mean(0), atol=1e-6)
     with torch.no_grad():
         logits = model(e["input_ids"])
@@ -260,7 +270,8 @@ def test_error_missing_and_unexpected_tensors(tmp_path):
     with pytest.raises(ValueError, match=r"lacks tensors.*model\.layers\.2\."):
         Transformer.from_pretrained(tmp_path / "a")
     edit_config(tmp_path / "a", num_hidden_layers=1)   # file has an extra layer 1
-    with pytest.raises(ValueError, match=r"model\.safetensors: unexpected tensor 'model\.layers\.1\."):
+    unexpected = r"model\.safetensors: unexpected tensor 'model\.layers\.1\."
+    with pytest.raises(ValueError, match=unexpected):
         Transformer.from_pretrained(tmp_path / "a")
 
 
@@ -277,8 +288,10 @@ def test_error_meta_params(tmp_path):
 
 
 def test_fresh_model_forward_and_cache_shapes():
-    model = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, hidden_dim=64))
-    assert Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=50)).args.n_kv_heads == 4  # default MHA
+    model = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50,
+                                  hidden_dim=64))
+    mha = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=50))
+    assert mha.args.n_kv_heads == 4  # default MHA
     cache = model.new_cache(3, 16)
     assert cache.k[0].shape == (3, 16, 2, 8) and len(cache.v) == 2 and cache.max_len == 16
     tokens = torch.randint(0, 50, (2, 5))
@@ -295,23 +308,55 @@ def test_fresh_model_forward_and_cache_shapes():
         model(tokens, doc_ids=torch.zeros(2, 5, dtype=torch.long), cache=cache)
 
 
+def test_cache_update_writes_each_row_at_its_positions_and_returns_what_to_attend_to():
+    """Two sequences in rows 2 and 0 of a 3-row cache, at positions 0-1 and 3-4: written there
+    (nothing else touched); each attends to its own row, slots 0 .. 4 (the last position + 1)."""
+    cache = KVCache(n_layers=2, shape=(3, 6, 1, 1), device="cpu", dtype=torch.float32)
+    cache.place(torch.tensor([2, 0]), torch.tensor([[0, 1], [3, 4]]))
+    k = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(2, 2, 1, 1)
+    keys, values = cache.update(1, k, -k)
+    want = torch.zeros(3, 6)
+    want[2, 0:2] = torch.tensor([1.0, 2.0])
+    want[0, 3:5] = torch.tensor([3.0, 4.0])
+    assert torch.equal(cache.k[1].view(3, 6), want) and torch.equal(cache.v[1].view(3, 6), -want)
+    assert cache.k[0].abs().sum() == 0                      # another layer: untouched
+    assert torch.equal(keys.view(2, 5), want[[2, 0], :5])
+    assert torch.equal(values.view(2, 5), -want[[2, 0], :5])
+
+
+def test_attention_mask_by_hand():
+    positions = torch.tensor([[1, 2], [0, 1]])
+    cache = KVCache(n_layers=1, shape=(2, 4, 1, 1), device="cpu", dtype=torch.float32)
+    cache.place(None, positions)             # keys: slots 0 .. 2 of each row
+    yes, no = True, False
+    assert attention_mask(positions, cache=cache).tolist() == [[[[yes, yes, no], [yes, yes, yes]]],
+                                                               [[[yes, no, no], [yes, yes, no]]]]
+    doc_ids = torch.tensor([[0, 0, 1, 1]])   # two packed documents: causal within each
+    assert attention_mask(torch.arange(4)[None], doc_ids).tolist() == [[[[yes, no, no, no],
+                                                                         [yes, yes, no, no],
+                                                                         [no, no, yes, no],
+                                                                         [no, no, yes, yes]]]]
+    assert attention_mask(torch.arange(4)[None]) is None   # plain causal: SDPA's is_causal
+
+
 def test_bf16_compute_within_bf16_rounding_of_reference():
-    """Run entirely in bf16 (as on a GPU): logits stay within bf16 rounding of the float32 reference, and
-    the top token agrees almost everywhere. (fp32 runs of the same weights match to 1e-4: see above.)"""
+    """Run entirely in bf16 (as on a GPU): logits stay within bf16 rounding of the float32
+    reference, and the top token agrees almost everywhere. (fp32 runs of the same weights match to
+    1e-4: see above.)"""
     e = expected("codellama-gqa")
     model = Transformer.from_pretrained(FIX / "codellama-gqa" / "hf", dtype=torch.bfloat16)
     with torch.no_grad():
         logits = model(torch.tensor(e["input_ids"]))
     assert model.output.weight.dtype == torch.bfloat16 and logits.dtype == torch.float32
     err = (logits - e["logits"]).abs().max().item()
-    assert 1e-3 < err < 0.03 * e["logits"].abs().max().item()     # really bf16 (not fp32), and close
+    assert 1e-3 < err < 0.03 * e["logits"].abs().max().item()   # really bf16 (not fp32), and close
     assert (logits.argmax(-1) == e["logits"].argmax(-1)).float().mean().item() > 0.9
 
 
 PEAK_MEMORY_SCRIPT = """
 import resource, sys, torch
 from model import Transformer
-Transformer.from_pretrained(sys.argv[2])     # warm-up on a tiny model: one-time library and allocator memory
+Transformer.from_pretrained(sys.argv[2])  # warm-up on a tiny model: one-time library, allocator
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 model = Transformer.from_pretrained(sys.argv[1])
 grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
@@ -320,13 +365,14 @@ print(grown / sum(p.numel() * p.element_size() for p in model.parameters()))
 
 
 def test_loading_peak_memory_is_about_one_copy(tmp_path):
-    """Shard by shard onto a model built on the meta device: loading a ~220 MB sharded checkpoint raises the
-    process's peak RSS by about one copy of the weights, not two (a load-everything-then-copy loader: ~2x)."""
+    """Shard by shard onto a model built on the meta device: loading a ~220 MB sharded checkpoint
+    raises the process's peak RSS by about one copy of the weights, not two (a
+    load-everything-then-copy loader: ~2x)."""
     torch.manual_seed(0)
-    Transformer(ModelArgs(dim=512, n_layers=16, n_heads=8, vocab_size=4000, hidden_dim=1408)).save_pretrained(
-        tmp_path / "ckpt", max_shard_bytes=40 * 2**20)
+    big = Transformer(ModelArgs(dim=512, n_layers=16, n_heads=8, vocab_size=4000, hidden_dim=1408))
+    big.save_pretrained(tmp_path / "ckpt", max_shard_bytes=40 * 2**20)
     assert len(list((tmp_path / "ckpt").glob("model-*.safetensors"))) > 4
     warm_up = FIX / "llama2-mha" / "hf"
-    p = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, str(tmp_path / "ckpt"), str(warm_up)],
-                       cwd=ROOT, capture_output=True, text=True, check=True)
+    p = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, str(tmp_path / "ckpt"),
+                        str(warm_up)], cwd=ROOT, capture_output=True, text=True, check=True)
     assert float(p.stdout) < 1.25, p.stdout    # measured here: 1.00

@@ -1,4 +1,5 @@
-"""tokenizer.py against the real Llama-2 SentencePiece model and the ids in tests/fixtures/tokenizer/."""
+"""tokenizer.py against the real Llama-2 SentencePiece model and the ids in
+tests/fixtures/tokenizer/."""
 import json
 import os
 
@@ -50,14 +51,15 @@ def test_special_tokens_are_atomic(tok):
     # glued to text on both sides, and repeated back to back: still one id each
     ids = tok.encode("x<|code|><|code|>y<|endofblock|>")
     assert ids.count(32004) == 2 and ids.count(32006) == 1
-    assert ids == tok.sp.encode("x") + [32004, 32004] + tok.sp.encode("y") + [32006]
+    plain = tok.sentencepiece.encode
+    assert ids == plain("x") + [32004, 32004] + plain("y") + [32006]
 
 
 def test_lookalikes_are_text(tok):
     text = "text with a fake <|token|> and <|text| and |> pieces"
     ids = tok.encode(text)
     assert not set(ids) & set(tok.special.values())
-    assert ids == tok.sp.encode(text)                      # exactly plain SentencePiece
+    assert ids == tok.sentencepiece.encode(text)           # exactly plain SentencePiece
     # a special string inside a longer look-alike is still split out
     assert 32003 in tok.encode("<<|text|>>")
 
@@ -96,7 +98,8 @@ def test_missing_tokens_are_appended_after_known_added_tokens(tmp_path):
 
 def test_save_then_load(tmp_path, tok):
     tok.save(tmp_path / "ckpt")
-    assert json.loads((tmp_path / "ckpt" / "added_tokens.json").read_text()) == EXPECTED["special_tokens"]
+    written = json.loads((tmp_path / "ckpt" / "added_tokens.json").read_text())
+    assert written == EXPECTED["special_tokens"]
     tok2 = Tokenizer.from_checkpoint(tmp_path / "ckpt")
     text = CASES[7]["text"]
     assert tok2.encode(text) == tok.encode(text)
@@ -118,7 +121,8 @@ def test_bad_checkpoints_name_the_file(tmp_path):
 def test_train_tiny_sentencepiece(tmp_path):
     lines = []
     for a in range(60):
-        q = f"Tom has {a * 37 + 12} apples and buys {a + 5} bags of {a % 9 + 3} apples. How many apples?"
+        q = (f"Tom has {a * 37 + 12} apples and buys {a + 5} bags of {a % 9 + 3} apples. "
+             "How many apples?")
         lines.append(f"<|user|><|text|>{q}<|endofblock|><|endofmessage|><|assistant|><|text|>"
                      f"Let's compute it with Python.<|endofblock|><|code|>a = {a * 37 + 12}\n"
                      f"print(a + {a + 5} * {a % 9 + 3})<|endofblock|>")
@@ -127,15 +131,17 @@ def test_train_tiny_sentencepiece(tmp_path):
     tok = Tokenizer(path)
     assert tok.n_base <= 400
     assert tok.special["<|system|>"] == tok.n_base        # specials go on top of the learned pieces
-    pieces = [tok.sp.id_to_piece(i) for i in range(tok.n_base)]
+    learned = tok.sentencepiece
+    pieces = [learned.id_to_piece(i) for i in range(tok.n_base)]
     assert not any("<|" in p or "|>" in p for p in pieces)   # special strings were not learned
     # digits are split one by one (Llama's split_digits)
-    assert [tok.sp.id_to_piece(i) for i in tok.sp.encode("12345")][-5:] == list("12345")
+    assert [learned.id_to_piece(i) for i in learned.encode("12345")][-5:] == list("12345")
     for text in lines[:5] + ["unseen: ünïcödé 数学 {}\t  \\boxed{408}", "  two  spaces\n"]:
         assert tok.decode(tok.encode(text)) == text
     ids = tok.encode(lines[0], bos=True)
     assert ids[0] == tok.bos_id and ids.count(tok.special["<|text|>"]) == 2
     # deterministic: the same text gives the same pieces with the same scores
     tok2 = Tokenizer(train_sentencepiece(str(tmp_path / "corpus.txt"), str(tmp_path / "tok2"), 400))
-    assert [(tok2.sp.id_to_piece(i), tok2.sp.get_score(i)) for i in range(tok2.n_base)] == \
-        [(p, tok.sp.get_score(i)) for i, p in enumerate(pieces)]
+    again = tok2.sentencepiece
+    assert [(again.id_to_piece(i), again.get_score(i)) for i in range(tok2.n_base)] == \
+        [(p, learned.get_score(i)) for i, p in enumerate(pieces)]
