@@ -50,6 +50,7 @@ from fractions import Fraction
 
 import sympy
 
+import html_views
 from storage import atomic_write, done_keys, merge_parts, part_path
 
 TIME_LIMIT = 2.0          # seconds for one SymPy parse or comparison
@@ -1026,6 +1027,58 @@ def run(args):
                         replica=ranks.replica, n_replicas=ranks.n_replicas, wait=ranks.wait_for_all)
 
 
+# ------------------------------------------------------------------------------------------- report
+
+REPORT_VERDICTS = {"correct": "strict (ours)", "correct_authors": "paper protocol"}
+REPORT_ANSWERS = {"pred": "extracted (ours)", "pred_authors": "extracted (paper protocol)",
+                  "model_answer": "extracted (authors' file)", "grade_error": "grading failed"}
+
+
+def report(paths, out=None, dataset=None, data_dir=DATA_DIR):
+    """A page to browse a run (html_views.report_page): RUN_DIR/report.html from its results.jsonl
+    and summary.json, or one page for result files, ours or the authors' released format
+    (debug_result). Records without verdicts are graded here as `score` does (strict and paper
+    protocol); a file named *-correct / *-wrong (as in data/official_outs/) also gives the official
+    verdict. Returns the page's path."""
+    import lce_data                  # lazy: it imports torch, which scoring does not need
+    run_dir = paths[0] if len(paths) == 1 and os.path.isdir(paths[0]) else None
+    files = [os.path.join(run_dir, "results.jsonl")] if run_dir else list(paths)
+    summary = None
+    if run_dir and os.path.isfile(os.path.join(run_dir, "summary.json")):
+        with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
+            summary = json.load(f)
+    stem = re.sub(r"(-correct|-wrong)?\.jsonl$", "", os.path.basename(files[0]))
+    out = out or (os.path.join(run_dir, "report.html") if run_dir else stem + ".html")
+    dataset = dataset or (summary or {}).get("dataset") or next(
+        (w for w in re.split(r"[_.-]", stem.lower()) if w in DATASETS), None)
+    rows = []
+    for path in files:
+        official = {"correct": True, "wrong": False}.get(path[:-len(".jsonl")].rsplit("-", 1)[-1])
+        for n, rec in enumerate(_read_jsonl(path), 1):
+            sol, ref, pid = _record_parts(rec, f"{path}:{n}")     # sol: an LCE string, both formats
+            if "correct" not in rec:            # the authors' files: graded here, both protocols
+                rec = {**rec, **verdicts(sol, ref, dataset)}
+            turn = [(b["type"], b["content"]) for m in rec.get("messages") or []
+                    if m["role"] == "assistant" for b in m["content"]]
+            row = {"id": pid if pid is not None else f"{os.path.basename(path)}:{n}",
+                   "question": rec.get("question") or _message_text(rec, "user") or "",
+                   "blocks": turn or lce_data.parse_assistant(sol) or [("text", sol)],
+                   "answers": {label: rec[k] for k, label in REPORT_ANSWERS.items() if k in rec},
+                   "reference": ref,
+                   "verdicts": {label: bool(rec[k]) for k, label in REPORT_VERDICTS.items()
+                                if k in rec}}
+            if official is not None:
+                row["verdicts"]["official (file name)"] = official
+            if rec.get("subject") or str(pid).startswith("test/"):      # MATH
+                row["subject"] = rec.get("subject") or str(pid).split("/")[1]
+                row["level"] = rec.get("level") or _math_levels(data_dir).get(pid)
+            rows.append(row)
+    paper = [(m, v[dataset], m.lower() in stem.lower()) for m, v in PAPER.items() if dataset in v]
+    page = html_views.report_page(f"{run_dir or stem}: {dataset}", rows, summary, paper)
+    atomic_write(out, page)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1037,6 +1090,13 @@ def main(argv=None):
                     "(default: from file name)")
     sp.add_argument("--out", help="write the re-graded records here (JSONL)")
     sp.add_argument("--data-dir", default=DATA_DIR)
+    hp = sub.add_parser("report", help="an HTML page: accuracy, MATH heat map, every problem")
+    hp.add_argument("paths", nargs="+", help="a run directory (results.jsonl), or result files: "
+                    "ours or the authors', e.g. data/official_outs/MathCoder-CL-34b_GSM8K-*.jsonl")
+    hp.add_argument("--out", help="default: RUN_DIR/report.html, or NAME.html here for files")
+    hp.add_argument("--dataset", help="grading protocol of records without a verdict (default: "
+                    "from summary.json or the file name)")
+    hp.add_argument("--data-dir", default=DATA_DIR)
     rp = sub.add_parser("run", help="generate with a checkpoint and grade (resumable)")
     rp.add_argument("--model", required=True,
                     help="checkpoint directory (HF layout + tokenizer.model)")
@@ -1059,6 +1119,8 @@ def main(argv=None):
     try:
         if args.cmd == "score":
             score(args.results, args.dataset, args.out, args.data_dir)
+        elif args.cmd == "report":
+            print(report(args.paths, args.out, args.dataset, args.data_dir))
         else:
             run(args)
     # bad input: one clear line naming the file (and line), no traceback

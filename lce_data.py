@@ -12,6 +12,7 @@ An LCE solution (METHOD.md §1) interleaves natural-language Text, Python Code a
 messages and every execution block (written by the interpreter at inference time) get label -100.
 
     python lce_data.py stats data.jsonl --tokenizer tok.model    # records, tokens, loss share, lengths
+    python lce_data.py show data.jsonl --index 3 --html conv.html  # the loss mask, token by token
     python lce_data.py synth --n 2000 --n-test 200 --out train.jsonl --test-out test.jsonl
 """
 import argparse, bisect, json, os, random, re, sys, time
@@ -19,6 +20,8 @@ from collections import Counter
 
 import torch
 
+import html_views
+import storage
 from tokenizer import Tokenizer
 
 # The system text of the paper's numbers: every released solution and every test record in
@@ -454,6 +457,14 @@ def main():
     s.add_argument("--seq-len", type=int, default=2048, help="row length for the packing estimate")
     s.add_argument("--train-on-execution", action="store_true", help="ablation: loss on execution blocks")
     s.add_argument("--skip-bad", action="store_true", help="skip (and count) invalid records")
+    v = sub.add_parser("show", help="the loss mask made visible: one record token by token (HTML)")
+    v.add_argument("file")
+    v.add_argument("--tokenizer", default=s.get_default("tokenizer"), help="as for stats")
+    v.add_argument("--ckpt", help="as for stats")
+    v.add_argument("--index", type=int, default=0, help="record number in FILE, from 0")
+    v.add_argument("--html", required=True, help="the page to write")
+    v.add_argument("--max-len", type=int, default=2048, help="truncate the record to this")
+    v.add_argument("--train-on-execution", action="store_true", help="ablation: execution loss")
     g = sub.add_parser("synth", help="synthetic LCE word problems for the tiny end-to-end run")
     g.add_argument("--n", type=int, required=True, help="training problems")
     g.add_argument("--out", required=True, help="training records (messages schema, with solutions)")
@@ -461,8 +472,22 @@ def main():
     g.add_argument("--test-out", help="test records (official test schema: no assistant turn)")
     g.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if args.cmd == "stats":
+    if args.cmd in ("stats", "show"):
         tok = Tokenizer.from_checkpoint(args.ckpt) if args.ckpt else Tokenizer(args.tokenizer)
+    if args.cmd == "show":
+        records = read_jsonl_records(args.file)
+        if not 0 <= args.index < len(records):
+            raise DataError(f"{args.file}: --index {args.index}: not in 0..{len(records) - 1}")
+        st = {}
+        ids, labels = encode_example(records[args.index], tok, args.max_len,
+                                     args.train_on_execution, stats=st)
+        pieces = [tok.id_to_special.get(i) or tok.sentencepiece.id_to_piece(i) for i in ids]
+        title = f"{args.file}, record {args.index}" + (f", cut to {args.max_len} tokens"
+                                                        if st.get("truncate") else "")
+        page = html_views.tokens_page(title, ids, labels, pieces, tok.special, IGNORE)
+        storage.atomic_write(args.html, page)
+        print(args.html)
+    elif args.cmd == "stats":
         read = {}
         records = read_jsonl_records(args.file, skip_bad=args.skip_bad, stats=read)
         st = dataset_stats(records, tok, args.max_len, args.seq_len, args.train_on_execution)

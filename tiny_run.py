@@ -20,7 +20,8 @@ The claim to watch: with real execution the model solves what it cannot compute 
 
 Outputs (a reader can open each stage's output): OUT/data/{train,test}.jsonl, OUT/tokenizer.model,
 OUT/train/ (log.jsonl, final/ in Hugging Face layout), OUT/<mode>/results.jsonl + summary.json,
-OUT/summary.json (all modes) and OUT/summary.md (the table).
+OUT/summary.json (all modes) and OUT/summary.md (the table). OUT/report.html shows all of it, and
+OUT/<mode>/report.html every problem (open them in a browser).
 """
 import argparse
 import json
@@ -32,6 +33,7 @@ import time
 import torch
 
 import eval as grader
+import html_views
 import lce_data
 from infer import GenConfig, solve
 from model import Transformer
@@ -118,6 +120,7 @@ def solve_and_grade(args, ckpt, tests, name, execute):
 
     out_dir = os.path.join(args.out, name)
     summary = grader.run_loop(tests, out_dir, solve_fn, "synthetic", model_name=name)
+    grader.report([out_dir])                        # out_dir/report.html: every problem, each block
     recs = [json.loads(line) for line in open(os.path.join(out_dir, "results.jsonl"))]
     summary["executed_code_blocks"] = sum(
         sum(b["type"] == "execution" for b in r["messages"][-1]["content"]) for r in recs) if execute else 0
@@ -166,8 +169,10 @@ def main(argv=None):
     table = "\n".join(lines)
     grader.atomic_write(os.path.join(args.out, "summary.json"), json.dumps(results, indent=2) + "\n")
     grader.atomic_write(os.path.join(args.out, "summary.md"), table + "\n")
+    grader.atomic_write(os.path.join(args.out, "report.html"), html_views.tiny_run_page(args.out))
     print(f"\n== result on {args.n_test} held-out problems ({results['seconds']:.0f}s in all)\n{table}")
-    print(f"\nEach stage's output is under {args.out}/ (summary.json, */results.jsonl, train/log.jsonl).")
+    print(f"\nEach stage's output is under {args.out}/ (summary.json, */results.jsonl, "
+          f"train/log.jsonl); open {os.path.join(args.out, 'report.html')} in a browser.")
 
 
 if __name__ == "__main__":

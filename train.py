@@ -20,6 +20,7 @@ Defaults follow the paper: 3 epochs, lr 2e-5, global batch 128, sequence length 
 
 Writes OUT/config.json, OUT/log.jsonl (one line per step), OUT/checkpoint.pt (every --save-every steps and at
 the end), OUT/final/ (Hugging Face layout: model.save_pretrained + tokenizer.save) and OUT/summary.json.
+OUT/loss.svg plots the loss and learning rate per step (rewritten at each checkpoint).
 """
 import argparse
 import dataclasses
@@ -44,6 +45,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import distribute_tensor
 from torch.utils.checkpoint import checkpoint
 
+import html_views
 import lce_data
 from model import ModelArgs, Transformer, grow_rows, read_checkpoint
 from tokenizer import Tokenizer
@@ -423,6 +425,8 @@ def train(cfg: TrainConfig) -> dict:
         if (step + 1) % cfg.save_every == 0 or step + 1 == total:
             save_checkpoint(ckpt_path, model, opt, step + 1, fingerprint, rank)
             log(f"checkpoint at step {step + 1} -> {ckpt_path}")
+            if rank == 0:                           # the curve so far: loss and lr per step
+                html_views.write_loss_svg(log_path, os.path.join(cfg.out, "loss.svg"))
 
     final = export_final(cfg.out, model, tok, cfg, rank)
     result = dict(final_loss=losses[-1] if losses else None, losses=losses, steps=total, final=final,

@@ -7,7 +7,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["model.py", "tokenizer.py", "lce_data.py", "train.py", "sandbox.py", "infer.py",
-           "eval.py", "tiny_run.py", "bench.py", "replay.py"]
+           "eval.py", "tiny_run.py", "bench.py", "replay.py", "html_views.py"]
 LIBRARIES = ["notebook.py",    # below sandbox.py: what a cell shows (replay.py checks it)
              "pretty.py",      # below notebook.py: IPython's display of a value
              "storage.py",     # atomic writes and JSONL, used by every module

@@ -45,6 +45,15 @@ def test_tiny_run_shrunken(tmp_path):
         assert summary[mode]["n"] == 12 and 0.0 <= summary[mode]["accuracy"] <= 1.0
         assert summary[mode]["correct"] == sum(r["correct"] for r in recs)
 
+    # the pages: OUT/report.html links each mode's page (one entry per problem) and each loss.svg
+    page = open(os.path.join(out, "report.html")).read()
+    for mode in modes:
+        assert f'href="{mode}/report.html"' in page
+        assert open(os.path.join(out, mode, "report.html")).read().count('class="problem"') == 12
+    for run in ("train", "train_loss_on_execution"):
+        assert f'href="{run}/loss.svg"' in page
+        assert open(os.path.join(out, run, "loss.svg")).read().count("<polyline") == 2
+
     # without execution nothing ran: every execution block there was written by the model
     assert summary["without_execution"]["executed_code_blocks"] == 0
 
