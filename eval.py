@@ -51,6 +51,7 @@ from fractions import Fraction
 import sympy
 
 import html_views
+from storage import atomic_write, done_keys, merge_parts, part_path
 
 TIME_LIMIT = 2.0          # seconds for one SymPy parse or comparison
 GRADE_TIME_LIMIT = 10.0   # seconds for one grade() call, all its SymPy calls together
@@ -923,72 +924,6 @@ def score(path, dataset=None, out=None, data_dir=DATA_DIR):
 
 # ------------------------------------------------------------------------------- generation (run)
 
-def atomic_write(path, text):
-    """Write a file so that a crash leaves the old file or the new one, never half of one."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def done_keys(path, key="id"):
-    """The `key` of every record already in a results JSONL or in the part files of its
-    data-parallel replicas (resuming). A torn last line (the run died mid-write) is cut off."""
-    keys = set()
-    for file in [path, *part_files(path)]:
-        if not os.path.exists(file):
-            continue
-        with open(file, "rb") as f:
-            data = f.read()
-        keep = data[:data.rfind(b"\n") + 1]
-        if len(keep) != len(data):
-            with open(file, "r+b") as f:
-                f.truncate(len(keep))
-        lines = keep.decode("utf-8").splitlines()
-        keys |= {json.loads(line)[key] for line in lines if line.strip()}
-    return keys
-
-
-def part_path(path, replica):
-    """Where data-parallel replica `replica` appends its records during a run that writes `path`
-    (results.jsonl -> results.part3.jsonl): one writer per file. merge_parts folds them into
-    `path`."""
-    return re.sub(r"(\.jsonl)?$", f".part{replica}.jsonl", path, count=1)
-
-
-def part_files(path):
-    folder, stem = os.path.split(re.sub(r"(\.jsonl)?$", "", path, count=1))
-    pattern = re.compile(re.escape(stem) + r"\.part\d+\.jsonl")
-    names = os.listdir(folder or ".") if os.path.isdir(folder or ".") else []
-    return sorted(os.path.join(folder, name) for name in names if pattern.fullmatch(name))
-
-
-def merge_parts(path, key, order):
-    """Fold the replicas' part files into `path` (atomically), sorted by `order` (the keys in
-    their order), then delete the parts. A record already in `path` (a merge cut short before the
-    parts were deleted) is not added twice; one key in two parts is an error: replicas never share
-    a problem."""
-    parts = part_files(path)
-    if not parts:
-        return
-    recs = _read_jsonl(path) if os.path.exists(path) else []
-    merged, seen = {r[key] for r in recs}, {}
-    for part in parts:
-        for r in _read_jsonl(part):
-            if r[key] in seen:
-                raise ValueError(f"{part}: {key} {r[key]!r} is also in {seen[r[key]]}")
-            seen[r[key]] = part
-            if r[key] not in merged:
-                recs.append(r)
-    place = {k: i for i, k in enumerate(order)}
-    recs.sort(key=lambda r: place.get(r[key], len(place)))
-    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
-    for part in parts:
-        os.remove(part)
-
-
 def run_loop(problems, out_dir, solve_fn, dataset, model_name="this run", info=None, replica=0,
              n_replicas=1, wait=None):
     """Solve every problem not yet in out_dir/results.jsonl, appending one record per problem as it
@@ -1063,6 +998,7 @@ def run(args):
     from parallel import follow, init_ranks
     from sandbox import SandboxPool, default_isolation
     from tokenizer import Tokenizer
+    cfg = infer.config_from_args(args)   # the generation flags (infer.add_generation_args)
     problems = load_dataset(args.dataset, args.data_dir, args.subject, args.level)
     problems = problems[:args.limit or None]
     tok = Tokenizer.from_checkpoint(args.model)
@@ -1071,8 +1007,6 @@ def run(args):
                                         tp_group=ranks.tp_group).eval()
     if not ranks.leader:             # another shard of a tensor-parallel replica
         return follow(model, ranks.tp_group)
-    cfg = infer.GenConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                          max_rounds=args.max_rounds, context=args.context)
     # the prompt's system text: --system, else each record's own (the paper's, docs/method.md §4)
     system_of = {p["question"]: p["system"] for p in problems}
 
@@ -1082,7 +1016,7 @@ def run(args):
         return system_of[question] if system_of[question] is not None else infer.DEFAULT_SYSTEM
 
     # one pool for the whole run (workers start once); under TP each model call is announced
-    with SandboxPool(args.batch_size) as pool, ranks.lockstep(model) as model:
+    with SandboxPool(cfg.batch_size) as pool, ranks.lockstep(model) as model:
 
         def solve_fn(questions, on_result):
             return infer.solve(model, tok, questions, [system(q) for q in questions], cfg=cfg,
@@ -1170,12 +1104,6 @@ def main(argv=None):
     rp.add_argument("--out", required=True,
                     help="output directory: results.jsonl, summary.json/.md")
     rp.add_argument("--limit", type=int, default=0, help="first N problems only (0 = all)")
-    rp.add_argument("--batch-size", type=int, default=16)
-    rp.add_argument("--max-new-tokens", type=int, default=512, help="per block (docs/method.md §4)")
-    rp.add_argument("--max-rounds", type=int, default=16)
-    rp.add_argument("--context", choices=["window", "stop"], default="window",
-                    help="window: the authors' sliding window over the last 1536 tokens (default); "
-                    "stop: a problem stops when its context reaches 2048 tokens")
     rp.add_argument("--subject", help="MATH only: e.g. algebra")
     rp.add_argument("--level", type=int, help="MATH only: 1-5")
     rp.add_argument("--system", help="system text of every prompt (default: each record's own)")
@@ -1183,6 +1111,10 @@ def main(argv=None):
     rp.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per model replica "
                     "(torchrun --nproc_per_node=W: W / tp replicas share out the problems)")
     rp.add_argument("--data-dir", default=DATA_DIR)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:   # infer imports torch: only `run` needs it
+        import infer
+        infer.add_generation_args(rp)
     args = ap.parse_args(argv)
     try:
         if args.cmd == "score":

@@ -1,4 +1,4 @@
-"""MathCoder inference: generate, execute, continue (docs/method.md §4), batched on one KV cache.
+"""MathCoder inference: generate, execute, continue (docs/method.md §4).
 
 The authors (src/inference.py) solved one problem per process against a text-generation server
 (text-generation-inference, truncate=1536, max_new_tokens=512, 2048 tokens in all). Each round they
@@ -14,21 +14,23 @@ more, decoded them to text; the model server encoded that text again with BOS, c
 1536: the model read BOS and the conversation's last 1535 tokens, at positions 0..1535, as a fresh
 prompt, then generated at most 512 tokens (1536 + 512 = 2048). So a long solution goes on, with its
 beginning (the question first) out of sight. Here: before every round, a context longer than
-max_prompt_tokens is read as BOS + its last max_prompt_tokens - 1 tokens from position 0, and that
-row's cache is recomputed for the window (rare: most solutions never reach 1536 tokens). context =
+max_prompt_tokens is read as BOS + its last max_prompt_tokens - 1 tokens from position 0. context =
 "stop" is the simpler rule: only the prompt is cut so, and a problem stops once its context reaches
 max_total_tokens.
 
-Same loop here, but B problems advance together on one KV cache of B rows:
+`solve_one` is that loop for one problem, written plainly: every round a fresh prefill of the
+window, then one token at a time to the end of the block. `solve` is the same, for many problems on
+one KV cache of B rows (tests/test_infer.py checks that it gives solve_one's solution for every
+problem):
   * every token is fed to the model once: a prompt or an execution block is prefilled into its own
     row (model.forward(..., cache=cache, rows=[r])); the prefix is recomputed only when the window
-    slides;
+    slides (rare: most solutions never reach 1536 tokens);
   * code runs in a thread pool, each problem in its own Sandbox, while the other rows keep decoding;
     the row rejoins once its output is ready; a finished row takes the next waiting problem
     (continuous batching);
   * ragged lengths: each row carries its own positions and the model masks cache slots past a
     query's position, so every row's logits are those it would get alone.
-Where this differs from the authors' loop:
+Where both differ from the authors' loop:
   * the window's first tokens: their server cut ids, decoded them and encoded the text again, which
     can split the window's first word differently (a piece cut mid-word gets a word-start "▁"); here
     the ids themselves are kept.
@@ -44,8 +46,8 @@ Where this differs from the authors' loop:
   * decimals are rounded where they did it: in each block the model has just written, code included
     (the code that runs is the rounded code; execution output is left alone). Their server
     re-tokenised the whole conversation every round; here the block just written is re-tokenised
-    and, if its ids changed (rounding, or a non-canonical split), rewritten into the cache from its
-    first position. Either way the model goes on reading exactly the text that is recorded.
+    and, if its ids changed (rounding, or a non-canonical split), rewritten from its first position
+    (solve: into the cache). Either way the model goes on reading exactly the text that is recorded.
   * a round cut off by max_new_tokens is, as theirs, a round: a cut code block is still run; the
     next round continues the same block (its text is re-tokenised as one piece, as their server saw
     it).
@@ -54,126 +56,179 @@ Where this differs from the authors' loop:
     python infer.py --model CKPT "What is 2^10 - 1?"            # streams the solution
     python infer.py --model CKPT --file data/eval/GSM8K_test_post.jsonl --out results.jsonl
 """
-import argparse, json, os, re, sys, time
+import argparse
+import json
+import re
+import sys
+import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
 import lce_data
+import sandbox
+import storage
 from lce_data import DEFAULT_SYSTEM
 from model import Transformer
 from parallel import follow, init_ranks
 from tokenizer import SPECIAL_TOKENS, Tokenizer
 
 
+def option(default, help, **argparse_options):
+    """A GenConfig field that is also a command-line flag (add_generation_args)."""
+    return field(default=default, metadata={"help": help, **argparse_options})
+
+
 @dataclass
 class GenConfig:
-    max_new_tokens: int = 512      # per round (one block)
-    max_total_tokens: int = 2048   # a cache row: the window + one round ("stop": the whole context)
-    max_prompt_tokens: int = 1536  # the model reads at most this many tokens when a round starts
-    # "window": the authors' sliding window; "stop": cut the prompt only, stop a problem once its
-    # context reaches max_total_tokens
-    context: str = "window"
-    max_rounds: int = 16
-    temperature: float = 0.0       # 0 = greedy (the paper's numbers); > 0 for self-distillation
-    top_p: float = 1.0
-    batch_size: int = 16           # rows of the KV cache = problems decoded together
-    # False: code is not run; <|execution|> is opened and the model writes the output itself
-    # (ablation: can it compute without the interpreter?)
-    execute: bool = True
-    seed: int = 0                  # sampling: problem i draws from its own generator (seed, i)
+    """How to generate; the defaults are the authors' (docs/method.md §4). Each field is also a
+    flag of `infer.py` and `eval.py run` (max_new_tokens: --max-new-tokens)."""
+    max_new_tokens: int = option(512, "tokens per round (one block)")
+    max_total_tokens: int = option(2048, "a cache row: the window + one round (context stop: the "
+                                   "whole context)")
+    max_prompt_tokens: int | None = option(None, "the window: the model reads at most this many "
+                                           "tokens when a round starts (default: max-total-tokens "
+                                           "- max-new-tokens, at most 1536)")
+    context: str = option("window", "window: the authors' sliding window; stop: cut the prompt "
+                          "only, stop a problem once its context reaches max-total-tokens",
+                          choices=("window", "stop"))
+    max_rounds: int = option(16, "blocks per solution at most")
+    temperature: float = option(0.0, "0: greedy (the paper's numbers); > 0: sampling "
+                                "(self-distillation)")
+    top_p: float = option(1.0, "nucleus sampling: keep the most likely tokens up to this mass")
+    batch_size: int = option(16, "rows of the KV cache = problems decoded together")
+    execute: bool = option(True, "run the code; --no-execute: <|execution|> is opened and the "
+                           "model writes the output itself (ablation: can it compute without "
+                           "the interpreter?)")
+    seed: int = option(0, "sampling: problem i draws from its own generator (seed, i)")
+
+    def __post_init__(self):
+        if self.max_prompt_tokens is None:  # the authors' 1536 where a round fits beside it
+            fits = self.max_total_tokens - self.max_new_tokens
+            self.max_prompt_tokens = max(2, min(1536, fits))
+        if self.context not in ("window", "stop"):
+            raise ValueError(f"GenConfig: context must be 'window' or 'stop', not {self.context!r}")
+        if not 2 <= self.max_prompt_tokens < self.max_total_tokens:
+            raise ValueError(f"GenConfig: max_prompt_tokens {self.max_prompt_tokens} must be >= 2 "
+                             f"and < max_total_tokens {self.max_total_tokens}")
+        if (self.context == "window"
+                and self.max_prompt_tokens + self.max_new_tokens > self.max_total_tokens):
+            raise ValueError(f"GenConfig: the window ({self.max_prompt_tokens}) and a round "
+                             f"({self.max_new_tokens}) must fit max_total_tokens "
+                             f"{self.max_total_tokens}")
+
+    def context_full(self, window_len: int) -> bool:
+        """context "stop": a problem ends once the model's row holds max_total_tokens."""
+        return self.context == "stop" and window_len >= self.max_total_tokens
 
 
+# ------------------------------------------------------------------- one problem: the authors' loop
+@torch.no_grad()
+def solve_one(model, tokenizer, question: str, system: str = DEFAULT_SYSTEM,
+              cfg: GenConfig | None = None, session=None, index: int = 0) -> dict:
+    """The authors' loop for one problem. Every round the model reads the window afresh (BOS + the
+    context's last max_prompt_tokens - 1 tokens, at positions 0, 1, ...) and writes one block; a
+    code block runs in `session` (a fresh sandbox.Sandbox, needed when cfg.execute) and its output
+    goes on as an execution block. index: the problem's sampling stream (as solve's problem index).
+    Returns what solve returns for the problem."""
+    cfg = cfg or GenConfig()
+    if cfg.execute and session is None:
+        raise ValueError("solve_one: cfg.execute needs a session (a sandbox.Sandbox)")
+    special = tokenizer.special
+    stops = {special["<|endofblock|>"], special["<|endofmessage|>"], tokenizer.eos_id}
+    device = next(model.parameters()).device
+    generator = _generator(cfg.seed, index)
+    cache = model.new_cache(1, cfg.max_total_tokens)
+    ids = tokenizer.encode(lce_data.prompt_text(question, system), bos=True)
+    n_prompt = len(ids)
+    round_start = n_prompt  # where this round's tokens begin
+    text_start = n_prompt   # where the text since the last special token begins
+    offset = 0              # the model reads BOS + ids[offset + 1:]
+    n_new = 0               # tokens the model generated
+    n_exec = 0
+    stop = "max_rounds"
+    for rounds in range(1, cfg.max_rounds + 1):
+        if cfg.context == "window" or rounds == 1:  # ("stop": the prompt only)
+            offset = max(0, len(ids) - cfg.max_prompt_tokens)
+        window = ids[:1] + ids[offset + 1:]
+        logits = model(torch.tensor([window], device=device), cache=cache, last_only=True)[:, -1]
+        while True:  # one block
+            token = sample(logits, cfg.temperature, cfg.top_p, [generator])[0]
+            ids.append(token)
+            n_new += 1
+            if (token in stops or len(ids) - round_start >= cfg.max_new_tokens
+                    or len(ids) - offset >= cfg.max_total_tokens):  # (full: "stop" only)
+                break
+            position = torch.tensor([[len(ids) - 1 - offset]], device=device)
+            logits = model(torch.tensor([[token]], device=device), position, cache=cache)[:, -1]
+        is_code = ids[round_start] == special["<|code|>"]
+        text, _ = round_and_retokenize(tokenizer, ids, text_start)
+        round_start = len(ids)
+        if ids[-1] in special.values():  # else the block was cut: the next round continues it
+            text_start = len(ids)
+        if token in (special["<|endofmessage|>"], tokenizer.eos_id):
+            stop = "endofmessage"
+            break
+        if cfg.context_full(len(ids) - offset):
+            stop = "max_total_tokens"
+            break
+        if is_code and cfg.execute:  # (the authors ran a code block even in the last round)
+            output = run_code(session, code_of(text))
+            ids += tokenizer.encode(f"<|execution|>{output}<|endofblock|>")
+            n_exec += 1
+            round_start = len(ids)
+            text_start = len(ids)
+        elif is_code and rounds < cfg.max_rounds:  # execution withheld: the model writes it
+            ids.append(special["<|execution|>"])   # (the next round's first token)
+            text_start = len(ids)
+        if cfg.context_full(len(ids) - offset):
+            stop = "max_total_tokens"
+            break
+    return result(tokenizer, question, system, ids[n_prompt:], stop, n_new, rounds, n_exec)
+
+
+# ---------------------------------------------------------------------------- what both solvers use
 _DECIMAL = re.compile(r"\d+\.\d+")
 
 
 def round_decimals(text: str, places: int = 6) -> str:
     """The authors' truncate_decimals: every decimal literal with more than `places` places is
     rewritten with exactly `places` ('{:.6f}'.format(float(x)), i.e. rounded, not truncated)."""
-    def repl(m):
-        s = m.group(0)
-        return s if len(s.split(".")[1]) <= places else f"{float(s):.{places}f}"
-    return _DECIMAL.sub(repl, text)
+    def rounded(match):
+        literal = match.group(0)
+        if len(literal.split(".")[1]) <= places:
+            return literal
+        return f"{float(literal):.{places}f}"
+    return _DECIMAL.sub(rounded, text)
 
 
-@dataclass
-class Seq:
-    """One problem in flight. ids = its whole context, BOS first. The model reads a window of it:
-    BOS, then ids[offset + 1:], at positions 0, 1, ... (offset 0: the whole context); the window's
-    first n_cached tokens have K/V in the problem's cache row."""
-    index: int
-    ids: list
-    prompt_len: int
-    gen: torch.Generator | None = None
-    offset: int = 0
-    n_cached: int = 0
-    block_start: int = field(init=False)  # where this round's tokens begin
-    # where the text since the last special token begins (a block cut by max_new_tokens continues in
-    # the next round: one run, several rounds)
-    run: int = field(init=False)
-    rounds: int = 0
-    n_new: int = 0                 # tokens the model generated
-    n_exec: int = 0
-    sandbox: object = None
-    future: object = None          # code running in the thread pool
-    shown: str = ""                # streaming: text of the current run already shown
-
-    def __post_init__(self):       # the first round starts right after the prompt
-        self.block_start = self.run = self.prompt_len
-
-    @property
-    def window_len(self):
-        return len(self.ids) - self.offset
-
-    def pending(self):
-        """The window's tokens not yet in the cache (the first at position n_cached)."""
-        window = self.ids if self.offset == 0 else self.ids[:1] + self.ids[self.offset + 1:]
-        return window[self.n_cached:]
+def round_and_retokenize(tokenizer, ids: list, start: int) -> tuple[str, bool]:
+    """Round the decimals in the text of ids[start:] (what the model wrote since the last special
+    token) and re-tokenise it, as the authors' server re-tokenised the whole conversation each
+    round. ids[start:] is rewritten in place when its ids changed. Returns (text, changed)."""
+    text = round_decimals(tokenizer.decode(ids[start:]))
+    new_ids = tokenizer.encode(text)
+    changed = bool(new_ids) and new_ids != ids[start:]
+    if changed:
+        ids[start:] = new_ids
+    return text, changed
 
 
-class Rows:
-    """The B rows of one KV cache; seqs[r] is the sequence in row r (None = free)."""
+def code_of(text: str) -> str:
+    """The code a block's text holds: after its last <|code|>, without the closing token."""
+    code = text.rsplit("<|code|>", 1)[-1]
+    return code.removesuffix("<|endofblock|>").removesuffix("<|endofmessage|>")
 
-    def __init__(self, model, batch_size: int, max_len: int):
-        self.model, self.cache = model, model.new_cache(batch_size, max_len)
-        self.seqs = [None] * batch_size
-        self.device = next(model.parameters()).device
 
-    def admit(self, waiting: deque, new_seq):
-        """Continuous batching: every free row takes the next waiting problem (new_seq(index) ->
-        Seq)."""
-        for r, s in enumerate(self.seqs):
-            if s is None and waiting:
-                self.seqs[r] = new_seq(waiting.popleft())
-
-    def feed(self, rows: list) -> torch.Tensor:
-        """Run the model on every row's tokens not yet in the cache, each at its own positions;
-        return the logits after each row's last token, [len(rows), vocab]. Rows with one new token
-        (decoding) go in one batched call; rows with several (a prompt, an execution block) are
-        prefilled one by one."""
-        out, single = [None] * len(rows), []
-        for j, r in enumerate(rows):
-            s = self.seqs[r]
-            if s.window_len - s.n_cached == 1:
-                single.append(j)
-                continue
-            new = torch.tensor([s.pending()], device=self.device)
-            pos = torch.arange(s.n_cached, s.window_len, device=self.device)[None]
-            row = torch.tensor([r], device=self.device)
-            out[j] = self.model(new, pos, cache=self.cache, rows=row, last_only=True)[0, -1]
-        if single:
-            seqs = [self.seqs[rows[j]] for j in single]
-            new = torch.tensor([[s.ids[-1]] for s in seqs], device=self.device)
-            pos = torch.tensor([[s.n_cached] for s in seqs], device=self.device)
-            idx = torch.tensor([rows[j] for j in single], device=self.device)
-            logits = self.model(new, pos, cache=self.cache, rows=idx)[:, -1]
-            for k, j in enumerate(single):
-                out[j] = logits[k]
-        for r in rows:
-            self.seqs[r].n_cached = self.seqs[r].window_len
-        return torch.stack(out)
+def run_code(session, code: str) -> str:
+    """The output the model reads after its code. A failure of the sandbox itself is shown to the
+    model as an error, as a kernel would show it."""
+    try:
+        return session.run(code)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, gens: list) -> list[int]:
@@ -189,13 +244,19 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, gens: list) -
     return [int(torch.multinomial(pr, 1, generator=g)) for pr, g in zip(probs, gens)]
 
 
+# problem `index` samples from its own stream: batching can't change it
+def _generator(seed: int, index: int):
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+
+
 _SPECIAL = re.compile("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")")   # keeps the separators
 
 
 def parse_blocks(solution: str) -> list[tuple[str, str]]:
     """The assistant's LCE string -> [(type, content), ...]. Lenient, as generated text can be: a
     block cut off at a limit keeps what it has; text outside any block becomes a text block."""
-    blocks, inside = [], False
+    blocks = []
+    inside = False
     for piece in _SPECIAL.split(solution):
         if piece in ("<|text|>", "<|code|>", "<|execution|>"):
             blocks.append([piece[2:-2], ""])
@@ -210,9 +271,97 @@ def parse_blocks(solution: str) -> list[tuple[str, str]]:
     return [tuple(b) for b in blocks]
 
 
-# problem `index` samples from its own stream: batching can't change it
-def _generator(seed: int, index: int):
-    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+def result(tokenizer, question, system, solution_ids, stop, n_tokens, n_rounds, n_exec) -> dict:
+    """One problem's outcome: {question, messages (system, user, assistant: the messages schema
+    lce_data reads), solution (the assistant's LCE string), n_tokens (generated by the model),
+    n_rounds, n_exec, stop}."""
+    solution = tokenizer.decode(solution_ids)  # the context is kept canonical: decode is exact
+    record = lce_data.make_record(question, parse_blocks(solution), system)
+    return {"question": question, "messages": record["messages"], "solution": solution,
+            "n_tokens": n_tokens, "n_rounds": n_rounds, "n_exec": n_exec, "stop": stop}
+
+
+# -------------------------------------------- many problems on one KV cache: the same loop, batched
+@dataclass
+class Seq:
+    """One problem in flight. ids = its whole context, BOS first. The model reads a window of it:
+    BOS, then ids[offset + 1:], at positions 0, 1, ... (offset 0: the whole context); the window's
+    first n_cached tokens have K/V in the problem's cache row."""
+    index: int
+    ids: list
+    prompt_len: int
+    generator: torch.Generator | None = None
+    offset: int = 0
+    n_cached: int = 0
+    round_start: int = field(init=False)  # where this round's tokens begin
+    # where the text since the last special token begins (a block cut by max_new_tokens continues
+    # in the next round: one run of text, several rounds)
+    text_start: int = field(init=False)
+    rounds: int = 0
+    n_new: int = 0                 # tokens the model generated
+    n_exec: int = 0
+    session: sandbox.Sandbox | None = None
+    future: object = None          # code running in the thread pool
+    shown: str = ""                # streaming: the text since text_start already shown
+
+    def __post_init__(self):       # the first round starts right after the prompt
+        self.round_start = self.prompt_len
+        self.text_start = self.prompt_len
+
+    @property
+    def window_len(self):
+        return len(self.ids) - self.offset
+
+    def pending(self):
+        """The window's tokens not yet in the cache (the first at position n_cached)."""
+        window = self.ids if self.offset == 0 else self.ids[:1] + self.ids[self.offset + 1:]
+        return window[self.n_cached:]
+
+
+class Rows:
+    """The B rows of one KV cache; seqs[r] is the sequence in row r (None = free)."""
+
+    def __init__(self, model, batch_size: int, max_len: int):
+        self.model = model
+        self.cache = model.new_cache(batch_size, max_len)
+        self.seqs = [None] * batch_size
+        self.device = next(model.parameters()).device
+
+    def admit(self, waiting: deque, new_seq):
+        """Continuous batching: every free row takes the next waiting problem (new_seq(index) ->
+        Seq)."""
+        for r, seq in enumerate(self.seqs):
+            if seq is None and waiting:
+                self.seqs[r] = new_seq(waiting.popleft())
+
+    def feed(self, rows: list) -> torch.Tensor:
+        """Run the model on every row's tokens not yet in the cache, each at its own positions;
+        return the logits after each row's last token, [len(rows), vocab]. Rows with one new token
+        (decoding) go in one batched call; rows with several (a prompt, an execution block) are
+        prefilled one by one."""
+        out = [None] * len(rows)
+        decoding = []
+        for j, r in enumerate(rows):
+            seq = self.seqs[r]
+            if seq.window_len - seq.n_cached == 1:
+                decoding.append(j)
+                continue
+            new = torch.tensor([seq.pending()], device=self.device)
+            positions = torch.arange(seq.n_cached, seq.window_len, device=self.device)[None]
+            row = torch.tensor([r], device=self.device)
+            logits = self.model(new, positions, cache=self.cache, rows=row, last_only=True)
+            out[j] = logits[0, -1]
+        if decoding:
+            seqs = [self.seqs[rows[j]] for j in decoding]
+            new = torch.tensor([[seq.ids[-1]] for seq in seqs], device=self.device)
+            positions = torch.tensor([[seq.n_cached] for seq in seqs], device=self.device)
+            row_ids = torch.tensor([rows[j] for j in decoding], device=self.device)
+            logits = self.model(new, positions, cache=self.cache, rows=row_ids)[:, -1]
+            for k, j in enumerate(decoding):
+                out[j] = logits[k]
+        for r in rows:
+            self.seqs[r].n_cached = self.seqs[r].window_len
+        return torch.stack(out)
 
 
 @torch.no_grad()
@@ -222,190 +371,211 @@ def generate(model, prompts: list, max_new_tokens: int, batch_size: int = 16, st
     Returns each prompt's new tokens (up to and including a stop id)."""
     rows = Rows(model, max(1, min(batch_size, len(prompts))),
                 max(map(len, prompts)) + max_new_tokens)
-    waiting, out = deque(range(len(prompts))), [None] * len(prompts)
+    waiting = deque(range(len(prompts)))
+    out = [None] * len(prompts)
     while waiting or any(rows.seqs):
         rows.admit(waiting,
                    lambda i: Seq(i, list(prompts[i]), len(prompts[i]), _generator(seed, i)))
-        active = [r for r, s in enumerate(rows.seqs) if s is not None]
-        tokens = sample(rows.feed(active), temperature, top_p, [rows.seqs[r].gen for r in active])
-        for r, t in zip(active, tokens):
-            s = rows.seqs[r]
-            s.ids.append(t)
-            if t in stop_ids or len(s.ids) - s.prompt_len >= max_new_tokens:
-                out[s.index], rows.seqs[r] = s.ids[s.prompt_len:], None
+        active = [r for r, seq in enumerate(rows.seqs) if seq is not None]
+        gens = [rows.seqs[r].generator for r in active]
+        tokens = sample(rows.feed(active), temperature, top_p, gens)
+        for r, token in zip(active, tokens):
+            seq = rows.seqs[r]
+            seq.ids.append(token)
+            if token in stop_ids or len(seq.ids) - seq.prompt_len >= max_new_tokens:
+                out[seq.index] = seq.ids[seq.prompt_len:]
+                rows.seqs[r] = None
     return out
+
+
+class Solver:
+    """solve()'s state machine: solve_one's loop for every problem in a row of the cache. A problem
+    moves on at two events: its round ends (end_round: finish, run the code, or start the next
+    round) and its code's output is ready (add_execution)."""
+
+    def __init__(self, model, tokenizer, questions, systems, cfg, pool, on_result, on_stream):
+        self.tokenizer = tokenizer
+        self.questions = questions
+        self.systems = systems
+        self.cfg = cfg
+        self.pool = pool
+        self.on_result = on_result
+        self.on_stream = on_stream
+        self.special = tokenizer.special
+        self.stops = {self.special["<|endofblock|>"], self.special["<|endofmessage|>"],
+                      tokenizer.eos_id}
+        batch_size = max(1, min(cfg.batch_size, len(questions)))
+        self.rows = Rows(model, batch_size, cfg.max_total_tokens)
+        self.runner = None  # the thread pool that runs code while the other rows decode
+        if cfg.execute:
+            self.runner = ThreadPoolExecutor(batch_size, thread_name_prefix="sandbox")
+        self.waiting = deque(range(len(questions)))
+        self.results = [None] * len(questions)
+
+    def run(self) -> list[dict]:
+        try:
+            while self.waiting or any(self.rows.seqs):
+                self.rows.admit(self.waiting, self.start)
+                for r, seq in enumerate(self.rows.seqs):  # finished executions rejoin
+                    if seq is not None and seq.future is not None and seq.future.done():
+                        self.add_execution(r, seq)
+                ready = [r for r, seq in enumerate(self.rows.seqs)
+                         if seq is not None and seq.future is None]
+                if ready:
+                    self.decode(ready)
+                else:  # everyone left is waiting for code: sleep until one is done
+                    running = [seq.future for seq in self.rows.seqs
+                               if seq is not None and seq.future is not None]
+                    wait(running, return_when=FIRST_COMPLETED)
+        finally:
+            if self.runner:
+                self.runner.shutdown(wait=False, cancel_futures=True)
+        return self.results
+
+    def start(self, index) -> Seq:
+        prompt = lce_data.prompt_text(self.questions[index], self.systems[index])
+        ids = self.tokenizer.encode(prompt, bos=True)
+        seq = Seq(index, ids, len(ids), _generator(self.cfg.seed, index))
+        self.next_round(seq)
+        return seq
+
+    def next_round(self, seq):
+        """The window the next round reads (solve_one's offset); a new window is recomputed from
+        scratch in the row's cache."""
+        if self.cfg.context == "stop" and seq.rounds > 0:  # ("stop": the prompt only)
+            return
+        offset = max(0, len(seq.ids) - self.cfg.max_prompt_tokens)
+        if offset != seq.offset:
+            seq.offset = offset
+            seq.n_cached = 0
+
+    def decode(self, ready):
+        """One token for every ready row (prefilling what is new in it first)."""
+        gens = [self.rows.seqs[r].generator for r in ready]
+        tokens = sample(self.rows.feed(ready), self.cfg.temperature, self.cfg.top_p, gens)
+        for r, token in zip(ready, tokens):
+            seq = self.rows.seqs[r]
+            seq.ids.append(token)
+            seq.n_new += 1
+            if self.on_stream:
+                text = self.tokenizer.decode(seq.ids[seq.text_start:])
+                if text.startswith(seq.shown):  # a half-decoded UTF-8 character can change
+                    self.on_stream(seq.index, text[len(seq.shown):])
+                    seq.shown = text
+            if (token in self.stops or len(seq.ids) - seq.round_start >= self.cfg.max_new_tokens
+                    or seq.window_len >= self.cfg.max_total_tokens):  # (full: "stop" only)
+                self.end_round(r, seq, token)
+
+    def end_round(self, r, seq, token):
+        """solve_one's rules, after its inner loop: round decimals, then finish, run the code, or
+        go on."""
+        cfg = self.cfg
+        is_code = seq.ids[seq.round_start] == self.special["<|code|>"]
+        text, changed = round_and_retokenize(self.tokenizer, seq.ids, seq.text_start)
+        if changed:  # the cache slots from text_start on are stale: overwritten as they are fed
+            seq.n_cached = min(seq.n_cached, max(0, seq.text_start - seq.offset))
+            seq.shown = text
+        seq.rounds += 1
+        seq.round_start = len(seq.ids)
+        if seq.ids[-1] in self.special.values():
+            seq.text_start = len(seq.ids)
+            seq.shown = ""
+        if token in (self.special["<|endofmessage|>"], self.tokenizer.eos_id):
+            return self.finish(r, seq, "endofmessage")
+        if cfg.context_full(seq.window_len):
+            return self.finish(r, seq, "max_total_tokens")
+        if is_code and cfg.execute:  # add_execution goes on once the output is ready
+            seq.future = self.runner.submit(self.execute, seq, code_of(text))
+            return
+        if is_code and seq.rounds < cfg.max_rounds:  # execution withheld: the model writes it
+            seq.ids.append(self.special["<|execution|>"])
+            seq.text_start = len(seq.ids)
+            if self.on_stream:
+                self.on_stream(seq.index, "<|execution|>")
+        self.go_on(r, seq)
+
+    def execute(self, seq, code):
+        """In a worker thread: the problem takes a sandbox at its first code block."""
+        if seq.session is None:
+            seq.session = self.pool.acquire()
+        return run_code(seq.session, code)
+
+    def add_execution(self, r, seq):
+        piece = f"<|execution|>{seq.future.result()}<|endofblock|>"
+        seq.future = None
+        seq.ids += self.tokenizer.encode(piece)
+        seq.n_exec += 1
+        seq.round_start = len(seq.ids)
+        seq.text_start = len(seq.ids)
+        if self.on_stream:
+            self.on_stream(seq.index, piece)
+        self.go_on(r, seq)
+
+    def go_on(self, r, seq):
+        if self.cfg.context_full(seq.window_len):
+            self.finish(r, seq, "max_total_tokens")
+        elif seq.rounds >= self.cfg.max_rounds:
+            self.finish(r, seq, "max_rounds")
+        else:
+            self.next_round(seq)
+
+    def finish(self, r, seq, stop):
+        if seq.session is not None:
+            self.pool.release(seq.session)
+        index = seq.index
+        outcome = result(self.tokenizer, self.questions[index], self.systems[index],
+                         seq.ids[seq.prompt_len:], stop, seq.n_new, seq.rounds, seq.n_exec)
+        self.results[index] = outcome
+        self.rows.seqs[r] = None
+        if self.on_result:
+            self.on_result(index, outcome)
 
 
 @torch.no_grad()
 def solve(model, tokenizer, questions: list[str], system: str | list[str] = DEFAULT_SYSTEM,
           cfg: GenConfig | None = None, pool=None, on_result=None, on_stream=None) -> list[dict]:
-    """Solve every question in LCE form (docs/method.md §4). system: the system text of every
-    prompt, or a list with one per question. Returns one dict per question, in order: {question,
-    messages (system, user, assistant: the messages schema lce_data reads), solution (the
-    assistant's LCE string), n_tokens (generated by the model), n_rounds, n_exec, stop}.
-    on_result(index, dict) is called as each problem finishes; on_stream(index, text) with each new
-    piece of LCE text (generated text as it is decoded, before rounding; an execution block whole).
-    pool: a sandbox.SandboxPool (size >= cfg.batch_size for full overlap); made and closed here if
-    None."""
+    """Solve every question in LCE form: solve_one for each, batched. system: the system text of
+    every prompt, or a list with one per question. Returns one dict per question, in order (see
+    `result`). on_result(index, dict) is called as each problem finishes; on_stream(index, text)
+    with each new piece of LCE text (generated text as it is decoded, before rounding; an execution
+    block whole). pool: a sandbox.SandboxPool (size >= cfg.batch_size for full overlap); made and
+    closed here if None."""
     cfg = cfg or GenConfig()
     if not questions:
         return []
-    if cfg.context not in ("window", "stop"):
-        raise ValueError(f"GenConfig: context must be 'window' or 'stop', not {cfg.context!r}")
-    if not 2 <= cfg.max_prompt_tokens < cfg.max_total_tokens:
-        raise ValueError(f"GenConfig: max_prompt_tokens {cfg.max_prompt_tokens} must be >= 2 and < "
-                         f"max_total_tokens {cfg.max_total_tokens}")
-    window = cfg.context == "window"
-    if window and cfg.max_prompt_tokens + cfg.max_new_tokens > cfg.max_total_tokens:
-        raise ValueError(f"GenConfig: the window ({cfg.max_prompt_tokens}) and a round "
-                         f"({cfg.max_new_tokens}) must fit max_total_tokens {cfg.max_total_tokens}")
     systems = [system] * len(questions) if isinstance(system, str) else list(system)
     if len(systems) != len(questions):
         raise ValueError(f"{len(systems)} system texts for {len(questions)} questions")
-    sp = tokenizer.special
-    CODE, EXEC = sp["<|code|>"], sp["<|execution|>"]
-    EOB, EOM = sp["<|endofblock|>"], sp["<|endofmessage|>"]
-    specials, stops = set(sp.values()), {EOB, EOM, tokenizer.eos_id}
-    B = max(1, min(cfg.batch_size, len(questions)))
     own_pool = pool is None and cfg.execute
     if own_pool:
-        import sandbox
-        pool = sandbox.SandboxPool(B)
-    runner = ThreadPoolExecutor(B, thread_name_prefix="sandbox") if cfg.execute else None
-    rows = Rows(model, B, cfg.max_total_tokens)
-    waiting, results = deque(range(len(questions))), [None] * len(questions)
-
-    def new_seq(i):
-        ids = tokenizer.encode(lce_data.prompt_text(questions[i], systems[i]), bos=True)
-        s = Seq(i, ids, len(ids), _generator(cfg.seed, i))
-        start_round(s)
-        return s
-
-    def start_round(s):
-        """Before every round ("stop": the first only), as the authors' server: a context longer
-        than max_prompt_tokens is read as BOS + its last max_prompt_tokens - 1 tokens, from position
-        0. A new window is recomputed from scratch in the row's cache."""
-        if not window and s.rounds > 0:
-            return
-        offset = max(0, len(s.ids) - cfg.max_prompt_tokens)
-        if offset != s.offset:
-            s.offset, s.n_cached = offset, 0
-
-    def finish(r, s, stop):
-        if s.sandbox is not None:
-            pool.release(s.sandbox)
-        # the context is kept canonical: decode is exact
-        solution = tokenizer.decode(s.ids[s.prompt_len:])
-        record = lce_data.make_record(questions[s.index], parse_blocks(solution), systems[s.index])
-        results[s.index] = res = {"question": questions[s.index], "messages": record["messages"],
-                                  "solution": solution, "n_tokens": s.n_new, "n_rounds": s.rounds,
-                                  "n_exec": s.n_exec, "stop": stop}
-        rows.seqs[r] = None
-        if on_result:
-            on_result(s.index, res)
-
-    # in a worker thread: the sandbox is taken on the problem's first code block
-    def run_code(s, code):
-        if s.sandbox is None:
-            s.sandbox = pool.acquire()
-        try:
-            return s.sandbox.run(code)
-        # the sandbox itself failed: show the model an error, as a kernel would
-        except Exception as e:
-            return f"{type(e).__name__}: {e}"
-
-    def end_block(r, s, last):
-        """A round is over: round decimals, then finish, execute, or go on."""
-        is_code = s.ids[s.block_start] == CODE
-        # Round decimals in the text just written and re-tokenise it as the authors' server
-        # re-tokenised the whole conversation each round; a changed run is rewritten from its first
-        # position (the cache slots after it are stale and get overwritten as the new ids are fed).
-        text = round_decimals(tokenizer.decode(s.ids[s.run:]))
-        ids = tokenizer.encode(text)
-        if ids and ids != s.ids[s.run:]:
-            s.ids[s.run:] = ids
-            s.n_cached = min(s.n_cached, max(0, s.run - s.offset))
-            s.shown = text
-        s.rounds += 1
-        s.block_start = len(s.ids)
-        # else the block was cut by max_new_tokens: the next round continues it
-        if s.ids[-1] in specials:
-            s.run, s.shown = len(s.ids), ""
-        if last in (EOM, tokenizer.eos_id):
-            return finish(r, s, "endofmessage")
-        if not window and s.window_len >= cfg.max_total_tokens:
-            return finish(r, s, "max_total_tokens")
-        if is_code and cfg.execute:  # (the authors ran a code block even in the last round)
-            code = text.rsplit("<|code|>", 1)[-1]
-            code = code.removesuffix("<|endofblock|>").removesuffix("<|endofmessage|>")
-            s.future = runner.submit(run_code, s, code)
-        elif s.rounds >= cfg.max_rounds:
-            finish(r, s, "max_rounds")
-        # execution withheld (ablation): open the execution block; the model writes it
-        elif is_code:
-            s.ids.append(EXEC)
-            s.block_start, s.run = len(s.ids) - 1, len(s.ids)
-            if on_stream:
-                on_stream(s.index, "<|execution|>")
-            if not window and s.window_len >= cfg.max_total_tokens:
-                finish(r, s, "max_total_tokens")
-            else:
-                start_round(s)
-        else:
-            start_round(s)
-
-    def add_execution(r, s):
-        out, s.future = s.future.result(), None
-        piece = f"<|execution|>{out}<|endofblock|>"
-        s.ids += tokenizer.encode(piece)
-        s.n_exec += 1
-        s.block_start = s.run = len(s.ids)
-        if on_stream:
-            on_stream(s.index, piece)
-        if not window and s.window_len >= cfg.max_total_tokens:
-            finish(r, s, "max_total_tokens")
-        elif s.rounds >= cfg.max_rounds:
-            finish(r, s, "max_rounds")
-        else:
-            start_round(s)
-
+        pool = sandbox.SandboxPool(max(1, min(cfg.batch_size, len(questions))))
     try:
-        while waiting or any(rows.seqs):
-            rows.admit(waiting, new_seq)
-            # finished executions rejoin (their output gets prefilled)
-            for r, s in enumerate(rows.seqs):
-                if s is not None and s.future is not None and s.future.done():
-                    add_execution(r, s)
-            ready = [r for r, s in enumerate(rows.seqs) if s is not None and s.future is None]
-            if not ready:  # everyone left is waiting for code: sleep until one is done
-                running = [s.future for s in rows.seqs if s is not None and s.future is not None]
-                if running:
-                    wait(running, return_when=FIRST_COMPLETED)
-                continue
-            tokens = sample(rows.feed(ready), cfg.temperature, cfg.top_p,
-                            [rows.seqs[r].gen for r in ready])
-            for r, t in zip(ready, tokens):
-                s = rows.seqs[r]
-                s.ids.append(t)
-                s.n_new += 1
-                if on_stream:
-                    text = tokenizer.decode(s.ids[s.run:])
-                    # a half-decoded UTF-8 byte sequence can change the tail
-                    if text.startswith(s.shown):
-                        on_stream(s.index, text[len(s.shown):])
-                        s.shown = text
-                if (t in stops or len(s.ids) - s.block_start >= cfg.max_new_tokens
-                        or s.window_len >= cfg.max_total_tokens):   # (the row is full: "stop" only)
-                    end_block(r, s, t)
+        return Solver(model, tokenizer, questions, systems, cfg, pool, on_result, on_stream).run()
     finally:
-        if runner:
-            runner.shutdown(wait=False, cancel_futures=True)
         if own_pool:
             pool.close()
-    return results
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+def add_generation_args(parser):
+    """GenConfig's fields as flags of `parser` (infer.py and eval.py run declare them here only)."""
+    group = parser.add_argument_group("generation (GenConfig)")
+    for f in fields(GenConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:  # --execute / --no-execute
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                               help=f.metadata["help"])
+            continue
+        kind = f.type if f.type in (int, float, str) else int  # int | None: None = derived
+        shown = "" if f.default is None else " (default: %(default)s)"
+        group.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"),
+                           help=f.metadata["help"] + shown)
+
+
+def config_from_args(args) -> GenConfig:
+    """The GenConfig of parsed flags (a bad combination raises ValueError, naming it)."""
+    return GenConfig(**{f.name: getattr(args, f.name) for f in fields(GenConfig)})
+
 
 class Renderer:
     """Show LCE text on a terminal: code cyan and execution yellow on a tty, Markdown fences
@@ -414,7 +584,9 @@ class Renderer:
             "plain": {"<|code|>": "\n```python\n", "<|execution|>": "```output\n"}}
 
     def __init__(self, out=sys.stdout):
-        self.out, self.mode, self.kind = out, "tty" if out.isatty() else "plain", None
+        self.out = out
+        self.mode = "tty" if out.isatty() else "plain"
+        self.kind = None  # the block being shown
 
     def __call__(self, text: str):
         for piece in _SPECIAL.split(text):
@@ -435,150 +607,147 @@ class Renderer:
 def read_questions(path: str) -> list[dict]:
     """JSONL: the eval-set schema (question = the user message's text; system = the system
     message's, if any) or {"question": ... [, "system": ...]}."""
-    def text(rec, role):  # the text of the record's `role` messages, or None
-        texts = [b["content"] for m in rec.get("messages") or [] if m["role"] == role
-                 for b in m["content"]]
+    def text(record, role):  # the text of the record's `role` messages, or None
+        texts = [block["content"] for message in record.get("messages") or []
+                 if message["role"] == role for block in message["content"]]
         return "".join(texts) if texts else None
-    recs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)  # AttributeError / KeyError / TypeError below: no question
-                q = rec.get("question") or text(rec, "user")
-                system = rec["system"] if "system" in rec else text(rec, "system")
-                if not isinstance(q, str) or not q or not isinstance(system, (str, type(None))):
-                    raise TypeError
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: invalid JSON: {e.msg}") from None
-            except (AttributeError, KeyError, TypeError):
-                raise ValueError(f"{path}:{n}: no 'question' field and no user message "
-                                 "(messages[].content[].content) with text") from None
-            recs.append({**rec, "question": q, "system": system})
-    return recs
+    records = []
+    for n, record in storage.numbered_jsonl(path):
+        try:  # AttributeError / KeyError / TypeError: no question
+            question = record.get("question") or text(record, "user")
+            system = record["system"] if "system" in record else text(record, "system")
+            has_text = isinstance(question, str) and question
+            if not has_text or not isinstance(system, (str, type(None))):
+                raise TypeError
+        except (AttributeError, KeyError, TypeError):
+            raise ValueError(f"{path}:{n}: no 'question' field and no user message "
+                             "(messages[].content[].content) with text") from None
+        records.append({**record, "question": question, "system": system})
+    return records
+
+
+def show_solutions(model, tokenizer, questions, system, cfg, pool):
+    """Questions from the command line: one is streamed as it is decoded; several are each shown
+    whole as they finish."""
+    show = Renderer()
+    if len(questions) == 1:
+        solve(model, tokenizer, questions, system, cfg, pool, on_stream=lambda i, text: show(text))
+    else:
+        def show_result(i, outcome):
+            print(f"\n=== question {i + 1}: {outcome['question']}")
+            show(outcome["solution"])
+        solve(model, tokenizer, questions, system, cfg, pool, show_result)
+    print()
+
+
+def solve_file(model, tokenizer, args, cfg, pool, ranks):
+    """--file: solve every question not yet in the results file (resumable), appending one line
+    per problem; data-parallel replicas each take every n-th problem into a part file of their
+    own, and replica 0 merges them and writes the summary."""
+    records = read_questions(args.file)[:args.limit]
+    out_path = args.out or re.sub(r"(\.jsonl)?$", ".results.jsonl", args.file, count=1)
+    done = storage.done_keys(out_path, key="index")  # replicas' parts too; torn lines cut off
+    todo = [i for i in range(len(records)) if i not in done][ranks.replica::ranks.n_replicas]
+    ranks.wait_for_all()  # every replica has read the files before any writes to them
+    print(f"{args.file}: {len(records)} questions, {len(done)} already in {out_path}, "
+          f"solving {len(todo)}", file=sys.stderr)
+    mine = out_path if ranks.n_replicas == 1 else storage.part_path(out_path, ranks.replica)
+    start = time.time()
+    stats = Counter()
+
+    def system_of(record):  # --system, else the record's own (the paper's prompt), else default
+        if args.system is not None:
+            return args.system
+        return DEFAULT_SYSTEM if record["system"] is None else record["system"]
+    systems = [system_of(records[i]) for i in todo]
+    with open(mine, "a", encoding="utf-8") as out:
+
+        def on_result(j, outcome):
+            storage.append_jsonl(out, {**records[todo[j]], **outcome, "index": todo[j]})
+            stats.update(n=1, tokens=outcome["n_tokens"], rounds=outcome["n_rounds"],
+                         exec=outcome["n_exec"])
+            seconds = time.time() - start
+            n = stats["n"]
+            print(f"\r{n}/{len(todo)} problems  {n / seconds:.2f}/s  "
+                  f"{stats['tokens'] / seconds:.0f} tok/s  "
+                  f"ETA {(len(todo) - n) * seconds / n:.0f}s   ", end="", file=sys.stderr,
+                  flush=True)
+        solve(model, tokenizer, [records[i]["question"] for i in todo], systems, cfg, pool,
+              on_result)
+    seconds = time.time() - start
+    replicas = ranks.wait_for_all((stats, seconds))  # all replicas are done; replica 0 sums up
+    if ranks.replica != 0:
+        return
+    stats = sum((replica_stats for replica_stats, _ in replicas), Counter())
+    seconds = max(replica_seconds for _, replica_seconds in replicas)
+    storage.merge_parts(out_path, "index", range(len(records)))
+    summary = {"file": args.file, "out": out_path, "solved": stats["n"],
+               "seconds": round(seconds, 1), "problems_per_s": stats["n"] / max(seconds, 1e-9),
+               "tokens_per_s": stats["tokens"] / max(seconds, 1e-9),
+               "mean_rounds": stats["rounds"] / max(stats["n"], 1), "executions": stats["exec"]}
+    storage.write_json(out_path + ".summary.json", summary)
+    print("\n" + json.dumps(summary), file=sys.stderr)
 
 
 def main():
-    ap = argparse.ArgumentParser(description="MathCoder inference: generate text and code, run the "
-                                 "code, feed its output back, continue (batched, continuous "
-                                 "batching).")
-    ap.add_argument("questions", nargs="*", help="question(s) to solve; one question is streamed")
-    ap.add_argument("--model", required=True,
-                    help="checkpoint dir (weights + tokenizer.model [+ added_tokens.json])")
-    ap.add_argument("--file", help="JSONL of questions (eval-set schema or {\"question\": ...})")
-    ap.add_argument("--out", help="results JSONL for --file (default: FILE.results.jsonl); "
-                    "resumes if present")
-    ap.add_argument("--limit", type=int, help="only the first N questions of --file")
-    ap.add_argument("--system", help="system text (default: a --file record's own, else the "
-                    f"paper's: {DEFAULT_SYSTEM!r})")
-    ap.add_argument("--batch-size", type=int, default=GenConfig.batch_size)
-    ap.add_argument("--max-new-tokens", type=int, default=GenConfig.max_new_tokens)
-    ap.add_argument("--max-total-tokens", type=int, default=GenConfig.max_total_tokens)
-    ap.add_argument("--max-prompt-tokens", type=int,
-                    help="the window: default max-total-tokens - max-new-tokens, at most 1536")
-    ap.add_argument("--context", choices=["window", "stop"], default=GenConfig.context,
-                    help="window: the authors' sliding window (default); stop: stop at "
-                    "max-total-tokens")
-    ap.add_argument("--max-rounds", type=int, default=GenConfig.max_rounds)
-    ap.add_argument("--temperature", type=float, default=GenConfig.temperature)
-    ap.add_argument("--top-p", type=float, default=GenConfig.top_p)
-    ap.add_argument("--seed", type=int, default=GenConfig.seed)
-    ap.add_argument("--no-execute", action="store_true",
-                    help="do not run code: the model writes its own output")
-    ap.add_argument("--timeout", type=float, help="seconds per code block (default: sandbox.py's)")
-    ap.add_argument("--device", help="default: cuda (this rank's GPU) when available, else cpu")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                    help="default: as stored")
-    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per model replica "
-                    "(torchrun --nproc_per_node=W: W / tp replicas share out --file)")
-    a = ap.parse_args()
-    if bool(a.questions) == bool(a.file):
-        ap.error("give either question(s) or --file")
-    # here, not at the top: eval.py imports SymPy (slow), only --file needs it
-    from eval import atomic_write, done_keys, merge_parts, part_path
-    tok = Tokenizer.from_checkpoint(a.model)
-    ranks = init_ranks(a.tp)
-    if a.questions and ranks.n_replicas > 1:
-        ap.error("several model replicas (--nproc_per_node > --tp) need --file")
-    net = Transformer.from_pretrained(a.model, a.device or ranks.device,
-                                      a.dtype and getattr(torch, a.dtype), ranks.tp_group)
-    if net.args.vocab_size < tok.vocab_size:
-        sys.exit(f"{a.model}: model vocab {net.args.vocab_size} < tokenizer vocab {tok.vocab_size}")
-    if not ranks.leader:   # another shard of a tensor-parallel replica: make the leader's calls
-        return follow(net, ranks.tp_group)
-    net = ranks.lockstep(net)   # released (the followers return) in the last `finally` below
-    prompt_max = a.max_prompt_tokens or max(2, min(GenConfig.max_prompt_tokens,
-                                                   a.max_total_tokens - a.max_new_tokens))
-    cfg = GenConfig(max_new_tokens=a.max_new_tokens, max_total_tokens=a.max_total_tokens,
-                    max_prompt_tokens=prompt_max, context=a.context, max_rounds=a.max_rounds,
-                    temperature=a.temperature, top_p=a.top_p, batch_size=a.batch_size,
-                    execute=not a.no_execute, seed=a.seed)
+    parser = argparse.ArgumentParser(description="MathCoder inference: generate text and code, run "
+                                     "the code, feed its output back, continue (batched, "
+                                     "continuous batching).")
+    parser.add_argument("questions", nargs="*",
+                        help="question(s) to solve; one question is streamed")
+    parser.add_argument("--model", required=True,
+                        help="checkpoint dir (weights + tokenizer.model [+ added_tokens.json])")
+    parser.add_argument("--file",
+                        help="JSONL of questions (eval-set schema or {\"question\": ...})")
+    parser.add_argument("--out", help="results JSONL for --file (default: FILE.results.jsonl); "
+                        "resumes if present")
+    parser.add_argument("--limit", type=int, help="only the first N questions of --file")
+    parser.add_argument("--system", help="system text (default: a --file record's own, else the "
+                        f"paper's: {DEFAULT_SYSTEM!r})")
+    parser.add_argument("--timeout", type=float,
+                        help="seconds per code block (default: sandbox.py's)")
+    parser.add_argument("--device",
+                        help="default: cuda (this rank's GPU) when available, else cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="default: as stored")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per model "
+                        "replica (torchrun --nproc_per_node=W: W / tp replicas share out --file)")
+    add_generation_args(parser)
+    args = parser.parse_args()
+    if bool(args.questions) == bool(args.file):
+        parser.error("give either question(s) or --file")
+    cfg = config_from_args(args)  # a bad combination fails here, before the model loads
+    tokenizer = Tokenizer.from_checkpoint(args.model)
+    ranks = init_ranks(args.tp)
+    if args.questions and ranks.n_replicas > 1:
+        parser.error("several model replicas (--nproc_per_node > --tp) need --file")
+    dtype = args.dtype and getattr(torch, args.dtype)
+    model = Transformer.from_pretrained(args.model, args.device or ranks.device, dtype,
+                                        ranks.tp_group)
+    if model.args.vocab_size < tokenizer.vocab_size:
+        sys.exit(f"{args.model}: model vocab {model.args.vocab_size} < tokenizer vocab "
+                 f"{tokenizer.vocab_size}")
+    if not ranks.leader:  # another shard of a tensor-parallel replica: make the leader's calls
+        return follow(model, ranks.tp_group)
+    model = ranks.lockstep(model)  # released (the followers return) in the `finally` below
     pool = None
     if cfg.execute:
-        import sandbox
-        pool = sandbox.SandboxPool(max(1, cfg.batch_size),
-                                   **({"timeout": a.timeout} if a.timeout else {}))
+        limits = {"timeout": args.timeout} if args.timeout else {}
+        pool = sandbox.SandboxPool(max(1, cfg.batch_size), **limits)
     try:
-        system = DEFAULT_SYSTEM if a.system is None else a.system
-        if a.questions:
-            show = Renderer()
-            if len(a.questions) == 1:  # streamed as it is decoded
-                solve(net, tok, a.questions, system, cfg, pool,
-                      on_stream=lambda i, text: show(text))
-            else:                      # several: each shown whole as it finishes
-                def show_result(i, r):
-                    print(f"\n=== question {i + 1}: {r['question']}")
-                    show(r["solution"])
-                solve(net, tok, a.questions, system, cfg, pool, show_result)
-            print()
-            return
-        recs = read_questions(a.file)[:a.limit]
-        out_path = a.out or re.sub(r"(\.jsonl)?$", ".results.jsonl", a.file, count=1)
-        done = done_keys(out_path, key="index")   # resume (replicas' parts too): torn lines cut off
-        todo = [i for i in range(len(recs)) if i not in done][ranks.replica::ranks.n_replicas]
-        ranks.wait_for_all()   # every replica has read the files before any writes to them
-        print(f"{a.file}: {len(recs)} questions, {len(done)} already in {out_path}, "
-              f"solving {len(todo)}", file=sys.stderr)
-        mine = out_path if ranks.n_replicas == 1 else part_path(out_path, ranks.replica)
-        fd = os.open(mine, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        t0, stats = time.time(), Counter()
-
-        def on_result(j, r):  # one os.write per line on an O_APPEND file: a line is whole or absent
-            rec = {**recs[todo[j]], **r, "index": todo[j]}
-            os.write(fd, (json.dumps(rec, ensure_ascii=False) + "\n").encode())
-            stats.update(n=1, tokens=r["n_tokens"], rounds=r["n_rounds"], exec=r["n_exec"])
-            dt, n = time.time() - t0, stats["n"]
-            print(f"\r{n}/{len(todo)} problems  {n / dt:.2f}/s  {stats['tokens'] / dt:.0f} tok/s  "
-                  f"ETA {(len(todo) - n) * dt / n:.0f}s   ", end="", file=sys.stderr, flush=True)
-        try:
-            # --system, else each record's own (the paper's prompt)
-            own = a.system is None
-            systems = [recs[i]["system"] if own and recs[i]["system"] is not None else system
-                       for i in todo]
-            solve(net, tok, [recs[i]["question"] for i in todo], systems, cfg, pool, on_result)
-        finally:
-            os.close(fd)
-        dt = time.time() - t0
-        replicas = ranks.wait_for_all((stats, dt))   # every replica is done; replica 0 writes it up
-        if ranks.replica != 0:
-            return
-        stats, dt = sum((s for s, _ in replicas), Counter()), max(t for _, t in replicas)
-        merge_parts(out_path, "index", range(len(recs)))
-        summary = {"file": a.file, "out": out_path, "solved": stats["n"], "seconds": round(dt, 1),
-                   "problems_per_s": stats["n"] / max(dt, 1e-9),
-                   "tokens_per_s": stats["tokens"] / max(dt, 1e-9),
-                   "mean_rounds": stats["rounds"] / max(stats["n"], 1), "executions": stats["exec"]}
-        atomic_write(out_path + ".summary.json", json.dumps(summary, indent=2) + "\n")
-        print("\n" + json.dumps(summary), file=sys.stderr)
+        if args.questions:
+            system = DEFAULT_SYSTEM if args.system is None else args.system
+            show_solutions(model, tokenizer, args.questions, system, cfg, pool)
+        else:
+            solve_file(model, tokenizer, args, cfg, pool, ranks)
     finally:
         if pool is not None:
             pool.close()
-        net.release()
+        model.release()
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, OSError) as e:   # bad input: one line naming the file, no traceback
+    except (ValueError, OSError) as e:  # bad input: one line naming the file, no traceback
         sys.exit(f"error: {e}")

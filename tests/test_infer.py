@@ -6,7 +6,7 @@ Two stand-ins: CharTokenizer (the fixture model's vocabulary is only 320 ids, so
 cannot drive it) and ScriptedModel (emits a fixed LCE solution whatever it reads, like a trained
 MathCoder that always writes the same thing; it honours the forward/cache contract and logs every
 token it is fed)."""
-import io, json, os, re, shutil, subprocess, sys, tempfile
+import argparse, dataclasses, io, json, os, re, shutil, subprocess, sys, tempfile
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +181,98 @@ def test_solve_batched_equals_alone_on_fixture_model(fixture_model, context):
     alone = [infer.solve(fixture_model, tok, [q], "", one_row)[0] for q in qs]
     assert [r["solution"] for r in batched] == [r["solution"] for r in alone]
     assert all(r["n_tokens"] > 0 for r in batched)
+
+
+class Steered(nn.Module):
+    """The fixture model with a fixed bias on the next token's logits that depends only on the
+    token just read (so every grouping of the same calls gives the same logits): after a block it
+    opens <|code|> or <|text|>, code is digits and + or *, and the model's own logits pick among
+    the favoured tokens. It writes LCE whose code runs ("89+55555555" -> 55555644)."""
+    def __init__(self, inner, tok):
+        super().__init__()
+        self.inner = inner
+        special = tok.special
+        digits = [tok.id_of[d] for d in "0123456789"]
+        ops = [tok.id_of[c] for c in "+*"]
+        self.bias = torch.zeros(tok.vocab_size, tok.vocab_size)   # [token read, next token]
+        for read in (special["<|assistant|>"], special["<|endofblock|>"]):
+            self.bias[read, [special["<|code|>"], special["<|text|>"]]] = 6.0
+        for read in [special["<|code|>"], special["<|execution|>"], *ops]:
+            self.bias[read, digits] = 6.0
+        for read in digits:
+            self.bias[read, digits + ops + [special["<|endofblock|>"]]] = 6.0
+
+    def new_cache(self, *args, **kwargs):
+        return self.inner.new_cache(*args, **kwargs)
+
+    def forward(self, tokens, positions=None, doc_ids=None, cache=None, rows=None, last_only=False):
+        logits = self.inner(tokens, positions, doc_ids, cache, rows, last_only)
+        return logits + self.bias[tokens[:, -logits.shape[1]:]]
+
+
+@pytest.mark.parametrize("context,execute", [("window", True), ("window", False), ("stop", True),
+                                             ("stop", False)])
+def test_solve_equals_solve_one_per_problem(fixture_model, pool, context, execute):
+    """The batched solver (4 problems on 3 cache rows, code running in 2 pooled sandboxes while
+    the other rows decode) gives every problem exactly what solve_one gives it alone: the same
+    solution, messages, counts and stop. The fixture model, steered to write code that runs;
+    contexts of up to 130 tokens read through a 60-token window ("window": it slides); without
+    execution, a problem writes code in its last round (no <|execution|> is opened then)."""
+    tok = CharTokenizer()
+    model = Steered(fixture_model, tok)
+    qs = ["What is 2+2?", "A much longer question about ducks and eggs, 16 of them.", "x",
+          "Sum 1..10"]
+    cfg = GenConfig(max_new_tokens=12, max_total_tokens=160 if context == "window" else 100,
+                    max_prompt_tokens=60, context=context, max_rounds=5 if execute else 3,
+                    batch_size=3,
+                    execute=execute)
+    batched = infer.solve(model, tok, qs, "", cfg, pool=pool)
+    for i, q in enumerate(qs):
+        session = pool.acquire() if execute else None
+        try:
+            alone = infer.solve_one(model, tok, q, "", cfg, session, index=i)
+        finally:
+            if session is not None:
+                pool.release(session)
+        assert batched[i] == alone
+    # not vacuous: code ran (or the model wrote its output), the window slid, rounds went on
+    assert sum(r["n_exec"] for r in batched) >= (4 if execute else 0)
+    assert all(len(executions(r)) >= 1 for r in batched)
+    lengths = [len(tok.encode(lce_data.prompt_text(q, "") + r["solution"], bos=True))
+               for q, r in zip(qs, batched)]
+    assert max(lengths) > 60 and all(r["n_rounds"] >= 2 for r in batched)
+    if context == "stop" and execute:
+        assert "max_total_tokens" in {r["stop"] for r in batched}
+    if not execute:
+        assert any(r["solution"].endswith("<|endofblock|>") and r["stop"] == "max_rounds"
+                   and infer.parse_blocks(r["solution"])[-1][0] == "code" for r in batched)
+
+
+def test_generation_flags_come_from_genconfig(monkeypatch, capsys):
+    """Every GenConfig field is a flag of infer.py and of eval.py run (one declaration), with
+    GenConfig's defaults; the window defaults to what fits beside a round."""
+    parser = argparse.ArgumentParser()
+    infer.add_generation_args(parser)
+    assert infer.config_from_args(parser.parse_args([])) == GenConfig()
+    cfg = infer.config_from_args(parser.parse_args(
+        ["--max-new-tokens", "10", "--max-total-tokens", "80", "--no-execute", "--context", "stop",
+         "--temperature", "0.5"]))
+    assert cfg == GenConfig(max_new_tokens=10, max_total_tokens=80, max_prompt_tokens=70,
+                            execute=False, context="stop", temperature=0.5)
+    assert GenConfig().max_prompt_tokens == 1536                  # the authors' window
+    assert GenConfig(max_new_tokens=1024).max_prompt_tokens == 1024
+    with pytest.raises(ValueError, match="context must be 'window' or 'stop'"):
+        GenConfig(context="slide")
+    with pytest.raises(ValueError, match="must fit max_total_tokens"):
+        GenConfig(max_prompt_tokens=1800)
+    flags = ["--" + f.name.replace("_", "-") for f in dataclasses.fields(GenConfig)]
+    import eval as E
+    monkeypatch.setattr(sys, "argv", ["infer.py", "--help"])
+    for show_help in (infer.main, lambda: E.main(["run", "--help"])):
+        with pytest.raises(SystemExit) as stopped:
+            show_help()
+        shown = capsys.readouterr().out
+        assert stopped.value.code == 0 and all(flag in shown for flag in flags), shown
 
 
 class Recorder(nn.Module):

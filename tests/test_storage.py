@@ -1,4 +1,4 @@
-"""storage.py: a write is whole or absent, a torn JSONL line is cut on resume, bad lines are named."""
+"""storage.py: a write is whole or absent, a torn JSONL line is cut on resume, bad lines named."""
 import json
 import os
 
@@ -43,3 +43,23 @@ def test_done_keys_cuts_a_torn_line(tmp_path):
     assert storage.done_keys(path) == {1, 2}
     assert path.read_text() == '{"id": 1}\n{"id": 2}\n'   # ready to append to
     assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == [1, 2]
+
+
+def test_replicas_part_files_are_resumed_and_merged(tmp_path):
+    """Data parallelism: each replica appends to its own part file; done_keys sees them all (a torn
+    line cut off), merge_parts folds them into the results file in the given order, once each."""
+    path = tmp_path / "results.jsonl"
+    assert storage.part_path(str(path), 3) == str(tmp_path / "results.part3.jsonl")
+    storage.write_jsonl(path, [{"id": "b"}])                 # a merge cut short: "b" already in
+    storage.write_jsonl(storage.part_path(path, 0), [{"id": "c"}, {"id": "b"}])
+    with open(storage.part_path(path, 1), "w") as f:
+        storage.append_jsonl(f, {"id": "a"})
+        f.write('{"id": "d", "solution": "cut by a cra')   # replica 1 died here
+    assert storage.done_keys(path) == {"a", "b", "c"}
+    storage.merge_parts(path, "id", ["a", "b", "c", "d"])
+    assert storage.read_jsonl(path) == [{"id": "a"}, {"id": "b"}, {"id": "c"}]
+    assert sorted(os.listdir(tmp_path)) == ["results.jsonl"]   # the parts are gone
+    storage.write_jsonl(storage.part_path(path, 0), [{"id": "e"}])
+    storage.write_jsonl(storage.part_path(path, 1), [{"id": "e"}])
+    with pytest.raises(ValueError, match="id 'e' is also in"):  # replicas never share a problem
+        storage.merge_parts(path, "id", [])
