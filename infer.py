@@ -607,15 +607,12 @@ class Renderer:
 def read_questions(path: str) -> list[dict]:
     """JSONL: the eval-set schema (question = the user message's text; system = the system
     message's, if any) or {"question": ... [, "system": ...]}."""
-    def text(record, role):  # the text of the record's `role` messages, or None
-        texts = [block["content"] for message in record.get("messages") or []
-                 if message["role"] == role for block in message["content"]]
-        return "".join(texts) if texts else None
     records = []
     for n, record in storage.numbered_jsonl(path):
         try:  # AttributeError / KeyError / TypeError: no question
-            question = record.get("question") or text(record, "user")
-            system = record["system"] if "system" in record else text(record, "system")
+            question = record.get("question") or lce_data.message_text(record, "user")
+            system = (record["system"] if "system" in record
+                      else lce_data.message_text(record, "system"))
             has_text = isinstance(question, str) and question
             if not has_text or not isinstance(system, (str, type(None))):
                 raise TypeError

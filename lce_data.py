@@ -138,6 +138,13 @@ def _from_debug_result(rec, need) -> list[dict]:
     return msgs
 
 
+def message_text(record, role):
+    """The text of a messages-schema record's `role` messages (the question: "user"), or None."""
+    texts = [block["content"] for message in record.get("messages") or []
+             if message["role"] == role for block in message["content"]]
+    return "".join(texts) if texts else None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Strings and tokens
 def serialize(record) -> str:
