@@ -257,16 +257,17 @@ def bench_sandbox(a):
 
 # ---------------------------------------------------------------------------- grade: MATH self-consistency
 def bench_grade(a):
-    import eval as E
+    import grader as E
+    from eval import load_dataset
     load0 = os.getloadavg()
-    probs = E.load_dataset("math", os.path.join(ROOT, "data/eval"))[: a.limit or None]
+    probs = load_dataset("math", os.path.join(ROOT, "data/eval"))[: a.limit or None]
     preds = [E.extract_answer(p["solution"]) for p in probs]
     pairs = list(zip(preds, [str(p["answer"]) for p in probs]))
     shifted = list(zip(preds[: a.mismatched], [str(p["answer"]) for p in probs[1: a.mismatched + 1]]))
 
     def rate(fn, ps, label):
         log(f"grade: {label}, {len(ps)} pairs")
-        E._to_sympy.cache_clear()  # every pass starts with a cold SymPy parse cache
+        E.to_sympy.cache_clear()  # every pass starts with a cold SymPy parse cache
         n_eq, dt = timed(lambda: sum(bool(fn(x, y)) for x, y in ps))
         return len(ps) / dt, n_eq
 

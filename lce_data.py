@@ -320,7 +320,7 @@ def self_distill(questions, solve, k=3, extract_answer=None, is_equiv=None):
     A solution that did not finish (no <|endofmessage|>: cut by a length or round limit) never counts.
     Returns (records, stats); each record's ground_truth.answer is the agreed answer."""
     if extract_answer is None or is_equiv is None:
-        import eval as ev                 # lazy: eval.py is only needed for this step
+        import grader as ev               # lazy: grader.py is only needed for this step
         extract_answer, is_equiv = extract_answer or ev.extract_answer, is_equiv or ev.is_equiv
     samples = [solve(list(questions), j) for j in range(k)]
     records, stats = [], {"questions": len(questions), "kept": 0, "unfinished": 0, "no_answer": 0,

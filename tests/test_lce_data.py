@@ -285,7 +285,7 @@ def test_interpolation_prompts():
 
 
 def test_self_distillation_keeps_only_agreeing_answers():
-    pytest.importorskip("eval")
+    pytest.importorskip("grader")
     sol = lambda ans: f"<|text|>Compute.<|endofblock|><|code|>x<|endofblock|><|execution|>v<|endofblock|>" \
                       f"<|text|>So \\boxed{{{ans}}}.<|endofblock|><|endofmessage|>"
     answers = {"agree": ["0.5", "\\frac{1}{2}", "1/2"], "split": ["2", "2", "3"], "none": ["1", "1", None],
@@ -350,7 +350,7 @@ def test_synthetic_records_execute_the_code(tok):
         ids, labels = D.encode_example(r, tok, 512)
         assert len(ids) < 200
     try:
-        import eval as ev
+        import grader as ev
     except ImportError:
         return
     assert all(ev.extract_answer(D.serialize(r)) == p["answer"] for r, p in zip(recs, problems))

@@ -12,7 +12,10 @@ LIBRARIES = ["notebook.py",    # below sandbox.py: what a cell shows (replay.py 
              "pretty.py",      # below notebook.py: IPython's display of a value
              "storage.py",     # atomic writes and JSONL, used by every module
              "checkpoint.py",  # checkpoint files, below model.py (whose CLI loads and saves them)
-             "parallel.py"]    # tensor parallelism and replicas, below model.py, infer.py, eval.py
+             "parallel.py",    # tensor parallelism and replicas, below model.py, infer.py, eval.py
+             "grader.py",      # how an answer is graded, below eval.py and lce_data.py
+             "authors_grader.py",   # the authors' grader, rewritten: below grader.py
+             "latex_sympy.py"]      # LaTeX -> SymPy under a time limit: below both graders
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -1,0 +1,420 @@
+"""
+How a MathCoder solution is graded: pull out the final answer, decide whether it equals the
+reference (docs/method.md §5). Every solution gets two verdicts:
+
+strict (the headline): exact SymPy equivalence, stricter than the authors' 1e-2 tolerance (which
+calls 0.333 equal to 1/3 and 100.004 equal to 100):
+  1. extract_answer: the last \\boxed{...} (nested braces), else "the answer is ...", else GSM8K's
+     "#### x";
+  2. normalise both strings (LaTeX decoration, units, degrees, percent, dollars, thousands
+     separators, "x =", a "\\text{label} =" or "label:" before the value);
+  3. plain string / number equality (fast path, no SymPy);
+  4. structure: tuples and intervals in order, sets and lists of solutions in any order, matrices by
+     entry;
+  5. each scalar: LaTeX -> SymPy (latex_sympy.py), then exact comparison. A decimal counts as
+     equal to an exact value only when it is that value correctly rounded to the places written AND
+     carries about four significant figures (0.3333333 == 1/3, 0.333 != 1/3). Every SymPy call runs
+     under a time limit.
+paper protocol: the authors' grader (their src/evaluate.py and src/utils.py), the one behind the
+paper's numbers, rewritten in authors_grader.py; `_grade_authors` below picks the text it reads.
+
+No answer can crash or stall grading: grade() returns a verdict within about GRADE_TIME_LIMIT
+whatever the strings (answers over MAX_ANSWER_CHARS are compared as plain strings; every SymPy call
+is timed); a failure inside grading is a wrong verdict, and the result line says why (grade_error).
+
+Each data set's protocol, in both (checked against the released verdicts in data/official_outs/):
+  * SimulEq: the reference holds the first unknown of two or more; the answer is the first \\boxed{}
+    of the solution's last block that has one, taken whole ("\\boxed{65, 40}" against 65 is wrong);
+  * GSM8K: letters are dropped from a plain answer, after its left-hand side ("x = 160" -> 160);
+  * Mathematics: references may be lists "[3, 5]"; strict compares their items (a "[...]" answer
+    too).
+  * GSM8K, SVAMP, MATH, minival: the last \\boxed{} (strict), the first box of the last block
+    holding one (paper protocol, as the authors' extraction did).
+"""
+import re
+from fractions import Fraction
+
+import sympy
+
+import authors_grader
+from latex_sympy import MAX_ANSWER_CHARS, braced, deadline, timed, to_sympy
+
+GRADE_TIME_LIMIT = 10.0   # seconds for one grade() call, all its SymPy calls together
+REL_TOL = 1e-4            # a rounded decimal must be this close (relatively) to count as equal
+FAST_PATH = True          # string / plain-number equality before SymPy (False only to benchmark)
+
+# --------------------------------------------------------------------------------------- extraction
+
+_BARE_BOX = re.compile(r"[^\s$]*")
+_NON_SPACE = re.compile(r"\S")
+_BLOCK_MARK = re.compile(
+    r"<\|(?:text|code|execution|endofblock|endofmessage|system|user|assistant)\|>")
+
+
+def _box_spans(text):
+    """Where the contents of every \\boxed{...} / \\fbox{...} (or "\\boxed 5") lie, as (start, end),
+    in order; empty ones ("put it in \\boxed{}") left out. Every brace is paired in one pass, so a
+    megabyte of nested or unclosed boxes costs one pass, not one per box."""
+    partner = {}
+    open_at = []
+    for m in re.finditer(r"[{}]", text):
+        if m.group() == "{":
+            open_at.append(m.start())
+        elif open_at:
+            partner[open_at.pop()] = m.start()
+    spans = []
+    for m in re.finditer(r"\\(?:boxed|fbox)\s*", text):
+        i = m.end()
+        if i < len(text) and text[i] == "{":
+            span = (i + 1, partner[i]) if i in partner else None
+        else:                                            # "\boxed 5" form
+            span = (i, _BARE_BOX.match(text, i).end())
+        if span and _NON_SPACE.search(text, *span):
+            spans.append(span)
+    return spans
+
+
+def _box(text, span):
+    return text[span[0]:span[1]].strip()
+
+
+def _first_box_of_last_boxed_block(text):
+    """The first \\boxed{} of the last LCE block that has one, or None."""
+    for block in reversed(_BLOCK_MARK.split(text)):
+        spans = _box_spans(block)
+        if spans:
+            return _box(block, spans[0])
+    return None
+
+
+def extract_answer(text, dataset=None):
+    """The final answer a solution gives, or None: the last \\boxed{}. SimulEq (dataset='simuleq'):
+    the first \\boxed{} of the last block that has one, whole."""
+    if text is None:
+        return None
+    text = str(text)
+    spans = _box_spans(text)
+    if dataset and dataset.lower() == "simuleq" and spans:
+        # SimulEq asks for two or more unknowns; its reference holds the first. The authors graded
+        # the solution's last text block (their `completion`) by its first box, taken whole:
+        # "\boxed{65, 40}" against 65 is wrong, and so is a later block's "\boxed{16} ... \boxed{7}"
+        # against 7.
+        return _first_box_of_last_boxed_block(text)
+    # the last box: "\boxed{x+11} or \boxed{11+x}" restates one answer (references cut so too)
+    if spans:
+        return _box(text, spans[-1])
+    m = re.findall(r"answer is[:\s]*(.+?)(?:\.?\s*$|\.\s|\n)", text, re.I | re.S)
+    if m:
+        return m[-1].strip().strip("$").strip()
+    m = re.findall(r"####\s*([^\n]+)", text)                # GSM8K reference solutions
+    return m[-1].strip() if m else None
+
+# ------------------------------------------------------------------------------------ normalisation
+
+def _unwrap(s, cmd):
+    """\\cmd{X} -> X for every occurrence (nested braces handled)."""
+    while True:
+        i = s.find(cmd + "{")
+        if i < 0:
+            return s
+        inner, end = braced(s, i + len(cmd))
+        if inner is None:
+            return s
+        s = s[:i] + inner + s[end:]
+
+
+def _strip_lhs(s):
+    """'x=3' -> '3', 'x\\in[2,5)' -> '[2,5)': a lone variable on the left names the answer."""
+    return re.sub(r"^(?:[a-zA-Z]|\\[a-z]+)(?:_\{?\w+\}?)?\s*(?:=|\\in)\s*(?=\S)", "", s)
+
+
+def _normalize(s):
+    """A canonical string for an answer: the LaTeX decoration that never changes its value
+    removed."""
+    s = str(s).strip()
+    for a, b in [("\n", " "), ("\\!", ""), ("\\sqrt{}", "\\sqrt"), ("{,}", ","), ("∞", "\\infty"),
+                 ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"),
+                 ("\\left", ""), ("\\right", ""), ("\\displaystyle", ""), ("\\bigl", ""),
+                 ("\\bigr", ""), ("bmatrix", "pmatrix"), ("\\mbox{", "\\text{"), ("\\$", ""),
+                 ("$", ""), ("\\%", ""), ("%", ""), ("\\,", " "), ("\\;", " "), ("\\:", " "),
+                 ("\\ ", " "), ("\\quad", " "), ("~", " ")]:
+        s = s.replace(a, b)
+    s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ", "", s)   # degrees: 30^\circ, 30^{\circ}, 30°
+    for cmd in ("\\mathrm", "\\mathbf", "\\boldsymbol", "\\textbf"):
+        s = _unwrap(s, cmd)
+    s = re.sub(r"^\\text\s*\{[^{}]*\}\s*=\s*", "", s)   # "\text{Cost of a taco} = 0.90": a label
+    s = re.sub(r"\\text\s*\{\s*(and|or)\s*\}|\s+and\s+", ", ", s)
+    # \text{...}: units after a number are dropped ("10\text{ cm}^2"), a text-only answer is kept
+    if re.search(r"\\text\s*\{", s):
+        s = re.sub(r"\\text\s*\{", "\\\\text{", s)
+        bare = re.sub(r"\\text\{[^{}]*\}(\^\{?\d\}?)?", "", s).strip()
+        s = bare if re.search(r"\d", bare) and "\\text{" not in bare else _unwrap(s, "\\text")
+    if "matrix" not in s:   # a "\ " space that lost its blank in the released references ("2,\1")
+        s = re.sub(r"\\(?=[\d+\-(])", " ", s)
+    s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
+    s = re.sub(r"^[A-Za-z][A-Za-z ]*:\s*(?=[-+\d.])", "", s)      # "Number of rooms: 64": a label
+    s = _strip_lhs(s.split("\\approx")[-1].strip())             # "x = 3" -> "3"
+    if "=" not in s:   # "10 inches", "18 dollars" -> number
+        s = re.sub(r"^([-+]?[\d.,/]+)(?:\s+(?!pi\b)[a-zA-Z]{2,}\.?(?:\^\{?\d\}?)?)+$", r"\1", s)
+    s = re.sub(r"_\{(\w+)\}", r"_\1", s)                          # 4210_{7} -> 4210_7
+    # spaces go, except after a command ("\pi r")
+    s = re.sub(r"(\\[a-zA-Z]+) +(?=[a-zA-Z])", "\\1\0", s).replace(" ", "").replace("\0", " ")
+    if re.fullmatch(r"\(([A-Za-z])\)", s):                         # (C) -> C
+        s = s[1]
+    return s
+
+# ----------------------------------------------------------------------------------------- equality
+
+_NUM = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
+
+
+def _close(diff, scale, places_a, places_b):
+    """Decimal rule: |diff| within half a unit of the last place written (by the less precise side,
+    when both are decimals) AND within REL_TOL of the size. places None = an exact value."""
+    places = min((p for p in (places_a, places_b) if p is not None), default=None)
+    if diff == 0:
+        return True
+    if places is None:                       # two exact forms that simplify() could not reconcile
+        return diff <= 1e-12 * max(1.0, scale)
+    return diff <= 0.5 * 10.0 ** -places * (1 + 1e-9) and diff <= REL_TOL * scale
+
+
+def _fast_number(s):
+    """'3', '-0.25', '7/2', '\\frac{7}{2}' -> (Fraction, decimal places or None); else None. No
+    SymPy."""
+    m = re.fullmatch(r"([-+]?)\\frac\{(\d+)\}\{(\d+)\}|([-+]?\d+)/(\d+)", s)
+    if m:
+        if m[2]:
+            numerator = int(m[1] + m[2])
+            denominator = int(m[3])
+        else:
+            numerator = int(m[4])
+            denominator = int(m[5])
+        return (Fraction(numerator, denominator), None) if denominator else None
+    if _NUM.fullmatch(s):
+        places = len(s.split(".")[1]) if "." in s and s.split(".")[1] else None
+        return Fraction(s.rstrip(".")), places
+    return None
+
+
+def _sympy_equal(a, b):
+    """a, b: (expression, decimal places) from to_sympy."""
+    (expr_a, places_a), (expr_b, places_b) = a, b
+    if expr_a == expr_b:
+        return True
+    if any(x.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan) for x in (expr_a, expr_b)):
+        return False
+    if expr_a.free_symbols or expr_b.free_symbols:        # expressions: exact algebra only
+        difference = expr_a - expr_b
+        return sympy.expand(difference) == 0 or sympy.simplify(difference) == 0
+    # numbers: evaluate to 30 digits instead of simplify() (much faster; exact forms agree to
+    # ~1e-30), as SymPy Floats: 2^2005 must not overflow to inf and then "equal" everything
+    diff = abs(sympy.N(expr_a - expr_b, 30))
+    scale = max(abs(sympy.N(expr_a, 30)), abs(sympy.N(expr_b, 30)))
+    return bool(_close(diff, scale, places_a, places_b))
+
+
+def _scalar_equiv(a, b):
+    number_a = _fast_number(a) if FAST_PATH else None
+    number_b = _fast_number(b) if FAST_PATH else None
+    if number_a and number_b:
+        scale = max(abs(number_a[0]), abs(number_b[0]))
+        if scale > 10 ** 300:                         # beyond floats: equal only when exactly equal
+            return number_a[0] == number_b[0]
+        return _close(float(abs(number_a[0] - number_b[0])), float(scale), number_a[1], number_b[1])
+    # equations: lhs - rhs equal up to a constant factor
+    if a.count("=") == 1 and b.count("=") == 1:
+        left_a, right_a = a.split("=")
+        left_b, right_b = b.split("=")
+        expr_a = timed(to_sympy, f"{left_a}-({right_a})")
+        expr_b = timed(to_sympy, f"{left_b}-({right_b})")
+        ratio = timed(lambda: sympy.simplify(expr_a[0] / expr_b[0])) if expr_a and expr_b else None
+        return ratio is not None and not ratio.free_symbols and ratio != 0
+    if "=" in a or "=" in b:
+        return False
+    expr_a = timed(to_sympy, a)
+    expr_b = timed(to_sympy, b) if expr_a else None
+    return bool(expr_a and expr_b and timed(_sympy_equal, expr_a, expr_b))
+
+
+def _split_top(s, seps=","):
+    """Split on separators that sit outside every bracket: '(1,2),3' -> ['(1,2)', '3']."""
+    parts = []
+    current = ""
+    depth = 0
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if s.startswith("\\{", i) or s.startswith("\\}", i):
+            depth += 1 if s[i + 1] == "{" else -1
+            current += s[i:i + 2]
+            i += 2
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        if depth == 0 and c in seps:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += c
+        i += 1
+    parts.append(current.strip())
+    return [p for p in parts if p]
+
+
+def _wraps(s):
+    """True when the bracket opening s closes at its very end: '(1,2)' yes, '(1)+(2)' no."""
+    depth = 0
+    for k, c in enumerate(s):
+        depth += 1 if c in "([{" else -1 if c in ")]}" else 0
+        if depth == 0 and k < len(s) - 1:
+            return False
+    return depth == 0
+
+
+def _structure(s):
+    """(kind, open+close brackets, items) for compound answers, else None. "1 \\pm \\sqrt2" is the
+    set of its two values (expanded by _expand_pm when compared)."""
+    m = re.fullmatch(r"\\begin\{pmatrix\}(.*)\\end\{pmatrix\}", s)
+    if m:   # rows split by \\ (the released references have "\" only), entries by &
+        rows = [r for r in re.split(r"\\\\|\\(?![a-zA-Z{}])", m.group(1)) if r]
+        cells = [r.split("&") for r in rows]
+        shape = f"{len(cells)}x{len(cells[0]) if cells else 0}"
+        return "matrix", shape, [e for r in cells for e in r]
+    if s.startswith("\\{") and s.endswith("\\}"):
+        return "set", "", _split_top(s[2:-2])
+    if "\\cup" in s:
+        return "set", "", s.split("\\cup")
+    if (len(s) > 2 and s[0] in "([" and s[-1] in ")]" and _wraps(s)
+            and len(_split_top(s[1:-1])) >= 2):
+        return "seq", s[0] + s[-1], _split_top(s[1:-1])
+    parts = _split_top(s, ",;")
+    return ("set", "", parts) if len(parts) >= 2 or "\\pm" in s else None
+
+
+def _expand_pm(items):
+    out = []
+    for item in items:
+        if item.count("\\pm") == 1:
+            out += [item.replace("\\pm", "+", 1), item.replace("\\pm", "-", 1)]
+        else:
+            out.append(item)
+    return out
+
+
+def _equiv_norm(a, b):
+    if FAST_PATH and a.lower() == b.lower():   # text answers ("Navin", "(C)") ignore case
+        return True
+    structure_a = _structure(a)
+    structure_b = _structure(b)
+    if structure_a is None and structure_b is None:
+        return _scalar_equiv(a, b)
+    if structure_a is None or structure_b is None:
+        return False
+    kind_a, brackets_a, items_a = structure_a
+    kind_b, brackets_b, items_b = structure_b
+    if (kind_a, brackets_a) != (kind_b, brackets_b):
+        return False
+    items_a = [_strip_lhs(x) for x in items_a]
+    items_b = [_strip_lhs(x) for x in items_b]
+    if kind_a != "set":                 # in order
+        return len(items_a) == len(items_b) and all(map(_equiv_norm, items_a, items_b))
+    items_a = _expand_pm(items_a)       # a set: any order, every item matched once
+    unmatched = _expand_pm(items_b)
+    if len(items_a) != len(unmatched):
+        return False
+    for x in items_a:
+        j = next((j for j, y in enumerate(unmatched) if _equiv_norm(x, y)), None)
+        if j is None:
+            return False
+        unmatched.pop(j)
+    return True
+
+
+_THOUSANDS = re.compile(r"^([-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?)$")   # 10,080 or 1,000.5
+
+
+def is_equiv(pred, ref):
+    """True when the answer `pred` equals the reference `ref` (strings or numbers)."""
+    if pred is None or ref is None or str(pred).strip() == "":
+        return False
+    if max(len(str(pred)), len(str(ref))) > MAX_ANSWER_CHARS:   # no answer is that long: no SymPy
+        return str(pred).strip() == str(ref).strip()
+    a = _normalize(pred)
+    b = _normalize(ref)
+    if _equiv_norm(a, b):
+        return True
+    # "10,080" is a number with a thousands separator or a list of two; the released references
+    # dropped every space, so "45,135" may be the list. Try the number reading second.
+    a_number = _THOUSANDS.sub(lambda m: m.group(1).replace(",", ""), a)
+    b_number = _THOUSANDS.sub(lambda m: m.group(1).replace(",", ""), b)
+    return (a_number, b_number) != (a, b) and _equiv_norm(a_number, b_number)
+
+# ------------------------------------------------------------------- each data set's protocol, both
+
+def _grade_strict(solution, reference, dataset):
+    pred = extract_answer(solution, dataset)
+    ref = str(reference)
+    if dataset == "mathematics":   # references may be lists such as "[3, 5]"
+        ref = ref[1:-1] if ref.startswith("[") and ref.endswith("]") else ref
+        if pred and pred.startswith("[") and pred.endswith("]"):
+            pred = pred[1:-1]
+    if dataset == "gsm8k" and pred and "\\" not in pred:
+        # answers are numbers: the authors drop letters; a left-hand side goes first ("x = 160")
+        pred = re.sub(r"[a-zA-Z]", "", _strip_lhs(pred.strip()))
+    return pred, is_equiv(pred, ref)
+
+
+def _grade_authors(solution, reference, dataset):
+    # Their `completion`: the released verdicts were computed on an answer that an extraction step,
+    # not in their public code, had pulled out of the solution; the first \boxed{} of the last
+    # block that has one reproduces it (else the last block, which is what their public script's
+    # `completion` holds).
+    completion = _first_box_of_last_boxed_block(str(solution))
+    if completion is None:
+        blocks = [b for b in _BLOCK_MARK.split(str(solution)) if b.strip()]
+        completion = blocks[-1] if blocks else ""
+    pred = authors_grader.find_math_answer(completion)
+    if dataset == "gsm8k":
+        pred = re.sub(r"[a-zA-Z]", "", pred)   # their GSM8K rule: letters dropped
+    return pred, authors_grader.is_equal(authors_grader.find_math_answer(str(reference)), pred)
+
+
+def grade(solution, reference, dataset=None, protocol="strict"):
+    """(extracted answer, correct?) for one solution, following each data set's protocol.
+    protocol="strict": this file's exact equivalence (the headline); "authors": the authors' grader,
+    the one behind the paper's numbers (their 1e-2 tolerance, their extraction). Never raises on
+    what a model wrote and returns within about GRADE_TIME_LIMIT: a failure or a timeout is a wrong
+    answer."""
+    pred, correct, _ = _grade_checked(solution, reference, dataset, protocol)
+    return pred, correct
+
+
+def _grade_checked(solution, reference, dataset, protocol):
+    """(pred, correct, None), or (None, False, why) when grading failed or ran out of time."""
+    if protocol not in ("strict", "authors"):
+        raise ValueError(f"protocol must be 'strict' or 'authors', not {protocol!r}")
+    grade_one = _grade_authors if protocol == "authors" else _grade_strict
+    try:
+        with deadline(GRADE_TIME_LIMIT):
+            return (*grade_one(solution, reference, (dataset or "").lower()), None)
+    except Exception as e:   # RecursionError, MemoryError, GradeTimeout, a bug: never the whole run
+        return None, False, f"{type(e).__name__}: {e}"[:300]
+
+
+def verdicts(solution, reference, dataset=None):
+    """Both verdicts for one solution, as a result line stores them: pred / correct (strict, the
+    headline) and pred_authors / correct_authors (the authors' grader, behind the paper's numbers);
+    grade_error says why, when grading itself failed."""
+    pred, correct, error = _grade_checked(solution, reference, dataset, "strict")
+    pred_authors, correct_authors, error_authors = _grade_checked(solution, reference, dataset,
+                                                                  "authors")
+    out = {"pred": pred, "correct": correct, "pred_authors": pred_authors,
+           "correct_authors": correct_authors}
+    errors = [f"{name}: {error}" for name, error in (("strict", error),
+                                                      ("paper protocol", error_authors)) if error]
+    if errors:
+        out["grade_error"] = "; ".join(errors)
+    return out
