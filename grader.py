@@ -413,8 +413,8 @@ def verdicts(solution, reference, dataset=None):
                                                                   "authors")
     out = {"pred": pred, "correct": correct, "pred_authors": pred_authors,
            "correct_authors": correct_authors}
-    errors = [f"{name}: {error}" for name, error in (("strict", error),
-                                                      ("paper protocol", error_authors)) if error]
+    failures = {"strict": error, "paper protocol": error_authors}
+    errors = [f"{name}: {why}" for name, why in failures.items() if why]
     if errors:
         out["grade_error"] = "; ".join(errors)
     return out
