@@ -155,8 +155,7 @@ def check_config(cfg: TrainConfig, world: int) -> str:
 
 # ------------------------------------------------------------------------------------------ data
 def load_data(cfg, tokenizer, log):
-    """records -> (input_ids, labels) per example -> training rows (packed dicts, or examples to
-    pad)."""
+    """records -> (input_ids, labels) examples -> training rows (packed, or examples to pad)."""
     records = lce_data.read_jsonl_records(cfg.data)       # raises naming file, line and field
     t0 = time.time()
     examples, stats = lce_data.encode_records(records, tokenizer, cfg.seq_len,
@@ -209,8 +208,7 @@ def forward_backward(model, batches, world=1, autocast=None, n_matmul=0) -> dict
     """Accumulate the gradient of (sum of token losses) / (loss tokens in the global batch) over
     this rank's micro-batches `batches`. Returns the step's figures summed over all ranks, as 0-d
     tensors (reading them waits for the GPU): loss_sum, tokens (processed), flops, loss_tokens."""
-    # count loss tokens of the whole global batch first (labels are shifted: position 0 predicts
-    # nothing)
+    # first the loss tokens of the whole global batch (position 0 is predicted by nothing)
     device = batches[0]["labels"].device
     n_loss = sum((mb["labels"][:, 1:] != IGNORE).sum() for mb in batches).to(device, torch.float64)
     if dist.is_initialized():
@@ -222,8 +220,7 @@ def forward_backward(model, batches, world=1, autocast=None, n_matmul=0) -> dict
     for mb in batches:
         with autocast or torch.autocast(device.type, enabled=False):
             logits = model(mb["input_ids"], positions=mb["positions"], doc_ids=mb["doc_ids"])
-        # logits[:, t] predicts token t+1: compare logits[:, :-1] with labels[:, 1:]; IGNORE = no
-        # loss (§3)
+        # logits[:, t] predicts token t+1: logits[:, :-1] vs labels[:, 1:]; IGNORE: no loss (§3)
         mb_loss_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
                                       mb["labels"][:, 1:].flatten(),
                                       ignore_index=IGNORE, reduction="sum")
@@ -240,8 +237,7 @@ def forward_backward(model, batches, world=1, autocast=None, n_matmul=0) -> dict
 
 
 def apply_grad_checkpoint(model):
-    """Keep only each block's input; recompute its insides during backward (memory for ~1/3 more
-    compute)."""
+    """Keep only each block's input, recompute the rest in backward: memory for ~1/3 more work."""
     for block in model.layers:
         block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
 
