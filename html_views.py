@@ -127,20 +127,27 @@ def line_chart(series, x_label, y_label, right=None, log_y=False, title="", widt
         return '<svg class="chart" width="90" height="30"><text x="5" y="20">no data</text></svg>'
     left_ys = [y for _, pts in series for _, y in pts] or [0, 1]
     log_y = log_y and min(left_ys) > 0            # loss curves flatten: a log scale shows the tail
-    L, R, T, B = 72, (78 if right else 24), 34, 48            # margins: left, right, top, bottom
-    x0 = min(x for x, _ in points)
-    x1 = max(max(x for x, _ in points), x0 + 1)
+    # the plot area, inside margins for the tick labels, the axis labels and the title
+    plot_left = 72
+    plot_right = width - (78 if right else 24)
+    plot_top = 34
+    plot_bottom = height - 48
+    x_min = min(x for x, _ in points)
+    x_max = max(max(x for x, _ in points), x_min + 1)
 
     def sx(x):
-        return L + (x - x0) / (x1 - x0) * (width - L - R)
+        return plot_left + (x - x_min) / (x_max - x_min) * (plot_right - plot_left)
 
     def axis(ys, log):
         """(ticks, value -> pixel y) for an axis that spans ys."""
         ticks = log_ticks(min(ys), max(ys)) if log else nice_ticks(min(0, min(ys)), max(ys))
-        f = math.log10 if log else float
-        a = f(ticks[0])
-        b = max(f(ticks[-1]), a + 1e-12)
-        return ticks, lambda v: T + (b - f(v)) / (b - a) * (height - T - B)
+        scale = math.log10 if log else float
+        low = scale(ticks[0])
+        high = max(scale(ticks[-1]), low + 1e-12)
+
+        def pixel_y(v):
+            return plot_top + (high - scale(v)) / (high - low) * (plot_bottom - plot_top)
+        return ticks, pixel_y
 
     out = [f'<svg class="chart" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}"'
@@ -149,24 +156,25 @@ def line_chart(series, x_label, y_label, right=None, log_y=False, title="", widt
         out.append("<style>text { font: 12px sans-serif; fill: #333; }</style>")
     out.append(f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fff"/>')
     if title:
-        out.append(f'<text x="{L}" y="18" style="font-weight:600">{esc(title)}</text>')
+        out.append(f'<text x="{plot_left}" y="18" style="font-weight:600">{esc(title)}</text>')
     ticks, sy = axis(left_ys, log_y)
     for v in ticks:
-        out.append(f'<g class="tick-y{" log" if log_y else ""}"><line x1="{L - 5}" '
-                   f'y1="{sy(v):.2f}" x2="{width - R}" y2="{sy(v):.2f}" stroke="#e5e5e5"/>'
-                   f'<text x="{L - 8}" y="{sy(v) + 4:.2f}" text-anchor="end">{_num(v)}</text></g>')
-    for v in nice_ticks(x0, x1, 8):
-        if x0 <= v <= x1:
-            out.append(f'<g class="tick-x"><line x1="{sx(v):.2f}" y1="{height - B}" '
-                       f'x2="{sx(v):.2f}" y2="{height - B + 5}" stroke="#555"/>'
-                       f'<text x="{sx(v):.2f}" y="{height - B + 18}" text-anchor="middle">'
+        out.append(f'<g class="tick-y{" log" if log_y else ""}"><line x1="{plot_left - 5}" '
+                   f'y1="{sy(v):.2f}" x2="{plot_right}" y2="{sy(v):.2f}" stroke="#e5e5e5"/>'
+                   f'<text x="{plot_left - 8}" y="{sy(v) + 4:.2f}" text-anchor="end">{_num(v)}'
+                   "</text></g>")
+    for v in nice_ticks(x_min, x_max, 8):
+        if x_min <= v <= x_max:
+            out.append(f'<g class="tick-x"><line x1="{sx(v):.2f}" y1="{plot_bottom}" '
+                       f'x2="{sx(v):.2f}" y2="{plot_bottom + 5}" stroke="#555"/>'
+                       f'<text x="{sx(v):.2f}" y="{plot_bottom + 18}" text-anchor="middle">'
                        f"{_num(v)}</text></g>")
-    out.append(f'<line x1="{L}" y1="{T}" x2="{L}" y2="{height - B}" stroke="#555"/>'
-               f'<line x1="{L}" y1="{height - B}" x2="{width - R}" y2="{height - B}" '
-               'stroke="#555"/>')
-    out.append(f'<text x="{(L + width - R) / 2:.0f}" y="{height - 8}" text-anchor="middle">'
-               f"{esc(x_label)}</text>")
-    out.append(f'<text transform="translate(16 {(T + height - B) / 2:.0f}) rotate(-90)" '
+    out.append(f'<line x1="{plot_left}" y1="{plot_top}" x2="{plot_left}" y2="{plot_bottom}" '
+               f'stroke="#555"/><line x1="{plot_left}" y1="{plot_bottom}" x2="{plot_right}" '
+               f'y2="{plot_bottom}" stroke="#555"/>')
+    out.append(f'<text x="{(plot_left + plot_right) / 2:.0f}" y="{height - 8}" '
+               f'text-anchor="middle">{esc(x_label)}</text>')
+    out.append(f'<text transform="translate(16 {(plot_top + plot_bottom) / 2:.0f}) rotate(-90)" '
                f'text-anchor="middle">{esc(y_label)}{" (log scale)" if log_y else ""}</text>')
     legend = []
     for k, (name, pts) in enumerate(series):
@@ -177,21 +185,22 @@ def line_chart(series, x_label, y_label, right=None, log_y=False, title="", widt
         legend.append((name, colour, "none"))
     if right:
         name, pts, label = right
-        ticks, ry = axis([y for _, y in pts], False)
+        ticks, sy_right = axis([y for _, y in pts], False)
         for v in ticks:
-            out.append(f'<g class="tick-r"><line x1="{width - R}" y1="{ry(v):.2f}" '
-                       f'x2="{width - R + 5}" y2="{ry(v):.2f}" stroke="#555"/>'
-                       f'<text x="{width - R + 8}" y="{ry(v) + 4:.2f}">{_num(v)}</text></g>')
-        out.append(f'<line x1="{width - R}" y1="{T}" x2="{width - R}" y2="{height - B}" '
+            out.append(f'<g class="tick-r"><line x1="{plot_right}" y1="{sy_right(v):.2f}" '
+                       f'x2="{plot_right + 5}" y2="{sy_right(v):.2f}" stroke="#555"/>'
+                       f'<text x="{plot_right + 8}" y="{sy_right(v) + 4:.2f}">{_num(v)}</text></g>')
+        out.append(f'<line x1="{plot_right}" y1="{plot_top}" x2="{plot_right}" y2="{plot_bottom}" '
                    'stroke="#555"/>')
-        out.append(f'<text transform="translate({width - 10} {(T + height - B) / 2:.0f}) '
+        out.append(f'<text transform="translate({width - 10} {(plot_top + plot_bottom) / 2:.0f}) '
                    f'rotate(90)" text-anchor="middle">{esc(label)}</text>')
-        xy = " ".join(f"{sx(x):.2f},{ry(y):.2f}" for x, y in pts)
+        xy = " ".join(f"{sx(x):.2f},{sy_right(y):.2f}" for x, y in pts)
         out.append(f'<polyline class="series right" data-name="{esc(name)}" fill="none" '
                    f'stroke="#999" stroke-width="1.3" stroke-dasharray="5 3" points="{xy}"/>')
         legend.append((name, "#999", "5 3"))
     for k, (name, colour, dash) in enumerate(legend):      # top right, inside the plot
-        x, y = width - R - 10, T + 12 + 16 * k
+        x = plot_right - 10
+        y = plot_top + 12 + 16 * k
         out.append(f'<line x1="{x - 24}" y1="{y - 4}" x2="{x - 4}" y2="{y - 4}" '
                    f'stroke="{colour}" stroke-width="2" stroke-dasharray="{dash}"/>'
                    f'<text x="{x - 30}" y="{y}" text-anchor="end">{esc(name)}</text>')
@@ -226,12 +235,15 @@ def token_blocks(ids, special) -> list[str]:
     'system' / 'user' for those messages, 'text' / 'code' / 'execution' for the assistant's
     blocks (opening token and <|endofblock|> included), 'assistant' for its <|assistant|> and
     <|endofmessage|>, 'bos' before the first message. special: {"<|text|>": id, ...}."""
-    name = {i: t for t, i in special.items()}
-    role, block, out = None, None, []
-    for i in ids:
-        token = name.get(i, "")
+    name = {token_id: token for token, token_id in special.items()}
+    role = None                    # the message the token is in
+    block = None                   # the assistant's block the token is in
+    out = []
+    for token_id in ids:
+        token = name.get(token_id, "")
         if token in ("<|system|>", "<|user|>", "<|assistant|>"):
-            role, block = token[2:-2], None
+            role = token[2:-2]
+            block = None
         elif token in ("<|text|>", "<|code|>", "<|execution|>"):
             block = token[2:-2]
         if role is None:
@@ -250,25 +262,27 @@ def _shown(piece) -> str:
 
 def tokens_page(title, ids, labels, pieces, special, ignore=-100) -> str:
     """One conversation token by token. The background says which part a token is in
-    (token_blocks); a token whose label is not `ignore` carries loss: black, underlined in red, the
-    others grey. Hovering shows position, id and piece. labels: lce_data.encode_example's."""
+    (token_blocks); a token whose label is not `ignore` (lce_data.IGNORE: this module sits below
+    lce_data) carries loss: black, underlined in red, the others grey. Hovering shows position, id
+    and piece. labels: lce_data.encode_example's."""
     if not len(ids) == len(labels) == len(pieces):
         raise ValueError("ids, labels and pieces must have the same length")
     blocks = token_blocks(ids, special)
-    counts, spans = {}, []
-    for k, (i, label, piece, part) in enumerate(zip(ids, labels, pieces, blocks)):
+    counts = {}                    # part -> [tokens, loss tokens]
+    spans = []
+    for k, (token_id, label, piece, part) in enumerate(zip(ids, labels, pieces, blocks)):
         loss = label != ignore
-        c = counts.setdefault(part, [0, 0])
-        c[0] += 1
-        c[1] += loss
-        cls = f"t b-{part}" + (" loss" if loss else "") + (" sp" if piece in special else "")
-        hover = f"#{k}  id {i}  {piece!r}  {part}  " + ("loss" if loss else "no loss")
-        spans.append(f'<span class="{cls}" style="background:{BLOCK_COLOURS[part]}" '
+        count = counts.setdefault(part, [0, 0])
+        count[0] += 1
+        count[1] += loss
+        classes = f"t b-{part}" + (" loss" if loss else "") + (" sp" if piece in special else "")
+        hover = f"#{k}  id {token_id}  {piece!r}  {part}  " + ("loss" if loss else "no loss")
+        spans.append(f'<span class="{classes}" style="background:{BLOCK_COLOURS[part]}" '
                      f'title="{esc(hover)}">{esc(_shown(piece))}</span>')
-    n_loss = sum(c[1] for c in counts.values())
+    n_loss = sum(n for _, n in counts.values())
     rows = "".join(f'<tr><td><span class="key" style="background:{BLOCK_COLOURS[part]}">{part}'
-                   f'</span></td><td class="num">{c[0]}</td><td class="num">{c[1]}</td></tr>'
-                   for part, c in counts.items())
+                   f'</span></td><td class="num">{n}</td><td class="num">{n_loss_part}</td></tr>'
+                   for part, (n, n_loss_part) in counts.items())
     body = (f"<h1>{esc(title)}</h1>\n<p class=\"note\">Paper &sect;2.3: the loss is on what the "
             "model must learn to write: the assistant's text and code blocks and its final "
             "&lt;|endofmessage|&gt;. The prompt and the execution output (the interpreter wrote "
@@ -318,9 +332,9 @@ def math_heatmap(rows) -> str:
     cells = {}
     for subject, level, ok in rows:
         for key in [(subject, level), (subject, "all"), ("all", level), ("all", "all")]:
-            c = cells.setdefault(key, [0, 0])
-            c[0] += bool(ok)
-            c[1] += 1
+            count = cells.setdefault(key, [0, 0])        # [right, n]
+            count[0] += bool(ok)
+            count[1] += 1
     levels = sorted({k[1] for k in cells} - {"all"}, key=str) + ["all"]
     head = "".join(f"<th>{'level ' + esc(v) if v != 'all' else 'all'}</th>" for v in levels)
     lines = [f'<table class="heat"><tr><th>subject</th>{head}</tr>']
@@ -393,9 +407,9 @@ def report_page(title, rows, summary=None, paper=(), note="") -> str:
     parts.append("<h2>Accuracy</h2>" + "".join(table) + "</table>")
     if summary:
         flat = {}
-        for k, v in summary.items():
-            for k2, v2 in (v.items() if isinstance(v, dict) else [(None, v)]):
-                flat[f"{k}.{k2}" if k2 else k] = v2
+        for key, value in summary.items():      # one level of nesting: "key.subkey"
+            for subkey, item in (value.items() if isinstance(value, dict) else [(None, value)]):
+                flat[f"{key}.{subkey}" if subkey else key] = item
         parts.append("<details><summary>summary.json</summary><table>" + "".join(
             f"<tr><td>{esc(k)}</td><td class=num>{esc(v)}</td></tr>" for k, v in flat.items())
             + "</table></details>")
@@ -457,11 +471,11 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
     """out/tiny/report.html from what tiny_run.py left in out_dir: summary.json (the graded modes
     as a table, any other entry as it is), every */log.jsonl on one plot, a few held-out problems
     solved with and without execution side by side, links to the per-run pages."""
-    def path(*p):
-        return os.path.join(out_dir, *p)
+    def path(*names):
+        return os.path.join(out_dir, *names)
 
-    def load(*p):
-        return read_json(path(*p)) if os.path.isfile(path(*p)) else {}
+    def load(*names):
+        return read_json(path(*names)) if os.path.isfile(path(*names)) else {}
     parts = ["<h1>MathCoder in miniature: the tiny run</h1>",
              '<p class="note">A small Llama trained from scratch on synthetic LCE solutions (text, '
              "code, execution output) solves held-out problems with the generate-execute-continue "
@@ -472,38 +486,40 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
              "<table><tr><th>model</th><th>execution</th><th colspan=2>accuracy</th>"
              "<th>right / n</th><th>every problem</th></tr>"]
     others = []
-    for name, r in load("summary.json").items():
-        if not (isinstance(r, dict) and {"accuracy", "n", "correct"} <= set(r)):
-            others.append((name, r))
+    for name, graded in load("summary.json").items():
+        if not (isinstance(graded, dict) and {"accuracy", "n", "correct"} <= set(graded)):
+            others.append((name, graded))
             continue
         model, how = _tiny_mode(name)
         link = (f'<a href="{esc(name)}/report.html" title="{esc(name)}/report.html">'
-                f"{esc(r['n'])} problems</a>" if os.path.isfile(path(name, "report.html"))
+                f"{esc(graded['n'])} problems</a>" if os.path.isfile(path(name, "report.html"))
                 else esc(name))
-        parts.append(f"<tr><td>{model}</td><td>{how}</td><td>{bar(r['accuracy'])}</td>"
-                     f"<td class=num>{pct(r['accuracy'])}</td><td class=num>{esc(r['correct'])} / "
-                     f"{esc(r['n'])}</td><td>{link}</td></tr>")
+        parts.append(f"<tr><td>{model}</td><td>{how}</td><td>{bar(graded['accuracy'])}</td>"
+                     f"<td class=num>{pct(graded['accuracy'])}</td><td class=num>"
+                     f"{esc(graded['correct'])} / {esc(graded['n'])}</td><td>{link}</td></tr>")
     parts.append("</table>")
-    for name, v in others:        # other stages (a data recipe, say) and the timing, as they are
-        if isinstance(v, dict):
-            rows = "".join(f"<tr><td>{esc(k)}</td><td class=num>"
-                           + (pct(x) if "accuracy" in k and isinstance(x, float) else esc(x))
-                           + "</td></tr>" for k, x in v.items())
+    for name, value in others:    # other stages (a data recipe, say) and the timing, as they are
+        if isinstance(value, dict):
+            rows = "".join(f"<tr><td>{esc(key)}</td><td class=num>"
+                           + (pct(x) if "accuracy" in key and isinstance(x, float) else esc(x))
+                           + "</td></tr>" for key, x in value.items())
             parts.append(f"<h2>{esc(name)}</h2><table>{rows}</table>")
         elif name == "seconds":
-            parts.append(f"<p>The whole run took {v / 60:.0f} min.</p>")
+            parts.append(f"<p>The whole run took {value / 60:.0f} min.</p>")
         else:
-            parts.append(f"<p>{esc(name)}: {esc(v)}</p>")
+            parts.append(f"<p>{esc(name)}: {esc(value)}</p>")
     # the training curves: every folder with a log.jsonl, on one plot
-    series, links = [], []
-    for d in sorted(os.listdir(out_dir)):
-        if os.path.isfile(path(d, "log.jsonl")):
-            how = "loss on execution too" if load(d, "config.json").get("train_on_execution") \
-                else "masked"
-            log = read_jsonl(path(d, "log.jsonl"))
-            series.append((f"{d}/ ({how})", [(r["step"], r["loss"]) for r in log]))
-            if os.path.isfile(path(d, "loss.svg")):
-                links.append(f'<a href="{esc(d)}/loss.svg">{esc(d)}/loss.svg</a>')
+    series = []
+    links = []
+    for run in sorted(os.listdir(out_dir)):
+        if not os.path.isfile(path(run, "log.jsonl")):
+            continue
+        on_execution = load(run, "config.json").get("train_on_execution")
+        how = "loss on execution too" if on_execution else "masked"
+        log = read_jsonl(path(run, "log.jsonl"))
+        series.append((f"{run}/ ({how})", [(r["step"], r["loss"]) for r in log]))
+        if os.path.isfile(path(run, "loss.svg")):
+            links.append(f'<a href="{esc(run)}/loss.svg">{esc(run)}/loss.svg</a>')
     if series:
         parts.append("<h2>Training loss</h2>" + line_chart(
             series, "optimizer step", "loss per loss-carrying token (nats)", log_y=True,
@@ -513,23 +529,24 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
             + (" Loss and learning rate per run: " + ", ".join(links) if links else "") + "</p>")
     # the same held-out problems, solved with and without execution
     pairs = []
-    if all(os.path.isfile(path(m, "results.jsonl")) for m in ("with_execution",
-                                                              "without_execution")):
+    if all(os.path.isfile(path(mode, "results.jsonl"))
+           for mode in ("with_execution", "without_execution")):
         without = {r["id"]: r for r in read_jsonl(path("without_execution", "results.jsonl"))}
         both = [(r, without[r["id"]]) for r in read_jsonl(path("with_execution", "results.jsonl"))
                 if r["id"] in without]
         # first the problems that execution turns from wrong into right, then the others
-        pairs = sorted(both, key=lambda p: not (p[0]["correct"] and not p[1]["correct"]))
+        pairs = sorted(both, key=lambda pair: not (pair[0]["correct"] and not pair[1]["correct"]))
     if pairs:
         parts.append("<h2>The same problems with and without execution (masked model)</h2>")
-    for w, wo in pairs[:n_examples]:
-        cols = "".join(f"<div><b>{label}</b> &middot; answer <code>{esc(r.get('pred'))}</code> "
-                       f"{verdict_html(r['correct'])}{blocks_html(_assistant_blocks(r))}</div>"
-                       for label, r in (("real execution", w), ("execution withheld", wo)))
-        parts.append(f'<details class="problem" open><summary><b class="mono">{esc(w["id"])}</b>'
-                     f" &middot; {esc(w['question'])} &middot; reference "
-                     f"<code>{esc(w['reference'])}</code></summary>"
-                     f'<div class="side">{cols}</div></details>')
+    for with_exec, without_exec in pairs[:n_examples]:
+        columns = "".join(
+            f"<div><b>{label}</b> &middot; answer <code>{esc(r.get('pred'))}</code> "
+            f"{verdict_html(r['correct'])}{blocks_html(_assistant_blocks(r))}</div>"
+            for label, r in (("real execution", with_exec), ("execution withheld", without_exec)))
+        parts.append(f'<details class="problem" open><summary><b class="mono">'
+                     f"{esc(with_exec['id'])}</b> &middot; {esc(with_exec['question'])} &middot; "
+                     f"reference <code>{esc(with_exec['reference'])}</code></summary>"
+                     f'<div class="side">{columns}</div></details>')
     files = [f for f in ("summary.md", "summary.json", "data/train.jsonl", "data/test.jsonl")
              if os.path.isfile(path(f))]
     parts.append("<h2>Files</h2><p>" + " &middot; ".join(f'<a href="{f}">{f}</a>' for f in files)
@@ -538,15 +555,15 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    lp = sub.add_parser("loss", help="loss.svg from a train.py log.jsonl (a run in progress too)")
-    lp.add_argument("log", help="OUT/log.jsonl")
-    lp.add_argument("--out", help="the .svg to write (default: loss.svg beside the log)")
-    tp = sub.add_parser("tiny", help="rebuild OUT/report.html of a tiny_run.py output folder")
-    tp.add_argument("out_dir")
-    args = ap.parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="cmd", required=True)
+    loss = commands.add_parser("loss", help="loss.svg of a train.py log.jsonl (also mid-run)")
+    loss.add_argument("log", help="OUT/log.jsonl")
+    loss.add_argument("--out", help="the .svg to write (default: loss.svg beside the log)")
+    tiny = commands.add_parser("tiny", help="rebuild OUT/report.html of a tiny_run.py folder")
+    tiny.add_argument("out_dir")
+    args = parser.parse_args(argv)
     try:
         if args.cmd == "loss":
             folder = os.path.dirname(os.path.abspath(args.log))

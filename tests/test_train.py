@@ -1,5 +1,6 @@
-"""train.py on CPU with a tiny model: loss falls, execution results get no gradient, the global-batch loss
-normalisation, FSDP (2 processes, gloo) = 1 process, kill + resume = uninterrupted, the export reloads."""
+"""train.py on CPU with a tiny model: loss falls, execution results get no gradient, the
+global-batch loss normalisation, FSDP (2 processes, gloo) = 1 process, kill + resume =
+uninterrupted, the export reloads."""
 import dataclasses
 import json
 import math
@@ -34,7 +35,8 @@ def record(i, a, b, exec_text=None, text=None):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """14 records (so each epoch ends with a partial global batch of 8) and a 300-piece SentencePiece model."""
+    """14 records (so each epoch ends with a partial global batch of 8) and a 300-piece
+    SentencePiece model."""
     d = tmp_path_factory.mktemp("train")
     r = random.Random(0)
     recs = [record(i, r.randint(2, 99), r.randint(2, 99)) for i in range(14)]
@@ -47,9 +49,9 @@ def tiny(tmp_path_factory):
 
 
 def config(d, tok, out, **kw):
-    base = dict(data=str(d / "data.jsonl"), out=str(d / out), tokenizer=tok, dim=32, n_layers=2, n_heads=4,
-                n_kv_heads=2, hidden_dim=64, epochs=6, lr=1e-2, warmup_steps=2, batch_size=8,
-                micro_batch_size=2, seq_len=256, save_every=4, seed=0, quiet=True)
+    base = dict(data=str(d / "data.jsonl"), out=str(d / out), tokenizer=tok, dim=32, n_layers=2,
+                n_heads=4, n_kv_heads=2, hidden_dim=64, epochs=6, lr=1e-2, warmup_steps=2,
+                batch_size=8, micro_batch_size=2, seq_len=256, save_every=4, seed=0, quiet=True)
     base.update(kw)
     return train.TrainConfig(**base)
 
@@ -65,15 +67,18 @@ def cli(cfg):
             for k, v in dataclasses.asdict(cfg).items() if v is not None and v is not False]
 
 
-def run_and_kill(cmd, after_step):
-    """Run a train.py command line whose rank 0 SIGKILLs itself right after logging step `after_step` (the
-    TRAIN_KILL_AFTER_STEP hook): a real crash at a fixed point, no timing race. Returns (returncode, stderr)."""
-    env = dict(os.environ, TRAIN_KILL_AFTER_STEP=str(after_step))   # (torchrun sets OMP_NUM_THREADS=1)
-    p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def run_and_kill(launcher, args, after_step):
+    """Run train.py with `args` under `launcher` (python, or torchrun), its rank 0 SIGKILLed right
+    after it logs step `after_step`: a real crash at a fixed point, no timing race. The script is
+    this file (see its end): train.py with its log writer wrapped. Returns (returncode, stderr)."""
+    cmd = [*launcher, __file__, str(after_step), *args]
+    env = dict(os.environ, PYTHONPATH=ROOT)         # (torchrun sets OMP_NUM_THREADS=1)
+    p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
     try:
         _, err = p.communicate(timeout=300)
     except subprocess.TimeoutExpired:
-        p.terminate()            # not p.kill(): on SIGTERM torchrun stops its workers (each in its own session)
+        p.terminate()   # not p.kill(): on SIGTERM torchrun stops its workers (each in its session)
         try:
             p.communicate(timeout=30)
         except subprocess.TimeoutExpired:
@@ -93,12 +98,14 @@ def full_run(tiny):
 def test_loss_goes_down_and_log(full_run):
     cfg, res = full_run
     log = log_losses(cfg.out)
-    assert [r["step"] for r in log] == list(range(1, 13))            # 14 rows / 8 = 2 steps x 6 epochs
+    assert [r["step"] for r in log] == list(range(1, 13))       # 14 rows / 8 = 2 steps x 6 epochs
     assert res["losses"] == pytest.approx([r["loss"] for r in log], abs=1e-6)
     vocab = Tokenizer(cfg.tokenizer).vocab_size
-    assert log[0]["loss"] == pytest.approx(math.log(vocab), rel=0.15)   # ~uniform over the vocab at init
-    assert log[-1]["loss"] < 0.7 * log[0]["loss"] and log[-1]["loss"] < min(r["loss"] for r in log[:-1])
-    # warmup over 2 steps to 1e-2, then cosine towards 0 over the other 10 (step s uses progress (s-2)/10)
+    assert log[0]["loss"] == pytest.approx(math.log(vocab), rel=0.15)   # ~uniform over the vocab
+    assert log[-1]["loss"] < 0.7 * log[0]["loss"]
+    assert log[-1]["loss"] < min(r["loss"] for r in log[:-1])
+    # warmup over 2 steps to 1e-2, then cosine towards 0 over the other 10 (step s uses progress
+    # (s-2)/10)
     assert [r["lr"] for r in log[:3]] == pytest.approx([5e-3, 1e-2, 1e-2])
     assert log[-1]["lr"] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 9 / 10)))
     assert all(r["grad_norm"] > 0 and r["tokens_per_s"] > 0 for r in log)
@@ -119,23 +126,24 @@ def _tiny_model(tok, seed=0):
 
 
 def test_execution_tokens_get_no_gradient(tiny):
-    """§3: execution output is the interpreter's, not the model's. With the execution block last in the
-    (truncated) sequence, nothing attends to it, so changing its content must leave every gradient unchanged;
-    changing a text block of the same length must change them, and so must the execution block when
-    --train-on-execution puts loss on it (the ablation)."""
+    """§3: execution output is the interpreter's, not the model's. With the execution block last in
+    the (truncated) sequence, nothing attends to it, so changing its content must leave every
+    gradient unchanged; changing a text block of the same length must change them, and so must the
+    execution block when --train-on-execution puts loss on it (the ablation)."""
     tok = Tokenizer(str(tiny[1]))
     model = _tiny_model(tok)
 
     def encode(rec, on_exec=False):
         full, _ = lce_data.encode_example(rec, tok, 10 ** 6, train_on_execution=on_exec)
-        # cut after the execution content (drops its <|endofblock|>, the final text and <|endofmessage|>)
+        # cut after the execution content (drops its <|endofblock|>, the final text and
+        # <|endofmessage|>)
         cut = len(full) - len(tok.encode("<|endofblock|><|text|>So the answer is \\boxed{1554}."
                                          "<|endofblock|><|endofmessage|>"))
         return lce_data.encode_example(rec, tok, cut, train_on_execution=on_exec)
 
     base = record(0, 37, 42, text="Step 1: we multiply.")
     same_len_exec = record(0, 37, 42, text="Step 1: we multiply.", exec_text="9876")
-    new_text = record(0, 37, 42, text="Step 7: we multiply.")     # digits are single pieces: same length
+    new_text = record(0, 37, 42, text="Step 7: we multiply.")    # digits are single pieces
     a, b, c = encode(base), encode(same_len_exec), encode(new_text)
     assert len(a[0]) == len(b[0]) == len(c[0]) and a[0] != b[0] and a[0] != c[0]
     assert a[0][-4:] == tok.encode("1554")[-4:] and b[0][-4:] == tok.encode("9876")[-4:]
@@ -144,14 +152,16 @@ def test_execution_tokens_get_no_gradient(tiny):
     for n in g_a:
         torch.testing.assert_close(g_a[n], g_b[n], rtol=1e-6, atol=1e-8, msg=n)
     assert max((g_a[n] - g_c[n]).abs().max() for n in g_a) > 1e-4
-    e_a, e_b = (_grads(model, [encode(r, on_exec=True)], tok.pad_id, 1) for r in (base, same_len_exec))
+    e_a, e_b = (_grads(model, [encode(r, on_exec=True)], tok.pad_id, 1)
+                for r in (base, same_len_exec))
     assert max((e_a[n] - e_b[n]).abs().max() for n in e_a) > 1e-4
 
 
 def test_loss_normalised_over_global_batch(tiny):
-    """The gradient is that of one token-mean over the whole batch, however it is split into micro-batches
-    (per-micro-batch averaging would weight a short example's tokens more). Reference: one big batch and
-    F.cross_entropy's own mean over the non-ignored tokens. Activation checkpointing changes nothing."""
+    """The gradient is that of one token-mean over the whole batch, however it is split into
+    micro-batches (per-micro-batch averaging would weight a short example's tokens more). Reference:
+    one big batch and F.cross_entropy's own mean over the non-ignored tokens. Activation
+    checkpointing changes nothing."""
     d, tok_path = tiny
     tok = Tokenizer(str(tok_path))
     recs = lce_data.read_jsonl_records(str(d / "data.jsonl"))[:4]
@@ -161,7 +171,8 @@ def test_loss_normalised_over_global_batch(tiny):
     model.zero_grad()
     batch = lce_data.pad_batch(rows, tok.pad_id)
     logits = model(batch["input_ids"], positions=batch["positions"])
-    torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten()).backward()
+    torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1),
+                                      batch["labels"][:, 1:].flatten()).backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters()}
     for mbs in (1, 3):
         got = _grads(model, rows, tok.pad_id, mbs)
@@ -174,10 +185,12 @@ def test_loss_normalised_over_global_batch(tiny):
 
 
 def test_packed_rows_match_padded(tiny):
-    """--pack puts several examples in one row with document-masked attention: same loss and gradient."""
+    """--pack puts several examples in one row with document-masked attention: same loss and
+    gradient."""
     d, tok_path = tiny
     tok = Tokenizer(str(tok_path))
-    rows = [lce_data.encode_example(r, tok, 256) for r in lce_data.read_jsonl_records(str(d / "data.jsonl"))[:4]]
+    records = lce_data.read_jsonl_records(str(d / "data.jsonl"))[:4]
+    rows = [lce_data.encode_example(r, tok, 256) for r in records]
     model = _tiny_model(tok)
     ref = _grads(model, rows, tok.pad_id, 4)
     model.zero_grad(set_to_none=True)
@@ -189,9 +202,10 @@ def test_packed_rows_match_padded(tiny):
 
 
 def test_micro_batches_data_position_is_the_step():
-    """Resuming needs no data-loader state: step s's micro-batches are a pure function of (seed, s). Over an
-    epoch's steps and all ranks each row appears exactly once, in a seeded order that changes per epoch; the
-    partial last batch is topped up with rows that carry no loss; 2 ranks see the 1-process global batch."""
+    """Resuming needs no data-loader state: step s's micro-batches are a pure function of (seed,
+    s). Over an epoch's steps and all ranks each row appears exactly once, in a seeded order that
+    changes per epoch; the partial last batch is topped up with rows that carry no loss; 2 ranks see
+    the 1-process global batch."""
     rows = [([1, 100 + k], [-100, 100 + k]) for k in range(14)]      # row k is labelled 100 + k
     packed = [dict(input_ids=torch.tensor(i), labels=torch.tensor(lab), positions=torch.arange(2),
                    doc_ids=torch.zeros(2, dtype=torch.long)) for i, lab in rows]
@@ -199,7 +213,8 @@ def test_micro_batches_data_position_is_the_step():
         cfg = train.TrainConfig(batch_size=8, micro_batch_size=2, seq_len=2, pack=pack, seed=0)
 
         def labels(step, world):
-            mbs = [mb for rank in range(world) for mb in train.micro_batches(data, step, cfg, rank, world, 0)]
+            mbs = [mb for rank in range(world)
+                   for mb in train.micro_batches(data, step, cfg, rank, world, 0)]
             assert [len(mb["labels"]) for mb in mbs] == [2] * 4
             return [lab for mb in mbs for lab in mb["labels"][:, -1].tolist()]
 
@@ -210,17 +225,19 @@ def test_micro_batches_data_position_is_the_step():
 
 
 def test_kill_and_resume_equals_uninterrupted(tiny, full_run):
-    """`python train.py` SIGKILLed after step 6 (checkpoint at step 4, so log.jsonl runs 2 steps past it, as in a
-    real crash), then `python train.py --resume`: every step's loss is the uninterrupted run's, each logged once."""
+    """`python train.py` SIGKILLed after step 6 (checkpoint at step 4, so log.jsonl runs 2 steps
+    past it, as in a real crash), then `python train.py --resume`: every step's loss is the
+    uninterrupted run's, each logged once."""
     d, tok = tiny
     cfg, res = full_run
     out = d / "killed"
-    argv = [sys.executable, os.path.join(ROOT, "train.py")] + cli(config(d, tok, "killed"))
-    rc, err = run_and_kill(argv, after_step=6)
+    args = cli(config(d, tok, "killed"))
+    rc, err = run_and_kill([sys.executable], args, after_step=6)
     assert rc == -signal.SIGKILL, err[-3000:]
     assert [r["step"] for r in log_losses(out)] == list(range(1, 7))
     assert torch.load(out / "checkpoint.pt")["step"] == 4 and not os.path.exists(out / "final")
-    p = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args, "--resume"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     log = log_losses(out)
     assert [r["step"] for r in log] == list(range(1, 13))
@@ -229,14 +246,15 @@ def test_kill_and_resume_equals_uninterrupted(tiny, full_run):
 
 
 def test_fsdp_two_processes_match_one_and_resume(tiny, full_run):
-    """torchrun --nproc_per_node=2 (gloo, FSDP2): each rank takes half of every global batch; the losses equal
-    the 1-process run's. Rank 0 is SIGKILLed after step 6 (torchrun then stops rank 1); the checkpoint of step 4
-    (gathered full state) resumes in 1 process to the uninterrupted run's losses."""
+    """torchrun --nproc_per_node=2 (gloo, FSDP2): each rank takes half of every global batch; the
+    losses equal the 1-process run's. Rank 0 is SIGKILLed after step 6 (torchrun then stops rank
+    1); the checkpoint of step 4 (gathered full state) resumes in 1 process to the uninterrupted
+    run's losses."""
     d, tok = tiny
     cfg, res = full_run
     out = d / "fsdp"
-    rc, err = run_and_kill([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                            os.path.join(ROOT, "train.py")] + cli(config(d, tok, "fsdp")), after_step=6)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    rc, err = run_and_kill(torchrun, cli(config(d, tok, "fsdp")), after_step=6)
     assert rc != 0 and "SIGKILL" in err, err[-3000:]
     fsdp, one = log_losses(out), log_losses(cfg.out)
     assert len(fsdp) == 6 and not os.path.exists(out / "final")
@@ -250,8 +268,8 @@ def test_fsdp_two_processes_match_one_and_resume(tiny, full_run):
 
 
 def test_export_loads_and_matches_checkpoint(tiny, full_run):
-    """OUT/final (save_pretrained + tokenizer.save) reloads with from_pretrained and gives the logits of the
-    trained weights, taken independently from the end-of-run checkpoint."""
+    """OUT/final (save_pretrained + tokenizer.save) reloads with from_pretrained and gives the
+    logits of the trained weights, taken independently from the end-of-run checkpoint."""
     d, tok_path = tiny
     cfg, res = full_run
     tok = Tokenizer.from_checkpoint(res["final"])
@@ -259,7 +277,8 @@ def test_export_loads_and_matches_checkpoint(tiny, full_run):
     loaded = Transformer.from_pretrained(res["final"])
     trained = _tiny_model(tok)
     trained.load_state_dict(torch.load(res["checkpoint"])["model"])
-    ids = torch.tensor([tok.encode("<|assistant|><|text|>We multiply 12 and 34.<|endofblock|>", bos=True)])
+    text = "<|assistant|><|text|>We multiply 12 and 34.<|endofblock|>"
+    ids = torch.tensor([tok.encode(text, bos=True)])
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids), trained(ids), rtol=1e-5, atol=1e-5)
     assert loaded.tok_embeddings.weight.shape[0] == tok.vocab_size
@@ -267,7 +286,8 @@ def test_export_loads_and_matches_checkpoint(tiny, full_run):
 
 def test_bad_input_fails_before_model(tiny, tmp_path, monkeypatch):
     d, tok = tiny
-    monkeypatch.setattr(train, "build_model", lambda *a, **k: pytest.fail("model built before input check"))
+    monkeypatch.setattr(train, "build_model",
+                        lambda *a, **k: pytest.fail("model built before input check"))
     with pytest.raises(ValueError, match="missing.jsonl"):
         train.train(config(d, tok, "x", data=str(tmp_path / "missing.jsonl")))
     with pytest.raises(ValueError, match="multiple of"):
@@ -278,20 +298,22 @@ def test_bad_input_fails_before_model(tiny, tmp_path, monkeypatch):
     bad.write_text(json.dumps(record(0, 2, 3)) + "\n{not json\n")
     with pytest.raises(ValueError, match="line 2"):
         train.train(config(d, tok, "x", data=str(bad)))
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--help"], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--help"],
+                       capture_output=True, text=True)
     assert p.returncode == 0 and "--micro-batch-size" in p.stdout and "--resume" in p.stdout
 
 
 def test_init_from_pretrained_grows_vocab(tmp_path):
-    """--init: the fixture HF checkpoint (vocab 320) + the Llama-2 tokenizer grow to 32008 rows, new rows = the
-    mean of the old ones; step 1's loss equals one computed by hand from the fixture weights."""
+    """--init: the fixture HF checkpoint (vocab 320) + the Llama-2 tokenizer grow to 32008 rows,
+    new rows = the mean of the old ones; step 1's loss equals one computed by hand from the fixture
+    weights."""
     fixture = os.path.join(ROOT, "tests/fixtures/models/llama2-mha/hf")
     tok_path = os.path.join(ROOT, "tests/fixtures/tokenizer/llama2-tokenizer.model")
     recs = [record(0, 12, 34), record(1, 5, 7)]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     cfg = train.TrainConfig(data=str(tmp_path / "d.jsonl"), out=str(tmp_path / "o"), init=fixture,
-                            tokenizer=tok_path, batch_size=2, micro_batch_size=1, max_steps=1, seq_len=256,
-                            lr=1e-3, quiet=True)
+                            tokenizer=tok_path, batch_size=2, micro_batch_size=1, max_steps=1,
+                            seq_len=256, lr=1e-3, quiet=True)
     res = train.train(cfg)
     tok = Tokenizer(tok_path)
     ref = Transformer.from_pretrained(fixture)
@@ -301,7 +323,8 @@ def test_init_from_pretrained_grows_vocab(tmp_path):
     batch = lce_data.pad_batch([lce_data.encode_example(r, tok, 256) for r in recs], tok.pad_id)
     with torch.no_grad():
         logits = ref(batch["input_ids"])
-    want = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten())
+    want = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1),
+                                             batch["labels"][:, 1:].flatten())
     assert res["losses"][0] == pytest.approx(want.item(), rel=1e-5)
     out = Transformer.from_pretrained(res["final"])
     assert out.tok_embeddings.weight.shape == (32008, 64) and out.output.weight.shape == (32008, 64)
@@ -309,19 +332,34 @@ def test_init_from_pretrained_grows_vocab(tmp_path):
 
 
 def test_bf16_mixed_precision_tracks_fp32(tiny):
-    """--precision bf16 (what GPUs use; autocast in one process, FSDP's MixedPrecisionPolicy in two) runs on
-    CPU too: the losses really change (bf16 matmuls) but stay within bf16 rounding of the fp32 run's, and the
-    master weights (checkpoint) stay float32."""
+    """--precision bf16 (what GPUs use; autocast in one process, FSDP's MixedPrecisionPolicy in
+    two) runs on CPU too: the losses really change (bf16 matmuls) but stay within bf16 rounding of
+    the fp32 run's, and the master weights (checkpoint) stay float32."""
     d, tok = tiny
     one = train.train(config(d, tok, "bf16", precision="bf16", max_steps=6))["losses"]
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    os.path.join(ROOT, "train.py")] + cli(config(d, tok, "bf16_fsdp", precision="bf16", max_steps=6)),
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node=2", os.path.join(ROOT, "train.py")]
+                   + cli(config(d, tok, "bf16_fsdp", precision="bf16", max_steps=6)),
                    cwd=ROOT, check=True, capture_output=True, timeout=300)
     two = [r["loss"] for r in log_losses(d / "bf16_fsdp")]
-    # (max_steps=6 also ends the cosine schedule at 6, so compare with fp32 runs of the same schedule)
+    # (max_steps=6 also ends the cosine schedule at 6: compare with fp32 runs of the same schedule)
     fp32 = train.train(config(d, tok, "fp32_6", max_steps=6))["losses"]
     for losses in (one, two):
         assert losses != pytest.approx(fp32, abs=1e-6)                  # bf16 was really used
         assert losses == pytest.approx(fp32, abs=0.05)                  # ... and tracks fp32
     ckpt = torch.load(d / "bf16" / "checkpoint.pt")
     assert all(v.dtype == torch.float32 for v in ckpt["model"].values())
+
+
+if __name__ == "__main__":
+    # `python tests/test_train.py K ARGS...` (run_and_kill): `train.py ARGS`, whose rank 0 dies by
+    # SIGKILL right after appending step K to OUT/log.jsonl, as a crash would kill it
+    kill_after = int(sys.argv.pop(1))
+    append_jsonl = train.append_jsonl
+
+    def append_then_die(f, record):
+        append_jsonl(f, record)
+        if record["step"] == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+    train.append_jsonl = append_then_die
+    train.main(sys.argv[1:])
