@@ -498,11 +498,16 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
                      f"<td class=num>{pct(graded['accuracy'])}</td><td class=num>"
                      f"{esc(graded['correct'])} / {esc(graded['n'])}</td><td>{link}</td></tr>")
     parts.append("</table>")
-    for name, value in others:    # other stages (a data recipe, say) and the timing, as they are
+    for name, value in others:    # other stages (the data recipe) and the timing, as they are
         if isinstance(value, dict):
+            flat = []
+            for key, x in value.items():            # one level of nesting shown as "d1.kept"
+                flat += ([(f"{key}.{k}", v) for k, v in x.items()] if isinstance(x, dict)
+                         else [(key, x)])
             rows = "".join(f"<tr><td>{esc(key)}</td><td class=num>"
-                           + (pct(x) if "accuracy" in key and isinstance(x, float) else esc(x))
-                           + "</td></tr>" for key, x in value.items())
+                           + (pct(x) if key.endswith(("accuracy", "precision"))
+                              and isinstance(x, float) else esc(x))
+                           + "</td></tr>" for key, x in flat)
             parts.append(f"<h2>{esc(name)}</h2><table>{rows}</table>")
         elif name == "seconds":
             parts.append(f"<p>The whole run took {value / 60:.0f} min.</p>")
@@ -511,7 +516,7 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
     # the training curves: every folder with a log.jsonl, on one plot
     series = []
     links = []
-    for run in sorted(os.listdir(out_dir)):
+    for run in sorted(os.listdir(out_dir)) + [os.path.join("recipe", "train")]:
         if not os.path.isfile(path(run, "log.jsonl")):
             continue
         on_execution = load(run, "config.json").get("train_on_execution")
@@ -547,8 +552,9 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
                      f"{esc(with_exec['id'])}</b> &middot; {esc(with_exec['question'])} &middot; "
                      f"reference <code>{esc(with_exec['reference'])}</code></summary>"
                      f'<div class="side">{columns}</div></details>')
-    files = [f for f in ("summary.md", "summary.json", "data/train.jsonl", "data/test.jsonl")
-             if os.path.isfile(path(f))]
+    files = [f for f in ("summary.md", "summary.json", "data/train.jsonl", "data/test.jsonl",
+                         "recipe/d1.jsonl", "recipe/initial/report.html",
+                         "recipe/final/report.html") if os.path.isfile(path(f))]
     parts.append("<h2>Files</h2><p>" + " &middot; ".join(f'<a href="{f}">{f}</a>' for f in files)
                  + "</p>")
     return page("MathCoder tiny run", "\n".join(parts))

@@ -1,17 +1,19 @@
 """
 MathCoder's data: LCE conversations -> training tensors, and how the paper builds the data.
 
-An LCE solution (METHOD.md §1) interleaves natural-language Text, Python Code and the Execution output:
+An LCE solution (docs/method.md §1) interleaves natural-language Text, Python Code and the
+Execution output:
 
     <|system|><|text|>{system}<|endofblock|><|endofmessage|><|user|><|text|>{question}<|endofblock|>
     <|endofmessage|><|assistant|><|text|>...<|endofblock|><|code|>...<|endofblock|><|execution|>...
     <|endofblock|><|text|>... \\boxed{42}<|endofblock|><|endofmessage|>
 
-§3 of the paper: the loss is on what the model must learn to WRITE: the assistant's text and code blocks
-(their opening token and <|endofblock|> included) and the final <|endofmessage|>. The system and user
-messages and every execution block (written by the interpreter at inference time) get label -100.
+§3 of the paper: the loss is on what the model must learn to WRITE: the assistant's text and code
+blocks (their opening token and <|endofblock|> included) and the final <|endofmessage|>. The system
+and user messages and every execution block (written by the interpreter at inference time) get
+label -100 (IGNORE).
 
-    python lce_data.py stats data.jsonl --tokenizer tok.model    # records, tokens, loss share, lengths
+    python lce_data.py stats data.jsonl --tokenizer tok.model    # records, tokens, loss, lengths
     python lce_data.py show data.jsonl --index 3 --html conv.html  # the loss mask, token by token
     python lce_data.py synth --n 2000 --n-test 200 --out train.jsonl --test-out test.jsonl
 """
@@ -31,19 +33,20 @@ from tokenizer import Tokenizer
 DEFAULT_SYSTEM = "Below is a math problem. Please solve it step by step."
 ROLES = ("system", "user", "assistant")
 BLOCKS = ("text", "code", "execution")
-IGNORE = -100                      # label of tokens that carry no loss (cross_entropy's default ignore_index)
+IGNORE = -100          # label of tokens that carry no loss (cross_entropy's default ignore_index)
 
 
 class DataError(ValueError):       # "file, line N, field F: problem"
     pass
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Reading and validating records
 def read_jsonl_records(path, skip_bad=False, stats=None) -> list[dict]:
-    """Records in the messages schema (MathCodeInstruct) or the authors' output format (`debug_result`),
-    validated and normalised to the messages schema. A bad record raises DataError naming file, line and
-    field; with skip_bad it is counted, reported on stderr and in `stats`, and left out."""
+    """Records in the messages schema (MathCodeInstruct) or the authors' output format
+    (`debug_result`), validated and normalised to the messages schema. A bad record raises DataError
+    naming file, line and field; with skip_bad it is counted, reported on stderr and in `stats`, and
+    left out."""
     stats = {} if stats is None else stats
     stats.update(records=0, bad=0, errors=[])
     out, n_lines = [], 0
@@ -56,7 +59,8 @@ def read_jsonl_records(path, skip_bad=False, stats=None) -> list[dict]:
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}, line {lineno}, field <record>: invalid JSON ({e.msg})") from None
+                    raise DataError(f"{path}, line {lineno}, field <record>: "
+                                    f"invalid JSON ({e.msg})") from None
                 out.append(normalize_record(rec, f"{path}, line {lineno}"))
             except DataError as e:
                 if not skip_bad:
@@ -78,8 +82,9 @@ def normalize_record(rec, where="<record>") -> dict:
         if not ok:
             raise DataError(f"{where}, field {field}: {problem}")
     need(isinstance(rec, dict), "<record>", "expected a JSON object")
-    need("messages" in rec or "debug_result" in rec, "messages", "missing (no 'messages' or 'debug_result')")
-    # the authors' outputs: a flat list of {"role", "content": str} holding the assistant's blocks too
+    need("messages" in rec or "debug_result" in rec, "messages",
+         "missing (no 'messages' or 'debug_result')")
+    # the authors' outputs: a flat list of {"role", "content": str}, the assistant's blocks too
     msgs = _from_debug_result(rec, need) if "debug_result" in rec else rec["messages"]
     need(isinstance(msgs, list) and msgs, "messages", "expected a non-empty list")
     for i, m in enumerate(msgs):
@@ -87,8 +92,10 @@ def normalize_record(rec, where="<record>") -> dict:
         need(isinstance(m, dict), f, "expected an object with 'role' and 'content'")
         for key in ("role", "content"):
             need(key in m, f"{f}.{key}", "missing")
-        need(m["role"] in ROLES, f"{f}.role", f"unknown role {m['role']!r} (expected one of {', '.join(ROLES)})")
-        need(isinstance(m["content"], list) and m["content"], f"{f}.content", "expected a non-empty list of blocks")
+        need(m["role"] in ROLES, f"{f}.role",
+             f"unknown role {m['role']!r} (expected one of {', '.join(ROLES)})")
+        need(isinstance(m["content"], list) and m["content"], f"{f}.content",
+             "expected a non-empty list of blocks")
         for j, b in enumerate(m["content"]):
             g = f"{f}.content[{j}]"
             need(isinstance(b, dict), g, "expected an object with 'type' and 'content'")
@@ -145,7 +152,7 @@ def message_text(record, role):
     return "".join(texts) if texts else None
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Strings and tokens
 def serialize(record) -> str:
     """The whole conversation as one LCE string, nothing between the pieces (docs/method.md §1)."""
@@ -160,7 +167,8 @@ def prompt_text(question: str, system: str = DEFAULT_SYSTEM) -> str:
 
 
 def make_record(question, blocks=None, system=DEFAULT_SYSTEM, answer=None, id=None) -> dict:
-    """A messages-schema record; blocks = [(type, content), ...] for the assistant turn (None: no turn)."""
+    """A messages-schema record; blocks = [(type, content), ...]: the assistant's turn (None:
+    none)."""
     rec = {"messages": [{"role": "system", "content": [{"type": "text", "content": system}]},
                         {"role": "user", "content": [{"type": "text", "content": question}]}]}
     if blocks:
@@ -173,11 +181,13 @@ def make_record(question, blocks=None, system=DEFAULT_SYSTEM, answer=None, id=No
     return rec
 
 
-def encode_example(record, tokenizer, max_len, train_on_execution=False, overflow="truncate", stats=None):
-    """(input_ids, labels), BOS first. labels[i] = input_ids[i] where token i carries loss, else -100.
-    Labels are NOT shifted: the loss predicts input_ids[i] from logits[i-1]. Tokenising block by block
-    gives exactly tokenizer.encode(serialize(record), bos=True), because the tokenizer itself splits on the
-    special strings. overflow="truncate" cuts at max_len, "drop" returns None; both are counted in stats."""
+def encode_example(record, tokenizer, max_len, train_on_execution=False, overflow="truncate",
+                   stats=None):
+    """(input_ids, labels), BOS first. labels[i] = input_ids[i] where token i carries loss, else
+    -100. Labels are NOT shifted: the loss predicts input_ids[i] from logits[i-1]. Tokenising block
+    by block gives exactly tokenizer.encode(serialize(record), bos=True), because the tokenizer
+    itself splits on the special strings. overflow="truncate" cuts at max_len, "drop" returns None;
+    both are counted in stats."""
     if overflow not in ("truncate", "drop"):
         raise ValueError(f"overflow must be 'truncate' or 'drop', not {overflow!r}")
     sp = tokenizer.special
@@ -187,11 +197,12 @@ def encode_example(record, tokenizer, max_len, train_on_execution=False, overflo
         ids.extend(toks)
         labels.extend(toks if learn else [IGNORE] * len(toks))
     for m in record["messages"]:
-        mine = m["role"] == "assistant"            # only the assistant's own writing is learned
-        add([sp[f"<|{m['role']}|>"]], False)       # <|assistant|> is part of the prompt at inference
+        mine = m["role"] == "assistant"       # only the assistant's own writing is learned
+        add([sp[f"<|{m['role']}|>"]], False)  # <|assistant|> is part of the prompt at inference
         for b in m["content"]:
             learn = mine and (b["type"] != "execution" or train_on_execution)
-            add([sp[f"<|{b['type']}|>"]] + tokenizer.encode(b["content"]) + [sp["<|endofblock|>"]], learn)
+            block = [sp[f"<|{b['type']}|>"]] + tokenizer.encode(b["content"])
+            add(block + [sp["<|endofblock|>"]], learn)
         add([sp["<|endofmessage|>"]], mine)        # learning to stop
     if stats is not None:
         stats["examples"] = stats.get("examples", 0) + 1
@@ -206,8 +217,9 @@ def encode_example(record, tokenizer, max_len, train_on_execution=False, overflo
 
 def encode_records(records, tokenizer, max_len, train_on_execution=False, overflow="truncate",
                    keep_no_loss=False):
-    """encode_example over a dataset -> (examples, stats). Examples with no loss token (no assistant turn,
-    or the answer truncated away) are counted as 'no_loss' and, unless keep_no_loss, left out."""
+    """encode_example over a dataset -> (examples, stats). Examples with no loss token (no assistant
+    turn, or the answer truncated away) are counted as 'no_loss' and, unless keep_no_loss, left
+    out."""
     stats = {"examples": 0, "truncate": 0, "drop": 0, "no_loss": 0, "tokens": 0, "loss_tokens": 0}
     out = []
     for r in records:
@@ -224,11 +236,11 @@ def encode_records(records, tokenizer, max_len, train_on_execution=False, overfl
     return out, stats
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Batching: pad, or pack
 def pad_batch(examples, pad_id) -> dict:
-    """Right-pad (input_ids, labels) pairs to the longest; pads carry label -100. With causal attention a
-    real token never looks at the pads after it, so no attention mask is needed."""
+    """Right-pad (input_ids, labels) pairs to the longest; pads carry label -100. With causal
+    attention a real token never looks at the pads after it, so no attention mask is needed."""
     T = max(len(ids) for ids, _ in examples)
     pad = lambda xs, value: list(xs) + [value] * (T - len(xs))
     return {"input_ids": torch.tensor([pad(ids, pad_id) for ids, _ in examples]),
@@ -237,16 +249,18 @@ def pad_batch(examples, pad_id) -> dict:
 
 
 def pack_examples(examples, seq_len, pad_id) -> list[dict]:
-    """Pack examples into rows of exactly seq_len tokens (best-fit decreasing bin packing), so no compute
-    goes to padding. Each row: input_ids, labels, positions (restarting at 0 for each example, as if it
-    were alone) and doc_ids (0, 1, ... per example; -1 on the padding at the end). The model's
-    document-masked attention lets token i see token j only if doc_ids match: examples never mix."""
+    """Pack examples into rows of exactly seq_len tokens (best-fit decreasing bin packing), so no
+    compute goes to padding. Each row: input_ids, labels, positions (restarting at 0 for each
+    example, as if it were alone) and doc_ids (0, 1, ... per example; -1 on the padding at the end).
+    The model's document-masked attention lets token i see token j only if doc_ids match: examples
+    never mix."""
     order = sorted(range(len(examples)), key=lambda k: -len(examples[k][0]))
     bins, free = [], []                     # free: sorted (room left, bin index)
     for k in order:
         n = len(examples[k][0])
         if n > seq_len:
-            raise ValueError(f"example {k} has {n} tokens > seq_len {seq_len}: truncate or drop it first")
+            raise ValueError(f"example {k} has {n} tokens > seq_len {seq_len}: "
+                             "truncate or drop it first")
         at = bisect.bisect_left(free, (n, -1))          # the fullest bin that still has room for it
         if at < len(free):
             room, b = free.pop(at)
@@ -263,7 +277,7 @@ def pack_examples(examples, seq_len, pad_id) -> list[dict]:
             labels += examples[k][1]
             positions += range(len(examples[k][0]))
             doc_ids += [d] * len(examples[k][0])
-        pad = seq_len - len(ids)                        # the padding: a dummy document of its own (doc -1)
+        pad = seq_len - len(ids)             # the padding: a dummy document of its own (doc -1)
         rows.append({"input_ids": torch.tensor(ids + [pad_id] * pad),
                      "labels": torch.tensor(labels + [IGNORE] * pad),
                      "positions": torch.tensor(positions + list(range(pad))),
@@ -277,119 +291,89 @@ def token_utilisation(examples, batches) -> float:
     return sum(len(ids) for ids, _ in examples) / max(slots, 1)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The paper's data construction (§2): problem interpolation and self-distillation, generator pluggable
-INTERPOLATION_PROMPT = (  # the paper's prompt to GPT-4 (Appendix); (paper, recalled): from memory, not verbatim
-    'Please create a new problem, following the given "Example 1" and "Example 2". "Example 1" is an easy '
-    'problem and "Example 2" is much more difficult than "Example 1". The new problem should be harder '
-    'than "Example 1" and simpler than "Example 2".\n\nExample 1: {easy}\n\nExample 2: {hard}\n\n'
-    'New problem:')
-
-
-def interpolation_prompts(gsm8k, math, n, seed=0) -> list[dict]:
-    """n prompts, each pairing a random GSM8K problem (easy) with a random MATH problem (hard). gsm8k and
-    math are lists of {"id", "question"} (eval.load_dataset gives these)."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        e, h = rng.choice(gsm8k), rng.choice(math)
-        out.append({"prompt": INTERPOLATION_PROMPT.format(easy=e["question"].strip(), hard=h["question"].strip()),
-                    "gsm8k_id": e.get("id"), "math_id": h.get("id")})
-    return out
-
-
-def interpolate_problems(gsm8k, math, n, generate, seed=0) -> list[dict]:
-    """D1's new problems: generate(list of prompts) -> list of completions (GPT-4 in the paper; any local
-    model here). Completions are stripped; empty ones and repeats are left out."""
-    prompts = interpolation_prompts(gsm8k, math, n, seed)
-    seen, out = set(), []
-    for p, text in zip(prompts, generate([p["prompt"] for p in prompts])):
-        q = re.sub(r"^\s*(New problem:)?\s*", "", text or "").strip()
-        if q and q not in seen:
-            seen.add(q)
-            out.append({"question": q, "gsm8k_id": p["gsm8k_id"], "math_id": p["math_id"]})
-    return out
-
-
-def self_distill(questions, solve, k=3, extract_answer=None, is_equiv=None):
-    """Keep a solution of each question only when k sampled solutions agree on the final answer (§2, D1:
-    MathCoder-Initial solves the new problems; agreement stands in for the missing reference answer).
-    solve(questions, j) -> the j-th sample (j = 0..k-1): a list of dicts with "solution" (the assistant's
-    LCE string) and optionally "messages". Each j must draw different samples, e.g.
-    lambda qs, j: infer.solve(model, tok, qs, cfg=GenConfig(temperature=0.7, seed=j)).
-    A solution that did not finish (no <|endofmessage|>: cut by a length or round limit) never counts.
-    Returns (records, stats); each record's ground_truth.answer is the agreed answer."""
-    if extract_answer is None or is_equiv is None:
-        import grader as ev               # lazy: grader.py is only needed for this step
-        extract_answer, is_equiv = extract_answer or ev.extract_answer, is_equiv or ev.is_equiv
-    samples = [solve(list(questions), j) for j in range(k)]
-    records, stats = [], {"questions": len(questions), "kept": 0, "unfinished": 0, "no_answer": 0,
-                          "disagree": 0}
-    for i, q in enumerate(questions):
-        outs = [s[i] for s in samples]
-        answers = [extract_answer(o["solution"]) for o in outs]
-        if not all(o["solution"].endswith("<|endofmessage|>") for o in outs):
-            stats["unfinished"] += 1
-        elif any(a is None for a in answers):
-            stats["no_answer"] += 1
-        elif not all(is_equiv(a, answers[0]) for a in answers[1:]):
-            stats["disagree"] += 1
-        else:
-            rec = {"messages": outs[0]["messages"]} if "messages" in outs[0] else \
-                make_record(q, parse_assistant(outs[0]["solution"]))
-            rec["ground_truth"] = {"answer": answers[0]}
-            records.append(normalize_record(rec, f"self_distill question {i}"))
-            stats["kept"] += 1
-    return records, stats
-
-
 def parse_assistant(solution: str) -> list[tuple[str, str]]:
-    """'<|text|>a<|endofblock|><|code|>b<|endofblock|>...' -> [("text", "a"), ("code", "b"), ...]."""
+    """'<|text|>a<|endofblock|><|code|>b<|endofblock|>...' -> [("text", "a"), ("code", "b"),
+    ...]."""
     return re.findall(r"<\|(text|code|execution)\|>(.*?)<\|endofblock\|>", solution, flags=re.S)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Synthetic LCE data for the tiny end-to-end run: the arithmetic is hard to do "in the head" (multi-digit
-# products, remainders, several steps), but the code is trivial: exactly where MathCoder's idea pays off.
-TEMPLATES = [  # name, question, code (numbers assigned from the question, result printed), answer, sampler
-    ("multiply", "A factory packs {a} boxes a day and each box holds {b} bottles. How many bottles does it "
-     "pack in a day?", "boxes = {a}\nper_box = {b}\nprint(boxes * per_box)",
-     lambda v: v["a"] * v["b"], lambda r: dict(a=r.randint(12, 999), b=r.randint(12, 99))),
-    ("remainder", "{a} students are split into teams of {b}. How many students are left over?",
-     "students = {a}\nteam_size = {b}\nprint(students % team_size)",
-     lambda v: v["a"] % v["b"], lambda r: dict(a=r.randint(100, 9999), b=r.randint(3, 97))),
-    ("divide", "A baker has {a} eggs and each cake needs {b} eggs. How many cakes can the baker make?",
-     "eggs = {a}\nper_cake = {b}\nprint(eggs // per_cake)",
-     lambda v: v["a"] // v["b"], lambda r: dict(a=r.randint(100, 9999), b=r.randint(3, 47))),
-    ("shopping", "Sam buys {a} pens at {b} dollars each and {c} books at {d} dollars each. How many dollars "
-     "does he spend?", "pens = {a}\npen_price = {b}\nbooks = {c}\nbook_price = {d}\n"
-     "print(pens * pen_price + books * book_price)", lambda v: v["a"] * v["b"] + v["c"] * v["d"],
-     lambda r: dict(a=r.randint(3, 99), b=r.randint(2, 99), c=r.randint(3, 99), d=r.randint(2, 99))),
-    ("orchard", "An orchard has {a} rows of {b} trees. A storm knocks down {c} trees. How many trees are "
-     "left?", "rows = {a}\nper_row = {b}\nfallen = {c}\nprint(rows * per_row - fallen)",
-     lambda v: v["a"] * v["b"] - v["c"], lambda r: dict(a=r.randint(12, 99), b=r.randint(12, 99),
-                                                         c=r.randint(1, 143))),
-    ("equation", "Solve for x: {a} * x + {b} = {c}.", "a = {a}\nb = {b}\nc = {c}\nprint((c - b) // a)",
-     lambda v: (v["c"] - v["b"]) // v["a"],
-     lambda r: (lambda a, b, x: dict(a=a, b=b, c=a * x + b))(r.randint(3, 99), r.randint(1, 999),
-                                                              r.randint(2, 99))),
-    ("squares", "What is the sum of the squares of {a} and {b}?", "a = {a}\nb = {b}\nprint(a ** 2 + b ** 2)",
-     lambda v: v["a"] ** 2 + v["b"] ** 2, lambda r: dict(a=r.randint(11, 199), b=r.randint(11, 199))),
+# --------------------------------------------------------------------------------------------------
+# Synthetic LCE data for the tiny end-to-end run: the arithmetic is hard to do "in the head"
+# (multi-digit products, remainders, several steps), but the code is trivial: exactly where
+# MathCoder's idea pays off. A problem is a story told in steps, each step one sentence of the
+# question and one line of the code: a count (a product, or a plain number), changes to it (some
+# lost, some gained), then the question (how many now, how many full groups, how many left over).
+STORIES = [  # name, start as a product (a x b), plain start (a), noun, lose, gain, grouping, unit
+    ("factory", "A factory fills {0} boxes with {1} bottles each.", "A factory has {0} bottles.",
+     "bottles", "break", "are delivered", "packed into crates", "crates"),
+    ("farm", "A farm picks {0} baskets of {1} apples.", "A farm has {0} apples.", "apples",
+     "go bad", "are bought", "put into bags", "bags"),
+    ("school", "A school has {0} classes of {1} students.", "A school has {0} students.",
+     "students", "leave", "join", "split into teams", "teams"),
+    ("library", "A library has {0} shelves of {1} books.", "A library has {0} books.", "books",
+     "are lost", "are donated", "packed into boxes", "boxes"),
+    ("bakery", "A bakery buys {0} trays of {1} eggs.", "A bakery has {0} eggs.", "eggs", "crack",
+     "are delivered", "packed into cartons", "cartons"),
 ]
+STEPS = {  # op: (sentence (None: the story's start), line of code, numbers it draws)
+    "product": (None, "{noun} = {0} * {1}", lambda r: [r.randint(15, 99), r.randint(15, 99)]),
+    "plain": (None, "{noun} = {0}", lambda r: [r.randint(300, 9999)]),  # > 3 x 99: never < 0
+    "minus": ("{0} of the {noun} {lose}.", "{noun} = {noun} - {0}", lambda r: [r.randint(1, 99)]),
+    "plus": ("{0} more {noun} {gain}.", "{noun} = {noun} + {0}", lambda r: [r.randint(1, 99)]),
+    "count": ("How many {noun} are there now?", "print({noun})", lambda r: []),
+    "div": ("The {noun} are {grouping} of {0}. How many full {unit} are there?",
+            "{unit} = {noun} // {0}\nprint({unit})", lambda r: [r.randint(3, 47)]),
+    "mod": ("The {noun} are {grouping} of {0}. How many {noun} are left over?",
+            "left = {noun} % {0}\nprint(left)", lambda r: [r.randint(3, 47)]),
+}
+VALUE = {"product": lambda v, n: n[0] * n[1], "plain": lambda v, n: n[0],
+         "minus": lambda v, n: v - n[0], "plus": lambda v, n: v + n[0],
+         "count": lambda v, n: v, "div": lambda v, n: v // n[0], "mod": lambda v, n: v % n[0]}
+# Difficulty: how many changes the count goes through, and whether the question groups it. As
+# GSM8K and MATH are in the paper's seed data D0 (§2), two families: "easy" problems have no change,
+# or one change and "how many now?"; "hard" ones have two or three changes. "intermediate" problems
+# (one change, then a grouping question) are never drawn for D0: recipe.synthetic_interpolator
+# writes them from one easy and one hard example, as GPT-4 does in problem interpolation.
+SHAPES = {  # family: [(changes, the questions it may ask), ...]: one drawn per problem
+    "easy": [(0, ("count", "div", "mod")), (1, ("count",))],
+    "hard": [(2, ("count", "div", "mod")), (3, ("count", "div", "mod"))],
+    "intermediate": [(1, ("div", "mod"))],
+}
+CHANGE_OPS, GROUP_OPS = ("minus", "plus"), ("div", "mod")
 
 
-def synthetic_problems(n, seed=0) -> list[dict]:
-    """n distinct word problems (no question appears twice), deterministic in seed."""
+def synthetic_problem(story, steps, family, id=None) -> dict:
+    """A story and its steps [(op, numbers), ...] -> question, code and answer (computed here, apart
+    from the code, which the sandbox runs later)."""
+    fields = ("product", "plain", "noun", "lose", "gain", "grouping", "unit")
+    words = dict(zip(fields, next(s[1:] for s in STORIES if s[0] == story)))
+    sentences, lines, value = [], [], None
+    for op, numbers in steps:
+        sentence, line, _ = STEPS[op]
+        sentences.append((sentence or words[op]).format(*numbers, **words))
+        lines.append(line.format(*numbers, **words))
+        value = VALUE[op](value, numbers)
+    return {"id": id, "question": " ".join(sentences), "answer": str(value),
+            "code": "\n".join(lines), "template": "-".join(op for op, _ in steps),
+            "family": family, "story": story, "steps": [[op, list(n)] for op, n in steps]}
+
+
+def synthetic_problems(n, seed=0, families=("easy", "hard")) -> list[dict]:
+    """n distinct problems (no question twice), the families in turn, deterministic in seed."""
     rng, seen, out = random.Random(seed), set(), []
     while len(out) < n:
-        name, question, code, answer, sample = TEMPLATES[len(out) % len(TEMPLATES)]
-        v = sample(rng)
-        q = question.format(**v)
-        if q in seen:
-            continue
-        seen.add(q)
-        out.append({"id": f"synth-{seed}-{len(out)}", "question": q, "answer": str(answer(v)),
-                    "code": code.format(**v), "template": name})
+        family = families[len(out) % len(families)]
+        changes, ends = rng.choice(SHAPES[family])
+        start = rng.choice(("product", "plain"))
+        if start == "plain" and not changes:   # "how many now?" of a number just given
+            ends = GROUP_OPS
+        ops = [start] + [rng.choice(CHANGE_OPS) for _ in range(changes)] + [rng.choice(ends)]
+        steps = [(op, STEPS[op][2](rng)) for op in ops]
+        story = rng.choice(STORIES)[0]
+        problem = synthetic_problem(story, steps, family, f"synth-{seed}-{len(out)}")
+        if problem["question"] not in seen:
+            seen.add(problem["question"])
+            out.append(problem)
     return out
 
 
@@ -399,12 +383,13 @@ def synthetic_split(n_train, n_test, seed=0):
     return problems[n_test:], problems[:n_test]
 
 
-def synthetic_records(problems, sandbox=None, run_code=None, progress=False, system=DEFAULT_SYSTEM) -> list[dict]:
+def synthetic_records(problems, sandbox=None, run_code=None, progress=False,
+                      system=DEFAULT_SYSTEM) -> list[dict]:
     """LCE solutions: text, code, execution (the code's real output in the sandbox), final text with
-    \\boxed{}. Short and regular, so a tiny model can learn them in minutes. run_code(code) -> str may
-    replace the sandbox (tests); with neither, a sandbox.Sandbox is opened here."""
+    \\boxed{}. Short and regular, so a tiny model can learn them in minutes. run_code(code) -> str
+    may replace the sandbox (tests); with neither, a sandbox.Sandbox is opened here."""
     if run_code is None:
-        if sandbox is None:                   # open one for this call (lazy import: only needed to build data)
+        if sandbox is None:     # open one for this call (lazy import: only needed to build data)
             from sandbox import Sandbox
             with Sandbox() as sb:
                 return synthetic_records(problems, sb, progress=progress, system=system)
@@ -416,10 +401,12 @@ def synthetic_records(problems, sandbox=None, run_code=None, progress=False, sys
     for i, p in enumerate(problems):
         output = run_code(p["code"])
         if output.strip() != p["answer"]:
-            raise RuntimeError(f"problem {p['id']}: code printed {output!r}, expected {p['answer']}")
-        blocks = [("text", "Let's compute it with Python."), ("code", p["code"]), ("execution", output),
-                  ("text", f"The answer is \\boxed{{{output.strip()}}}.")]
-        out.append(make_record(p["question"], blocks, system=system, answer=p["answer"], id=p["id"]))
+            raise RuntimeError(f"problem {p['id']}: code printed {output!r}, "
+                               f"expected {p['answer']}")
+        blocks = [("text", "Let's compute it with Python."), ("code", p["code"]),
+                  ("execution", output), ("text", f"The answer is \\boxed{{{output.strip()}}}.")]
+        out.append(make_record(p["question"], blocks, system=system, answer=p["answer"],
+                               id=p["id"]))
         if progress and ((i + 1) % 200 == 0 or i + 1 == len(problems)):
             rate = (i + 1) / (time.time() - t0)
             print(f"synth: {i + 1}/{len(problems)} problems, {rate:.0f}/s, "
@@ -427,18 +414,10 @@ def synthetic_records(problems, sandbox=None, run_code=None, progress=False, sys
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------
-def write_jsonl(path, records):
-    """Atomic: write a temporary file, then rename."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(path + ".tmp", path)
-
-
+# --------------------------------------------------------------------------------------------------
 def dataset_stats(records, tokenizer, max_len=2048, seq_len=2048, train_on_execution=False) -> dict:
-    examples, st = encode_records(records, tokenizer, max_len, train_on_execution, keep_no_loss=True)
+    examples, st = encode_records(records, tokenizer, max_len, train_on_execution,
+                                  keep_no_loss=True)
     lengths = [len(ids) for ids, _ in examples]
     edges = [64 * 2 ** k for k in range(12)]
     hist = Counter(next(e for e in edges + [float("inf")] if n <= e) for n in lengths)
@@ -446,7 +425,8 @@ def dataset_stats(records, tokenizer, max_len=2048, seq_len=2048, train_on_execu
               mean_len=sum(lengths) / max(len(lengths), 1), max_len_seen=max(lengths, default=0),
               length_histogram={f"<={e}": hist[e] for e in sorted(hist)})
     if examples:
-        packed = pack_examples([(i[:seq_len], l[:seq_len]) for i, l in examples], seq_len, tokenizer.pad_id)
+        cut = [(ids[:seq_len], labels[:seq_len]) for ids, labels in examples]
+        packed = pack_examples(cut, seq_len, tokenizer.pad_id)
         st.update(packed_rows=len(packed), packed_utilisation=token_utilisation(examples, packed))
     return st
 
@@ -456,13 +436,16 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("stats", help="records, tokens, share of tokens with loss, length histogram")
     s.add_argument("file")
-    s.add_argument("--tokenizer", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests",
-                                                       "fixtures", "tokenizer", "llama2-tokenizer.model"),
+    here = os.path.dirname(os.path.abspath(__file__))
+    s.add_argument("--tokenizer",
+                   default=os.path.join(here, "tests/fixtures/tokenizer/llama2-tokenizer.model"),
                    help="SentencePiece .model (default: the Llama-2 one in tests/fixtures)")
-    s.add_argument("--ckpt", help="checkpoint dir (tokenizer.model + added_tokens.json); overrides --tokenizer")
-    s.add_argument("--max-len", type=int, default=2048, help="examples longer than this are truncated")
+    s.add_argument("--ckpt", help="checkpoint dir (tokenizer.model + added_tokens.json); "
+                   "overrides --tokenizer")
+    s.add_argument("--max-len", type=int, default=2048, help="longer examples are truncated")
     s.add_argument("--seq-len", type=int, default=2048, help="row length for the packing estimate")
-    s.add_argument("--train-on-execution", action="store_true", help="ablation: loss on execution blocks")
+    s.add_argument("--train-on-execution", action="store_true",
+                   help="ablation: loss on execution blocks")
     s.add_argument("--skip-bad", action="store_true", help="skip (and count) invalid records")
     v = sub.add_parser("show", help="the loss mask made visible: one record token by token (HTML)")
     v.add_argument("file")
@@ -474,7 +457,7 @@ def main():
     v.add_argument("--train-on-execution", action="store_true", help="ablation: execution loss")
     g = sub.add_parser("synth", help="synthetic LCE word problems for the tiny end-to-end run")
     g.add_argument("--n", type=int, required=True, help="training problems")
-    g.add_argument("--out", required=True, help="training records (messages schema, with solutions)")
+    g.add_argument("--out", required=True, help="training records (messages schema, solved)")
     g.add_argument("--n-test", type=int, default=0, help="test problems, disjoint from training")
     g.add_argument("--test-out", help="test records (official test schema: no assistant turn)")
     g.add_argument("--seed", type=int, default=0)
@@ -509,11 +492,12 @@ def main():
         if args.n_test and not args.test_out:
             ap.error("--n-test needs --test-out")
         train, test = synthetic_split(args.n, args.n_test, args.seed)
-        write_jsonl(args.out, synthetic_records(train, progress=True))
+        storage.write_jsonl(args.out, synthetic_records(train, progress=True))
         if args.n_test:
-            write_jsonl(args.test_out, [make_record(p["question"], answer=p["answer"], id=p["id"])
-                                        for p in test])
-        print(json.dumps({"train": len(train), "test": len(test), "out": args.out, "test_out": args.test_out}))
+            storage.write_jsonl(args.test_out, [make_record(p["question"], answer=p["answer"],
+                                                            id=p["id"]) for p in test])
+        print(json.dumps({"train": len(train), "test": len(test), "out": args.out,
+                          "test_out": args.test_out}))
 
 
 if __name__ == "__main__":

@@ -1,72 +1,106 @@
 """
 MathCoder in miniature: the whole method, start to finish, on a laptop CPU in about ten minutes.
 
-    python tiny_run.py                 # writes everything under out/tiny/ and prints the table
+    python tiny_run.py                 # writes everything under out/tiny/ and prints the tables
 
 Every stage is the project's real code, only smaller:
   1. data       lce_data.synthetic_*: word problems whose arithmetic is hard to do "in the head"
-                (multi-digit products, remainders, two-step totals) but whose code is trivial; each LCE
-                solution's execution block is the real output of its code run in sandbox.py.
+                (multi-digit products, remainders, several steps) but whose code is trivial; each
+                LCE solution's execution block is the real output of its code run in sandbox.py.
+                Seed data D0 has two families, as GSM8K and MATH are in the paper: easy problems
+                (no change to the count, or one and "how many now?") and hard ones (two or three
+                changes)
   2. tokenizer  tokenizer.train_sentencepiece: a small Llama-style BPE model + the 8 LCE tokens.
-  3. train      train.train: a small Llama from scratch, masked loss (no loss on execution blocks, §3).
-  4. solve      infer.solve: generate, execute, continue, on held-out problems (no question is shared with
-                the training set); then again with execution withheld, so the model must write its own
-                <|execution|> numbers.
-  5. grade      eval.run_loop: results.jsonl per mode, graded with eval.py's SymPy equivalence.
-  6. ablation   the paper's ablation (skip with --no-ablation): the same recipe with loss on execution
-                output too, so the model learns to predict the numbers itself; graded with and without
-                real execution. Its "without" row is what a model gets by doing the arithmetic in its head.
-The claim to watch: with real execution the model solves what it cannot compute itself.
+  3. train      train.train: a small Llama from scratch, masked loss (no loss on execution blocks,
+                §3). This model is MathCoder-Initial.
+  4. solve      infer.solve: generate, execute, continue, on held-out problems (no question is
+                shared with the training set); then again with execution withheld, so the model
+                must write its own <|execution|> numbers.
+  5. grade      eval.run_loop: results.jsonl per mode, graded with grader.py's SymPy equivalence.
+  6. ablation   the paper's ablation (skip with --no-ablation): the same recipe with loss on
+                execution output too, so the model learns to predict the numbers itself; graded
+                with and without real execution. Its "without" row is arithmetic in its head.
+  7. recipe     how the paper built its data (§2; skip with --no-recipe). Problem interpolation:
+                recipe.synthetic_interpolator, a program standing in for GPT-4, reads the paper's
+                prompt holding one easy and one hard D0 problem and writes a problem between them
+                (one change, then a grouping question). Self-distillation: MathCoder-Initial solves
+                each new problem k times, sampling; recipe.self_distill keeps a solution only where
+                the k answers agree (D1), with no reference answer. The final model continues from
+                MathCoder-Initial on D0 + D1; both are graded on held-out intermediate problems that
+                no training record holds.
+The claims to watch: with real execution the model solves what it cannot compute itself; and the
+final model solves more intermediate problems than MathCoder-Initial, having learnt them only from
+MathCoder-Initial's own agreeing answers.
 
 Outputs (a reader can open each stage's output): OUT/data/{train,test}.jsonl, OUT/tokenizer.model,
 OUT/train/ (log.jsonl, final/ in Hugging Face layout), OUT/<mode>/results.jsonl + summary.json,
-OUT/summary.json (all modes) and OUT/summary.md (the table). OUT/report.html shows all of it, and
-OUT/<mode>/report.html every problem (open them in a browser).
+OUT/recipe/ (the new problems, every sample, D1, the final model and its grades), OUT/summary.json
+(every mode, data_recipe, seconds per stage) and OUT/summary.md (the tables). OUT/report.html shows
+all of it, and OUT/<mode>/report.html every problem (open them in a browser).
 """
 import argparse
-import json
 import os
+import random
 import shutil
 import sys
 import time
 
 import torch
 
-import eval as grader
+import eval as evaluation
 import html_views
 import lce_data
+import recipe
+import storage
+from grader import grade
 from infer import GenConfig, solve
 from model import Transformer
 from sandbox import Sandbox
 from tokenizer import Tokenizer, train_sentencepiece
 from train import TrainConfig, train
 
-SYSTEM = ""   # METHOD.md §4: the paper's numbers used an empty system text or the standard one; empty is
-              # shorter, and every token saved is CPU time saved here
+SYSTEM = ""   # docs/method.md §4: the paper's numbers used an empty system text or the standard
+              # one; empty is shorter, and every token saved is CPU time saved here
 MARKER = ".tiny_run"   # OUT is wiped at the start only if this file says tiny_run.py made it
+D0_SHARE = 49 / 80     # MathCodeInstruct: about 49k solutions from D0 and 31k from D1 (recalled)
+FIELDS = ("id", "question", "answer", "template", "family")   # of a test problem
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "tiny"),
-                    help="output folder inside the project, wiped at the start (%(default)s)")
-    ap.add_argument("--n-train", type=int, default=4000, help="training problems (%(default)s)")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap.add_argument("--out", default=os.path.join(here, "out", "tiny"),
+                    help="output folder, wiped at the start (%(default)s)")
+    ap.add_argument("--n-train", type=int, default=4000, help="training problems, D0 (%(default)s)")
     ap.add_argument("--n-test", type=int, default=200, help="held-out problems (%(default)s)")
-    ap.add_argument("--vocab-size", type=int, default=400, help="SentencePiece pieces (%(default)s)")
+    ap.add_argument("--vocab-size", type=int, default=400, help="BPE pieces (%(default)s)")
     ap.add_argument("--dim", type=int, default=128, help="model width (%(default)s)")
     ap.add_argument("--n-layers", type=int, default=4, help="transformer blocks (%(default)s)")
     ap.add_argument("--n-heads", type=int, default=4, help="attention heads (%(default)s)")
     ap.add_argument("--steps", type=int, default=600, help="optimizer steps (%(default)s)")
     ap.add_argument("--batch-size", type=int, default=32, help="sequences per step (%(default)s)")
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (%(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="seed for data, init, data order, sampling")
     ap.add_argument("--no-ablation", dest="ablation", action="store_false",
-                    help="skip the paper's ablation (a second model trained with loss on execution output too)")
-    ap.add_argument("--seed", type=int, default=0, help="seed for data, init and data order (%(default)s)")
+                    help="skip the ablation (a second model, with loss on execution output too)")
+    g = ap.add_argument_group("the data recipe (stage 7)")
+    g.add_argument("--no-recipe", dest="recipe", action="store_false",
+                   help="skip problem interpolation, self-distillation and the final model")
+    g.add_argument("--n-interpolate", type=int, default=300,
+                   help="new problems written for D1 (%(default)s)")
+    g.add_argument("--samples", type=int, default=3, help="samples of each new problem, k")
+    g.add_argument("--temperature", type=float, default=0.7, help="their temperature (%(default)s)")
+    g.add_argument("--n-test-intermediate", type=int, default=200,
+                   help="held-out intermediate problems (%(default)s)")
+    g.add_argument("--recipe-steps", type=int, default=150,
+                   help="steps of the final model, from MathCoder-Initial (%(default)s)")
+    g.add_argument("--recipe-lr", type=float, default=1e-3, help="its peak learning rate")
     return ap.parse_args(argv)
 
 
 def fresh_dir(out):
-    """Running twice reuses nothing stale: wipe OUT, but only if it is empty or this script made it."""
+    """Running twice reuses nothing stale: wipe OUT, but only if it is empty or we made it."""
     if os.path.isdir(out) and os.listdir(out):
         if not os.path.isfile(os.path.join(out, MARKER)):
             sys.exit(f"error: {out} exists and was not made by tiny_run.py; choose another --out")
@@ -75,102 +109,280 @@ def fresh_dir(out):
     open(os.path.join(out, MARKER), "w").close()
 
 
-def stage(name):
+def stage(name, times):
+    """Print the stage's title; returns done(), which prints and records its wall seconds."""
     print(f"\n== {name}", flush=True)
-    return time.time()
+    t0 = time.time()
+
+    def done():
+        times[name.split(" ")[0].rstrip(".")] = round(time.time() - t0, 1)
+        print(f"   {time.time() - t0:.1f}s", flush=True)
+    return done
 
 
+# ------------------------------------------------------------------------------ stages 1 to 6
 def make_data(args):
     """Stage 1: synthetic problems, LCE solutions whose execution blocks come from the sandbox."""
     train_p, test_p = lce_data.synthetic_split(args.n_train, args.n_test, seed=args.seed)
     with Sandbox() as sb:
         records = lce_data.synthetic_records(train_p, sandbox=sb, system=SYSTEM)
     data = os.path.join(args.out, "data")
-    lce_data.write_jsonl(os.path.join(data, "train.jsonl"), records)
-    tests = [{"id": p["id"], "question": p["question"], "answer": p["answer"], "template": p["template"]}
-             for p in test_p]
-    lce_data.write_jsonl(os.path.join(data, "test.jsonl"), tests)
+    os.makedirs(data)
+    storage.write_jsonl(os.path.join(data, "train.jsonl"), records)
+    storage.write_jsonl(os.path.join(data, "test.jsonl"),
+                        [{k: p[k] for k in FIELDS} for p in test_p])
     corpus = os.path.join(data, "corpus.txt")
-    with open(corpus, "w") as f:
-        f.write("\n".join(lce_data.serialize(r) for r in records) + "\n")
-    print(f"{len(records)} training solutions, {len(tests)} held-out problems -> {data}/")
-    return os.path.join(data, "train.jsonl"), tests, corpus
+    storage.atomic_write(corpus, "\n".join(lce_data.serialize(r) for r in records) + "\n")
+    print(f"{len(records)} training solutions, {len(test_p)} held-out problems -> {data}/")
+    return os.path.join(data, "train.jsonl"), train_p, test_p, corpus
 
 
-def train_model(args, data, tok_path, name, train_on_execution):
-    """Stage 3: the real train.py, a small Llama from scratch (shape from the arguments)."""
-    cfg = TrainConfig(data=data, out=os.path.join(args.out, name), tokenizer=tok_path, dim=args.dim,
-                      n_layers=args.n_layers, n_heads=args.n_heads, hidden_dim=(8 * args.dim // 3 + 15) // 16 * 16,
-                      epochs=10 ** 6, max_steps=args.steps, lr=args.lr, min_lr=args.lr / 10,
-                      warmup_steps=min(50, args.steps // 10), beta2=0.95, batch_size=args.batch_size,
-                      micro_batch_size=args.batch_size, seq_len=256, train_on_execution=train_on_execution,
-                      seed=args.seed, save_every=10 ** 9, log_every=max(1, args.steps // 20))
+def train_model(args, data, name, tok_path=None, train_on_execution=False, init=None,
+                steps=None, lr=None):
+    """Stage 3: the real train.py: a small Llama from scratch (shape from the arguments), or
+    continuing from the checkpoint `init` (its shape and tokenizer)."""
+    steps, lr = steps or args.steps, lr or args.lr
+    cfg = TrainConfig(data=data, out=os.path.join(args.out, name), init=init, tokenizer=tok_path,
+                      dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
+                      hidden_dim=(8 * args.dim // 3 + 15) // 16 * 16, epochs=10 ** 6,
+                      max_steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=min(50, steps // 10),
+                      beta2=0.95, batch_size=args.batch_size, micro_batch_size=args.batch_size,
+                      seq_len=256, train_on_execution=train_on_execution, seed=args.seed,
+                      save_every=10 ** 9, log_every=max(1, steps // 20))
     return train(cfg)["final"]
+
+
+def load(ckpt):
+    model = Transformer.from_pretrained(ckpt, dtype=torch.float32).eval()
+    return model, Tokenizer.from_checkpoint(ckpt)
+
+
+def gen_config(execute, **sampling):
+    return GenConfig(max_new_tokens=96, max_total_tokens=384, max_prompt_tokens=128, max_rounds=6,
+                     batch_size=32, execute=execute, context="stop", **sampling)  # whole contexts
 
 
 def solve_and_grade(args, ckpt, tests, name, execute):
     """Stages 4-5: generate-execute-continue (or not), then grade every answer."""
-    model = Transformer.from_pretrained(ckpt, dtype=torch.float32).eval()
-    tok = Tokenizer.from_checkpoint(ckpt)
-    cfg = GenConfig(max_new_tokens=96, max_total_tokens=384, max_prompt_tokens=128, max_rounds=6, batch_size=32,
-                    execute=execute, context="stop")   # no window: it saw whole contexts
+    model, tok = load(ckpt)
 
     def solve_fn(questions, on_result):
-        return solve(model, tok, questions, system=SYSTEM, cfg=cfg, on_result=on_result)
+        return solve(model, tok, questions, system=SYSTEM, cfg=gen_config(execute),
+                     on_result=on_result)
 
     out_dir = os.path.join(args.out, name)
-    summary = grader.run_loop(tests, out_dir, solve_fn, "synthetic", model_name=name)
-    grader.report([out_dir])                        # out_dir/report.html: every problem, each block
-    recs = [json.loads(line) for line in open(os.path.join(out_dir, "results.jsonl"))]
-    summary["executed_code_blocks"] = sum(
-        sum(b["type"] == "execution" for b in r["messages"][-1]["content"]) for r in recs) if execute else 0
+    summary = evaluation.run_loop(tests, out_dir, solve_fn, "synthetic", model_name=name)
+    evaluation.report([out_dir])                  # out_dir/report.html: every problem, each block
+    results = storage.read_jsonl(os.path.join(out_dir, "results.jsonl"))
+    summary["executed_code_blocks"] = execute and sum(    # withheld: the model wrote them all
+        b["type"] == "execution" for r in results for b in r["messages"][-1]["content"])
+    family = {p["id"]: p["family"] for p in tests}
+    for name in sorted(set(family.values())):       # accuracy per family of problems
+        right = [r["correct"] for r in results if family[r["id"]] == name]
+        summary[f"accuracy_{name}"] = sum(right) / len(right)
     return summary
+
+
+# ------------------------------------------------------------------ stage 7: the data recipe
+def interpolate(args, train_p, test_p):
+    """Problem interpolation (§2): D1's new problems from pairs of D0 problems; the held-out
+    intermediate problems the same way from the held-out seed problems, leaving out any question
+    D1 holds. Returns (D1's questions, the held-out problems, the generator's key: question ->
+    problem with its answer, which D1's construction never reads)."""
+    generate, key = recipe.synthetic_interpolator(train_p + test_p)
+
+    def new_problems(problems, n, seed):    # Example 1: an easy problem (GSM8K), 2: a hard one
+        easy = [p for p in problems if p["family"] == "easy"]
+        hard = [p for p in problems if p["family"] == "hard"]
+        new = recipe.interpolate_problems(easy, hard, 2 * n, generate, seed)  # some pairs give none
+        return [p["question"] for p in new[:n]]
+    d1 = new_problems(train_p, args.n_interpolate, args.seed)
+    held_out = [q for q in new_problems(test_p, args.n_test_intermediate, args.seed + 1)
+                if q not in set(d1)]
+    tests = [{**{k: key[q][k] for k in FIELDS[1:]}, "id": f"intermediate-{i}"}
+             for i, q in enumerate(held_out)]
+    out = os.path.join(args.out, "recipe")
+    os.makedirs(out)
+    storage.write_jsonl(os.path.join(out, "interpolated.jsonl"),
+                        [{"id": f"d1-{i}", "question": q} for i, q in enumerate(d1)])
+    storage.write_jsonl(os.path.join(out, "test_intermediate.jsonl"), tests)
+    print(f"{len(d1)} new problems for D1, {len(tests)} held-out intermediate problems -> {out}/")
+    return d1, tests, key
+
+
+def self_distillation(args, ckpt, questions):
+    """MathCoder-Initial solves every new problem k times, sampling, each draw with its own seed;
+    recipe.self_distill keeps a solution where the k answers agree. No reference is read."""
+    model, tok = load(ckpt)
+    samples = []
+
+    def draw(questions, j):
+        t0 = time.time()
+        cfg = gen_config(True, temperature=args.temperature, seed=args.seed + 1 + j)
+        samples.append(solve(model, tok, questions, system=SYSTEM, cfg=cfg))
+        print(f"sample {j + 1}/{args.samples}: {len(questions)} problems, "
+              f"{len(questions) / (time.time() - t0):.1f}/s", flush=True)
+        return samples[-1]
+    d1, stats = recipe.self_distill(questions, draw, k=args.samples)
+    out = os.path.join(args.out, "recipe")
+    storage.write_jsonl(os.path.join(out, "samples.jsonl"),
+                        [{"question": s["question"], "sample": j, "solution": s["solution"]}
+                         for j, sample in enumerate(samples) for s in sample])
+    storage.write_jsonl(os.path.join(out, "d1.jsonl"), d1)
+    print(f"D1 keeps {stats['kept']} of {stats['questions']} ({stats['disagree']} disagree, "
+          f"{stats['unfinished']} unfinished, {stats['no_answer']} without an answer)")
+    return d1, stats, samples
+
+
+def distillation_precision(args, questions, d1, samples, key):
+    """Only now, D1 built, the generator's answers are read (and written to OUT/recipe/key.jsonl):
+    how many kept solutions are right, against how many of all samples were."""
+    storage.write_jsonl(os.path.join(args.out, "recipe", "key.jsonl"),
+                        [{k: key[q][k] for k in ("question", "answer", "template")}
+                         for q in questions])
+    kept_right = sum(grade(r["ground_truth"]["answer"], key[lce_data.message_text(r, "user")]
+                           ["answer"])[1] for r in d1)
+    sampled = [s for sample in samples for s in sample]
+    sampled_right = sum(grade(s["solution"], key[s["question"]]["answer"])[1] for s in sampled)
+    return {"precision": kept_right / max(len(d1), 1), "kept_right": kept_right,
+            "kept": len(d1), "unfiltered_accuracy": sampled_right / max(len(sampled), 1),
+            "samples_right": sampled_right, "samples": len(sampled)}
+
+
+def d0_and_d1(args, d0_path, d1, held_out):
+    """The final model's data, OUT/recipe/d0_d1.jsonl: D1 and a sample of D0 in the paper's
+    proportion. Raises if any held-out question is in it."""
+    d0 = lce_data.read_jsonl_records(d0_path)
+    n_d0 = min(len(d0), max(args.batch_size, round(len(d1) * D0_SHARE / (1 - D0_SHARE))))
+    records = random.Random(args.seed).sample(d0, n_d0) + d1
+    leaked = {p["question"] for p in held_out} & {lce_data.message_text(r, "user") for r in records}
+    if leaked:
+        raise RuntimeError(f"held-out problems in the training data: {sorted(leaked)[:3]}")
+    path = os.path.join(args.out, "recipe", "d0_d1.jsonl")
+    storage.write_jsonl(path, records)
+    return path, n_d0
+
+
+def data_recipe(args, ckpt, d0_path, train_p, test_p, times):
+    """Stage 7: interpolation, self-distillation, the final model; both models graded."""
+    done = stage("7a. interpolation: a stand-in for GPT-4 writes problems between easy and hard",
+                 times)
+    questions, tests, key = interpolate(args, train_p, test_p)
+    done()
+    done = stage(f"7b. self-distillation: MathCoder-Initial samples {args.samples} solutions "
+                 "of each new problem", times)
+    d1, stats, samples = self_distillation(args, ckpt, questions)
+    scored = distillation_precision(args, questions, d1, samples, key)
+    print(f"precision: {scored['kept_right']}/{scored['kept']} kept solutions are right; "
+          f"{scored['samples_right']}/{scored['samples']} of all samples were")
+    done()
+    # The paper trained its released models from the base model on D0 + D1. Here the final model
+    # continues from MathCoder-Initial (which has learnt D0) for fewer steps, on D1 and a sample
+    # of D0 in the paper's proportion: training from scratch again would double the run.
+    done = stage("7c. final model: continues from MathCoder-Initial on D0 + D1", times)
+    data, n_d0 = d0_and_d1(args, d0_path, d1, tests + test_p)
+    final = train_model(args, data, os.path.join("recipe", "train"), init=ckpt,
+                        steps=args.recipe_steps, lr=args.recipe_lr)
+    done()
+    done = stage("7d. grade MathCoder-Initial and the final model on held-out intermediate "
+                 "problems", times)
+    initial = solve_and_grade(args, ckpt, tests, os.path.join("recipe", "initial"), True)
+    final_mid = solve_and_grade(args, final, tests, os.path.join("recipe", "final"), True)
+    final_seed = solve_and_grade(args, final, [{k: p[k] for k in FIELDS} for p in test_p],
+                                 os.path.join("recipe", "final_seed_families"), True)
+    done()
+    return {"initial_accuracy": initial["accuracy"], "final_accuracy": final_mid["accuracy"],
+            "n_test": initial["n"], "initial_correct": initial["correct"],
+            "final_correct": final_mid["correct"],
+            "d1": {"generated": stats["questions"], "kept": stats["kept"],
+                   "rejected_disagree": stats["disagree"], "unfinished": stats["unfinished"],
+                   "no_answer": stats["no_answer"], "samples_per_problem": args.samples,
+                   "temperature": args.temperature},
+            "self_distillation": scored,
+            "final_training": {"init": "MathCoder-Initial (stage 3)", "d0_records": n_d0,
+                               "d1_records": len(d1), "steps": args.recipe_steps,
+                               "lr": args.recipe_lr},
+            "final_on_seed_families": {k: v for k, v in final_seed.items()
+                                       if k.startswith("accuracy")}}
+
+
+# ---------------------------------------------------------------------------------- the tables
+def tables(results) -> str:
+    pct = lambda x: f"{100 * x:.1f}%"   # noqa: E731
+    lines = ["| model | execution | accuracy | correct / n |", "|---|---|---|---|"]
+    for name, r in results.items():
+        if name.endswith("execution"):
+            trained = "loss on execution too" if name.startswith("loss_on") else "masked (paper)"
+            how = "withheld: model writes it" if name.endswith("without_execution") \
+                else "real (sandbox)"
+            lines.append(f"| {trained} | {how} | {pct(r['accuracy'])} | "
+                         f"{r['correct']} / {r['n']} |")
+    if "data_recipe" in results:
+        r, seed = results["data_recipe"], results["with_execution"]
+        d1, sd, fin = r["d1"], r["self_distillation"], r["final_on_seed_families"]
+        lines += ["", f"Data recipe (§2): {d1['generated']} interpolated problems, "
+                  f"{d1['samples_per_problem']} samples each at temperature {d1['temperature']}; "
+                  f"D1 keeps {d1['kept']} (rejected: {d1['rejected_disagree']} disagree, "
+                  f"{d1['unfinished']} unfinished, {d1['no_answer']} without an answer). "
+                  f"Self-distillation precision {pct(sd['precision'])} ({sd['kept_right']} / "
+                  f"{sd['kept']} kept solutions right) vs {pct(sd['unfiltered_accuracy'])} of all "
+                  f"{sd['samples']} samples.", "",
+                  "| model | trained on | held-out intermediate | seed problems: easy | hard |",
+                  "|---|---|---|---|---|",
+                  f"| MathCoder-Initial | D0 | {pct(r['initial_accuracy'])} "
+                  f"({r['initial_correct']} / {r['n_test']}) | {pct(seed['accuracy_easy'])} "
+                  f"| {pct(seed['accuracy_hard'])} |",
+                  f"| final | D0 + D1 | {pct(r['final_accuracy'])} ({r['final_correct']} / "
+                  f"{r['n_test']}) | {pct(fin['accuracy_easy'])} | {pct(fin['accuracy_hard'])} |"]
+    return "\n".join(lines)
 
 
 def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    t_all = time.time()
+    t_all, times = time.time(), {}
     fresh_dir(args.out)
 
-    t = stage("1. data: synthetic problems, solutions executed in the sandbox")
-    data, tests, corpus = make_data(args)
-    print(f"   {time.time() - t:.1f}s")
+    done = stage("1. data: synthetic problems, solutions executed in the sandbox", times)
+    data, train_p, test_p, corpus = make_data(args)
+    done()
 
-    t = stage("2. tokenizer: SentencePiece BPE + the 8 LCE tokens")
+    done = stage("2. tokenizer: SentencePiece BPE + the 8 LCE tokens", times)
     tok_path = train_sentencepiece(corpus, os.path.join(args.out, "tokenizer"), args.vocab_size)
-    print(f"{tok_path}, {Tokenizer(tok_path).vocab_size} ids; {time.time() - t:.1f}s")
+    print(f"{tok_path}, {Tokenizer(tok_path).vocab_size} ids")
+    done()
 
-    t = stage("3. train: masked loss, no loss on execution blocks (paper §3)")
-    ckpt = train_model(args, data, tok_path, "train", train_on_execution=False)
-    print(f"   {time.time() - t:.1f}s")
+    done = stage("3. train: masked loss, none on execution blocks (§3): MathCoder-Initial", times)
+    ckpt = train_model(args, data, "train", tok_path)
+    done()
 
+    tests = [{k: p[k] for k in FIELDS} for p in test_p]
     results = {}
     for name, execute in (("with_execution", True), ("without_execution", False)):
-        t = stage(f"4-5. solve + grade, {name.replace('_', ' ')}")
+        done = stage(f"4-5. solve + grade, {name.replace('_', ' ')}", times)
         results[name] = solve_and_grade(args, ckpt, tests, name, execute)
-        print(f"   {time.time() - t:.1f}s")
+        done()
 
     if args.ablation:
-        t = stage("6. ablation: train with loss on execution output too")
-        ckpt_ab = train_model(args, data, tok_path, "train_loss_on_execution", train_on_execution=True)
+        done = stage("6. ablation: train with loss on execution output too", times)
+        ckpt_ab = train_model(args, data, "train_loss_on_execution", tok_path,
+                              train_on_execution=True)
         for name, execute in (("loss_on_execution_with_execution", True),
                               ("loss_on_execution_without_execution", False)):
             results[name] = solve_and_grade(args, ckpt_ab, tests, name, execute)
-        print(f"   {time.time() - t:.1f}s")
+        done()
+
+    if args.recipe:
+        results["data_recipe"] = data_recipe(args, ckpt, data, train_p, test_p, times)
 
     results["seconds"] = round(time.time() - t_all, 1)
-    lines = ["| model | execution | accuracy | correct / n |", "|---|---|---|---|"]
-    for name, r in results.items():
-        if isinstance(r, dict):
-            trained = "loss on execution too" if name.startswith("loss_on") else "masked (paper)"
-            how = "withheld: model writes it" if name.endswith("without_execution") else "real (sandbox)"
-            lines.append(f"| {trained} | {how} | {100 * r['accuracy']:.1f}% | {r['correct']} / {r['n']} |")
-    table = "\n".join(lines)
-    grader.atomic_write(os.path.join(args.out, "summary.json"), json.dumps(results, indent=2) + "\n")
-    grader.atomic_write(os.path.join(args.out, "summary.md"), table + "\n")
-    grader.atomic_write(os.path.join(args.out, "report.html"), html_views.tiny_run_page(args.out))
-    print(f"\n== result on {args.n_test} held-out problems ({results['seconds']:.0f}s in all)\n{table}")
+    results["stage_seconds"] = times
+    table = tables(results)
+    storage.write_json(os.path.join(args.out, "summary.json"), results)
+    storage.atomic_write(os.path.join(args.out, "summary.md"), table + "\n")
+    storage.atomic_write(os.path.join(args.out, "report.html"), html_views.tiny_run_page(args.out))
+    print(f"\n== result on {args.n_test} held-out problems ({results['seconds']:.0f}s in all)\n"
+          f"{table}")
     print(f"\nEach stage's output is under {args.out}/ (summary.json, */results.jsonl, "
           f"train/log.jsonl); open {os.path.join(args.out, 'report.html')} in a browser.")
 

@@ -323,7 +323,8 @@ def test_tiny_run_page(tmp_path):
              "loss_on_execution_without_execution": [False] * 4}
     summary = {m: {"dataset": "synthetic", "n": 4, "correct": sum(v), "accuracy": sum(v) / 4}
                for m, v in modes.items()}
-    summary["data_recipe"] = {"initial_accuracy": 0.25, "final_accuracy": 0.75, "n_test": 4}
+    summary["data_recipe"] = {"initial_accuracy": 0.25, "final_accuracy": 0.75, "n_test": 4,
+                              "d1": {"kept": 3}}
     summary["seconds"] = 754.0
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     for m, oks in modes.items():
@@ -346,7 +347,8 @@ def test_tiny_run_page(tmp_path):
     # every other summary entry is shown as it is: the data recipe, the time
     recipe = root.find("table")[1]
     assert [td.text() for td in recipe.find("td")] == ["initial_accuracy", "25.0%",
-                                                        "final_accuracy", "75.0%", "n_test", "4"]
+                                                        "final_accuracy", "75.0%", "n_test", "4",
+                                                        "d1.kept", "3"]
     assert "The whole run took 13 min." in root.text()
     # both models' curves on one plot, one point per step
     lines = {pl.attrs["data-name"]: len(_points(pl)) for pl in root.find("polyline")}

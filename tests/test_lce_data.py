@@ -1,6 +1,7 @@
 """lce_data.py: which tokens carry loss, batching/packing, validation, the authors' format, synthetic data."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -44,7 +45,7 @@ def test_serialize_and_ids_match_the_reference_conversation(tok):
 def test_loss_positions_token_by_token(tok):
     ids, labels = D.encode_example(R408, tok, 4096)
     e = tok.sentencepiece.encode
-    # (tokens, carries loss) written out by hand from METHOD.md §3
+    # (tokens, carries loss) written out by hand from docs/method.md §3
     expected = [([1], 0), ([IDS["<|system|>"], IDS["<|text|>"], IDS["<|endofblock|>"], IDS["<|endofmessage|>"]], 0),
                 ([IDS["<|user|>"], IDS["<|text|>"]] + e("What is 12*34?") + [IDS["<|endofblock|>"]], 0),
                 ([IDS["<|endofmessage|>"], IDS["<|assistant|>"]], 0),
@@ -272,41 +273,6 @@ def test_official_test_files_parse():
     assert len(recs) == 1000 and all(len(r["messages"]) == 2 for r in recs)
 
 
-# ---- the paper's data construction --------------------------------------------------------------------
-def test_interpolation_prompts():
-    gsm = [{"id": "g1", "question": "Tom has 3 apples."}]
-    mth = [{"id": "m1", "question": "Find $x$ if $x^2=4$."}]
-    p = D.interpolation_prompts(gsm, mth, 2, seed=0)
-    assert len(p) == 2 and p[0]["gsm8k_id"] == "g1" and p[0]["math_id"] == "m1"
-    assert "Example 1: Tom has 3 apples." in p[0]["prompt"] and "Example 2: Find $x$ if $x^2=4$." in p[0]["prompt"]
-    gen = lambda prompts: ["New problem: A harder one?", " A harder one? ", ""][:len(prompts)]
-    out = D.interpolate_problems(gsm, mth, 3, gen)
-    assert [o["question"] for o in out] == ["A harder one?"]
-
-
-def test_self_distillation_keeps_only_agreeing_answers():
-    pytest.importorskip("grader")
-    sol = lambda ans: f"<|text|>Compute.<|endofblock|><|code|>x<|endofblock|><|execution|>v<|endofblock|>" \
-                      f"<|text|>So \\boxed{{{ans}}}.<|endofblock|><|endofmessage|>"
-    answers = {"agree": ["0.5", "\\frac{1}{2}", "1/2"], "split": ["2", "2", "3"], "none": ["1", "1", None],
-               "cut": ["4", "4", "4"]}
-    calls = []
-
-    def solve(qs, j):
-        calls.append(j)
-        out = [{"solution": sol(answers[q][j]) if answers[q][j] else "<|text|>no idea<|endofblock|><|endofmessage|>"}
-               for q in qs]
-        if j == 1:   # this sample of "cut" stopped at a length limit, inside an execution block
-            out[qs.index("cut")] = {"solution": "<|text|>So<|endofblock|><|code|>x<|endofblock|><|execution|>4"}
-        return out
-    recs, st = D.self_distill(["agree", "split", "none", "cut"], solve, k=3)
-    assert st == {"questions": 4, "kept": 1, "unfinished": 1, "no_answer": 1, "disagree": 1}
-    assert calls == [0, 1, 2]            # k different samples, each told which one it is
-    r = recs[0]
-    assert r["messages"][1]["content"][0]["content"] == "agree" and r["ground_truth"]["answer"] == "0.5"
-    assert [b["type"] for b in r["messages"][2]["content"]] == ["text", "code", "execution", "text"]
-
-
 # ---- synthetic data -----------------------------------------------------------------------------------
 def _reference_outputs(codes):
     """Run each snippet in a fresh namespace of a separate Python process; its stdout."""
@@ -323,13 +289,24 @@ def test_synthetic_problems_split_and_determinism():
     assert len(train) == 400 and len(test) == 100
     assert not {p["question"] for p in train} & {p["question"] for p in test}
     assert len({p["question"] for p in train}) == 400
-    assert {p["template"] for p in test} == {t[0] for t in D.TEMPLATES}
     assert D.synthetic_split(400, 100, seed=3) == (train, test)
     assert D.synthetic_problems(10, seed=4) != D.synthetic_problems(10, seed=3)
-    # every number in the code comes from the question
-    import re
+    # the seed data's two families, in turn: difficulty is the number of changes to the count and
+    # whether the question groups it
+    def shape(p):
+        return sum(op in ("minus", "plus") for op, _ in p["steps"]), p["steps"][-1][0]
+    assert [p["family"] for p in train[:4]] in (["easy", "hard"] * 2, ["hard", "easy"] * 2)
+    assert {shape(p) for p in train if p["family"] == "easy"} == {
+        (0, "count"), (0, "div"), (0, "mod"), (1, "count")}
+    assert {shape(p) for p in train if p["family"] == "hard"} == {
+        (n, end) for n in (2, 3) for end in ("count", "div", "mod")}
+    assert {shape(p) for p in D.synthetic_problems(20, 1, ("intermediate",))} == {
+        (1, "div"), (1, "mod")}
+    assert all(p["steps"][0][0] == "product" for p in train if shape(p) == (0, "count"))
+    # every number in the code comes from the question, one sentence per line of code
     for p in train[:50]:
-        assert set(re.findall(r"\d+", p["code"].replace("** 2", ""))) <= set(re.findall(r"\d+", p["question"]))
+        assert set(re.findall(r"\d+", p["code"])) <= set(re.findall(r"\d+", p["question"]))
+        assert p["question"].count(".") + p["question"].count("?") >= len(p["steps"])
 
 
 def test_synthetic_records_execute_the_code(tok):

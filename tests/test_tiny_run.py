@@ -1,5 +1,6 @@
-"""The tiny end-to-end run, shrunken: every stage runs with the real code and leaves its artefacts, and the
-with-execution answers really come from running the model's code."""
+"""The tiny end-to-end run, shrunken: every stage runs with the real code and leaves its artefacts,
+the with-execution answers really come from running the model's code, and the data recipe keeps
+what it says it keeps."""
 import json
 import os
 
@@ -7,20 +8,19 @@ import pytest
 
 import lce_data
 import tiny_run
+from grader import extract_answer, is_equiv
 from sandbox import Sandbox
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+from storage import read_jsonl
 
 
 def test_tiny_run_shrunken(tmp_path):
     out = str(tmp_path / "tiny")
-    tiny_run.main(["--out", out, "--n-train", "400", "--n-test", "12", "--steps", "120", "--dim", "64",
-                   "--n-layers", "2", "--n-heads", "2", "--batch-size", "16", "--vocab-size", "400"])
+    tiny_run.main(["--out", out, "--n-train", "400", "--n-test", "12", "--steps", "120",
+                   "--dim", "64", "--n-layers", "2", "--n-heads", "2", "--batch-size", "16",
+                   "--vocab-size", "400", "--n-interpolate", "24", "--samples", "2",
+                   "--n-test-intermediate", "12", "--recipe-steps", "10"])
 
-    # stage 1: data; training solutions are valid LCE records and share no question with the test set
+    # stage 1: data; training solutions are valid LCE records, no question shared with the test set
     train = lce_data.read_jsonl_records(os.path.join(out, "data", "train.jsonl"))
     test = read_jsonl(os.path.join(out, "data", "test.jsonl"))
     assert len(train) == 400 and len(test) == 12
@@ -33,11 +33,12 @@ def test_tiny_run_shrunken(tmp_path):
         assert len(log) == 120 and log[-1]["loss"] < log[0]["loss"] / 2
         for name in ("config.json", "model.safetensors", "tokenizer.model", "added_tokens.json"):
             assert os.path.isfile(os.path.join(out, run, "final", name)), name
-    assert json.load(open(os.path.join(out, "train_loss_on_execution", "config.json")))["train_on_execution"]
+    config = json.load(open(os.path.join(out, "train_loss_on_execution", "config.json")))
+    assert config["train_on_execution"]
 
     # stages 4-5: one graded record per held-out problem and mode, and the summary
     summary = json.load(open(os.path.join(out, "summary.json")))
-    modes = ("with_execution", "without_execution",   # the masked model (paper) and the ablation's model
+    modes = ("with_execution", "without_execution",   # the masked model (paper), the ablation's
              "loss_on_execution_with_execution", "loss_on_execution_without_execution")
     for mode in modes:
         recs = read_jsonl(os.path.join(out, mode, "results.jsonl"))
@@ -57,8 +58,8 @@ def test_tiny_run_shrunken(tmp_path):
     # without execution nothing ran: every execution block there was written by the model
     assert summary["without_execution"]["executed_code_blocks"] == 0
 
-    # the loop really executed code: every execution block after a code block is what that code prints
-    # when run afresh (each problem's first code block runs in a fresh session)
+    # the loop really executed code: every execution block after a code block is what that code
+    # prints when run afresh (each problem's first code block runs in a fresh session)
     recs = read_jsonl(os.path.join(out, "with_execution", "results.jsonl"))
     executed = 0
     with Sandbox() as sb:
@@ -72,13 +73,54 @@ def test_tiny_run_shrunken(tmp_path):
                     break
     assert executed >= 6, f"only {executed} of 12 solutions ran code"
     assert summary["with_execution"]["executed_code_blocks"] >= executed
+    check_data_recipe(out, summary, train, test)
+
+
+def check_data_recipe(out, summary, train, test):
+    """Stage 7: D1 holds exactly the new problems whose 2 samples finished and agree, no held-out
+    problem is trained on, and the figures in summary.json are the files' figures."""
+    recipe = os.path.join(out, "recipe")
+    new = [p["question"] for p in read_jsonl(os.path.join(recipe, "interpolated.jsonl"))]
+    held_out = read_jsonl(os.path.join(recipe, "test_intermediate.jsonl"))
+    assert len(new) == len(set(new)) > 12 and 6 <= len(held_out) <= 12
+    assert all(p["family"] == "intermediate" and p["template"].count("-") == 2 for p in held_out)
+    samples = read_jsonl(os.path.join(recipe, "samples.jsonl"))
+    assert sorted((s["question"], s["sample"]) for s in samples) == sorted(
+        (q, j) for q in new for j in (0, 1))
+    agreed = {}
+    for q in new:
+        two = [s["solution"] for s in samples if s["question"] == q]
+        answers = [extract_answer(x) for x in two]
+        if all(x.endswith("<|endofmessage|>") for x in two) and None not in answers \
+                and is_equiv(answers[0], answers[1]):
+            agreed[q] = answers[0]
+    d1 = read_jsonl(os.path.join(recipe, "d1.jsonl"))            # may be empty: a tiny model
+    assert {lce_data.message_text(r, "user"): r["ground_truth"]["answer"] for r in d1} == agreed
+    trained = {lce_data.message_text(r, "user")
+               for r in lce_data.read_jsonl_records(os.path.join(recipe, "d0_d1.jsonl"))}
+    assert set(agreed) <= trained
+    assert not trained & ({p["question"] for p in held_out} | {p["question"] for p in test})
+    key = {p["question"]: p["answer"] for p in read_jsonl(os.path.join(recipe, "key.jsonl"))}
+    assert set(key) == set(new)
+
+    r = summary["data_recipe"]
+    assert r["d1"]["generated"] == len(new) and r["d1"]["kept"] == len(d1)
+    assert r["self_distillation"]["kept_right"] == sum(
+        is_equiv(a, key[q]) for q, a in agreed.items())
+    assert len(read_jsonl(os.path.join(recipe, "train", "log.jsonl"))) == 10
+    for name, key_name in (("initial", "initial_correct"), ("final", "final_correct")):
+        graded = read_jsonl(os.path.join(recipe, name, "results.jsonl"))
+        assert sorted(g["id"] for g in graded) == sorted(p["id"] for p in held_out)
+        assert r[key_name] == sum(g["correct"] for g in graded)
+    assert r["n_test"] == len(held_out)
+    assert "Data recipe" in open(os.path.join(out, "summary.md")).read()
 
 
 def test_rerun_reuses_nothing_stale(tmp_path):
     out = tmp_path / "tiny"
     tiny_run.fresh_dir(str(out))
     (out / "stale.jsonl").write_text("old\n")
-    tiny_run.fresh_dir(str(out))              # a second run starts from an empty folder (but its marker)
+    tiny_run.fresh_dir(str(out))              # a second run starts empty (but for its marker)
     assert sorted(os.listdir(out)) == [tiny_run.MARKER]
     foreign = tmp_path / "mine"
     foreign.mkdir()

@@ -1,0 +1,100 @@
+"""The repository itself: imports point one way, lines fit 100 columns, every cited file exists, no
+helper is written twice. These keep the code readable the way issue 17 left it."""
+import ast
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULES = sorted(f[:-3] for f in os.listdir(ROOT) if f.endswith(".py"))
+
+# Who may import whom: a module imports only modules of LOWER layers (imports inside functions too).
+LAYERS = [
+    ["storage", "pretty", "parallel", "latex_sympy"],    # stdlib, torch, sympy only
+    ["checkpoint", "tokenizer", "notebook", "html_views", "authors_grader"],
+    ["model", "sandbox", "grader"],
+    ["lce_data"],
+    ["train", "infer", "recipe"],
+    ["eval", "replay"],
+    ["tiny_run", "bench"],                               # the drivers
+]
+LAYER = {name: depth for depth, names in enumerate(LAYERS) for name in names}
+
+
+def project_imports(name):
+    """(line, imported module) for every import of a project module anywhere in NAME.py."""
+    tree = ast.parse(open(os.path.join(ROOT, name + ".py"), encoding="utf-8").read())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name.split(".")[0]) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module.split(".")[0]))
+    return [(line, m) for line, m in found if m in MODULES and m != name]
+
+
+def test_every_module_has_a_layer():
+    assert sorted(LAYER) == MODULES
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_imports_point_down(name):
+    upward = [f"{name}.py:{line} imports {m} (layer {LAYER[m]} >= {LAYER[name]})"
+              for line, m in project_imports(name) if LAYER[m] >= LAYER[name]]
+    assert not upward
+
+
+def test_lines_fit_100_columns():
+    long = [f"{name}.py:{n}" for name in MODULES
+            for n, line in enumerate(open(os.path.join(ROOT, name + ".py"), encoding="utf-8"), 1)
+            if len(line.rstrip("\n")) > 100]
+    assert not long
+
+
+def _text_files():
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("out", "__pycache__")]
+        for f in files:
+            if f.endswith((".py", ".md")):
+                yield os.path.join(folder, f)
+
+
+GENERATED = {"summary.md"}  # written by eval.py and tiny_run.py into a run's folder
+
+
+def test_every_cited_markdown_file_exists():
+    missing = []
+    for path in _text_files():
+        text = open(path, encoding="utf-8").read()
+        for m in re.finditer(r"[\w./-]*\w\.md\b", text):
+            cited = m.group(0)
+            if os.path.basename(cited) in GENERATED:
+                continue
+            here = [os.path.join(os.path.dirname(path), cited), os.path.join(ROOT, cited)]
+            if not any(os.path.isfile(p) for p in here):
+                missing.append(f"{os.path.relpath(path, ROOT)}: {cited}")
+    assert not missing
+
+
+def _functions(name):
+    tree = ast.parse(open(os.path.join(ROOT, name + ".py"), encoding="utf-8").read())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body[1:] if ast.get_docstring(node) else node.body
+            yield node.name, node.lineno, body
+
+
+def test_no_helper_is_written_twice():
+    """Two functions in different modules with the same body (3+ statements, docstrings aside):
+    one should call the other. main() and argument parsing are exempt."""
+    seen, twice = {}, []
+    for name in MODULES:
+        for fn, line, body in _functions(name):
+            if len(body) < 3 or fn in ("main", "parse_args"):
+                continue
+            key = "\n".join(ast.dump(stmt) for stmt in body)
+            if key in seen and seen[key][0] != name:
+                twice.append(f"{name}.py:{line} {fn} == {seen[key][0]}.py:{seen[key][1]}")
+            seen.setdefault(key, (name, line))
+    assert not twice
