@@ -300,80 +300,48 @@ def parse_assistant(solution: str) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------------------------------
 # Synthetic LCE data for the tiny end-to-end run: the arithmetic is hard to do "in the head"
 # (multi-digit products, remainders, several steps), but the code is trivial: exactly where
-# MathCoder's idea pays off. A problem is a story told in steps, each step one sentence of the
-# question and one line of the code: a count (a product, or a plain number), changes to it (some
-# lost, some gained), then the question (how many now, how many full groups, how many left over).
-STORIES = [  # name, start as a product (a x b), plain start (a), noun, lose, gain, grouping, unit
-    ("factory", "A factory fills {0} boxes with {1} bottles each.", "A factory has {0} bottles.",
-     "bottles", "break", "are delivered", "packed into crates", "crates"),
-    ("farm", "A farm picks {0} baskets of {1} apples.", "A farm has {0} apples.", "apples",
-     "go bad", "are bought", "put into bags", "bags"),
-    ("school", "A school has {0} classes of {1} students.", "A school has {0} students.",
-     "students", "leave", "join", "split into teams", "teams"),
-    ("library", "A library has {0} shelves of {1} books.", "A library has {0} books.", "books",
-     "are lost", "are donated", "packed into boxes", "boxes"),
-    ("bakery", "A bakery buys {0} trays of {1} eggs.", "A bakery has {0} eggs.", "eggs", "crack",
-     "are delivered", "packed into cartons", "cartons"),
+# MathCoder's idea pays off. (recipe.py draws its easy and hard families of problems apart.)
+TEMPLATES = [  # name, question, code (numbers from the question, result printed), answer, sampler
+    ("multiply", "A factory packs {a} boxes a day and each box holds {b} bottles. How many "
+     "bottles does it pack in a day?", "boxes = {a}\nper_box = {b}\nprint(boxes * per_box)",
+     lambda v: v["a"] * v["b"], lambda r: dict(a=r.randint(12, 999), b=r.randint(12, 99))),
+    ("remainder", "{a} students are split into teams of {b}. How many students are left over?",
+     "students = {a}\nteam_size = {b}\nprint(students % team_size)",
+     lambda v: v["a"] % v["b"], lambda r: dict(a=r.randint(100, 9999), b=r.randint(3, 97))),
+    ("divide", "A baker has {a} eggs and each cake needs {b} eggs. How many cakes can the baker "
+     "make?", "eggs = {a}\nper_cake = {b}\nprint(eggs // per_cake)",
+     lambda v: v["a"] // v["b"], lambda r: dict(a=r.randint(100, 9999), b=r.randint(3, 47))),
+    ("shopping", "Sam buys {a} pens at {b} dollars each and {c} books at {d} dollars each. How "
+     "many dollars does he spend?", "pens = {a}\npen_price = {b}\nbooks = {c}\nbook_price = {d}\n"
+     "print(pens * pen_price + books * book_price)", lambda v: v["a"] * v["b"] + v["c"] * v["d"],
+     lambda r: dict(a=r.randint(3, 99), b=r.randint(2, 99), c=r.randint(3, 99),
+                    d=r.randint(2, 99))),
+    ("orchard", "An orchard has {a} rows of {b} trees. A storm knocks down {c} trees. How many "
+     "trees are left?", "rows = {a}\nper_row = {b}\nfallen = {c}\nprint(rows * per_row - fallen)",
+     lambda v: v["a"] * v["b"] - v["c"],
+     lambda r: dict(a=r.randint(12, 99), b=r.randint(12, 99), c=r.randint(1, 143))),
+    ("equation", "Solve for x: {a} * x + {b} = {c}.",
+     "a = {a}\nb = {b}\nc = {c}\nprint((c - b) // a)", lambda v: (v["c"] - v["b"]) // v["a"],
+     lambda r: (lambda a, b, x: dict(a=a, b=b, c=a * x + b))(r.randint(3, 99), r.randint(1, 999),
+                                                              r.randint(2, 99))),
+    ("squares", "What is the sum of the squares of {a} and {b}?",
+     "a = {a}\nb = {b}\nprint(a ** 2 + b ** 2)", lambda v: v["a"] ** 2 + v["b"] ** 2,
+     lambda r: dict(a=r.randint(11, 199), b=r.randint(11, 199))),
 ]
-STEPS = {  # op: (sentence (None: the story's start), line of code, numbers it draws)
-    "product": (None, "{noun} = {0} * {1}", lambda r: [r.randint(15, 99), r.randint(15, 99)]),
-    "plain": (None, "{noun} = {0}", lambda r: [r.randint(300, 9999)]),  # > 3 x 99: never < 0
-    "minus": ("{0} of the {noun} {lose}.", "{noun} = {noun} - {0}", lambda r: [r.randint(1, 99)]),
-    "plus": ("{0} more {noun} {gain}.", "{noun} = {noun} + {0}", lambda r: [r.randint(1, 99)]),
-    "count": ("How many {noun} are there now?", "print({noun})", lambda r: []),
-    "div": ("The {noun} are {grouping} of {0}. How many full {unit} are there?",
-            "{unit} = {noun} // {0}\nprint({unit})", lambda r: [r.randint(3, 47)]),
-    "mod": ("The {noun} are {grouping} of {0}. How many {noun} are left over?",
-            "left = {noun} % {0}\nprint(left)", lambda r: [r.randint(3, 47)]),
-}
-VALUE = {"product": lambda v, n: n[0] * n[1], "plain": lambda v, n: n[0],
-         "minus": lambda v, n: v - n[0], "plus": lambda v, n: v + n[0],
-         "count": lambda v, n: v, "div": lambda v, n: v // n[0], "mod": lambda v, n: v % n[0]}
-# Difficulty: how many changes the count goes through, and whether the question groups it. As
-# GSM8K and MATH are in the paper's seed data D0 (§2), two families: "easy" problems have no change,
-# or one change and "how many now?"; "hard" ones have two or three changes. "intermediate" problems
-# (one change, then a grouping question) are never drawn for D0: recipe.synthetic_interpolator
-# writes them from one easy and one hard example, as GPT-4 does in problem interpolation.
-SHAPES = {  # family: [(changes, the questions it may ask), ...]: one drawn per problem
-    "easy": [(0, ("count", "div", "mod")), (1, ("count",))],
-    "hard": [(2, ("count", "div", "mod")), (3, ("count", "div", "mod"))],
-    "intermediate": [(1, ("div", "mod"))],
-}
-CHANGE_OPS, GROUP_OPS = ("minus", "plus"), ("div", "mod")
 
 
-def synthetic_problem(story, steps, family, id=None) -> dict:
-    """A story and its steps [(op, numbers), ...] -> question, code and answer (computed here, apart
-    from the code, which the sandbox runs later)."""
-    fields = ("product", "plain", "noun", "lose", "gain", "grouping", "unit")
-    words = dict(zip(fields, next(s[1:] for s in STORIES if s[0] == story)))
-    sentences, lines, value = [], [], None
-    for op, numbers in steps:
-        sentence, line, _ = STEPS[op]
-        sentences.append((sentence or words[op]).format(*numbers, **words))
-        lines.append(line.format(*numbers, **words))
-        value = VALUE[op](value, numbers)
-    return {"id": id, "question": " ".join(sentences), "answer": str(value),
-            "code": "\n".join(lines), "template": "-".join(op for op, _ in steps),
-            "family": family, "story": story, "steps": [[op, list(n)] for op, n in steps]}
-
-
-def synthetic_problems(n, seed=0, families=("easy", "hard")) -> list[dict]:
-    """n distinct problems (no question twice), the families in turn, deterministic in seed."""
+def synthetic_problems(n, seed=0) -> list[dict]:
+    """n distinct word problems (no question appears twice), deterministic in seed."""
     rng, seen, out = random.Random(seed), set(), []
     while len(out) < n:
-        family = families[len(out) % len(families)]
-        changes, ends = rng.choice(SHAPES[family])
-        start = rng.choice(("product", "plain"))
-        if start == "plain" and not changes:   # "how many now?" of a number just given
-            ends = GROUP_OPS
-        ops = [start] + [rng.choice(CHANGE_OPS) for _ in range(changes)] + [rng.choice(ends)]
-        steps = [(op, STEPS[op][2](rng)) for op in ops]
-        story = rng.choice(STORIES)[0]
-        problem = synthetic_problem(story, steps, family, f"synth-{seed}-{len(out)}")
-        if problem["question"] not in seen:
-            seen.add(problem["question"])
-            out.append(problem)
+        name, question, code, answer, sample = TEMPLATES[len(out) % len(TEMPLATES)]
+        v = sample(rng)
+        q = question.format(**v)
+        if q in seen:
+            continue
+        seen.add(q)
+        out.append({"id": f"synth-{seed}-{len(out)}", "question": q, "answer": str(answer(v)),
+                    "code": code.format(**v), "template": name})
     return out
 
 

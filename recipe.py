@@ -11,7 +11,8 @@ a model trained on it is MathCoder-Initial. D1 adds problems of a difficulty bet
      (self_distill).
 The released models train on D0 + D1 (about 49k + 31k solutions, recalled).
 
-tiny_run.py runs the whole recipe in miniature: synthetic_interpolator below plays GPT-4's part, a
+`python tiny_run.py --recipe` runs the whole recipe in miniature, on the synthetic families of
+problems below (family_problems: easy and hard); synthetic_interpolator plays GPT-4's part, a
 program that writes the new problem from the two examples it finds in the prompt.
 """
 import random
@@ -86,21 +87,107 @@ def self_distill(questions, solve, k=3):
 
 
 # --------------------------------------------------------------------------------------------------
-# The tiny run's stand-in for GPT-4 (lce_data's synthetic problems)
+# The recipe in miniature (tiny_run.py --recipe): synthetic problems of a known difficulty. As in
+# lce_data.TEMPLATES the arithmetic is hard in one's head and the code trivial. A problem is a story
+# told in steps, each step one sentence of the
+# question and one line of the code: a count (a product, or a plain number), changes to it (some
+# lost, some gained), then the question (how many now, how many full groups, how many left over).
+STORIES = [  # name, start as a product (a x b), plain start (a), noun, lose, gain, grouping, unit
+    ("factory", "A factory fills {0} boxes with {1} bottles each.", "A factory has {0} bottles.",
+     "bottles", "break", "are delivered", "packed into crates", "crates"),
+    ("farm", "A farm picks {0} baskets of {1} apples.", "A farm has {0} apples.", "apples",
+     "go bad", "are bought", "put into bags", "bags"),
+    ("school", "A school has {0} classes of {1} students.", "A school has {0} students.",
+     "students", "leave", "join", "split into teams", "teams"),
+    ("library", "A library has {0} shelves of {1} books.", "A library has {0} books.", "books",
+     "are lost", "are donated", "packed into boxes", "boxes"),
+    ("bakery", "A bakery buys {0} trays of {1} eggs.", "A bakery has {0} eggs.", "eggs", "crack",
+     "are delivered", "packed into cartons", "cartons"),
+]
+STEPS = {  # op: (sentence (None: the story's start), line of code, numbers it draws)
+    "product": (None, "{noun} = {0} * {1}", lambda r: [r.randint(15, 99), r.randint(15, 99)]),
+    "plain": (None, "{noun} = {0}", lambda r: [r.randint(300, 9999)]),  # > 3 x 99: never < 0
+    "minus": ("{0} of the {noun} {lose}.", "{noun} = {noun} - {0}", lambda r: [r.randint(1, 99)]),
+    "plus": ("{0} more {noun} {gain}.", "{noun} = {noun} + {0}", lambda r: [r.randint(1, 99)]),
+    "count": ("How many {noun} are there now?", "print({noun})", lambda r: []),
+    "div": ("The {noun} are {grouping} of {0}. How many full {unit} are there?",
+            "{unit} = {noun} // {0}\nprint({unit})", lambda r: [r.randint(3, 47)]),
+    "mod": ("The {noun} are {grouping} of {0}. How many {noun} are left over?",
+            "left = {noun} % {0}\nprint(left)", lambda r: [r.randint(3, 47)]),
+}
+VALUE = {"product": lambda v, n: n[0] * n[1], "plain": lambda v, n: n[0],
+         "minus": lambda v, n: v - n[0], "plus": lambda v, n: v + n[0],
+         "count": lambda v, n: v, "div": lambda v, n: v // n[0], "mod": lambda v, n: v % n[0]}
+# Difficulty: how many changes the count goes through, and whether the question groups it. As
+# GSM8K and MATH are in the paper's seed data D0 (§2), two families: "easy" problems have no change,
+# or one change and "how many now?"; "hard" ones have two or three changes. "intermediate" problems
+# (one change, then a grouping question) are never drawn for D0: synthetic_interpolator below
+# writes them from one easy and one hard example, as GPT-4 does in problem interpolation.
+SHAPES = {  # family: [(changes, the questions it may ask), ...]: one drawn per problem
+    "easy": [(0, ("count", "div", "mod")), (1, ("count",))],
+    "hard": [(2, ("count", "div", "mod")), (3, ("count", "div", "mod"))],
+    "intermediate": [(1, ("div", "mod"))],
+}
+CHANGE_OPS, GROUP_OPS = ("minus", "plus"), ("div", "mod")
+
+
+def family_problem(story, steps, family, id=None) -> dict:
+    """A story and its steps [(op, numbers), ...] -> question, code and answer (computed here, apart
+    from the code, which the sandbox runs later)."""
+    fields = ("product", "plain", "noun", "lose", "gain", "grouping", "unit")
+    words = dict(zip(fields, next(s[1:] for s in STORIES if s[0] == story)))
+    sentences, lines, value = [], [], None
+    for op, numbers in steps:
+        sentence, line, _ = STEPS[op]
+        sentences.append((sentence or words[op]).format(*numbers, **words))
+        lines.append(line.format(*numbers, **words))
+        value = VALUE[op](value, numbers)
+    return {"id": id, "question": " ".join(sentences), "answer": str(value),
+            "code": "\n".join(lines), "template": "-".join(op for op, _ in steps),
+            "family": family, "story": story, "steps": [[op, list(n)] for op, n in steps]}
+
+
+def family_problems(n, seed=0, families=("easy", "hard")) -> list[dict]:
+    """n distinct problems (no question twice), the families in turn, deterministic in seed."""
+    rng, seen, out = random.Random(seed), set(), []
+    while len(out) < n:
+        family = families[len(out) % len(families)]
+        changes, ends = rng.choice(SHAPES[family])
+        start = rng.choice(("product", "plain"))
+        if start == "plain" and not changes:   # "how many now?" of a number just given
+            ends = GROUP_OPS
+        ops = [start] + [rng.choice(CHANGE_OPS) for _ in range(changes)] + [rng.choice(ends)]
+        steps = [(op, STEPS[op][2](rng)) for op in ops]
+        story = rng.choice(STORIES)[0]
+        problem = family_problem(story, steps, family, f"{family}-{seed}-{len(out)}")
+        if problem["question"] not in seen:
+            seen.add(problem["question"])
+            out.append(problem)
+    return out
+
+
+def family_split(n_train, n_test, seed=0):
+    """(train, test) problems: drawn together, so no question is in both."""
+    problems = family_problems(n_train + n_test, seed)
+    return problems[n_test:], problems[:n_test]
+
+
+# --------------------------------------------------------------------------------------------------
+# The tiny run's stand-in for GPT-4
 def synthetic_interpolate(easy, hard):
     """A STAND-IN FOR GPT-4 in problem interpolation: from an easy and a hard synthetic problem
-    (lce_data.synthetic_problems), one harder than the first and simpler than the second, of the
+    (family_problems), one harder than the first and simpler than the second, of the
     "intermediate" shape: the easy problem's story and start, one change (the easy problem's own,
     else the hard one's first) and a grouping question (the easy problem's, else the hard one's).
     None when neither asks one, as GPT-4 too sometimes fails. It knows the new problem's answer,
     which the recipe keeps hidden from D1's construction."""
     start, *easy_changes, easy_end = easy["steps"]
-    hard_changes = [step for step in hard["steps"] if step[0] in lce_data.CHANGE_OPS]
-    ends = [step for step in (easy_end, hard["steps"][-1]) if step[0] in lce_data.GROUP_OPS]
+    hard_changes = [step for step in hard["steps"] if step[0] in CHANGE_OPS]
+    ends = [step for step in (easy_end, hard["steps"][-1]) if step[0] in GROUP_OPS]
     if not ends:
         return None
     steps = [start, (easy_changes + hard_changes)[0], ends[0]]
-    return lce_data.synthetic_problem(easy["story"], steps, "intermediate")
+    return family_problem(easy["story"], steps, "intermediate")
 
 
 def synthetic_interpolator(problems):

@@ -5,14 +5,11 @@ MathCoder in miniature: the whole method, start to finish, on a laptop CPU in ab
 
 Every stage is the project's real code, only smaller:
   1. data       lce_data.synthetic_*: word problems whose arithmetic is hard to do "in the head"
-                (multi-digit products, remainders, several steps) but whose code is trivial; each
+                (multi-digit products, remainders, two-step totals) but whose code is trivial; each
                 LCE solution's execution block is the real output of its code run in sandbox.py.
-                Seed data D0 has two families, as GSM8K and MATH are in the paper: easy problems
-                (no change to the count, or one and "how many now?") and hard ones (two or three
-                changes)
   2. tokenizer  tokenizer.train_sentencepiece: a small Llama-style BPE model + the 8 LCE tokens.
   3. train      train.train: a small Llama from scratch, masked loss (no loss on execution blocks,
-                §3). This model is MathCoder-Initial.
+                §3).
   4. solve      infer.solve: generate, execute, continue, on held-out problems (no question is
                 shared with the training set); then again with execution withheld, so the model
                 must write its own <|execution|> numbers.
@@ -20,21 +17,23 @@ Every stage is the project's real code, only smaller:
   6. ablation   the paper's ablation (skip with --no-ablation): the same recipe with loss on
                 execution output too, so the model learns to predict the numbers itself; graded
                 with and without real execution. Its "without" row is arithmetic in its head.
-  7. recipe     how the paper built its data (§2; skip with --no-recipe). Problem interpolation:
-                recipe.synthetic_interpolator, a program standing in for GPT-4, reads the paper's
-                prompt holding one easy and one hard D0 problem and writes a problem between them
-                (one change, then a grouping question). Self-distillation: MathCoder-Initial solves
-                each new problem k times, sampling; recipe.self_distill keeps a solution only where
-                the k answers agree (D1), with no reference answer. The final model continues from
-                MathCoder-Initial on D0 + D1; both are graded on held-out intermediate problems that
-                no training record holds.
-The claims to watch: with real execution the model solves what it cannot compute itself; and the
-final model solves more intermediate problems than MathCoder-Initial, having learnt them only from
-MathCoder-Initial's own agreeing answers.
+  7. recipe     with --recipe (about 7 minutes more): how the paper built its data (§2). Seed data
+                D0 of two families, as GSM8K and MATH are in the paper (recipe.family_split: easy
+                and hard problems); MathCoder-Initial is trained on it as in stage 3. Problem
+                interpolation: recipe.synthetic_interpolator, a program standing in for GPT-4, reads
+                the paper's prompt holding one easy and one hard D0 problem and writes one between
+                them. Self-distillation: MathCoder-Initial solves each new problem k times,
+                sampling; recipe.self_distill keeps a solution only where the k answers agree
+                (D1), with no reference answer. The final model continues from MathCoder-Initial
+                on D0 + D1; both are graded on held-out intermediate problems that no training
+                record holds.
+The claim to watch: with real execution the model solves what it cannot compute itself. With
+--recipe: whether the final model solves more intermediate problems than MathCoder-Initial, having
+learnt them only from MathCoder-Initial's own agreeing answers.
 
 Outputs (a reader can open each stage's output): OUT/data/{train,test}.jsonl, OUT/tokenizer.model,
 OUT/train/ (log.jsonl, final/ in Hugging Face layout), OUT/<mode>/results.jsonl + summary.json,
-OUT/recipe/ (the new problems, every sample, D1, the final model and its grades), OUT/summary.json
+OUT/recipe/ (its D0, both models, the new problems, every sample, D1, the grades), OUT/summary.json
 (every mode, data_recipe, seconds per stage) and OUT/summary.md (the tables). OUT/report.html shows
 all of it, and OUT/<mode>/report.html every problem (open them in a browser).
 """
@@ -52,7 +51,7 @@ import html_views
 import lce_data
 import recipe
 import storage
-from grader import grade
+from grader import grade, is_equiv
 from infer import GenConfig, solve
 from model import Transformer
 from sandbox import Sandbox
@@ -63,7 +62,7 @@ SYSTEM = ""   # docs/method.md §4: the paper's numbers used an empty system tex
               # one; empty is shorter, and every token saved is CPU time saved here
 MARKER = ".tiny_run"   # OUT is wiped at the start only if this file says tiny_run.py made it
 D0_SHARE = 49 / 80     # MathCodeInstruct: about 49k solutions from D0 and 31k from D1 (recalled)
-FIELDS = ("id", "question", "answer", "template", "family")   # of a test problem
+FIELDS = ("id", "question", "answer", "template")   # of a test problem (and "family" in stage 7)
 
 
 def parse_args(argv=None):
@@ -85,8 +84,9 @@ def parse_args(argv=None):
     ap.add_argument("--no-ablation", dest="ablation", action="store_false",
                     help="skip the ablation (a second model, with loss on execution output too)")
     g = ap.add_argument_group("the data recipe (stage 7)")
-    g.add_argument("--no-recipe", dest="recipe", action="store_false",
-                   help="skip problem interpolation, self-distillation and the final model")
+    g.add_argument("--recipe", action="store_true",
+                   help="run it: D0 of two families, MathCoder-Initial, interpolation, "
+                   "self-distillation, the final model")
     g.add_argument("--n-interpolate", type=int, default=300,
                    help="new problems written for D1 (%(default)s)")
     g.add_argument("--samples", type=int, default=3, help="samples of each new problem, k")
@@ -134,7 +134,7 @@ def make_data(args):
     corpus = os.path.join(data, "corpus.txt")
     storage.atomic_write(corpus, "\n".join(lce_data.serialize(r) for r in records) + "\n")
     print(f"{len(records)} training solutions, {len(test_p)} held-out problems -> {data}/")
-    return os.path.join(data, "train.jsonl"), train_p, test_p, corpus
+    return os.path.join(data, "train.jsonl"), test_p, corpus
 
 
 def train_model(args, data, name, tok_path=None, train_on_execution=False, init=None,
@@ -176,8 +176,8 @@ def solve_and_grade(args, ckpt, tests, name, execute):
     results = storage.read_jsonl(os.path.join(out_dir, "results.jsonl"))
     summary["executed_code_blocks"] = execute and sum(    # withheld: the model wrote them all
         b["type"] == "execution" for r in results for b in r["messages"][-1]["content"])
-    family = {p["id"]: p["family"] for p in tests}
-    for name in sorted(set(family.values())):       # accuracy per family of problems
+    family = {p["id"]: p.get("family") for p in tests}
+    for name in sorted(set(family.values()) - {None}):   # accuracy per family of problems
         right = [r["correct"] for r in results if family[r["id"]] == name]
         summary[f"accuracy_{name}"] = sum(right) / len(right)
     return summary
@@ -197,12 +197,13 @@ def interpolate(args, train_p, test_p):
         new = recipe.interpolate_problems(easy, hard, 2 * n, generate, seed)  # some pairs give none
         return [p["question"] for p in new[:n]]
     d1 = new_problems(train_p, args.n_interpolate, args.seed)
+    taken = set(d1)
     held_out = [q for q in new_problems(test_p, args.n_test_intermediate, args.seed + 1)
-                if q not in set(d1)]
-    tests = [{**{k: key[q][k] for k in FIELDS[1:]}, "id": f"intermediate-{i}"}
+                if q not in taken]
+    tests = [{"id": f"intermediate-{i}", "family": "intermediate",
+              **{k: key[q][k] for k in FIELDS[1:]}}
              for i, q in enumerate(held_out)]
     out = os.path.join(args.out, "recipe")
-    os.makedirs(out)
     storage.write_jsonl(os.path.join(out, "interpolated.jsonl"),
                         [{"id": f"d1-{i}", "question": q} for i, q in enumerate(d1)])
     storage.write_jsonl(os.path.join(out, "test_intermediate.jsonl"), tests)
@@ -240,8 +241,8 @@ def distillation_precision(args, questions, d1, samples, key):
     storage.write_jsonl(os.path.join(args.out, "recipe", "key.jsonl"),
                         [{k: key[q][k] for k in ("question", "answer", "template")}
                          for q in questions])
-    kept_right = sum(grade(r["ground_truth"]["answer"], key[lce_data.message_text(r, "user")]
-                           ["answer"])[1] for r in d1)
+    kept_right = sum(is_equiv(r["ground_truth"]["answer"],
+                              key[lce_data.message_text(r, "user")]["answer"]) for r in d1)
     sampled = [s for sample in samples for s in sample]
     sampled_right = sum(grade(s["solution"], key[s["question"]]["answer"])[1] for s in sampled)
     return {"precision": kept_right / max(len(d1), 1), "kept_right": kept_right,
@@ -263,13 +264,36 @@ def d0_and_d1(args, d0_path, d1, held_out):
     return path, n_d0
 
 
-def data_recipe(args, ckpt, d0_path, train_p, test_p, times):
-    """Stage 7: interpolation, self-distillation, the final model; both models graded."""
-    done = stage("7a. interpolation: a stand-in for GPT-4 writes problems between easy and hard",
+def recipe_initial(args, times):
+    """D0 of two families and MathCoder-Initial trained on it, as in stages 1 to 3."""
+    done = stage("7a. D0: easy and hard problems; MathCoder-Initial trained on it", times)
+    train_p, test_p = recipe.family_split(args.n_train, args.n_test, seed=args.seed)
+    with Sandbox() as sb:
+        records = lce_data.synthetic_records(train_p, sandbox=sb, system=SYSTEM)
+    data = os.path.join(args.out, "recipe", "data")
+    os.makedirs(data)
+    d0_path = os.path.join(data, "train.jsonl")
+    storage.write_jsonl(d0_path, records)
+    storage.write_jsonl(os.path.join(data, "test.jsonl"), test_p)
+    corpus = os.path.join(data, "corpus.txt")
+    storage.atomic_write(corpus, "\n".join(lce_data.serialize(r) for r in records) + "\n")
+    tok_path = train_sentencepiece(corpus, os.path.join(args.out, "recipe", "tokenizer"),
+                                   args.vocab_size)
+    ckpt = train_model(args, d0_path, os.path.join("recipe", "train_initial"), tok_path)
+    done()
+    return ckpt, d0_path, train_p, test_p
+
+
+def data_recipe(args, times):
+    """Stage 7: D0 and MathCoder-Initial, interpolation, self-distillation, the final model; both
+    models graded on held-out intermediate problems and on held-out problems of D0's families."""
+    os.makedirs(os.path.join(args.out, "recipe"))
+    ckpt, d0_path, train_p, test_p = recipe_initial(args, times)
+    done = stage("7b. interpolation: a stand-in for GPT-4 writes problems between easy and hard",
                  times)
     questions, tests, key = interpolate(args, train_p, test_p)
     done()
-    done = stage(f"7b. self-distillation: MathCoder-Initial samples {args.samples} solutions "
+    done = stage(f"7c. self-distillation: MathCoder-Initial samples {args.samples} solutions "
                  "of each new problem", times)
     d1, stats, samples = self_distillation(args, ckpt, questions)
     scored = distillation_precision(args, questions, d1, samples, key)
@@ -278,32 +302,34 @@ def data_recipe(args, ckpt, d0_path, train_p, test_p, times):
     done()
     # The paper trained its released models from the base model on D0 + D1. Here the final model
     # continues from MathCoder-Initial (which has learnt D0) for fewer steps, on D1 and a sample
-    # of D0 in the paper's proportion: training from scratch again would double the run.
-    done = stage("7c. final model: continues from MathCoder-Initial on D0 + D1", times)
+    # of D0 in the paper's proportion: training from scratch again would double the time.
+    done = stage("7d. final model: continues from MathCoder-Initial on D0 + D1", times)
     data, n_d0 = d0_and_d1(args, d0_path, d1, tests + test_p)
-    final = train_model(args, data, os.path.join("recipe", "train"), init=ckpt,
+    final = train_model(args, data, os.path.join("recipe", "train_final"), init=ckpt,
                         steps=args.recipe_steps, lr=args.recipe_lr)
     done()
-    done = stage("7d. grade MathCoder-Initial and the final model on held-out intermediate "
-                 "problems", times)
-    initial = solve_and_grade(args, ckpt, tests, os.path.join("recipe", "initial"), True)
-    final_mid = solve_and_grade(args, final, tests, os.path.join("recipe", "final"), True)
-    final_seed = solve_and_grade(args, final, [{k: p[k] for k in FIELDS} for p in test_p],
-                                 os.path.join("recipe", "final_seed_families"), True)
+    done = stage("7e. grade both models on held-out intermediate and seed problems", times)
+    graded = {}
+    for model_name, model in (("initial", ckpt), ("final", final)):
+        for problems, name in ((tests, model_name), (test_p, f"{model_name}_seed_families")):
+            graded[name] = solve_and_grade(args, model, problems, os.path.join("recipe", name),
+                                           True)
     done()
-    return {"initial_accuracy": initial["accuracy"], "final_accuracy": final_mid["accuracy"],
-            "n_test": initial["n"], "initial_correct": initial["correct"],
-            "final_correct": final_mid["correct"],
+    return {"initial_accuracy": graded["initial"]["accuracy"],
+            "final_accuracy": graded["final"]["accuracy"], "n_test": graded["initial"]["n"],
+            "initial_correct": graded["initial"]["correct"],
+            "final_correct": graded["final"]["correct"],
             "d1": {"generated": stats["questions"], "kept": stats["kept"],
                    "rejected_disagree": stats["disagree"], "unfinished": stats["unfinished"],
                    "no_answer": stats["no_answer"], "samples_per_problem": args.samples,
                    "temperature": args.temperature},
             "self_distillation": scored,
-            "final_training": {"init": "MathCoder-Initial (stage 3)", "d0_records": n_d0,
+            "final_training": {"init": "MathCoder-Initial", "d0_records": n_d0,
                                "d1_records": len(d1), "steps": args.recipe_steps,
                                "lr": args.recipe_lr},
-            "final_on_seed_families": {k: v for k, v in final_seed.items()
-                                       if k.startswith("accuracy")}}
+            "seed_families": {f"{model}_{k}": v for model in ("initial", "final")
+                              for k, v in graded[f"{model}_seed_families"].items()
+                              if k.startswith("accuracy_")}}
 
 
 # ---------------------------------------------------------------------------------- the tables
@@ -318,8 +344,8 @@ def tables(results) -> str:
             lines.append(f"| {trained} | {how} | {pct(r['accuracy'])} | "
                          f"{r['correct']} / {r['n']} |")
     if "data_recipe" in results:
-        r, seed = results["data_recipe"], results["with_execution"]
-        d1, sd, fin = r["d1"], r["self_distillation"], r["final_on_seed_families"]
+        r = results["data_recipe"]
+        d1, sd, seed = r["d1"], r["self_distillation"], r["seed_families"]
         lines += ["", f"Data recipe (§2): {d1['generated']} interpolated problems, "
                   f"{d1['samples_per_problem']} samples each at temperature {d1['temperature']}; "
                   f"D1 keeps {d1['kept']} (rejected: {d1['rejected_disagree']} disagree, "
@@ -330,10 +356,11 @@ def tables(results) -> str:
                   "| model | trained on | held-out intermediate | seed problems: easy | hard |",
                   "|---|---|---|---|---|",
                   f"| MathCoder-Initial | D0 | {pct(r['initial_accuracy'])} "
-                  f"({r['initial_correct']} / {r['n_test']}) | {pct(seed['accuracy_easy'])} "
-                  f"| {pct(seed['accuracy_hard'])} |",
+                  f"({r['initial_correct']} / {r['n_test']}) | "
+                  f"{pct(seed['initial_accuracy_easy'])} | {pct(seed['initial_accuracy_hard'])} |",
                   f"| final | D0 + D1 | {pct(r['final_accuracy'])} ({r['final_correct']} / "
-                  f"{r['n_test']}) | {pct(fin['accuracy_easy'])} | {pct(fin['accuracy_hard'])} |"]
+                  f"{r['n_test']}) | {pct(seed['final_accuracy_easy'])} | "
+                  f"{pct(seed['final_accuracy_hard'])} |"]
     return "\n".join(lines)
 
 
@@ -344,7 +371,7 @@ def main(argv=None):
     fresh_dir(args.out)
 
     done = stage("1. data: synthetic problems, solutions executed in the sandbox", times)
-    data, train_p, test_p, corpus = make_data(args)
+    data, test_p, corpus = make_data(args)
     done()
 
     done = stage("2. tokenizer: SentencePiece BPE + the 8 LCE tokens", times)
@@ -352,7 +379,7 @@ def main(argv=None):
     print(f"{tok_path}, {Tokenizer(tok_path).vocab_size} ids")
     done()
 
-    done = stage("3. train: masked loss, none on execution blocks (§3): MathCoder-Initial", times)
+    done = stage("3. train: masked loss, no loss on execution blocks (§3)", times)
     ckpt = train_model(args, data, "train", tok_path)
     done()
 
@@ -373,7 +400,7 @@ def main(argv=None):
         done()
 
     if args.recipe:
-        results["data_recipe"] = data_recipe(args, ckpt, data, train_p, test_p, times)
+        results["data_recipe"] = data_recipe(args, times)
 
     results["seconds"] = round(time.time() - t_all, 1)
     results["stage_seconds"] = times

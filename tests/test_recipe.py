@@ -2,6 +2,7 @@
 the synthetic stand-in for GPT-4 that tiny_run.py uses."""
 import contextlib
 import io
+import re
 
 import lce_data
 import recipe
@@ -56,7 +57,7 @@ def _printed(code):
 
 
 def test_synthetic_interpolator_writes_problems_between_the_two_examples():
-    seeds = lce_data.synthetic_problems(60, seed=7)
+    seeds = recipe.family_problems(60, seed=7)
     easy = [p for p in seeds if p["family"] == "easy"]
     hard = [p for p in seeds if p["family"] == "hard"]
     generate, written = recipe.synthetic_interpolator(seeds)
@@ -82,3 +83,37 @@ def test_synthetic_interpolator_writes_problems_between_the_two_examples():
     # interpolate_problems drops the empty ones and the repeats
     assert len(recipe.interpolate_problems(easy, hard, 20, generate, seed=1)) == \
         len(set(questions) - {""})
+
+
+def test_family_problems_split_and_determinism():
+    train, test = recipe.family_split(400, 100, seed=3)
+    assert len(train) == 400 and len(test) == 100
+    assert not {p["question"] for p in train} & {p["question"] for p in test}
+    assert len({p["question"] for p in train}) == 400
+    assert recipe.family_split(400, 100, seed=3) == (train, test)
+    assert recipe.family_problems(10, seed=4) != recipe.family_problems(10, seed=3)
+    # the seed data's two families, in turn: difficulty is the number of changes to the count and
+    # whether the question groups it
+    def shape(p):
+        return sum(op in ("minus", "plus") for op, _ in p["steps"]), p["steps"][-1][0]
+    assert [p["family"] for p in train[:4]] in (["easy", "hard"] * 2, ["hard", "easy"] * 2)
+    assert {shape(p) for p in train if p["family"] == "easy"} == {
+        (0, "count"), (0, "div"), (0, "mod"), (1, "count")}
+    assert {shape(p) for p in train if p["family"] == "hard"} == {
+        (n, end) for n in (2, 3) for end in ("count", "div", "mod")}
+    assert {shape(p) for p in recipe.family_problems(20, 1, ("intermediate",))} == {
+        (1, "div"), (1, "mod")}
+    assert all(p["steps"][0][0] == "product" for p in train if shape(p) == (0, "count"))
+    # every number in the code comes from the question, one sentence per line of code
+    for p in train[:50]:
+        assert set(re.findall(r"\d+", p["code"])) <= set(re.findall(r"\d+", p["question"]))
+        assert p["question"].count(".") + p["question"].count("?") >= len(p["steps"])
+
+
+def test_family_problems_make_valid_lce_records():
+    problems = recipe.family_problems(8, seed=2)
+    records = lce_data.synthetic_records(problems, run_code=_printed)
+    for p, r in zip(problems, records):
+        blocks = [(b["type"], b["content"]) for b in r["messages"][2]["content"]]
+        assert blocks[1] == ("code", p["code"]) and blocks[2][1].strip() == _printed(p["code"])
+        assert r["ground_truth"]["answer"] == p["answer"] == _printed(p["code"])

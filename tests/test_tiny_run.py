@@ -17,7 +17,7 @@ def test_tiny_run_shrunken(tmp_path):
     out = str(tmp_path / "tiny")
     tiny_run.main(["--out", out, "--n-train", "400", "--n-test", "12", "--steps", "120",
                    "--dim", "64", "--n-layers", "2", "--n-heads", "2", "--batch-size", "16",
-                   "--vocab-size", "400", "--n-interpolate", "24", "--samples", "2",
+                   "--vocab-size", "400", "--recipe", "--n-interpolate", "24", "--samples", "2",
                    "--n-test-intermediate", "12", "--recipe-steps", "10"])
 
     # stage 1: data; training solutions are valid LCE records, no question shared with the test set
@@ -73,10 +73,10 @@ def test_tiny_run_shrunken(tmp_path):
                     break
     assert executed >= 6, f"only {executed} of 12 solutions ran code"
     assert summary["with_execution"]["executed_code_blocks"] >= executed
-    check_data_recipe(out, summary, train, test)
+    check_data_recipe(out, summary)
 
 
-def check_data_recipe(out, summary, train, test):
+def check_data_recipe(out, summary):
     """Stage 7: D1 holds exactly the new problems whose 2 samples finished and agree, no held-out
     problem is trained on, and the figures in summary.json are the files' figures."""
     recipe = os.path.join(out, "recipe")
@@ -99,7 +99,10 @@ def check_data_recipe(out, summary, train, test):
     trained = {lce_data.message_text(r, "user")
                for r in lce_data.read_jsonl_records(os.path.join(recipe, "d0_d1.jsonl"))}
     assert set(agreed) <= trained
-    assert not trained & ({p["question"] for p in held_out} | {p["question"] for p in test})
+    seed_test = read_jsonl(os.path.join(recipe, "data", "test.jsonl"))
+    assert not trained & ({p["question"] for p in held_out} | {p["question"] for p in seed_test})
+    d0 = lce_data.read_jsonl_records(os.path.join(recipe, "data", "train.jsonl"))
+    assert {lce_data.message_text(r, "user") for r in d0} >= trained - set(agreed)
     key = {p["question"]: p["answer"] for p in read_jsonl(os.path.join(recipe, "key.jsonl"))}
     assert set(key) == set(new)
 
@@ -107,7 +110,8 @@ def check_data_recipe(out, summary, train, test):
     assert r["d1"]["generated"] == len(new) and r["d1"]["kept"] == len(d1)
     assert r["self_distillation"]["kept_right"] == sum(
         is_equiv(a, key[q]) for q, a in agreed.items())
-    assert len(read_jsonl(os.path.join(recipe, "train", "log.jsonl"))) == 10
+    assert len(read_jsonl(os.path.join(recipe, "train_initial", "log.jsonl"))) == 120
+    assert len(read_jsonl(os.path.join(recipe, "train_final", "log.jsonl"))) == 10
     for name, key_name in (("initial", "initial_correct"), ("final", "final_correct")):
         graded = read_jsonl(os.path.join(recipe, name, "results.jsonl"))
         assert sorted(g["id"] for g in graded) == sorted(p["id"] for p in held_out)
