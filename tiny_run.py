@@ -115,7 +115,7 @@ def stage(name, times):
     t0 = time.time()
 
     def done():
-        times[name.split(" ")[0].rstrip(".")] = round(time.time() - t0, 1)
+        times[name.split(":")[0]] = round(time.time() - t0, 1)
         print(f"   {time.time() - t0:.1f}s", flush=True)
     return done
 
@@ -327,9 +327,9 @@ def data_recipe(args, times):
             "final_training": {"init": "MathCoder-Initial", "d0_records": n_d0,
                                "d1_records": len(d1), "steps": args.recipe_steps,
                                "lr": args.recipe_lr},
-            "seed_families": {f"{model}_{k}": v for model in ("initial", "final")
-                              for k, v in graded[f"{model}_seed_families"].items()
-                              if k.startswith("accuracy_")}}
+            "seed_families": {f"{model}_accuracy_{family}":
+                              graded[f"{model}_seed_families"][f"accuracy_{family}"]
+                              for model in ("initial", "final") for family in ("easy", "hard")}}
 
 
 # ---------------------------------------------------------------------------------- the tables
