@@ -49,7 +49,8 @@ def read_jsonl_records(path, skip_bad=False, stats=None) -> list[dict]:
     left out."""
     stats = {} if stats is None else stats
     stats.update(records=0, bad=0, errors=[])
-    out, n_lines = [], 0
+    out = []
+    n_lines = 0
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -255,7 +256,8 @@ def pack_examples(examples, seq_len, pad_id) -> list[dict]:
     The model's document-masked attention lets token i see token j only if doc_ids match: examples
     never mix."""
     order = sorted(range(len(examples)), key=lambda k: -len(examples[k][0]))
-    bins, free = [], []                     # free: sorted (room left, bin index)
+    bins = []
+    free = []                               # sorted (room left, bin index)
     for k in order:
         n = len(examples[k][0])
         if n > seq_len:
@@ -332,7 +334,9 @@ TEMPLATES = [  # name, question, code (numbers from the question, result printed
 
 def synthetic_problems(n, seed=0) -> list[dict]:
     """n distinct word problems (no question appears twice), deterministic in seed."""
-    rng, seen, out = random.Random(seed), set(), []
+    rng = random.Random(seed)
+    seen = set()
+    out = []
     while len(out) < n:
         name, question, code, answer, sample = TEMPLATES[len(out) % len(TEMPLATES)]
         v = sample(rng)
@@ -365,7 +369,8 @@ def synthetic_records(problems, sandbox=None, run_code=None, progress=False,
         def run_code(code):
             sandbox.reset()                   # each problem starts from a fresh interpreter state
             return sandbox.run(code)
-    out, t0 = [], time.time()
+    out = []
+    t0 = time.time()
     for i, p in enumerate(problems):
         output = run_code(p["code"])
         if output.strip() != p["answer"]:

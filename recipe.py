@@ -34,7 +34,8 @@ def interpolation_prompts(easy, hard, n, seed=0) -> list[dict]:
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        e, h = rng.choice(easy), rng.choice(hard)
+        e = rng.choice(easy)
+        h = rng.choice(hard)
         prompt = INTERPOLATION_PROMPT.format(easy=e["question"].strip(),
                                              hard=h["question"].strip())
         out.append({"prompt": prompt, "easy_id": e.get("id"), "hard_id": h.get("id")})
@@ -45,7 +46,8 @@ def interpolate_problems(easy, hard, n, generate, seed=0) -> list[dict]:
     """D1's new problems: generate(list of prompts) -> list of completions. Completions are
     stripped of a leading "New problem:"; empty ones and repeats are left out."""
     prompts = interpolation_prompts(easy, hard, n, seed)
-    seen, out = set(), []
+    seen = set()
+    out = []
     for p, text in zip(prompts, generate([p["prompt"] for p in prompts])):
         question = re.sub(r"^\s*(New problem:)?\s*", "", text or "").strip()
         if question and question not in seen:
@@ -128,7 +130,8 @@ SHAPES = {  # family: [(changes, the questions it may ask), ...]: one drawn per 
     "hard": [(2, ("count", "div", "mod")), (3, ("count", "div", "mod"))],
     "intermediate": [(1, ("div", "mod"))],
 }
-CHANGE_OPS, GROUP_OPS = ("minus", "plus"), ("div", "mod")
+CHANGE_OPS = ("minus", "plus")
+GROUP_OPS = ("div", "mod")
 
 
 def family_problem(story, steps, family, id=None) -> dict:
@@ -136,7 +139,9 @@ def family_problem(story, steps, family, id=None) -> dict:
     from the code, which the sandbox runs later)."""
     fields = ("product", "plain", "noun", "lose", "gain", "grouping", "unit")
     words = dict(zip(fields, next(s[1:] for s in STORIES if s[0] == story)))
-    sentences, lines, value = [], [], None
+    sentences = []
+    lines = []
+    value = None
     for op, numbers in steps:
         sentence, line, _ = STEPS[op]
         sentences.append((sentence or words[op]).format(*numbers, **words))
@@ -149,7 +154,9 @@ def family_problem(story, steps, family, id=None) -> dict:
 
 def family_problems(n, seed=0, families=("easy", "hard")) -> list[dict]:
     """n distinct problems (no question twice), the families in turn, deterministic in seed."""
-    rng, seen, out = random.Random(seed), set(), []
+    rng = random.Random(seed)
+    seen = set()
+    out = []
     while len(out) < n:
         family = families[len(out) % len(families)]
         changes, ends = rng.choice(SHAPES[family])

@@ -141,7 +141,8 @@ def train_model(args, data, name, tok_path=None, train_on_execution=False, init=
                 steps=None, lr=None):
     """Stage 3: the real train.py: a small Llama from scratch (shape from the arguments), or
     continuing from the checkpoint `init` (its shape and tokenizer)."""
-    steps, lr = steps or args.steps, lr or args.lr
+    steps = steps or args.steps
+    lr = lr or args.lr
     cfg = TrainConfig(data=data, out=os.path.join(args.out, name), init=init, tokenizer=tok_path,
                       dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
                       hidden_dim=(8 * args.dim // 3 + 15) // 16 * 16, epochs=10 ** 6,
@@ -345,7 +346,9 @@ def tables(results) -> str:
                          f"{r['correct']} / {r['n']} |")
     if "data_recipe" in results:
         r = results["data_recipe"]
-        d1, sd, seed = r["d1"], r["self_distillation"], r["seed_families"]
+        d1 = r["d1"]
+        sd = r["self_distillation"]
+        seed = r["seed_families"]
         lines += ["", f"Data recipe (§2): {d1['generated']} interpolated problems, "
                   f"{d1['samples_per_problem']} samples each at temperature {d1['temperature']}; "
                   f"D1 keeps {d1['kept']} (rejected: {d1['rejected_disagree']} disagree, "
@@ -367,7 +370,8 @@ def tables(results) -> str:
 def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    t_all, times = time.time(), {}
+    t_all = time.time()
+    times = {}
     fresh_dir(args.out)
 
     done = stage("1. data: synthetic problems, solutions executed in the sandbox", times)
