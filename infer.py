@@ -31,9 +31,9 @@ problem):
   * ragged lengths: each row carries its own positions and the model masks cache slots past a
     query's position, so every row's logits are those it would get alone.
 Where both differ from the authors' loop:
-  * the window's first tokens: their server cut ids, decoded them and encoded the text again, which
-    can split the window's first word differently (a piece cut mid-word gets a word-start "▁"); here
-    the ids themselves are kept.
+  * the window's first tokens: their server cut ids, decoded them and encoded the text again,
+    which can split the window's first word differently (a piece cut mid-word gets a word-start
+    "▁"); here the ids themselves are kept.
   * special tokens inside a block: their server's text skipped special tokens (they put back only
     the block's first and last), and it stopped on the text "<|endofblock|>" even when spelled in
     pieces; here every token is kept and only the stop tokens stop.

@@ -1,5 +1,5 @@
 """
-How MathCodeInstruct was built (paper §2, docs/method.md §2): the data recipe, generators pluggable.
+How MathCodeInstruct was built (paper §2, docs/method.md §2): the data recipe.
 
 D0, the seed data, is GSM8K and MATH training problems solved in LCE form by GPT-4 Code Interpreter;
 a model trained on it is MathCoder-Initial. D1 adds problems of a difficulty between the two:
@@ -121,10 +121,10 @@ VALUE = {"product": lambda v, n: n[0] * n[1], "plain": lambda v, n: n[0],
          "minus": lambda v, n: v - n[0], "plus": lambda v, n: v + n[0],
          "count": lambda v, n: v, "div": lambda v, n: v // n[0], "mod": lambda v, n: v % n[0]}
 # Difficulty: how many changes the count goes through, and whether the question groups it. As
-# GSM8K and MATH are in the paper's seed data D0 (§2), two families: "easy" problems have no change,
-# or one change and "how many now?"; "hard" ones have two or three changes. "intermediate" problems
-# (one change, then a grouping question) are never drawn for D0: synthetic_interpolator below
-# writes them from one easy and one hard example, as GPT-4 does in problem interpolation.
+# GSM8K and MATH are in the paper's seed data D0 (§2), two families: "easy" problems have no
+# change, or one change and "how many now?"; "hard" ones have two or three changes. Problems of
+# the "intermediate" shape (one change, then a grouping question) are never drawn for D0:
+# synthetic_interpolator below writes them from one easy and one hard example, as GPT-4 does.
 SHAPES = {  # family: [(changes, the questions it may ask), ...]: one drawn per problem
     "easy": [(0, ("count", "div", "mod")), (1, ("count",))],
     "hard": [(2, ("count", "div", "mod")), (3, ("count", "div", "mod"))],
