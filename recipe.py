@@ -91,9 +91,9 @@ def self_distill(questions, solve, k=3):
 # --------------------------------------------------------------------------------------------------
 # The recipe in miniature (tiny_run.py --recipe): synthetic problems of a known difficulty. As in
 # lce_data.TEMPLATES the arithmetic is hard in one's head and the code trivial. A problem is a story
-# told in steps, each step one sentence of the
-# question and one line of the code: a count (a product, or a plain number), changes to it (some
-# lost, some gained), then the question (how many now, how many full groups, how many left over).
+# told in steps, each step one sentence of the question and one line of the code: a count (a
+# product, or a plain number), changes to it (some lost, some gained), then the question (how many
+# now, how many full groups, how many left over).
 STORIES = [  # name, start as a product (a x b), plain start (a), noun, lose, gain, grouping, unit
     ("factory", "A factory fills {0} boxes with {1} bottles each.", "A factory has {0} bottles.",
      "bottles", "break", "are delivered", "packed into crates", "crates"),
