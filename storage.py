@@ -18,8 +18,10 @@ import re
 
 @contextlib.contextmanager
 def atomic_open(path, mode="w"):
-    """open() for writing that replaces `path` only once the `with` block finished without error."""
+    """open() for writing that replaces `path` only once the `with` block finished without error;
+    missing parent folders are made."""
     path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     encoding = None if "b" in mode else "utf-8"
     try:

@@ -18,6 +18,8 @@ def test_atomic_open_replaces_only_on_success(tmp_path):
     assert os.listdir(tmp_path) == ["out.txt"]   # and no temporary file left behind
     storage.atomic_write(path, b"\x00new")
     assert path.read_bytes() == b"\x00new"
+    storage.atomic_write(tmp_path / "a" / "b.txt", "made")   # missing folders are made
+    assert (tmp_path / "a" / "b.txt").read_text() == "made"
 
 
 def test_jsonl_round_trip_and_errors(tmp_path):
