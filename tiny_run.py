@@ -175,8 +175,8 @@ def solve_and_grade(args, ckpt, tests, name, execute):
     summary = evaluation.run_loop(tests, out_dir, solve_fn, "synthetic", model_name=name)
     evaluation.report([out_dir])                  # out_dir/report.html: every problem, each block
     results = storage.read_jsonl(os.path.join(out_dir, "results.jsonl"))
-    summary["executed_code_blocks"] = execute and sum(    # withheld: the model wrote them all
-        b["type"] == "execution" for r in results for b in r["messages"][-1]["content"])
+    executed = sum(b["type"] == "execution" for r in results for b in r["messages"][-1]["content"])
+    summary["executed_code_blocks"] = executed if execute else 0   # withheld: the model wrote all
     family = {p["id"]: p.get("family") for p in tests}
     for name in sorted(set(family.values()) - {None}):   # accuracy per family of problems
         right = [r["correct"] for r in results if family[r["id"]] == name]

@@ -57,6 +57,7 @@ def test_tiny_run_shrunken(tmp_path):
 
     # without execution nothing ran: every execution block there was written by the model
     assert summary["without_execution"]["executed_code_blocks"] == 0
+    assert type(summary["without_execution"]["executed_code_blocks"]) is int
 
     # the loop really executed code: every execution block after a code block is what that code
     # prints when run afresh (each problem's first code block runs in a fresh session)
