@@ -121,20 +121,19 @@ def stage(name, times):
 
 
 # ------------------------------------------------------------------------------ stages 1 to 6
-def make_data(args):
-    """Stage 1: synthetic problems, LCE solutions whose execution blocks come from the sandbox."""
-    train_p, test_p = lce_data.synthetic_split(args.n_train, args.n_test, seed=args.seed)
+def make_data(train_p, test_p, data):
+    """Stage 1: LCE solutions of the training problems, whose execution blocks come from the
+    sandbox, in data/train.jsonl; the held-out problems in data/test.jsonl; the text for the
+    tokenizer in data/corpus.txt. Returns (train.jsonl, corpus.txt)."""
     with Sandbox() as sb:
         records = lce_data.synthetic_records(train_p, sandbox=sb, system=SYSTEM)
-    data = os.path.join(args.out, "data")
-    os.makedirs(data)
     storage.write_jsonl(os.path.join(data, "train.jsonl"), records)
     storage.write_jsonl(os.path.join(data, "test.jsonl"),
-                        [{k: p[k] for k in FIELDS} for p in test_p])
+                        [{k: p[k] for k in FIELDS + ("family",) if k in p} for p in test_p])
     corpus = os.path.join(data, "corpus.txt")
     storage.atomic_write(corpus, "\n".join(lce_data.serialize(r) for r in records) + "\n")
     print(f"{len(records)} training solutions, {len(test_p)} held-out problems -> {data}/")
-    return os.path.join(data, "train.jsonl"), test_p, corpus
+    return os.path.join(data, "train.jsonl"), corpus
 
 
 def train_model(args, data, name, tok_path=None, train_on_execution=False, init=None,
@@ -269,15 +268,7 @@ def recipe_initial(args, times):
     """D0 of two families and MathCoder-Initial trained on it, as in stages 1 to 3."""
     done = stage("7a. D0: easy and hard problems; MathCoder-Initial trained on it", times)
     train_p, test_p = recipe.family_split(args.n_train, args.n_test, seed=args.seed)
-    with Sandbox() as sb:
-        records = lce_data.synthetic_records(train_p, sandbox=sb, system=SYSTEM)
-    data = os.path.join(args.out, "recipe", "data")
-    os.makedirs(data)
-    d0_path = os.path.join(data, "train.jsonl")
-    storage.write_jsonl(d0_path, records)
-    storage.write_jsonl(os.path.join(data, "test.jsonl"), test_p)
-    corpus = os.path.join(data, "corpus.txt")
-    storage.atomic_write(corpus, "\n".join(lce_data.serialize(r) for r in records) + "\n")
+    d0_path, corpus = make_data(train_p, test_p, os.path.join(args.out, "recipe", "data"))
     tok_path = train_sentencepiece(corpus, os.path.join(args.out, "recipe", "tokenizer"),
                                    args.vocab_size)
     ckpt = train_model(args, d0_path, os.path.join("recipe", "train_initial"), tok_path)
@@ -288,7 +279,6 @@ def recipe_initial(args, times):
 def data_recipe(args, times):
     """Stage 7: D0 and MathCoder-Initial, interpolation, self-distillation, the final model; both
     models graded on held-out intermediate problems and on held-out problems of D0's families."""
-    os.makedirs(os.path.join(args.out, "recipe"))
     ckpt, d0_path, train_p, test_p = recipe_initial(args, times)
     done = stage("7b. interpolation: a stand-in for GPT-4 writes problems between easy and hard",
                  times)
@@ -375,7 +365,8 @@ def main(argv=None):
     fresh_dir(args.out)
 
     done = stage("1. data: synthetic problems, solutions executed in the sandbox", times)
-    data, test_p, corpus = make_data(args)
+    train_p, test_p = lce_data.synthetic_split(args.n_train, args.n_test, seed=args.seed)
+    data, corpus = make_data(train_p, test_p, os.path.join(args.out, "data"))
     done()
 
     done = stage("2. tokenizer: SentencePiece BPE + the 8 LCE tokens", times)
