@@ -480,8 +480,10 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
              '<p class="note">A small Llama trained from scratch on synthetic LCE solutions (text, '
              "code, execution output) solves held-out problems with the generate-execute-continue "
              "loop: once with real execution (its code runs in the sandbox and the output is fed "
-             "back), once with execution withheld (it must write the numbers itself). The second "
-             "model is the paper's ablation: trained with loss on the execution output too.</p>",
+             "back), once with execution withheld (it must write the numbers itself). With "
+             "--ablation, a second model is the paper's ablation: trained with loss on the "
+             "execution output too. data_recipe: the paper's data recipe, run from this model "
+             "(MathCoder-Initial).</p>",
              "<h2>Accuracy on the held-out problems</h2>",
              "<table><tr><th>model</th><th>execution</th><th colspan=2>accuracy</th>"
              "<th>right / n</th><th>every problem</th></tr>"]
@@ -516,8 +518,7 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
     # the training curves: every folder with a log.jsonl, on one plot
     series = []
     links = []
-    for run in sorted(os.listdir(out_dir)) + [os.path.join("recipe", "train_initial"),
-                                              os.path.join("recipe", "train_final")]:
+    for run in sorted(os.listdir(out_dir)) + [os.path.join("recipe", "train_final")]:
         if not os.path.isfile(path(run, "log.jsonl")):
             continue
         on_execution = load(run, "config.json").get("train_on_execution")

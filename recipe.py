@@ -11,7 +11,7 @@ a model trained on it is MathCoder-Initial. D1 adds problems of a difficulty bet
      (self_distill).
 The released models train on D0 + D1 (about 49k + 31k solutions, recalled).
 
-`python tiny_run.py --recipe` runs the whole recipe in miniature, on the synthetic families of
+`python tiny_run.py` runs the whole recipe in miniature, on the synthetic families of
 problems below (family_problems: easy and hard); synthetic_interpolator plays GPT-4's part, a
 program that writes the new problem from the two examples it finds in the prompt.
 """
@@ -89,7 +89,7 @@ def self_distill(questions, solve, k=3):
 
 
 # --------------------------------------------------------------------------------------------------
-# The recipe in miniature (tiny_run.py --recipe): synthetic problems of a known difficulty. As in
+# The recipe in miniature (tiny_run.py, stage 7): synthetic problems of a known difficulty. As in
 # lce_data.TEMPLATES the arithmetic is hard in one's head and the code trivial. A problem is a story
 # told in steps, each step one sentence of the question and one line of the code: a count (a
 # product, or a plain number), changes to it (some lost, some gained), then the question (how many
@@ -105,6 +105,36 @@ STORIES = [  # name, start as a product (a x b), plain start (a), noun, lose, ga
      "are lost", "are donated", "packed into boxes", "boxes"),
     ("bakery", "A bakery buys {0} trays of {1} eggs.", "A bakery has {0} eggs.", "eggs", "crack",
      "are delivered", "packed into cartons", "cartons"),
+    ("shop", "A shop orders {0} packs of {1} pens.", "A shop has {0} pens.", "pens", "are sold",
+     "arrive", "bundled in sets", "sets"),
+    ("port", "A port unloads {0} ships of {1} containers.", "A port has {0} containers.",
+     "containers", "are shipped out", "arrive", "loaded onto trains", "trains"),
+    ("garden", "A garden has {0} rows of {1} tulips.", "A garden has {0} tulips.", "tulips",
+     "wilt", "are planted", "tied into bunches", "bunches"),
+    ("hotel", "A hotel has {0} floors of {1} towels.", "A hotel has {0} towels.", "towels",
+     "are torn", "are bought", "folded into stacks", "stacks"),
+    ("mint", "A mint strikes {0} batches of {1} coins.", "A mint has {0} coins.", "coins",
+     "are melted", "are struck", "wrapped into rolls", "rolls"),
+    ("zoo", "A zoo orders {0} crates of {1} bananas.", "A zoo has {0} bananas.", "bananas", "rot",
+     "are donated", "shared into buckets", "buckets"),
+    ("press", "A press prints {0} runs of {1} posters.", "A press has {0} posters.", "posters",
+     "smudge", "are printed", "rolled into tubes", "tubes"),
+    ("depot", "A depot stores {0} pallets of {1} tires.", "A depot has {0} tires.", "tires",
+     "burst", "arrive", "stacked in piles", "piles"),
+    ("camp", "A camp buys {0} cases of {1} candles.", "A camp has {0} candles.", "candles", "melt",
+     "are bought", "put into tins", "tins"),
+    ("lab", "A lab orders {0} kits of {1} tubes.", "A lab has {0} tubes.", "tubes", "crack",
+     "are delivered", "put into racks", "racks"),
+    ("mill", "A mill weaves {0} looms of {1} scarves.", "A mill has {0} scarves.", "scarves",
+     "tear", "are woven", "packed into parcels", "parcels"),
+    ("studio", "A studio bakes {0} kilns of {1} mugs.", "A studio has {0} mugs.", "mugs", "chip",
+     "are glazed", "boxed in sets", "sets"),
+    ("club", "A club has {0} teams of {1} members.", "A club has {0} members.", "members", "quit",
+     "sign up", "split into squads", "squads"),
+    ("orchard", "An orchard picks {0} crates of {1} pears.", "An orchard has {0} pears.", "pears",
+     "bruise", "are picked", "put into boxes", "boxes"),
+    ("cinema", "A cinema prints {0} rolls of {1} tickets.", "A cinema has {0} tickets.",
+     "tickets", "are voided", "are printed", "clipped into books", "books"),
 ]
 STEPS = {  # op: (sentence (None: the story's start), line of code, numbers it draws)
     "product": (None, "{noun} = {0} * {1}", lambda r: [r.randint(15, 99), r.randint(15, 99)]),

@@ -4,36 +4,36 @@ MathCoder in miniature: the whole method, start to finish, on a laptop CPU in ab
     python tiny_run.py                 # writes everything under out/tiny/ and prints the tables
 
 Every stage is the project's real code, only smaller:
-  1. data       lce_data.synthetic_*: word problems whose arithmetic is hard to do "in the head"
-                (multi-digit products, remainders, two-step totals) but whose code is trivial; each
+  1. data       D0, the seed data, in two families as GSM8K and MATH are in the paper (§2;
+                recipe.family_split): word problems, easy (no change to a count, or one change
+                and "how many now?") and hard (two or three changes), whose arithmetic is hard to
+                do "in the head" (multi-digit products, remainders) but whose code is trivial; each
                 LCE solution's execution block is the real output of its code run in sandbox.py.
   2. tokenizer  tokenizer.train_sentencepiece: a small Llama-style BPE model + the 8 LCE tokens.
   3. train      train.train: a small Llama from scratch, masked loss (no loss on execution blocks,
-                §3).
-  4. solve      infer.solve: generate, execute, continue, on held-out problems (no question is
-                shared with the training set); then again with execution withheld, so the model
-                must write its own <|execution|> numbers.
+                §3). Trained on D0 only, it is the paper's MathCoder-Initial.
+  4. solve      infer.solve: generate, execute, continue, on held-out problems of both families (no
+                question is shared with the training set); then again with execution withheld, so
+                the model must write its own <|execution|> numbers.
   5. grade      eval.run_loop: results.jsonl per mode, graded with grader.py's SymPy equivalence.
-  6. ablation   the paper's ablation (skip with --no-ablation): the same recipe with loss on
-                execution output too, so the model learns to predict the numbers itself; graded
-                with and without real execution. Its "without" row is arithmetic in its head.
-  7. recipe     with --recipe (about 7 minutes more): how the paper built its data (§2). Seed data
-                D0 of two families, as GSM8K and MATH are in the paper (recipe.family_split: easy
-                and hard problems); MathCoder-Initial is trained on it as in stage 3. Problem
+  6. ablation   with --ablation (about 4 minutes more), the paper's ablation: the same recipe with
+                loss on execution output too, so the model learns to predict the numbers itself;
+                graded with and without real execution. Its "without" row is arithmetic in its head.
+  7. recipe     how the paper built the rest of its data (§2; skip with --no-recipe). Problem
                 interpolation: recipe.synthetic_interpolator, a program standing in for GPT-4, reads
                 the paper's prompt holding one easy and one hard D0 problem and writes one between
-                them. Self-distillation: MathCoder-Initial solves each new problem k times,
-                sampling; recipe.self_distill keeps a solution only where the k answers agree
-                (D1), with no reference answer. The final model continues from MathCoder-Initial
-                on D0 + D1; both are graded on held-out intermediate problems that no training
-                record holds.
-The claim to watch: with real execution the model solves what it cannot compute itself. With
---recipe: whether the final model solves more intermediate problems than MathCoder-Initial, having
-learnt them only from MathCoder-Initial's own agreeing answers.
+                them (one change, then a grouping question: a shape no D0 problem has).
+                Self-distillation: MathCoder-Initial solves each new problem k times, sampling;
+                recipe.self_distill keeps a solution only where the k answers agree (D1), with no
+                reference answer. The final model continues from MathCoder-Initial on D0 + D1; both
+                are graded on held-out intermediate problems that no training record holds.
+The claims to watch: with real execution the model solves what it cannot compute itself; and
+whether the final model solves more intermediate problems than MathCoder-Initial, having learnt
+them only from MathCoder-Initial's own agreeing answers.
 
 Outputs (a reader can open each stage's output): OUT/data/{train,test}.jsonl, OUT/tokenizer.model,
 OUT/train/ (log.jsonl, final/ in Hugging Face layout), OUT/<mode>/results.jsonl + summary.json,
-OUT/recipe/ (its D0, both models, the new problems, every sample, D1, the grades), OUT/summary.json
+OUT/recipe/ (the new problems, every sample, D1, the final model, the grades), OUT/summary.json
 (every mode, data_recipe, seconds per stage) and OUT/summary.md (the tables). OUT/report.html shows
 all of it, and OUT/<mode>/report.html every problem (open them in a browser).
 """
@@ -62,7 +62,7 @@ SYSTEM = ""   # docs/method.md §4: the paper's numbers used an empty system tex
               # one; empty is shorter, and every token saved is CPU time saved here
 MARKER = ".tiny_run"   # OUT is wiped at the start only if this file says tiny_run.py made it
 D0_SHARE = 49 / 80     # MathCodeInstruct: about 49k solutions from D0 and 31k from D1 (recalled)
-FIELDS = ("id", "question", "answer", "template")   # of a test problem (and "family" in stage 7)
+FIELDS = ("id", "question", "answer", "template", "family")   # of a held-out problem
 
 
 def parse_args(argv=None):
@@ -81,19 +81,20 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=32, help="sequences per step (%(default)s)")
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (%(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="seed for data, init, data order, sampling")
-    ap.add_argument("--no-ablation", dest="ablation", action="store_false",
-                    help="skip the ablation (a second model, with loss on execution output too)")
+    ap.add_argument("--ablation", action="store_true",
+                    help="add the paper's ablation (stage 6, about 4 minutes more): a second "
+                    "model, with loss on execution output too")
     g = ap.add_argument_group("the data recipe (stage 7)")
-    g.add_argument("--recipe", action="store_true",
-                   help="run it: D0 of two families, MathCoder-Initial, interpolation, "
-                   "self-distillation, the final model")
-    g.add_argument("--n-interpolate", type=int, default=300,
+    g.add_argument("--no-recipe", dest="recipe", action="store_false",
+                   help="skip it (interpolation, self-distillation, the final model)")
+    g.add_argument("--n-interpolate", type=int, default=900,
                    help="new problems written for D1 (%(default)s)")
     g.add_argument("--samples", type=int, default=3, help="samples of each new problem, k")
-    g.add_argument("--temperature", type=float, default=0.7, help="their temperature (%(default)s)")
+    g.add_argument("--temperature", type=float, default=1.0,
+                   help="their temperature (%(default)s; none in the paper, as recalled)")
     g.add_argument("--n-test-intermediate", type=int, default=200,
                    help="held-out intermediate problems (%(default)s)")
-    g.add_argument("--recipe-steps", type=int, default=150,
+    g.add_argument("--recipe-steps", type=int, default=300,
                    help="steps of the final model, from MathCoder-Initial (%(default)s)")
     g.add_argument("--recipe-lr", type=float, default=1e-3, help="its peak learning rate")
     return ap.parse_args(argv)
@@ -129,7 +130,7 @@ def make_data(train_p, test_p, data):
         records = lce_data.synthetic_records(train_p, sandbox=sb, system=SYSTEM)
     storage.write_jsonl(os.path.join(data, "train.jsonl"), records)
     storage.write_jsonl(os.path.join(data, "test.jsonl"),
-                        [{k: p[k] for k in FIELDS + ("family",) if k in p} for p in test_p])
+                        [{k: p[k] for k in FIELDS if k in p} for p in test_p])
     corpus = os.path.join(data, "corpus.txt")
     storage.atomic_write(corpus, "\n".join(lce_data.serialize(r) for r in records) + "\n")
     print(f"{len(records)} training solutions, {len(test_p)} held-out problems -> {data}/")
@@ -200,8 +201,7 @@ def interpolate(args, train_p, test_p):
     taken = set(d1)
     held_out = [q for q in new_problems(test_p, args.n_test_intermediate, args.seed + 1)
                 if q not in taken]
-    tests = [{"id": f"intermediate-{i}", "family": "intermediate",
-              **{k: key[q][k] for k in FIELDS[1:]}}
+    tests = [{"id": f"intermediate-{i}", **{k: key[q][k] for k in FIELDS[1:]}}
              for i, q in enumerate(held_out)]
     out = os.path.join(args.out, "recipe")
     storage.write_jsonl(os.path.join(out, "interpolated.jsonl"),
@@ -264,29 +264,18 @@ def d0_and_d1(args, d0_path, d1, held_out):
     return path, n_d0
 
 
-def recipe_initial(args, times):
-    """D0 of two families and MathCoder-Initial trained on it, as in stages 1 to 3."""
-    done = stage("7a. D0: easy and hard problems; MathCoder-Initial trained on it", times)
-    train_p, test_p = recipe.family_split(args.n_train, args.n_test, seed=args.seed)
-    d0_path, corpus = make_data(train_p, test_p, os.path.join(args.out, "recipe", "data"))
-    tok_path = train_sentencepiece(corpus, os.path.join(args.out, "recipe", "tokenizer"),
-                                   args.vocab_size)
-    ckpt = train_model(args, d0_path, os.path.join("recipe", "train_initial"), tok_path)
-    done()
-    return ckpt, d0_path, train_p, test_p
-
-
-def data_recipe(args, times):
-    """Stage 7: D0 and MathCoder-Initial, interpolation, self-distillation, the final model; both
-    models graded on held-out intermediate problems and on held-out problems of D0's families."""
-    ckpt, d0_path, train_p, test_p = recipe_initial(args, times)
-    done = stage("7b. interpolation: a stand-in for GPT-4 writes problems between easy and hard",
+def data_recipe(args, times, initial, d0_path, train_p, test_p, initial_seed):
+    """Stage 7: interpolation, self-distillation, the final model. MathCoder-Initial is the model
+    of stage 3 (`initial`, trained on D0 = `d0_path`); it and the final model are graded on
+    held-out intermediate problems, and the final model on stage 4's held-out seed problems too
+    (`initial_seed`: MathCoder-Initial's grades there)."""
+    done = stage("7a. interpolation: a stand-in for GPT-4 writes problems between easy and hard",
                  times)
     questions, tests, key = interpolate(args, train_p, test_p)
     done()
-    done = stage(f"7c. self-distillation: MathCoder-Initial samples {args.samples} solutions "
+    done = stage(f"7b. self-distillation: MathCoder-Initial samples {args.samples} solutions "
                  "of each new problem", times)
-    d1, stats, samples = self_distillation(args, ckpt, questions)
+    d1, stats, samples = self_distillation(args, initial, questions)
     scored = distillation_precision(args, questions, d1, samples, key)
     print(f"precision: {scored['kept_right']}/{scored['kept']} kept solutions are right; "
           f"{scored['samples_right']}/{scored['samples']} of all samples were")
@@ -294,17 +283,18 @@ def data_recipe(args, times):
     # The paper trained its released models from the base model on D0 + D1. Here the final model
     # continues from MathCoder-Initial (which has learnt D0) for fewer steps, on D1 and a sample
     # of D0 in the paper's proportion: training from scratch again would double the time.
-    done = stage("7d. final model: continues from MathCoder-Initial on D0 + D1", times)
+    done = stage("7c. final model: continues from MathCoder-Initial on D0 + D1", times)
     data, n_d0 = d0_and_d1(args, d0_path, d1, tests + test_p)
-    final = train_model(args, data, os.path.join("recipe", "train_final"), init=ckpt,
+    final = train_model(args, data, os.path.join("recipe", "train_final"), init=initial,
                         steps=args.recipe_steps, lr=args.recipe_lr)
     done()
-    done = stage("7e. grade both models on held-out intermediate and seed problems", times)
-    graded = {}
-    for model_name, model in (("initial", ckpt), ("final", final)):
-        for problems, name in ((tests, model_name), (test_p, f"{model_name}_seed_families")):
-            graded[name] = solve_and_grade(args, model, problems, os.path.join("recipe", name),
-                                           True)
+    done = stage("7d. grade: both models on held-out intermediate problems, the final one on the "
+                 "seed problems too", times)
+    graded = {name: solve_and_grade(args, model, tests, os.path.join("recipe", name), True)
+              for name, model in (("initial", initial), ("final", final))}
+    seed_tests = [{k: p[k] for k in FIELDS} for p in test_p]
+    final_seed = solve_and_grade(args, final, seed_tests, os.path.join("recipe", "final_seed"),
+                                 True)
     done()
     return {"initial_accuracy": graded["initial"]["accuracy"],
             "final_accuracy": graded["final"]["accuracy"], "n_test": graded["initial"]["n"],
@@ -318,9 +308,10 @@ def data_recipe(args, times):
             "final_training": {"init": "MathCoder-Initial", "d0_records": n_d0,
                                "d1_records": len(d1), "steps": args.recipe_steps,
                                "lr": args.recipe_lr},
-            "seed_families": {f"{model}_accuracy_{family}":
-                              graded[f"{model}_seed_families"][f"accuracy_{family}"]
-                              for model in ("initial", "final") for family in ("easy", "hard")}}
+            "seed_families": {f"{model}_accuracy_{family}": grades[f"accuracy_{family}"]
+                              for model, grades in (("initial", initial_seed),
+                                                    ("final", final_seed))
+                              for family in ("easy", "hard")}}
 
 
 # ---------------------------------------------------------------------------------- the tables
@@ -364,8 +355,8 @@ def main(argv=None):
     times = {}
     fresh_dir(args.out)
 
-    done = stage("1. data: synthetic problems, solutions executed in the sandbox", times)
-    train_p, test_p = lce_data.synthetic_split(args.n_train, args.n_test, seed=args.seed)
+    done = stage("1. data: D0, easy and hard problems, solutions executed in the sandbox", times)
+    train_p, test_p = recipe.family_split(args.n_train, args.n_test, seed=args.seed)
     data, corpus = make_data(train_p, test_p, os.path.join(args.out, "data"))
     done()
 
@@ -374,7 +365,8 @@ def main(argv=None):
     print(f"{tok_path}, {Tokenizer(tok_path).vocab_size} ids")
     done()
 
-    done = stage("3. train: masked loss, no loss on execution blocks (§3)", times)
+    done = stage("3. train: MathCoder-Initial, masked loss, no loss on execution blocks (§3)",
+                 times)
     ckpt = train_model(args, data, "train", tok_path)
     done()
 
@@ -395,7 +387,8 @@ def main(argv=None):
         done()
 
     if args.recipe:
-        results["data_recipe"] = data_recipe(args, times)
+        results["data_recipe"] = data_recipe(args, times, ckpt, data, train_p, test_p,
+                                             results["with_execution"])
 
     results["seconds"] = round(time.time() - t_all, 1)
     results["stage_seconds"] = times

@@ -14,7 +14,7 @@ LIBRARIES = ["notebook.py",    # below sandbox.py: what a cell shows (replay.py 
              "checkpoint.py",  # checkpoint files, below model.py (whose CLI loads and saves them)
              "parallel.py",    # tensor parallelism and replicas, below model.py, infer.py, eval.py
              "grader.py",      # how an answer is graded, below eval.py and recipe.py
-             "recipe.py",      # the paper's data recipe (§2), run by tiny_run.py --recipe
+             "recipe.py",      # the paper's data recipe (§2), run by tiny_run.py (stage 7)
              "authors_grader.py",   # the authors' grader, rewritten: below grader.py
              "latex_sympy.py"]      # LaTeX -> SymPy under a time limit: below both graders
 

@@ -17,7 +17,7 @@ def test_tiny_run_shrunken(tmp_path):
     out = str(tmp_path / "tiny")
     tiny_run.main(["--out", out, "--n-train", "400", "--n-test", "12", "--steps", "120",
                    "--dim", "64", "--n-layers", "2", "--n-heads", "2", "--batch-size", "16",
-                   "--vocab-size", "400", "--recipe", "--n-interpolate", "24", "--samples", "2",
+                   "--vocab-size", "400", "--ablation", "--n-interpolate", "24", "--samples", "2",
                    "--n-test-intermediate", "12", "--recipe-steps", "10"])
 
     # stage 1: data; training solutions are valid LCE records, no question shared with the test set
@@ -100,9 +100,9 @@ def check_data_recipe(out, summary):
     trained = {lce_data.message_text(r, "user")
                for r in lce_data.read_jsonl_records(os.path.join(recipe, "d0_d1.jsonl"))}
     assert set(agreed) <= trained
-    seed_test = read_jsonl(os.path.join(recipe, "data", "test.jsonl"))
+    seed_test = read_jsonl(os.path.join(out, "data", "test.jsonl"))
     assert not trained & ({p["question"] for p in held_out} | {p["question"] for p in seed_test})
-    d0 = lce_data.read_jsonl_records(os.path.join(recipe, "data", "train.jsonl"))
+    d0 = lce_data.read_jsonl_records(os.path.join(out, "data", "train.jsonl"))
     assert {lce_data.message_text(r, "user") for r in d0} >= trained - set(agreed)
     key = {p["question"]: p["answer"] for p in read_jsonl(os.path.join(recipe, "key.jsonl"))}
     assert set(key) == set(new)
@@ -111,8 +111,14 @@ def check_data_recipe(out, summary):
     assert r["d1"]["generated"] == len(new) and r["d1"]["kept"] == len(d1)
     assert r["self_distillation"]["kept_right"] == sum(
         is_equiv(a, key[q]) for q, a in agreed.items())
-    assert len(read_jsonl(os.path.join(recipe, "train_initial", "log.jsonl"))) == 120
     assert len(read_jsonl(os.path.join(recipe, "train_final", "log.jsonl"))) == 10
+    # MathCoder-Initial is stage 3's model: the final model starts from it, and its grades on the
+    # seed problems are stage 4's
+    final_config = json.load(open(os.path.join(recipe, "train_final", "config.json")))
+    assert os.path.samefile(final_config["init"], os.path.join(out, "train", "final"))
+    for family in ("easy", "hard"):
+        assert r["seed_families"][f"initial_accuracy_{family}"] == \
+            summary["with_execution"][f"accuracy_{family}"]
     for name, key_name in (("initial", "initial_correct"), ("final", "final_correct")):
         graded = read_jsonl(os.path.join(recipe, name, "results.jsonl"))
         assert sorted(g["id"] for g in graded) == sorted(p["id"] for p in held_out)
