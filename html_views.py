@@ -518,7 +518,8 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
     # the training curves: every folder with a log.jsonl, on one plot
     series = []
     links = []
-    for run in sorted(os.listdir(out_dir)) + [os.path.join("recipe", "train_final")]:
+    for run in sorted(os.listdir(out_dir)) + [os.path.join("recipe", "train_final"),
+                                              os.path.join("recipe", "train_control")]:
         if not os.path.isfile(path(run, "log.jsonl")):
             continue
         on_execution = load(run, "config.json").get("train_on_execution")

@@ -97,6 +97,9 @@ def parse_args(argv=None):
     g.add_argument("--recipe-steps", type=int, default=300,
                    help="steps of the final model, from MathCoder-Initial (%(default)s)")
     g.add_argument("--recipe-lr", type=float, default=1e-3, help="its peak learning rate")
+    g.add_argument("--control", action="store_true",
+                   help="also continue MathCoder-Initial as the final model is, on D0 alone (as "
+                   "many records), to tell D1's effect from more training's (2 minutes more)")
     return ap.parse_args(argv)
 
 
@@ -288,10 +291,22 @@ def data_recipe(args, times, initial, d0_path, train_p, test_p, initial_seed):
     final = train_model(args, data, os.path.join("recipe", "train_final"), init=initial,
                         steps=args.recipe_steps, lr=args.recipe_lr)
     done()
+    models = [("initial", initial), ("final", final)]
+    if args.control:   # the same continuation without D1: is the gain D1's or more training's?
+        done = stage("7c'. control: the same continuation on D0 alone", times)
+        d0 = lce_data.read_jsonl_records(d0_path)
+        control_data = os.path.join(args.out, "recipe", "d0_only.jsonl")
+        storage.write_jsonl(control_data, random.Random(args.seed + 1).sample(
+            d0, min(len(d0), n_d0 + len(d1))))
+        models.append(("control", train_model(args, control_data,
+                                               os.path.join("recipe", "train_control"),
+                                               init=initial, steps=args.recipe_steps,
+                                               lr=args.recipe_lr)))
+        done()
     done = stage("7d. grade: both models on held-out intermediate problems, the final one on the "
                  "seed problems too", times)
     graded = {name: solve_and_grade(args, model, tests, os.path.join("recipe", name), True)
-              for name, model in (("initial", initial), ("final", final))}
+              for name, model in models}
     seed_tests = [{k: p[k] for k in FIELDS} for p in test_p]
     final_seed = solve_and_grade(args, final, seed_tests, os.path.join("recipe", "final_seed"),
                                  True)
@@ -305,6 +320,8 @@ def data_recipe(args, times, initial, d0_path, train_p, test_p, initial_seed):
                    "no_answer": stats["no_answer"], "samples_per_problem": args.samples,
                    "temperature": args.temperature},
             "self_distillation": scored,
+            **({"control_accuracy": graded["control"]["accuracy"],
+                "control_correct": graded["control"]["correct"]} if args.control else {}),
             "final_training": {"init": "MathCoder-Initial", "d0_records": n_d0,
                                "d1_records": len(d1), "steps": args.recipe_steps,
                                "lr": args.recipe_lr},
@@ -345,6 +362,10 @@ def tables(results) -> str:
                   f"| final | D0 + D1 | {pct(r['final_accuracy'])} ({r['final_correct']} / "
                   f"{r['n_test']}) | {pct(seed['final_accuracy_easy'])} | "
                   f"{pct(seed['final_accuracy_hard'])} |"]
+        if "control_accuracy" in r:
+            lines.append(f"| control: the final model's steps on D0 alone | D0 | "
+                         f"{pct(r['control_accuracy'])} ({r['control_correct']} / "
+                         f"{r['n_test']}) | | |")
     return "\n".join(lines)
 
 

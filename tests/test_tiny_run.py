@@ -18,7 +18,7 @@ def test_tiny_run_shrunken(tmp_path):
     tiny_run.main(["--out", out, "--n-train", "400", "--n-test", "12", "--steps", "120",
                    "--dim", "64", "--n-layers", "2", "--n-heads", "2", "--batch-size", "16",
                    "--vocab-size", "400", "--ablation", "--n-interpolate", "24", "--samples", "2",
-                   "--n-test-intermediate", "12", "--recipe-steps", "10"])
+                   "--n-test-intermediate", "12", "--recipe-steps", "10", "--control"])
 
     # stage 1: data; training solutions are valid LCE records, no question shared with the test set
     train = lce_data.read_jsonl_records(os.path.join(out, "data", "train.jsonl"))
@@ -123,6 +123,15 @@ def check_data_recipe(out, summary):
         graded = read_jsonl(os.path.join(recipe, name, "results.jsonl"))
         assert sorted(g["id"] for g in graded) == sorted(p["id"] for p in held_out)
         assert r[key_name] == sum(g["correct"] for g in graded)
+    # the control: the same continuation on D0 alone, as many records as D0 + D1
+    control = lce_data.read_jsonl_records(os.path.join(recipe, "d0_only.jsonl"))
+    assert len(control) == r["final_training"]["d0_records"] + len(d1)
+    assert {lce_data.message_text(c, "user") for c in control} <= \
+        {lce_data.message_text(c, "user") for c in d0}
+    assert len(read_jsonl(os.path.join(recipe, "train_control", "log.jsonl"))) == 10
+    graded = read_jsonl(os.path.join(recipe, "control", "results.jsonl"))
+    assert len(graded) == len(held_out)
+    assert r["control_correct"] == sum(g["correct"] for g in graded)
     assert r["n_test"] == len(held_out)
     assert "Data recipe" in open(os.path.join(out, "summary.md")).read()
 
