@@ -94,7 +94,7 @@ def parse_args(argv=None):
                    help="their temperature (%(default)s; none in the paper, as recalled)")
     g.add_argument("--n-test-intermediate", type=int, default=200,
                    help="held-out intermediate problems (%(default)s)")
-    g.add_argument("--recipe-steps", type=int, default=300,
+    g.add_argument("--recipe-steps", type=int, default=150,
                    help="steps of the final model, from MathCoder-Initial (%(default)s)")
     g.add_argument("--recipe-lr", type=float, default=1e-3, help="its peak learning rate")
     g.add_argument("--control", action="store_true",
