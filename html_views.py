@@ -507,7 +507,7 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
                 flat += ([(f"{key}.{k}", v) for k, v in x.items()] if isinstance(x, dict)
                          else [(key, x)])
             rows = "".join(f"<tr><td>{esc(key)}</td><td class=num>"
-                           + (pct(x) if key.endswith(("accuracy", "precision"))
+                           + (pct(x) if ("accuracy" in key or key.endswith("precision"))
                               and isinstance(x, float) else esc(x))
                            + "</td></tr>" for key, x in flat)
             parts.append(f"<h2>{esc(name)}</h2><table>{rows}</table>")

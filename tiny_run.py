@@ -16,7 +16,7 @@ Every stage is the project's real code, only smaller:
                 question is shared with the training set); then again with execution withheld, so
                 the model must write its own <|execution|> numbers.
   5. grade      eval.run_loop: results.jsonl per mode, graded with grader.py's SymPy equivalence.
-  6. ablation   with --ablation (about 4 minutes more), the paper's ablation: the same recipe with
+  6. ablation   with --ablation (about 5 minutes more), the paper's ablation: the same recipe with
                 loss on execution output too, so the model learns to predict the numbers itself;
                 graded with and without real execution. Its "without" row is arithmetic in its head.
   7. recipe     how the paper built the rest of its data (§2; skip with --no-recipe). Problem
@@ -82,7 +82,7 @@ def parse_args(argv=None):
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (%(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="seed for data, init, data order, sampling")
     ap.add_argument("--ablation", action="store_true",
-                    help="add the paper's ablation (stage 6, about 4 minutes more): a second "
+                    help="add the paper's ablation (stage 6, about 5 minutes more): a second "
                     "model, with loss on execution output too")
     g = ap.add_argument_group("the data recipe (stage 7)")
     g.add_argument("--no-recipe", dest="recipe", action="store_false",
