@@ -26,7 +26,8 @@ Every stage is the project's real code, only smaller:
                 Self-distillation: MathCoder-Initial solves each new problem k times, sampling;
                 recipe.self_distill keeps a solution only where the k answers agree (D1), with no
                 reference answer. The final model continues from MathCoder-Initial on D0 + D1; both
-                are graded on held-out intermediate problems that no training record holds.
+                are graded on held-out intermediate problems that no training record holds. With
+                --control, MathCoder-Initial is also continued the same way on D0 alone.
 The claims to watch: with real execution the model solves what it cannot compute itself; and
 whether the final model solves more intermediate problems than MathCoder-Initial, having learnt
 them only from MathCoder-Initial's own agreeing answers.
