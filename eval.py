@@ -8,6 +8,10 @@ data-parallel replicas, and an HTML page per run.
     python eval.py run --model CKPT --dataset GSM8K --out out/gsm8k --limit 50
     python eval.py report out/gsm8k                  # out/gsm8k/report.html: every problem
 
+A run resumes where it stopped when started again with the same --out; out/gsm8k/run.json records
+what makes it that run (model, data set, generation config, system text), and resuming another run
+there is refused, naming what differs (--force-new deletes the old results and starts over).
+
 Each result line holds the problem, the solution and both verdicts (grader.verdicts): pred / correct
 (strict, the headline), pred_authors / correct_authors (the paper's protocol), and grade_error when
 grading itself failed. summary.json and summary.md give both accuracies beside the paper's numbers.
@@ -21,8 +25,9 @@ import time
 
 import html_views
 from grader import verdicts
-from storage import (append_jsonl, atomic_write, done_keys, merge_parts, numbered_jsonl, part_path,
-                     read_json, read_jsonl, write_json, write_jsonl)
+from storage import (append_jsonl, atomic_write, check_run, checkpoint_fingerprint, done_keys,
+                     file_digest, merge_parts, numbered_jsonl, part_path, read_json, read_jsonl,
+                     write_json, write_jsonl)
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "eval")  # from any cwd
 
@@ -234,6 +239,23 @@ def _write_summary(out_dir, summary, recs, model_name):
     atomic_write(os.path.join(out_dir, "summary.md"), "\n".join(lines) + "\n")
 
 
+# What a run writes in its --out (and results.jsonl's part files); run.json says which run they
+# are of. --limit, --subject and --level choose problems of the data set, and batch size, device
+# and --tp change only the speed: a resumed run may change those.
+RUN_FILES = ("results.jsonl", "summary.json", "summary.md", "report.html")
+
+
+def run_identity(args, cfg):
+    """What run.json records of `eval.py run`: the model (path, checkpoint files), the data set
+    (name, files' content), the system text (None: each record's own) and the generation config."""
+    return {"model": os.path.abspath(args.model), "model_files": checkpoint_fingerprint(args.model),
+            "dataset": args.dataset.lower(),
+            "data_files": {name: file_digest(os.path.join(args.data_dir, name))
+                           for name in DATASETS[args.dataset.lower()]},
+            "system": args.system,
+            "generation": {k: v for k, v in vars(cfg).items() if k != "batch_size"}}
+
+
 def run(args):
     import infer                     # imported only when generating: scoring needs no model code
     from model import Transformer
@@ -245,6 +267,11 @@ def run(args):
     problems = problems[:args.limit or None]
     tok = Tokenizer.from_checkpoint(args.model)
     ranks = init_ranks(args.tp)   # under torchrun: W / tp replicas share out the problems
+    if ranks.leader:              # another run's results in --out: refused before the model loads
+        check_run(os.path.join(args.out, "run.json"), run_identity(args, cfg),
+                  [os.path.join(args.out, name) for name in RUN_FILES], args.force_new,
+                  write=ranks.replica == 0)
+        ranks.wait_for_all()      # replica 0 has deleted old results (--force-new) before any reads
     model = Transformer.from_pretrained(args.model, args.device or ranks.device,
                                         tp_group=ranks.tp_group).eval()
     if not ranks.leader:             # another shard of a tensor-parallel replica
@@ -358,6 +385,8 @@ def main(argv=None):
                          "replica (torchrun --nproc_per_node=W: W / tp replicas share out the "
                          "problems)")
     run_cmd.add_argument("--data-dir", default=DATA_DIR)
+    run_cmd.add_argument("--force-new", action="store_true", help="delete the results in --out "
+                         "and start over (a resumed run must be the same run: run.json)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:   # infer imports torch: only `run` needs it
         import infer

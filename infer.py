@@ -58,6 +58,7 @@ Where both differ from the authors' loop:
 """
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -637,6 +638,22 @@ def show_solutions(model, tokenizer, questions, system, cfg, pool):
     print()
 
 
+def check_file_run(args, cfg, ranks):
+    """--file resumes only the same run: OUT.run.json records the model, the question file's
+    content, the system text and how to generate (--limit and --batch-size may change); another
+    run's results in OUT are refused, naming what differs (--force-new deletes them)."""
+    out_path = args.out or re.sub(r"(\.jsonl)?$", ".results.jsonl", args.file, count=1)
+    identity = {"model": os.path.abspath(args.model),
+                "model_files": storage.checkpoint_fingerprint(args.model),
+                "question_file": os.path.abspath(args.file),
+                "questions": storage.file_digest(args.file), "system": args.system,
+                "generation": {k: v for k, v in vars(cfg).items() if k != "batch_size"},
+                "dtype": args.dtype, "timeout": args.timeout}
+    storage.check_run(out_path + ".run.json", identity, [out_path, out_path + ".summary.json"],
+                      args.force_new, write=ranks.replica == 0)
+    ranks.wait_for_all()  # replica 0 has deleted old results (--force-new) before any reads them
+
+
 def solve_file(model, tokenizer, args, cfg, pool, ranks):
     """--file: solve every question not yet in the results file (resumable), appending one line
     per problem; data-parallel replicas each take every n-th problem into a part file of their
@@ -699,6 +716,8 @@ def main():
     parser.add_argument("--out", help="results JSONL for --file (default: FILE.results.jsonl); "
                         "resumes if present")
     parser.add_argument("--limit", type=int, help="only the first N questions of --file")
+    parser.add_argument("--force-new", action="store_true", help="delete the results in --out "
+                        "and start over (a resumed --file run must be the same run: OUT.run.json)")
     parser.add_argument("--system", help="system text (default: a --file record's own, else the "
                         f"paper's: {DEFAULT_SYSTEM!r})")
     parser.add_argument("--timeout", type=float,
@@ -718,6 +737,8 @@ def main():
     ranks = init_ranks(args.tp)
     if args.questions and ranks.n_replicas > 1:
         parser.error("several model replicas (--nproc_per_node > --tp) need --file")
+    if args.file and ranks.leader:  # another run's results: refused before the model loads
+        check_file_run(args, cfg, ranks)
     dtype = args.dtype and getattr(torch, args.dtype)
     model = Transformer.from_pretrained(args.model, args.device or ranks.device, dtype,
                                         ranks.tp_group)

@@ -51,14 +51,17 @@ def read_jsonl_records(path, skip_bad=False, stats=None) -> list[dict]:
     stats.update(records=0, bad=0, errors=[])
     out = []
     n_lines = 0
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             n_lines += 1
             try:
                 try:
-                    rec = json.loads(line)
+                    rec = json.loads(line.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}, line {lineno}, field <record>: not UTF-8 (byte "
+                                    f"0x{line[e.start]:02x} at column {e.start + 1})") from None
                 except json.JSONDecodeError as e:
                     raise DataError(f"{path}, line {lineno}, field <record>: "
                                     f"invalid JSON ({e.msg})") from None

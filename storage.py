@@ -6,14 +6,43 @@ only then replace the target in one rename. A crash or a kill at any moment leav
 the new one, never half of one. Results that grow one problem at a time are appended a whole line at
 a time (`append_jsonl`), and `done_keys` cuts off a line that a crash left torn, so a run can
 resume. Data-parallel replicas append to part files of their own, merged at the end
-(`merge_parts`).
+(`merge_parts`). A resumable run keeps what made its results in a run.json (`check_run`): resuming
+another run into the same place is refused instead of mixing the two.
+
+Every error names its file: a bad JSON line or a byte that is not UTF-8 by line, a failed write (a
+full disk) by the path being written.
 
 This module imports nothing of the project: every other module may use it.
 """
 import contextlib
+import hashlib
 import json
 import os
 import re
+
+
+@contextlib.contextmanager
+def naming_errors(path):
+    """An OSError of a write names no file ("[Errno 28] No space left on device"): raised in this
+    block, it names `path`."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno is None or e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, os.fspath(path)) from e
+
+
+def decode_utf8(data: bytes, path, first_line=1) -> str:
+    """`data` (from line `first_line` of `path` on) as text; a byte that is not UTF-8 is an error
+    naming file and line."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = first_line + data.count(b"\n", 0, e.start)
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise ValueError(f"{path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x} at column "
+                         f"{column})") from None
 
 
 @contextlib.contextmanager
@@ -25,7 +54,7 @@ def atomic_open(path, mode="w"):
     tmp = f"{path}.tmp{os.getpid()}"
     encoding = None if "b" in mode else "utf-8"
     try:
-        with open(tmp, mode, encoding=encoding) as f:
+        with naming_errors(path), open(tmp, mode, encoding=encoding) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -46,12 +75,13 @@ def write_json(path, obj):
 
 
 def read_json(path):
-    """One JSON document; a syntax error names the file and line."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    """One JSON document; a syntax error or a byte that is not UTF-8 names the file and line."""
+    with open(path, "rb") as f:
+        text = decode_utf8(f.read(), path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
 
 
 def write_jsonl(path, records):
@@ -64,8 +94,9 @@ def write_jsonl(path, records):
 def numbered_jsonl(path):
     """(line number, record) for each record of a JSONL file (blank lines skipped), for readers that
     name the line of a record they reject; a bad line is an error naming file and line."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            line = decode_utf8(raw, path, n)
             if not line.strip():
                 continue
             try:
@@ -82,16 +113,18 @@ def read_jsonl(path):
 
 
 def append_jsonl(f, record):
-    """Append one record to an open file as one whole line, on disk before this returns."""
-    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
+    """Append one record to an open file as one whole line, on disk before this returns (a failed
+    write names the file; the torn line it may leave is cut off by done_keys)."""
+    with naming_errors(f.name):
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def done_keys(path, key="id"):
     """The `key` of every record already in a results JSONL or in the part files of its
     data-parallel replicas (to resume a run). A torn last line (the run died mid-write) is cut off
-    first."""
+    first; any other bad line is an error naming file and line."""
     keys = set()
     for file in [path, *part_files(path)]:
         if not os.path.exists(file):
@@ -102,8 +135,17 @@ def done_keys(path, key="id"):
         if len(keep) != len(data):
             with open(file, "r+b") as f:
                 f.truncate(len(keep))
-        lines = keep.decode("utf-8").splitlines()
-        keys |= {json.loads(line)[key] for line in lines if line.strip()}
+        # split at "\n" only: str.splitlines would also split a record at a U+2028 in its text
+        for n, line in enumerate(decode_utf8(keep, file).split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{file}:{n}: invalid JSON ({e.msg})") from None
+            if not isinstance(record, dict) or key not in record:
+                raise ValueError(f"{file}:{n}: no field {key!r}")
+            keys.add(record[key])
     return keys
 
 
@@ -145,3 +187,83 @@ def merge_parts(path, key, order):
     write_jsonl(path, records)
     for part in parts:
         os.remove(part)
+
+
+# What a run is. A resumable run (eval.py run, infer.py --file) keeps beside its results a run.json
+# naming what made them: the model's files, the questions' file, the generation settings, the system
+# text. Resuming must be the same run, or one summary would mix two runs' answers.
+def file_digest(path) -> str:
+    """The first 16 hex digits of the file's SHA-256: enough to tell two files apart."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+# the files checkpoint.py and tokenizer.py read from a checkpoint folder (both layouts)
+CHECKPOINT_FILE = re.compile(r"(config|params|added_tokens|tokenizer_config|special_tokens_map)"
+                             r"\.json|tokenizer\.model|.*\.index\.json|.*\.(safetensors|bin|pth)")
+
+
+def checkpoint_fingerprint(folder, hash_up_to=64 << 20) -> dict:
+    """{file name: digest} of a checkpoint folder's files, cheaply: configs, weight index, tokenizer
+    (and a small model's weights) by content; a file over 64 MiB (a real model's weight shard) by
+    its size, as hashing 14 GB would take a minute at every start."""
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        file = os.path.join(folder, name)
+        if CHECKPOINT_FILE.fullmatch(name) and os.path.isfile(file):
+            size = os.path.getsize(file)
+            out[name] = file_digest(file) if size <= hash_up_to else f"{size} bytes"
+    return out
+
+
+def _flat(d, prefix=""):
+    """{"generation": {"seed": 0}} -> {"generation.seed": 0}"""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    """'field: old vs new' for each field that differs (a nested one as generation.seed)."""
+    old, new = _flat(old), _flat(new)
+    missing = object()
+
+    def shown(value):
+        return "missing" if value is missing else json.dumps(value, ensure_ascii=False)
+    return [f"{k}: {shown(old.get(k, missing))} vs {shown(new.get(k, missing))}"
+            for k in {**old, **new} if old.get(k, missing) != new.get(k, missing)]
+
+
+def check_run(path, identity, results, force_new=False, write=True):
+    """Resume only the same run. path: the run's run.json; identity: a JSON dict of what makes the
+    run; results: the files the run writes (and the part files of each). Results of another run
+    (run.json differs, or is missing) are refused with one line naming each field that differs,
+    old vs new. force_new: delete the results there (whichever run's), start over. Then run.json
+    holds `identity`. The results are deleted before run.json is written: a crash in between
+    leaves old results under the old run.json (refused again), never under the new one.
+    write=False only checks (every replica of a data-parallel run but the first)."""
+    identity = json.loads(json.dumps(identity))          # as it reads back: tuples are lists
+    files = [f for r in results for f in [r, *(part_files(r) if r.endswith(".jsonl") else [])]
+             if os.path.exists(f)]
+    old = read_json(path) if os.path.exists(path) else None
+    if files and old != identity and not force_new:
+        if not isinstance(old, dict):
+            raise ValueError(f"{files[0]}: results of an unknown run (no {path}); "
+                             "--force-new deletes them and starts over")
+        raise ValueError(f"{path}: results of another run are here "
+                         f"({'; '.join(_differences(old, identity))}); "
+                         "--force-new deletes them and starts over")
+    if not write:
+        return
+    if force_new:
+        for f in files:
+            os.remove(f)
+    if old != identity:
+        write_json(path, identity)
