@@ -115,9 +115,11 @@ def read_jsonl(path):
 def append_jsonl(f, record):
     """Append one record to an open file as one whole line, on disk before this returns (a failed
     write names the file; the torn line it may leave is cut off by done_keys)."""
+    data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
     with naming_errors(f.name):
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
+        f.flush()   # what was written before, first
+        while data:  # past Python's buffer: a failed write leaves nothing there to fail again
+            data = data[os.write(f.fileno(), data):]
         os.fsync(f.fileno())
 
 

@@ -244,19 +244,24 @@ def test_cli_bad_input_names_file_and_line(tmp_path):
     assert str(e.value.code).startswith(f"error: {bad}:2: invalid JSON")
 
 
-def test_run_prompts_as_the_released_solutions(tmp_path):
-    """`eval.py run` with a tiny random checkpoint: each result's system and user messages are those
-    of the authors' released solution of the same question (debug_result[0:2]), by default; --system
-    overrides the system text."""
+def _tiny_checkpoint(path, seed=0):
+    """A tiny random model with the Llama tokenizer, saved as a checkpoint folder."""
     import torch
     from model import ModelArgs, Transformer
     from tokenizer import Tokenizer
     tok = Tokenizer(os.path.join(ROOT, "tests", "fixtures", "tokenizer", "llama2-tokenizer.model"))
-    torch.manual_seed(0)
-    ckpt = tmp_path / "ckpt"
+    torch.manual_seed(seed)
     Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
-                          hidden_dim=32)).save_pretrained(ckpt)
-    tok.save(ckpt)
+                          hidden_dim=32)).save_pretrained(path)
+    tok.save(path)
+    return str(path)
+
+
+def test_run_prompts_as_the_released_solutions(tmp_path):
+    """`eval.py run` with a tiny random checkpoint: each result's system and user messages are those
+    of the authors' released solution of the same question (debug_result[0:2]), by default; --system
+    overrides the system text."""
+    ckpt = _tiny_checkpoint(tmp_path / "ckpt")
     released = {}
     for name in ("MathCoder-CL-7b_simuleq-correct.jsonl", "MathCoder-CL-7b_simuleq-wrong.jsonl"):
         for line in open(os.path.join(ROOT, "data", "official_outs", name), encoding="utf-8"):
@@ -278,3 +283,78 @@ def test_run_prompts_as_the_released_solutions(tmp_path):
     E.main(args + ["--out", str(tmp_path / "own"), "--system", ""])
     recs = [json.loads(x) for x in (tmp_path / "own" / "results.jsonl").read_text().splitlines()]
     assert [r["messages"][0]["content"][0]["content"] for r in recs] == ["", "", ""]
+
+
+def _run_args(model, out, *more):
+    return ["run", "--model", model, "--out", str(out), "--dataset", "simuleq", "--limit", "2",
+            "--max-new-tokens", "2", "--max-rounds", "1", "--no-execute", "--device", "cpu",
+            "--data-dir", DATA, *more]
+
+
+def _ids(out):
+    return [json.loads(x)["id"] for x in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_run_resumes_only_the_same_run(tmp_path):
+    """An --out holding another model's, data set's or generation's results is refused in one line
+    naming what differs (field: old vs new), and the results stay as they were; --limit and the
+    batch size may change; --force-new deletes the old results and starts over."""
+    a, b = _tiny_checkpoint(tmp_path / "a", seed=0), _tiny_checkpoint(tmp_path / "b", seed=1)
+    out = tmp_path / "out"
+    E.main(_run_args(a, out, "--limit", "3"))
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"] == a and run["dataset"] == "simuleq" and run["system"] is None
+    assert run["generation"]["max_new_tokens"] == 2 and "batch_size" not in run["generation"]
+    assert set(run["model_files"]) == {"config.json", "model.safetensors", "tokenizer.model",
+                                       "added_tokens.json"}
+    before = (out / "results.jsonl").read_text()
+    assert len(before.splitlines()) == 3
+    refused = {(b,): [f'model: "{a}" vs "{b}"', "model_files.model.safetensors: "],
+               (a, "--dataset", "svamp"): ['dataset: "simuleq" vs "svamp"',
+                                          'data_files.SVAMP_test_post.jsonl: missing vs "'],
+               (a, "--max-new-tokens", "3"): ["generation.max_new_tokens: 2 vs 3"],
+               (a, "--temperature", "0.5"): ["generation.temperature: 0.0 vs 0.5"],
+               (a, "--system", ""): ['system: null vs ""']}
+    for (model, *more), differences in refused.items():
+        with pytest.raises(SystemExit) as e:
+            E.main(_run_args(model, out, *more))
+        message = str(e.value.code)
+        assert message.startswith(f"error: {out / 'run.json'}: results of another run are here (")
+        assert "\n" not in message and message.endswith("--force-new deletes them and starts over")
+        assert all(d in message for d in differences), message
+        assert (out / "results.jsonl").read_text() == before          # nothing mixed in
+    E.main(_run_args(a, out, "--limit", "4", "--batch-size", "1"))    # the same run, one more
+    assert _ids(out) == [p["id"] for p in E.load_dataset("simuleq", DATA)[:4]]
+    assert (out / "results.jsonl").read_text().startswith(before)
+    E.main(_run_args(b, out, "--force-new"))                        # another run, from scratch
+    assert _ids(out) == [p["id"] for p in E.load_dataset("simuleq", DATA)[:2]]
+    assert json.loads((out / "run.json").read_text())["model"] == b
+    assert json.loads((out / "summary.json").read_text())["n"] == 2
+    fresh = tmp_path / "fresh"                              # b's answers, not a's
+    E.main(_run_args(b, fresh))
+    assert (out / "results.jsonl").read_text() == (fresh / "results.jsonl").read_text()
+
+
+def test_run_errors_name_the_file(tmp_path, monkeypatch):
+    """A torn line inside the results being resumed names file and line; a full disk names the file
+    being written; each is one line from the command line."""
+    a = _tiny_checkpoint(tmp_path / "a")
+    out = tmp_path / "out"
+    E.main(_run_args(a, out, "--limit", "3"))
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("\n".join([lines[0], lines[1][:40], lines[2]]) + "\n")
+    with pytest.raises(SystemExit) as e:
+        E.main(_run_args(a, out, "--limit", "3"))
+    assert str(e.value.code).startswith(f"error: {out / 'results.jsonl'}:2: invalid JSON")
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full (Linux) for a full disk")
+    import builtins
+    import storage
+
+    def full_disk(file, mode="r", **kwargs):   # every write of storage.py lands on /dev/full
+        return builtins.open("/dev/full" if set(mode) & set("wa") else file, mode, **kwargs)
+    monkeypatch.setattr(storage, "open", full_disk, raising=False)
+    regraded = tmp_path / "regraded.jsonl"
+    with pytest.raises(SystemExit) as e:
+        E.main(["score", SAMPLE, "--dataset", "svamp", "--out", str(regraded)])
+    assert str(e.value.code) == f"error: [Errno 28] No space left on device: '{regraded}'"

@@ -587,3 +587,37 @@ def test_cli(tmp_path, tok):
     assert json.loads((tmp_path / "r.jsonl.summary.json").read_text())["solved"] == 3
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)  # resume: nothing left to do
     assert p.returncode == 0 and len(out.read_text().splitlines()) == 3
+
+
+def test_file_resumes_only_the_same_question_file(tmp_path, tok, monkeypatch):
+    """--file into results of another question file is refused in one line naming what differs;
+    --force-new starts over with the new file's questions."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / "ckpt"
+    Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
+                          hidden_dim=32)).save_pretrained(ckpt)
+    tok.save(ckpt)
+    first, second = tmp_path / "q1.jsonl", tmp_path / "q2.jsonl"
+    first.write_text('{"question": "1+1?"}\n{"question": "2+2?"}\n')
+    second.write_text('{"question": "5+5?"}\n{"question": "6+6?"}\n')
+    out = tmp_path / "r.jsonl"
+
+    def cmd(qfile, *more):
+        return ["infer.py", "--model", str(ckpt), "--file", str(qfile), "--out", str(out),
+                "--no-execute", "--max-new-tokens", "2", "--max-rounds", "1", *more]
+    monkeypatch.setattr(sys, "argv", cmd(first))
+    infer.main()
+    assert json.loads((tmp_path / "r.jsonl.run.json").read_text())["question_file"] == str(first)
+    before = out.read_text()
+    p = subprocess.run([sys.executable, *cmd(second)], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith(f"error: {out}.run.json: results of another run are here "
+                               f'(question_file: "{first}" vs "{second}"; questions: "')
+    assert out.read_text() == before
+    first.write_text('{"question": "1+1?"}\n{"question": "3+3?"}\n')   # the same file, edited
+    monkeypatch.setattr(sys, "argv", cmd(first))
+    with pytest.raises(ValueError, match=r"\(questions: \"[0-9a-f]{16}\" vs \"[0-9a-f]{16}\"\)"):
+        infer.main()
+    monkeypatch.setattr(sys, "argv", cmd(second, "--force-new"))
+    infer.main()
+    assert [json.loads(x)["question"] for x in out.read_text().splitlines()] == ["5+5?", "6+6?"]

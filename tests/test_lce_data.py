@@ -215,6 +215,24 @@ def test_empty_file_invalid_json_and_skip_bad(tmp_path):
         D.read_jsonl_records(str(p), skip_bad=True)
 
 
+def test_a_byte_that_is_not_utf8_names_file_and_line(tmp_path):
+    """Training data saved as Latin-1 ("é" is the one byte 0xe9): the error names file and line, and
+    --skip-bad can skip the line; the command line says so in one line, without a traceback."""
+    p = tmp_path / "latin1.jsonl"
+    bad = GOOD.replace("print", "print('caf\\u00e9'); print").encode().replace(b"\\u00e9", b"\xe9")
+    p.write_bytes(f"{GOOD}\n".encode() + bad + f"\n{GOOD}\n".encode())
+    column = bad.index(b"\xe9") + 1
+    match = rf"latin1\.jsonl, line 2, field <record>: not UTF-8 \(byte 0xe9 at column {column}\)"
+    with pytest.raises(D.DataError, match=match):
+        D.read_jsonl_records(str(p))
+    st = {}
+    assert len(D.read_jsonl_records(str(p), skip_bad=True, stats=st)) == 2 and st["bad"] == 1
+    r = subprocess.run([sys.executable, "lce_data.py", "stats", str(p)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr == (f"error: {p}, line 2, field <record>: not UTF-8 "
+                                              f"(byte 0xe9 at column {column})\n"), r.stderr
+
+
 def test_authors_debug_result_format_parses():
     raw = [json.loads(line) for line in open(SAMPLE, encoding="utf-8")]
     recs = D.read_jsonl_records(SAMPLE)
