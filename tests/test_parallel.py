@@ -337,8 +337,8 @@ def test_eval_run_two_processes_equals_one(launched, eval_one_process, run):
     work, _ = launched
     one = results(eval_one_process)
     assert len(one) == 6 and results(work / run) == one
-    assert sorted(p.name for p in (work / run).iterdir()) == ["results.jsonl", "summary.json",
-                                                              "summary.md"]
+    assert sorted(p.name for p in (work / run).iterdir()) == ["results.jsonl", "run.json",
+                                                              "summary.json", "summary.md"]
     assert (json.loads((work / run / "summary.json").read_text())
             == json.loads((eval_one_process / "summary.json").read_text()))
 
