@@ -34,7 +34,8 @@ h1 { font-size: 22px; margin: 8px 0 4px; } h2 { font-size: 18px; margin: 26px 0 
 .note { color: #555; max-width: 900px; }
 table { border-collapse: collapse; margin: 6px 0; }
 td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .bar { display: inline-block; height: 11px; background: #4c78a8; vertical-align: middle; }
 .bar.paper { background: #b9b9b9; } tr.me td { font-weight: 600; }
 pre, code, .mono { font: 13px/1.35 ui-monospace, "DejaVu Sans Mono", Menlo, monospace; }
@@ -518,13 +519,14 @@ def recipe_html(r: dict) -> str:
     return "\n".join(parts)
 
 
-def stages_html(seconds: dict) -> str:
+def stages_html(seconds: dict, whole=None) -> str:
     """tiny_run's stage times: one row a stage, its title as printed by the run."""
     total = sum(v for v in seconds.values() if isinstance(v, (int, float))) or 1
     rows = "".join(f"<tr><td>{esc(title)}</td><td>{bar(s / total)}</td>"
                    f"<td class=num>{s:.0f} s</td></tr>" for title, s in seconds.items()
                    if isinstance(s, (int, float)))
-    return f"<h2>Where the time went</h2><table>{rows}</table>"
+    took = f" (the whole run: {whole / 60:.0f} min)" if isinstance(whole, (int, float)) else ""
+    return f"<h2>Where the time went{took}</h2><table>{rows}</table>"
 
 
 def tiny_run_page(out_dir, n_examples=4) -> str:
@@ -548,7 +550,8 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
              "<table><tr><th>model</th><th>execution</th><th colspan=2>accuracy</th>"
              "<th>right / n</th><th>every problem</th></tr>"]
     others = []
-    for name, graded in load("summary.json").items():
+    summary = load("summary.json")
+    for name, graded in summary.items():
         if not (isinstance(graded, dict) and {"accuracy", "n", "correct"} <= set(graded)):
             others.append((name, graded))
             continue
@@ -564,8 +567,8 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
         if name == "data_recipe" and isinstance(value, dict):
             parts.append(recipe_html(value))
         elif name == "stage_seconds" and isinstance(value, dict):
-            parts.append(stages_html(value))
-        elif name == "seconds":
+            parts.append(stages_html(value, summary.get("seconds")))
+        elif name == "seconds" and "stage_seconds" not in summary:
             parts.append(f"<p>The whole run took {value / 60:.0f} min.</p>")
         else:                     # anything else tiny_run may add later: shown as it is
             parts.append(f"<p>{esc(name)}: {esc(value)}</p>")
