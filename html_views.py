@@ -568,8 +568,9 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
             parts.append(recipe_html(value))
         elif name == "stage_seconds" and isinstance(value, dict):
             parts.append(stages_html(value, summary.get("seconds")))
-        elif name == "seconds" and "stage_seconds" not in summary:
-            parts.append(f"<p>The whole run took {value / 60:.0f} min.</p>")
+        elif name == "seconds":       # shown with the stage table where there is one
+            if "stage_seconds" not in summary:
+                parts.append(f"<p>The whole run took {value / 60:.0f} min.</p>")
         else:                     # anything else tiny_run may add later: shown as it is
             parts.append(f"<p>{esc(name)}: {esc(value)}</p>")
     # the training curves: every folder with a log.jsonl, on one plot

@@ -369,6 +369,7 @@ def test_tiny_run_page(tmp_path):
     assert [(row[0], row[2]) for row in stages] == [("1. data: D0", "12 s"),
                                                      ("3. train: MathCoder-Initial", "301 s")]
     assert "d1.kept" not in root.text() and "seed_families" not in root.text()
+    assert "seconds" not in root.text()
     assert "Where the time went (the whole run: 13 min)" in root.text()
     # both models' curves on one plot, one point per step
     lines = {pl.attrs["data-name"]: len(_points(pl)) for pl in root.find("polyline")}
