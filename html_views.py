@@ -34,7 +34,8 @@ h1 { font-size: 22px; margin: 8px 0 4px; } h2 { font-size: 18px; margin: 26px 0 
 .note { color: #555; max-width: 900px; }
 table { border-collapse: collapse; margin: 6px 0; }
 td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .bar { display: inline-block; height: 11px; background: #4c78a8; vertical-align: middle; }
 .bar.paper { background: #b9b9b9; } tr.me td { font-weight: 600; }
 pre, code, .mono { font: 13px/1.35 ui-monospace, "DejaVu Sans Mono", Menlo, monospace; }
@@ -467,6 +468,67 @@ def _assistant_blocks(rec):
     return [(b["type"], b["content"]) for b in turn]
 
 
+def _accuracy_cell(x, right=None, n=None) -> str:
+    if not isinstance(x, (int, float)):
+        return "<td></td><td></td>"
+    count = f" ({esc(right)} / {esc(n)})" if right is not None and n is not None else ""
+    return f"<td>{bar(x)}</td><td class=num>{pct(x)}{count}</td>"
+
+
+def recipe_html(r: dict) -> str:
+    """The paper's data-recipe claim (§2) as the tiny run measured it: MathCoder-Initial (trained
+    on D0) against the final model (D0 + D1) and, where it ran, the control (D0 alone, as many
+    steps), on held-out problems of the new intermediate shape and of each seed family; then
+    what self-distillation kept of D1 and how often the kept solutions were right."""
+    seed = r.get("seed_families", {})
+    rows = [("MathCoder-Initial", "D0", "initial"), ("final", "D0 + D1", "final")]
+    if "control_accuracy" in r:
+        rows.append(("control", "D0 alone, the final model's steps", "control"))
+    head = ("<table><tr><th>model</th><th>trained on</th><th colspan=2>held-out intermediate"
+            "</th><th colspan=2>seed problems: easy</th><th colspan=2>hard</th></tr>")
+    body = "".join(
+        f"<tr><td>{name}</td><td>{trained}</td>"
+        + _accuracy_cell(r.get(f"{key}_accuracy"), r.get(f"{key}_correct"), r.get("n_test"))
+        + _accuracy_cell(seed.get(f"{key}_accuracy_easy"))
+        + _accuracy_cell(seed.get(f"{key}_accuracy_hard")) + "</tr>"
+        for name, trained, key in rows)
+    parts = ["<h2>The data recipe: MathCoder-Initial, then the final model</h2>",
+             head + body + "</table>"]
+    d1 = r.get("d1", {})
+    if d1:
+        generated = d1.get("generated") or 0
+        counts = [("kept in D1: the samples agree", d1.get("kept")),
+                  ("dropped: the samples disagree", d1.get("rejected_disagree")),
+                  ("dropped: a sample did not finish", d1.get("unfinished")),
+                  ("dropped: a sample has no answer", d1.get("no_answer"))]
+        rows = "".join(f"<tr><td>{what}</td><td>{bar(n / generated if generated else 0)}</td>"
+                       f"<td class=num>{esc(n)}</td></tr>"
+                       for what, n in counts if n is not None)
+        parts.append(f"<h3>Self-distillation: {esc(generated)} new problems, "
+                     f"{esc(d1.get('samples_per_problem', '?'))} samples each at temperature "
+                     f"{esc(d1.get('temperature', '?'))}</h3><table>{rows}</table>")
+    sd = r.get("self_distillation", {})
+    if "precision" in sd:
+        kept = _accuracy_cell(sd["precision"], sd.get("kept_right"), sd.get("kept"))
+        every = _accuracy_cell(sd.get("unfiltered_accuracy"), sd.get("samples_right"),
+                               sd.get("samples"))
+        parts.append("<table><tr><th>solutions</th><th colspan=2>right (the reference answer is "
+                     "read only after D1 is built)</th></tr>"
+                     f"<tr><td>kept in D1</td>{kept}</tr>"
+                     f"<tr><td>every sample, unfiltered</td>{every}</tr></table>")
+    return "\n".join(parts)
+
+
+def stages_html(seconds: dict, whole=None) -> str:
+    """tiny_run's stage times: one row a stage, its title as printed by the run."""
+    total = sum(v for v in seconds.values() if isinstance(v, (int, float))) or 1
+    rows = "".join(f"<tr><td>{esc(title)}</td><td>{bar(s / total)}</td>"
+                   f"<td class=num>{s:.0f} s</td></tr>" for title, s in seconds.items()
+                   if isinstance(s, (int, float)))
+    took = f" (the whole run: {whole / 60:.0f} min)" if isinstance(whole, (int, float)) else ""
+    return f"<h2>Where the time went{took}</h2><table>{rows}</table>"
+
+
 def tiny_run_page(out_dir, n_examples=4) -> str:
     """out/tiny/report.html from what tiny_run.py left in out_dir: summary.json (the graded modes
     as a table, any other entry as it is), every */log.jsonl on one plot, a few held-out problems
@@ -482,13 +544,14 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
              "loop: once with real execution (its code runs in the sandbox and the output is fed "
              "back), once with execution withheld (it must write the numbers itself). With "
              "--ablation, a second model is the paper's ablation: trained with loss on the "
-             "execution output too. data_recipe: the paper's data recipe, run from this model "
-             "(MathCoder-Initial).</p>",
+             "execution output too. Below the table: the paper's data recipe (§2), run from "
+             "this model as MathCoder-Initial.</p>",
              "<h2>Accuracy on the held-out problems</h2>",
              "<table><tr><th>model</th><th>execution</th><th colspan=2>accuracy</th>"
              "<th>right / n</th><th>every problem</th></tr>"]
     others = []
-    for name, graded in load("summary.json").items():
+    summary = load("summary.json")
+    for name, graded in summary.items():
         if not (isinstance(graded, dict) and {"accuracy", "n", "correct"} <= set(graded)):
             others.append((name, graded))
             continue
@@ -500,20 +563,15 @@ def tiny_run_page(out_dir, n_examples=4) -> str:
                      f"<td class=num>{pct(graded['accuracy'])}</td><td class=num>"
                      f"{esc(graded['correct'])} / {esc(graded['n'])}</td><td>{link}</td></tr>")
     parts.append("</table>")
-    for name, value in others:    # other stages (the data recipe) and the timing, as they are
-        if isinstance(value, dict):
-            flat = []
-            for key, x in value.items():            # one level of nesting shown as "d1.kept"
-                flat += ([(f"{key}.{k}", v) for k, v in x.items()] if isinstance(x, dict)
-                         else [(key, x)])
-            rows = "".join(f"<tr><td>{esc(key)}</td><td class=num>"
-                           + (pct(x) if ("accuracy" in key or key.endswith("precision"))
-                              and isinstance(x, float) else esc(x))
-                           + "</td></tr>" for key, x in flat)
-            parts.append(f"<h2>{esc(name)}</h2><table>{rows}</table>")
-        elif name == "seconds":
-            parts.append(f"<p>The whole run took {value / 60:.0f} min.</p>")
-        else:
+    for name, value in others:
+        if name == "data_recipe" and isinstance(value, dict):
+            parts.append(recipe_html(value))
+        elif name == "stage_seconds" and isinstance(value, dict):
+            parts.append(stages_html(value, summary.get("seconds")))
+        elif name == "seconds":       # shown with the stage table where there is one
+            if "stage_seconds" not in summary:
+                parts.append(f"<p>The whole run took {value / 60:.0f} min.</p>")
+        else:                     # anything else tiny_run may add later: shown as it is
             parts.append(f"<p>{esc(name)}: {esc(value)}</p>")
     # the training curves: every folder with a log.jsonl, on one plot
     series = []

@@ -59,8 +59,8 @@ from sandbox import Sandbox
 from tokenizer import Tokenizer, train_sentencepiece
 from train import TrainConfig, train
 
-SYSTEM = ""   # docs/method.md §4: the paper's numbers used an empty system text or the standard
-              # one; empty is shorter, and every token saved is CPU time saved here
+SYSTEM = ""   # the authors' script defaults to an empty system text (docs/method.md §4; their
+              # numbers used the standard one): every token saved is CPU time saved here
 MARKER = ".tiny_run"   # OUT is wiped at the start only if this file says tiny_run.py made it
 D0_SHARE = 49 / 80     # MathCodeInstruct: about 49k solutions from D0 and 31k from D1 (recalled)
 FIELDS = ("id", "question", "answer", "template", "family")   # of a held-out problem

@@ -323,9 +323,19 @@ def test_tiny_run_page(tmp_path):
              "loss_on_execution_without_execution": [False] * 4}
     summary = {m: {"dataset": "synthetic", "n": 4, "correct": sum(v), "accuracy": sum(v) / 4}
                for m, v in modes.items()}
-    summary["data_recipe"] = {"initial_accuracy": 0.25, "final_accuracy": 0.75, "n_test": 4,
-                              "d1": {"kept": 3}}
+    summary["data_recipe"] = {   # as tiny_run.data_recipe writes it (seed 0's figures)
+        "initial_accuracy": 0.825, "final_accuracy": 0.96, "n_test": 200, "initial_correct": 165,
+        "final_correct": 192, "control_accuracy": 0.845, "control_correct": 169,
+        "d1": {"generated": 900, "kept": 537, "rejected_disagree": 131, "unfinished": 232,
+               "no_answer": 0, "samples_per_problem": 3, "temperature": 1.0},
+        "self_distillation": {"precision": 509 / 537, "kept": 537, "kept_right": 509,
+                              "unfiltered_accuracy": 1887 / 2700, "samples": 2700,
+                              "samples_right": 1887},
+        "final_training": {"init": "MathCoder-Initial", "steps": 150},
+        "seed_families": {"initial_accuracy_easy": 0.98, "initial_accuracy_hard": 0.76,
+                          "final_accuracy_easy": 0.99, "final_accuracy_hard": 0.86}}
     summary["seconds"] = 754.0
+    summary["stage_seconds"] = {"1. data: D0": 12.4, "3. train: MathCoder-Initial": 301.0}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     for m, oks in modes.items():
         _results(str(tmp_path / m), oks)
@@ -344,12 +354,23 @@ def test_tiny_run_page(tmp_path):
     assert len(rows) == 4
     assert rows[0].startswith("masked (paper)real (sandbox)75.0%3 / 4")
     assert rows[3].startswith("loss on execution toowithheld: model writes it0.0%0 / 4")
-    # every other summary entry is shown as it is: the data recipe, the time
-    recipe = root.find("table")[1]
-    assert [td.text() for td in recipe.find("td")] == ["initial_accuracy", "25.0%",
-                                                        "final_accuracy", "75.0%", "n_test", "4",
-                                                        "d1.kept", "3"]
-    assert "The whole run took 13 min." in root.text()
+    # the data recipe's claim as one table: each model on the intermediate and seed problems
+    recipe = [[td.text() for td in tr.find("td")] for tr in root.find("table")[1].find("tr")[1:]]
+    assert [[c for c in row if c] for row in recipe] == [
+        ["MathCoder-Initial", "D0", "82.5% (165 / 200)", "98.0%", "76.0%"],
+        ["final", "D0 + D1", "96.0% (192 / 200)", "99.0%", "86.0%"],
+        ["control", "D0 alone, the final model's steps", "84.5% (169 / 200)"]]
+    d1 = [[td.text() for td in tr.find("td")] for tr in root.find("table")[2].find("tr")]
+    assert [(row[0].split(":")[0], row[2]) for row in d1] == [
+        ("kept in D1", "537"), ("dropped", "131"), ("dropped", "232"), ("dropped", "0")]
+    precision = [[td.text() for td in tr.find("td")] for tr in root.find("table")[3].find("tr")]
+    assert [row[2] for row in precision[1:]] == ["94.8% (509 / 537)", "69.9% (1887 / 2700)"]
+    stages = [[td.text() for td in tr.find("td")] for tr in root.find("table")[4].find("tr")]
+    assert [(row[0], row[2]) for row in stages] == [("1. data: D0", "12 s"),
+                                                     ("3. train: MathCoder-Initial", "301 s")]
+    assert "d1.kept" not in root.text() and "seed_families" not in root.text()
+    assert "seconds" not in root.text()
+    assert "Where the time went (the whole run: 13 min)" in root.text()
     # both models' curves on one plot, one point per step
     lines = {pl.attrs["data-name"]: len(_points(pl)) for pl in root.find("polyline")}
     assert lines == {"train/ (masked)": 30,
