@@ -3,18 +3,27 @@ How a MathCoder solution is graded: pull out the final answer, decide whether it
 reference (docs/method.md §5). Every solution gets two verdicts:
 
 strict (the headline): exact SymPy equivalence, stricter than the authors' 1e-2 tolerance (which
-calls 0.333 equal to 1/3 and 100.004 equal to 100):
-  1. extract_answer: the last \\boxed{...} (nested braces), else "the answer is ...", else GSM8K's
-     "#### x";
+calls 0.333 equal to 1/3 and 100.004 equal to 100), reading answers as mathematicians write them:
+  1. extract_answer: in the model's own text blocks (a box printed by its code is not its answer),
+     the last \\boxed{...} (nested braces), else "the answer is ...", else GSM8K's "#### x";
   2. normalise both strings (LaTeX decoration, units, degrees, percent, dollars, thousands
-     separators, "x =", a "\\text{label} =" or "label:" before the value);
+     separators, a "\\text{label} =" or "label:" before the value) and keep the value a labelled
+     or chained answer names: "x = 3", "(a,b) = (4,1)", "g(x) = 2", "|PQ| = 2", "S_1:S_2 = 3:8",
+     "x = 2 + 3 = 5" (the last member), "r = \\frac13 \\approx 0.33" (not the \\approx one);
   3. plain string / number equality (fast path, no SymPy);
-  4. structure: tuples and intervals in order, sets and lists of solutions in any order, matrices by
-     entry;
-  5. each scalar: LaTeX -> SymPy (latex_sympy.py), then exact comparison. A decimal counts as
-     equal to an exact value only when it is that value correctly rounded to the places written AND
-     carries about four significant figures (0.3333333 == 1/3, 0.333 != 1/3). Every SymPy call runs
-     under a time limit.
+  4. structure: tuples and intervals in order, sets and lists of solutions in any order ("\\pm",
+     "\\text{or}", "\\quad" between solutions), matrices by entry;
+  5. relations: the same relation once moved to one side, up to a positive factor ("5 \\geq y" is
+     "y \\leq 5", "-2x < 6" is "x > -3"), an equation up to a nonzero factor; a one-variable
+     inequality or chain is the set it describes ("-1 < t < 4" is "(-1, 4)"); "x \\le 5" is not
+     "x < 5";
+  6. each scalar: LaTeX -> SymPy (latex_sympy.py), then exact comparison, expressions through
+     expand, then simplify (trigonometric identities: "\\cot^2\\theta + 1" is "\\csc^2\\theta")
+     bounded by the time limit. A decimal counts as equal to an exact value only when it is that
+     value correctly rounded to the places written AND carries about four significant figures
+     (0.3333333 == 1/3, 0.333 != 1/3). Every SymPy call runs under a time limit.
+Strict where strictness is right: a set is not one of its members, "x = 1 or x = 2" is not 1, a
+decimal comma is not a decimal point ("1,5" is a list, "1,500" a thousands group).
 paper protocol: the authors' grader (their src/evaluate.py and src/utils.py), the one behind the
 paper's numbers, rewritten in authors_grader.py; `_grade_authors` below picks the text it reads.
 
@@ -553,7 +562,11 @@ def _grade_authors(solution, reference, dataset):
     # Their `completion`: the released verdicts were computed on an answer that an extraction step,
     # not in their public code, had pulled out of the solution; the first \boxed{} of the last
     # block that has one reproduces it (else the last block, which is what their public script's
-    # `completion` holds).
+    # `completion` holds). Every block is read, code and execution output too, as their released
+    # runs show: of 4,347 released solutions, 2 (both in MathCoder-CL-13b_simuleq-wrong, none in
+    # a -correct file) hold a box only in code or execution output, and the `completion` of one of
+    # them is the text of its last execution block. Reading text blocks only would change none of
+    # the 4,347 verdicts, so nothing in the released runs says they ignored such a box: kept.
     completion = _first_box_of_last_boxed_block(str(solution))
     if completion is None:
         blocks = [b for b in _BLOCK_MARK.split(str(solution)) if b.strip()]

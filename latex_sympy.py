@@ -188,7 +188,9 @@ def _function_powers(tokens):
             elif ([t[1] for t in tokens[k + 2:k + 5:2]] == ["(", ")"]
                   and tokens[k + 3][0] == "n"):
                 exponent, at = tokens[k + 2:k + 5], k + 5
-        if exponent is None or at >= len(tokens):
+        if exponent is not None and at >= len(tokens):
+            raise ValueError("function without argument")
+        if exponent is None:
             out.append(tokens[k])
             k += 1
             continue
