@@ -223,9 +223,14 @@ def _drop_label(s):
     return members[-1][1] if named or len(members) > 2 else s
 
 
-def _normalize(s, drop_label=True):
+def _normalize(s):
     """A canonical string for an answer: the LaTeX decoration that never changes its value
-    removed; with drop_label, the value a labelled or chained answer names (_drop_label)."""
+    removed, and the value a labelled or chained answer names (_drop_label)."""
+    return _canonical(s, drop_label=True)
+
+
+def _canonical(s, drop_label):
+    """_normalize; drop_label=False keeps an equation's left side ("y = 2x + 3")."""
     s = str(s).strip()
     for a, b in [("\n", " "), ("\\!", ""), ("\\sqrt{}", "\\sqrt"), ("{,}", ","), ("∞", "\\infty"),
                  ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"),
@@ -538,8 +543,8 @@ def is_equiv(pred, ref):
     if (a_number, b_number) != (a, b) and _equiv_norm(a_number, b_number):
         return True
     # an equation read whole, its left side kept: "y = \frac12 x + \frac32" is "x - 2y + 3 = 0"
-    a_whole = _normalize(pred, drop_label=False)
-    b_whole = _normalize(ref, drop_label=False)
+    a_whole = _canonical(pred, drop_label=False)
+    b_whole = _canonical(ref, drop_label=False)
     return ((a_whole, b_whole) != (a, b) and "=" in a_whole and "=" in b_whole
             and _equiv_norm(a_whole, b_whole))
 
