@@ -229,44 +229,86 @@ def _normalize(s):
     return _canonical(s, drop_label=True)
 
 
+# LaTeX decoration that never changes a value, replaced as plain text first
+_DECORATION = [("\n", " "), ("\\!", ""), ("\\sqrt{}", "\\sqrt"), ("{,}", ","), ("∞", "\\infty"),
+               ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"), ("\\left", ""),
+               ("\\right", ""), ("\\displaystyle", ""), ("\\bigl", ""), ("\\bigr", ""),
+               ("bmatrix", "pmatrix"), ("\\mbox{", "\\text{"), ("\\$", ""), ("$", ""),
+               ("\\%", ""), ("%", ""), ("\\,", " "), ("\\;", " "), ("\\:", " "), ("\\ ", " "),
+               ("~", " ")]
+
+
+def _rule(name, needs, pattern, replacement, example, want):
+    """One rewriting rule of _canonical: it runs only when one of `needs` occurs in the answer
+    (a substring test, so most answers skip most rules); (example, want) documents it and is
+    checked by tests/test_grader.py."""
+    return {"name": name, "needs": needs, "regex": re.compile(pattern), "to": replacement,
+            "example": (example, want)}
+
+
+def _apply(rule, s):
+    return rule["regex"].sub(rule["to"], s) if any(n in s for n in rule["needs"]) else s
+
+
+_DEGREES = _rule("degrees", ("circ", "°"), r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ", "",
+                 "30^{\\circ}", "30")
+_TEXT_LABEL = _rule("a \\text{label} =", ("\\text",), r"^\\text\s*\{[^{}]*\}\s*=\s*", "",
+                    "\\text{Cost of a taco} = 0.90", "0.90")
+_AND_OR = _rule("and / or between solutions", ("and", "or"),
+                r"\\text\s*\{\s*(and|or)\s*\}|\s+and\s+", ", ", "1\\text{ or }2", "1, 2")
+_QUAD_ENDS = _rule("\\quad at either end", ("quad",),
+                   r"^(?:\s*\\q?quad(?![a-zA-Z]))+\s*|(?:\s*\\q?quad(?![a-zA-Z]))+\s*$", "",
+                   "\\quad 5 \\qquad", "5")
+_QUAD = _rule("\\quad between solutions", ("quad",), r"(?:\s*\\q?quad(?![a-zA-Z]))+\s*", ", ",
+              "x = 3 \\quad x = -3", "x = 3, x = -3")
+_LOST_SPACE = _rule("a '\\ ' space that lost its blank", ("\\",), r"\\(?=[\d+\-(])", " ",
+                    "2,\\1", "2, 1")
+_NAME_COLON = _rule("label: before a value", (":",), r"^[A-Za-z][A-Za-z ]*:\s*(?=[-+\d.])", "",
+                    "Number of rooms: 64", "64")
+_UNIT_WORDS = _rule("unit words after a number", (" ",),
+                    r"^([-+]?[\d.,/]+)(?:\s+(?!pi\b)[a-zA-Z]{2,}\.?(?:\^\{?\d\}?)?)+$", r"\1",
+                    "10 square feet", "10")
+_SUBSCRIPT = _rule("braces around a subscript", ("_{",), r"_\{(\w+)\}", r"_\1",
+                   "4210_{7}", "4210_7")
+# spaces go, except after a command ("\pi r"), marked by \0 first
+_COMMAND_SPACE = _rule("the space after a command", (" ",), r"(\\[a-zA-Z]+) +(?=[a-zA-Z])",
+                       "\\1\0", "\\pi r", "\\pi\0r")
+RULES = [_DEGREES, _TEXT_LABEL, _AND_OR, _QUAD_ENDS, _QUAD, _LOST_SPACE, _NAME_COLON, _UNIT_WORDS,
+         _SUBSCRIPT, _COMMAND_SPACE]   # (all of them: tests check each example)
+_TEXT_UNIT = re.compile(r"\\text\{[^{}]*\}(\^\{?\d\}?)?")
+_DIGIT = re.compile(r"\d")
+
+
 def _canonical(s, drop_label):
     """_normalize; drop_label=False keeps an equation's left side ("y = 2x + 3")."""
     s = str(s).strip()
-    for a, b in [("\n", " "), ("\\!", ""), ("\\sqrt{}", "\\sqrt"), ("{,}", ","), ("∞", "\\infty"),
-                 ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"),
-                 ("\\left", ""), ("\\right", ""), ("\\displaystyle", ""), ("\\bigl", ""),
-                 ("\\bigr", ""), ("bmatrix", "pmatrix"), ("\\mbox{", "\\text{"), ("\\$", ""),
-                 ("$", ""), ("\\%", ""), ("%", ""), ("\\,", " "), ("\\;", " "), ("\\:", " "),
-                 ("\\ ", " "), ("~", " ")]:
+    for a, b in _DECORATION:
         s = s.replace(a, b)
-    s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ", "", s)   # degrees: 30^\circ, 30^{\circ}, 30°
+    s = _apply(_DEGREES, s)
     for cmd in ("\\mathrm", "\\mathbf", "\\boldsymbol", "\\textbf"):
         s = _unwrap(s, cmd)
-    s = re.sub(r"^\\text\s*\{[^{}]*\}\s*=\s*", "", s)   # "\text{Cost of a taco} = 0.90": a label
-    s = re.sub(r"\\text\s*\{\s*(and|or)\s*\}|\s+and\s+", ", ", s)
+    s = _apply(_TEXT_LABEL, s)
+    s = _apply(_AND_OR, s)
     # \text{...}: units after a number are dropped ("10\text{ cm}^2"), a text-only answer is kept
-    if re.search(r"\\text\s*\{", s):
+    if "\\text" in s:
         s = re.sub(r"\\text\s*\{", "\\\\text{", s)
-        bare = re.sub(r"\\text\{[^{}]*\}(\^\{?\d\}?)?", "", s).strip()
-        s = bare if re.search(r"\d", bare) and "\\text{" not in bare else _unwrap(s, "\\text")
-    # \quad between two solutions separates them ("x = 3 \quad x = -3"); at either end it is space
-    if "quad" in s:
-        s = re.sub(r"^(?:\s*\\q?quad(?![a-zA-Z]))+|(?:\s*\\q?quad(?![a-zA-Z]))+\s*$", "", s)
-        s = re.sub(r"(?:\s*\\q?quad(?![a-zA-Z]))+\s*", ", ", s)
-    if "matrix" not in s:   # a "\ " space that lost its blank in the released references ("2,\1")
-        s = re.sub(r"\\(?=[\d+\-(])", " ", s)
-    s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
-    s = re.sub(r"^[A-Za-z][A-Za-z ]*:\s*(?=[-+\d.])", "", s)      # "Number of rooms: 64": a label
+        bare = _TEXT_UNIT.sub("", s).strip()
+        s = bare if _DIGIT.search(bare) and "\\text{" not in bare else _unwrap(s, "\\text")
+    s = _apply(_QUAD, _apply(_QUAD_ENDS, s))
+    if "matrix" not in s:
+        s = _apply(_LOST_SPACE, s)
+    s = " ".join(s.split()).rstrip(".").strip()
+    s = _apply(_NAME_COLON, s)
     if drop_label:
         s = _drop_label(s)                                        # "x = 3" -> "3"
-    if "=" not in s:   # "10 inches", "18 dollars" -> number
-        s = re.sub(r"^([-+]?[\d.,/]+)(?:\s+(?!pi\b)[a-zA-Z]{2,}\.?(?:\^\{?\d\}?)?)+$", r"\1", s)
-    s = re.sub(r"_\{(\w+)\}", r"_\1", s)                          # 4210_{7} -> 4210_7
-    # spaces go, except after a command ("\pi r")
-    s = re.sub(r"(\\[a-zA-Z]+) +(?=[a-zA-Z])", "\\1\0", s).replace(" ", "").replace("\0", " ")
-    if re.fullmatch(r"\(([A-Za-z])\)", s):                         # (C) -> C
-        s = s[1]
+    if "=" not in s:
+        s = _apply(_UNIT_WORDS, s)
+    s = _apply(_SUBSCRIPT, s)
+    s = _apply(_COMMAND_SPACE, s).replace(" ", "").replace("\0", " ")
+    if len(s) == 3 and s[0] == "(" and s[2] == ")" and s[1].isascii() and s[1].isalpha():
+        s = s[1]                                                  # (C) -> C
     return s
+
 
 # ----------------------------------------------------------------------------------------- equality
 
