@@ -247,7 +247,10 @@ def _rule(name, needs, pattern, replacement, example, want):
 
 
 def _apply(rule, s):
-    return rule["regex"].sub(rule["to"], s) if any(n in s for n in rule["needs"]) else s
+    for needed in rule["needs"]:
+        if needed in s:
+            return rule["regex"].sub(rule["to"], s)
+    return s
 
 
 _DEGREES = _rule("degrees", ("circ", "°"), r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ", "",
@@ -574,6 +577,8 @@ def is_equiv(pred, ref):
         return False
     if max(len(str(pred)), len(str(ref))) > MAX_ANSWER_CHARS:   # no answer is that long: no SymPy
         return str(pred).strip() == str(ref).strip()
+    if FAST_PATH and str(pred).strip() == str(ref).strip():      # the same text: nothing to read
+        return True
     a = _normalize(pred)
     b = _normalize(ref)
     if _equiv_norm(a, b):
