@@ -105,7 +105,12 @@ def model_text(solution):
     words, block by block. A \\boxed{} that the code printed is the interpreter's, not the model's
     answer (a solution whose last words are "I cannot tell" is not right because its code printed
     a box). Read as infer.parse_blocks reads it: text outside any block is the model's; a block cut
-    off at a limit keeps its type."""
+    off at a limit keeps its type. `solution` may also be the blocks themselves, [(type, content),
+    ...] (infer.parse_blocks, or a record's messages), where no look-alike marker that the code
+    printed can pass for a real one."""
+    if isinstance(solution, (list, tuple)):
+        return "".join(f"<|text|>{content}<|endofblock|>" for kind, content in solution
+                       if kind == "text")
     if "<|" not in solution:                         # plain text: a reference solution
         return solution
     kept = []
@@ -125,7 +130,7 @@ def extract_answer(text, dataset=None):
     whole."""
     if text is None:
         return None
-    text = model_text(str(text))
+    text = model_text(text if isinstance(text, (list, tuple)) else str(text))
     spans = _box_spans(text)
     if dataset and dataset.lower() == "simuleq" and spans:
         # SimulEq asks for two or more unknowns; its reference holds the first. The authors graded
@@ -619,6 +624,8 @@ def _grade_authors(solution, reference, dataset):
     # a -correct file) hold a box only in code or execution output, and the `completion` of one of
     # them is the text of its last execution block. Reading text blocks only would change none of
     # the 4,347 verdicts, so nothing in the released runs says they ignored such a box: kept.
+    if isinstance(solution, (list, tuple)):            # blocks: as the LCE string
+        solution = "".join(f"<|{kind}|>{content}<|endofblock|>" for kind, content in solution)
     completion = _first_box_of_last_boxed_block(str(solution))
     if completion is None:
         blocks = [b for b in _BLOCK_MARK.split(str(solution)) if b.strip()]
