@@ -304,11 +304,11 @@ def bench_grade(opts):
              "against the reference answer (the self-consistency run of tests/test_eval.py). "
              f"Equal: string {n_string}/{n}, is_equiv {n_full}/{n}, without fast path "
              f"{n_slow}/{n}; written differently (the same text is equal without reading it): "
-             f"{n_written}/{len(differ)} equal; mismatched pairs (solution i vs answer i+1), where most pairs reach "
-             f"SymPy: {n_mismatched}/{len(shifted)} equal. SymPy parse cache cleared before each "
-             "pass. Without the fast path, answers equal only as strings (`\\text{odd}`, "
-             "`\\overline{CD}`, ...) are not matched: the fast path is also what grades "
-             "non-numeric answers."]
+             f"{n_written}/{len(differ)} equal; mismatched pairs (solution i vs answer i+1), "
+             f"where most pairs reach SymPy: {n_mismatched}/{len(shifted)} equal. SymPy parse "
+             "cache cleared before each pass. Without the fast path, answers equal only as "
+             "strings (`\\text{odd}`, `\\overline{CD}`, ...) are not matched: the fast path is "
+             "also what grades non-numeric answers."]
     return "grade: answer checking throughput (CPU)", rows, notes
 
 

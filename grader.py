@@ -221,7 +221,7 @@ def _drop_label(s):
         return s
     first = members[0][1]
     named = first == "" or _LABEL.fullmatch(first.replace(" ", "")) is not None
-    if len(members) > 1 and members[1][0] == "=" and _ARITHMETIC.fullmatch(first):
+    if members[1][0] == "=" and _ARITHMETIC.fullmatch(first):
         named = True                                   # "2 + 3 = 5": a computation, not an equation
     if len(members) == 2 and members[1][0] == "approx":
         return members[1][1] if named else first

@@ -169,7 +169,8 @@ WRITTEN_UNEQUAL = [
     ("(a,b)=(1,4)", "(4,1)"), ("x + y = 5", "5"), ("AC=7, BD=8", "7, 9"), ("x^2 = 4", "4"),
     ("2x = 6", "6"), ("|x-3| = 2", "2"),
     # chains: the last member, not an earlier one; the exact member, not the \\approx one
-    ("x = 2 + 3 = 6", "5"), ("r = \\frac13 \\approx 0.33", "0.33"), ("\\frac13 \\approx 0.5", "0.5"),
+    ("x = 2 + 3 = 6", "5"), ("r = \\frac13 \\approx 0.33", "0.33"),
+    ("\\frac13 \\approx 0.5", "0.5"),
     # identities: only true ones
     ("\\cot^2\\theta", "\\csc^2\\theta"), ("\\sin^2 x - \\cos^2 x", "1"),
     # strict where strictness is right: a set is not one of its members, two solutions are not
