@@ -419,9 +419,11 @@ def _same_relation(relation_a, relation_b):
         return False                                     # x <= 5 is not x < 5
     if not difference_a.free_symbols or not difference_b.free_symbols:   # 2^{10} > 10^3
         sides_a, sides_b = relation_a[0], relation_b[0]
-        if relation_a[1][0] != relation_b[1][0]:
-            sides_b = sides_b[::-1]
-        return all(sympy.simplify(x - y) == 0 for x, y in zip(sides_a, sides_b))
+        orders = [sides_b[::-1]] if relation_a[1] != relation_b[1] else [sides_b]
+        if op_a in ("=", "!="):                          # either way round
+            orders = [sides_b, sides_b[::-1]]
+        return any(all(sympy.simplify(x - y) == 0 for x, y in zip(sides_a, order))
+                   for order in orders)
     ratio = sympy.cancel(difference_a / difference_b)
     if ratio.free_symbols:
         ratio = sympy.simplify(ratio)

@@ -134,6 +134,7 @@ WRITTEN_EQUAL = [
     ("5 \\geq y", "y \\leq 5"), ("-2x < 6", "x > -3"), ("x \\leq 5", "5 \\geq x"),
     ("y = \\frac{1}{2}x + \\frac{3}{2}", "x - 2y + 3 = 0"), ("3 = x", "x = 3"),
     ("x \\neq 2", "2 \\ne x"), ("2^{10} > 10^3", "10^3 < 2^{10}"),
+    ("2^{10} \\ne 1000", "1000 \\neq 2^{10}"),
     # a one-variable inequality or chain is the interval (or union) it describes
     ("-1 < t < 4", "(-1, 4)"), ("t \\ge 2", "[2, \\infty)"), ("(-1, 4)", "-1 < t < 4"),
     ("4 > t \\geq -1", "[-1, 4)"), ("t \\in (-1, 4)", "-1 < t < 4"),
@@ -161,7 +162,8 @@ WRITTEN_UNEQUAL = [
     # relations: the same operator only; a negative factor flips an inequality
     ("x \\le 5", "x < 5"), ("5 \\le y", "y \\le 5"), ("x > 3", "x < 3"), ("2x < 6", "x > -3"),
     ("y = \\frac12 x", "x - 2y + 3 = 0"), ("x \\le 5", "5"), ("5 > 3", "4 > 2"),
-    ("f(2)<f(1)<f(4)", "f(1)<f(2)<f(4)"), ("x = 2", "x^2 = 4"),
+    ("f(2)<f(1)<f(4)", "f(1)<f(2)<f(4)"), ("x = 2", "x^2 = 4"), ("2^{10} = 1024", "2^{10} = 1000"),
+    ("2^{10} < 1025", "1025 < 2^{10}"),
     # sets: the ends as written
     ("-1 \\le t < 4", "(-1, 4)"), ("t > 2", "[2, \\infty)"), ("x^2 < 4", "(-2, 2]"),
     ("x < -1 \\text{ or } x > 2", "(-\\infty, -1) \\cup (3, \\infty)"), ("x = 2", "[2, 2]"),
