@@ -287,22 +287,28 @@ def bench_grade(opts):
     finally:
         grader.FAST_PATH = True
     mismatched, n_mismatched = rate(grader.is_equiv, shifted, "is_equiv on mismatched pairs")
+    differ = [(x, y) for x, y in pairs if x is None or x.strip() != y.strip()]
+    written, n_written = rate(grader.is_equiv, differ, "is_equiv, answer written differently")
     n = len(pairs)
     measured = f"`is_equiv`, {n} MATH answers (answers/s)"
     rows = [(measured, f"{full:,.0f}", "plain string equality", f"{string:,.0f}",
              f"{string / full:,.0f}x slower"),
             (measured, f"{full:,.0f}", "`is_equiv` with FAST_PATH = False (every scalar through "
              "SymPy)", f"{slow:,.0f}", f"**{full / slow:.1f}x** faster"),
+            (f"`is_equiv`, the {len(differ)} answers not written as their reference (answers/s)",
+             f"{written:,.0f}", "`is_equiv`, all matching pairs", f"{full:,.0f}",
+             f"{full / written:.1f}x slower"),
             (f"`is_equiv`, {len(shifted)} mismatched pairs (answers/s)", f"{mismatched:,.0f}",
              "`is_equiv`, matching pairs", f"{full:,.0f}", f"{full / mismatched:.1f}x slower")]
     notes = [f"Input: every MATH test problem's reference solution, its extracted answer graded "
              "against the reference answer (the self-consistency run of tests/test_eval.py). "
              f"Equal: string {n_string}/{n}, is_equiv {n_full}/{n}, without fast path "
-             f"{n_slow}/{n}; mismatched pairs (solution i vs answer i+1), where most pairs reach "
-             f"SymPy: {n_mismatched}/{len(shifted)} equal. SymPy parse cache cleared before each "
-             "pass. Without the fast path, answers equal only as strings (`\\text{odd}`, "
-             "`\\overline{CD}`, ...) are not matched: the fast path is also what grades "
-             "non-numeric answers."]
+             f"{n_slow}/{n}; written differently (the same text is equal without reading it): "
+             f"{n_written}/{len(differ)} equal; mismatched pairs (solution i vs answer i+1), "
+             f"where most pairs reach SymPy: {n_mismatched}/{len(shifted)} equal. SymPy parse "
+             "cache cleared before each pass. Without the fast path, answers equal only as "
+             "strings (`\\text{odd}`, `\\overline{CD}`, ...) are not matched: the fast path is "
+             "also what grades non-numeric answers."]
     return "grade: answer checking throughput (CPU)", rows, notes
 
 

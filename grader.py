@@ -3,18 +3,27 @@ How a MathCoder solution is graded: pull out the final answer, decide whether it
 reference (docs/method.md §5). Every solution gets two verdicts:
 
 strict (the headline): exact SymPy equivalence, stricter than the authors' 1e-2 tolerance (which
-calls 0.333 equal to 1/3 and 100.004 equal to 100):
-  1. extract_answer: the last \\boxed{...} (nested braces), else "the answer is ...", else GSM8K's
-     "#### x";
+calls 0.333 equal to 1/3 and 100.004 equal to 100), reading answers as mathematicians write them:
+  1. extract_answer: in the model's own text blocks (a box printed by its code is not its answer),
+     the last \\boxed{...} (nested braces), else "the answer is ...", else GSM8K's "#### x";
   2. normalise both strings (LaTeX decoration, units, degrees, percent, dollars, thousands
-     separators, "x =", a "\\text{label} =" or "label:" before the value);
+     separators, a "\\text{label} =" or "label:" before the value) and keep the value a labelled
+     or chained answer names: "x = 3", "(a,b) = (4,1)", "g(x) = 2", "|PQ| = 2", "S_1:S_2 = 3:8",
+     "x = 2 + 3 = 5" (the last member), "r = \\frac13 \\approx 0.33" (not the \\approx one);
   3. plain string / number equality (fast path, no SymPy);
-  4. structure: tuples and intervals in order, sets and lists of solutions in any order, matrices by
-     entry;
-  5. each scalar: LaTeX -> SymPy (latex_sympy.py), then exact comparison. A decimal counts as
-     equal to an exact value only when it is that value correctly rounded to the places written AND
-     carries about four significant figures (0.3333333 == 1/3, 0.333 != 1/3). Every SymPy call runs
-     under a time limit.
+  4. structure: tuples and intervals in order, sets and lists of solutions in any order ("\\pm",
+     "\\text{or}", "\\quad" between solutions), matrices by entry;
+  5. relations: the same relation once moved to one side, up to a positive factor ("5 \\geq y" is
+     "y \\leq 5", "-2x < 6" is "x > -3"), an equation up to a nonzero factor; a one-variable
+     inequality or chain is the set it describes ("-1 < t < 4" is "(-1, 4)"); "x \\le 5" is not
+     "x < 5";
+  6. each scalar: LaTeX -> SymPy (latex_sympy.py), then exact comparison, expressions through
+     expand, then simplify (trigonometric identities: "\\cot^2\\theta + 1" is "\\csc^2\\theta")
+     bounded by the time limit. A decimal counts as equal to an exact value only when it is that
+     value correctly rounded to the places written AND carries about four significant figures
+     (0.3333333 == 1/3, 0.333 != 1/3). Every SymPy call runs under a time limit.
+Strict where strictness is right: a set is not one of its members, "x = 1 or x = 2" is not 1, a
+decimal comma is not a decimal point ("1,5" is a list, "1,500" a thousands group).
 paper protocol: the authors' grader (their src/evaluate.py and src/utils.py), the one behind the
 paper's numbers, rewritten in authors_grader.py; `_grade_authors` below picks the text it reads.
 
@@ -87,12 +96,41 @@ def _first_box_of_last_boxed_block(text):
     return None
 
 
+_LCE_TOKEN = re.compile(
+    r"(<\|(?:text|code|execution|endofblock|endofmessage|system|user|assistant)\|>)")
+
+
+def model_text(solution):
+    """The solution with its code and execution blocks cut out: what the model wrote in its own
+    words, block by block. A \\boxed{} that the code printed is the interpreter's, not the model's
+    answer (a solution whose last words are "I cannot tell" is not right because its code printed
+    a box). Read as infer.parse_blocks reads it: text outside any block is the model's; a block cut
+    off at a limit keeps its type. `solution` may also be the blocks themselves, [(type, content),
+    ...] (infer.parse_blocks, or a record's messages), where no look-alike marker that the code
+    printed can pass for a real one."""
+    if isinstance(solution, (list, tuple)):
+        return "".join(f"<|text|>{content}<|endofblock|>" for kind, content in solution
+                       if kind == "text")
+    if "<|" not in solution:                         # plain text: a reference solution
+        return solution
+    kept = []
+    kind = "text"
+    for piece in _LCE_TOKEN.split(solution):
+        if piece.startswith("<|") and _LCE_TOKEN.fullmatch(piece):
+            opens = piece in ("<|text|>", "<|code|>", "<|execution|>")
+            kind = piece[2:-2] if opens else "text"
+        elif kind == "text" and piece:
+            kept.append(f"<|text|>{piece}<|endofblock|>")
+    return "".join(kept)
+
+
 def extract_answer(text, dataset=None):
-    """The final answer a solution gives, or None: the last \\boxed{}. SimulEq (dataset='simuleq'):
-    the first \\boxed{} of the last block that has one, whole."""
+    """The final answer a solution gives in its own text blocks (model_text), or None: the last
+    \\boxed{}. SimulEq (dataset='simuleq'): the first \\boxed{} of the last block that has one,
+    whole."""
     if text is None:
         return None
-    text = str(text)
+    text = model_text(text if isinstance(text, (list, tuple)) else str(text))
     spans = _box_spans(text)
     if dataset and dataset.lower() == "simuleq" and spans:
         # SimulEq asks for two or more unknowns; its reference holds the first. The authors graded
@@ -128,40 +166,157 @@ def _strip_lhs(s):
     return re.sub(r"^(?:[a-zA-Z]|\\[a-z]+)(?:_\{?\w+\}?)?\s*(?:=|\\in)\s*(?=\S)", "", s)
 
 
+_NAME = r"(?:[A-Za-z]+|\\[a-zA-Z]+)(?:_\{?\w+\}?)?'*"      # x, AC, \theta, S_1, a_{10}, f'
+_ARGUMENT = rf"(?:{_NAME}|[-+]?\d+)"
+# What may stand before "=" as the answer's name, not part of it (spaces removed):
+_LABEL = re.compile("|".join([
+    _NAME,                                                 # x, AC, \theta
+    rf"\({_NAME}(?:,{_NAME})+\)",                          # a tuple of names: (a,b)
+    rf"{_NAME}\({_ARGUMENT}(?:,{_ARGUMENT})*\)",           # a function of the variable: g(x), f(3)
+    rf"\|{_NAME}\|",                                       # an absolute value or length: |PQ|
+    rf"{_NAME}(?::{_NAME})+",                              # a ratio of names: S_1:S_2
+    r"\\overline\{[A-Z]+\}", r"m?\\angle[A-Z]+"]))         # \overline{AB}, \angle ABC
+
+
+_ARITHMETIC = re.compile(r"(?:[\d\s.+\-*/()^{}]|\\(?:frac|sqrt|cdot|times|div))+")
+
+
+def _chain(s):
+    """s split at the '=' and '\\approx' outside brackets: [(separator, member), ...], the first
+    separator ''. '<=' and '>=' are relations, not chains."""
+    members = [["", ""]]
+    depth = 0
+    i = 0
+    while i < len(s):
+        c = s[i]
+        depth += 1 if c in "([{" else -1 if c in ")]}" else 0
+        if depth == 0 and s.startswith("\\approx", i):
+            members.append(["approx", ""])
+            i += len("\\approx")
+            continue
+        if depth == 0 and c == "=" and s[i - 1:i] not in ("<", ">", "!"):
+            members.append(["=", ""])
+        else:
+            members[-1][1] += c
+        i += 1
+    return [(sep, member.strip()) for sep, member in members]
+
+
+def _drop_label(s):
+    """The value an answer names, in a chain the last member: 'x = 3' -> '3', '(a,b)=(4,1)' ->
+    '(4,1)', 'g(x)=2' -> '2', 'S_1:S_2=3:8' -> '3:8', 'x = 2+3 = 5' -> '5', 'x\\in[2,5)' ->
+    '[2,5)'. An '\\approx' member is not the answer, the one before it is ('r = \\frac13 \\approx
+    0.33' -> '\\frac13'), unless that one is a name ('x \\approx 0.33' -> '0.33'). An equation
+    whose left side is not a name stays whole ('x - 2y + 3 = 0'); so does a list ('x=1, x=2':
+    each item is read on its own)."""
+    if "=" not in s and "\\approx" not in s and "\\in" not in s:
+        return s
+    if len(_split_top(s, ",;")) > 1:   # "x = 8,000": a thousands separator or a list
+        return _strip_lhs(s)
+    s = re.sub(r"^(?:[a-zA-Z]|\\[a-z]+)(?:_\{?\w+\}?)?\s*\\in\s*(?=\S)", "", s)
+    members = _chain(s)
+    while len(members) > 2 and members[-1][0] == "approx":
+        members.pop()
+    if len(members) == 1:
+        return s
+    first = members[0][1]
+    named = first == "" or _LABEL.fullmatch(first.replace(" ", "")) is not None
+    if members[1][0] == "=" and _ARITHMETIC.fullmatch(first):
+        named = True                                   # "2 + 3 = 5": a computation, not an equation
+    if len(members) == 2 and members[1][0] == "approx":
+        return members[1][1] if named else first
+    return members[-1][1] if named or len(members) > 2 else s
+
+
 def _normalize(s):
     """A canonical string for an answer: the LaTeX decoration that never changes its value
-    removed."""
+    removed, and the value a labelled or chained answer names (_drop_label)."""
+    return _canonical(s, drop_label=True)
+
+
+# LaTeX decoration that never changes a value, replaced as plain text first
+_DECORATION = [("\n", " "), ("\\!", ""), ("\\sqrt{}", "\\sqrt"), ("{,}", ","), ("∞", "\\infty"),
+               ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"), ("\\left", ""),
+               ("\\right", ""), ("\\displaystyle", ""), ("\\bigl", ""), ("\\bigr", ""),
+               ("bmatrix", "pmatrix"), ("\\mbox{", "\\text{"), ("\\$", ""), ("$", ""),
+               ("\\%", ""), ("%", ""), ("\\,", " "), ("\\;", " "), ("\\:", " "), ("\\ ", " "),
+               ("~", " ")]
+
+
+def _rule(name, needs, pattern, replacement, example, want):
+    """One rewriting rule of _canonical: it runs only when one of `needs` occurs in the answer
+    (a substring test, so most answers skip most rules); (example, want) documents it and is
+    checked by tests/test_grader.py."""
+    return {"name": name, "needs": needs, "regex": re.compile(pattern), "to": replacement,
+            "example": (example, want)}
+
+
+def _apply(rule, s):
+    for needed in rule["needs"]:
+        if needed in s:
+            return rule["regex"].sub(rule["to"], s)
+    return s
+
+
+_DEGREES = _rule("degrees", ("circ", "°"), r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ", "",
+                 "30^{\\circ}", "30")
+_TEXT_LABEL = _rule("a \\text{label} =", ("\\text",), r"^\\text\s*\{[^{}]*\}\s*=\s*", "",
+                    "\\text{Cost of a taco} = 0.90", "0.90")
+_AND_OR = _rule("and / or between solutions", ("and", "or"),
+                r"\\text\s*\{\s*(and|or)\s*\}|\s+and\s+", ", ", "1\\text{ or }2", "1, 2")
+_QUAD_ENDS = _rule("\\quad at either end", ("quad",),
+                   r"^(?:\s*\\q?quad(?![a-zA-Z]))+\s*|(?:\s*\\q?quad(?![a-zA-Z]))+\s*$", "",
+                   "\\quad 5 \\qquad", "5")
+_QUAD = _rule("\\quad between solutions", ("quad",), r"(?:\s*\\q?quad(?![a-zA-Z]))+\s*", ", ",
+              "x = 3 \\quad x = -3", "x = 3, x = -3")
+_LOST_SPACE = _rule("a '\\ ' space that lost its blank", ("\\",), r"\\(?=[\d+\-(])", " ",
+                    "2,\\1", "2, 1")
+_NAME_COLON = _rule("label: before a value", (":",), r"^[A-Za-z][A-Za-z ]*:\s*(?=[-+\d.])", "",
+                    "Number of rooms: 64", "64")
+_UNIT_WORDS = _rule("unit words after a number", (" ",),
+                    r"^([-+]?[\d.,/]+)(?:\s+(?!pi\b)[a-zA-Z]{2,}\.?(?:\^\{?\d\}?)?)+$", r"\1",
+                    "10 square feet", "10")
+_SUBSCRIPT = _rule("braces around a subscript", ("_{",), r"_\{(\w+)\}", r"_\1",
+                   "4210_{7}", "4210_7")
+# spaces go, except after a command ("\pi r"), marked by \0 first
+_COMMAND_SPACE = _rule("the space after a command", (" ",), r"(\\[a-zA-Z]+) +(?=[a-zA-Z])",
+                       "\\1\0", "\\pi r", "\\pi\0r")
+RULES = [_DEGREES, _TEXT_LABEL, _AND_OR, _QUAD_ENDS, _QUAD, _LOST_SPACE, _NAME_COLON, _UNIT_WORDS,
+         _SUBSCRIPT, _COMMAND_SPACE]   # (all of them: tests check each example)
+_TEXT_UNIT = re.compile(r"\\text\{[^{}]*\}(\^\{?\d\}?)?")
+_DIGIT = re.compile(r"\d")
+
+
+def _canonical(s, drop_label):
+    """_normalize; drop_label=False keeps an equation's left side ("y = 2x + 3")."""
     s = str(s).strip()
-    for a, b in [("\n", " "), ("\\!", ""), ("\\sqrt{}", "\\sqrt"), ("{,}", ","), ("∞", "\\infty"),
-                 ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"),
-                 ("\\left", ""), ("\\right", ""), ("\\displaystyle", ""), ("\\bigl", ""),
-                 ("\\bigr", ""), ("bmatrix", "pmatrix"), ("\\mbox{", "\\text{"), ("\\$", ""),
-                 ("$", ""), ("\\%", ""), ("%", ""), ("\\,", " "), ("\\;", " "), ("\\:", " "),
-                 ("\\ ", " "), ("\\quad", " "), ("~", " ")]:
+    for a, b in _DECORATION:
         s = s.replace(a, b)
-    s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ", "", s)   # degrees: 30^\circ, 30^{\circ}, 30°
+    s = _apply(_DEGREES, s)
     for cmd in ("\\mathrm", "\\mathbf", "\\boldsymbol", "\\textbf"):
         s = _unwrap(s, cmd)
-    s = re.sub(r"^\\text\s*\{[^{}]*\}\s*=\s*", "", s)   # "\text{Cost of a taco} = 0.90": a label
-    s = re.sub(r"\\text\s*\{\s*(and|or)\s*\}|\s+and\s+", ", ", s)
+    s = _apply(_TEXT_LABEL, s)
+    s = _apply(_AND_OR, s)
     # \text{...}: units after a number are dropped ("10\text{ cm}^2"), a text-only answer is kept
-    if re.search(r"\\text\s*\{", s):
+    if "\\text" in s:
         s = re.sub(r"\\text\s*\{", "\\\\text{", s)
-        bare = re.sub(r"\\text\{[^{}]*\}(\^\{?\d\}?)?", "", s).strip()
-        s = bare if re.search(r"\d", bare) and "\\text{" not in bare else _unwrap(s, "\\text")
-    if "matrix" not in s:   # a "\ " space that lost its blank in the released references ("2,\1")
-        s = re.sub(r"\\(?=[\d+\-(])", " ", s)
-    s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
-    s = re.sub(r"^[A-Za-z][A-Za-z ]*:\s*(?=[-+\d.])", "", s)      # "Number of rooms: 64": a label
-    s = _strip_lhs(s.split("\\approx")[-1].strip())             # "x = 3" -> "3"
-    if "=" not in s:   # "10 inches", "18 dollars" -> number
-        s = re.sub(r"^([-+]?[\d.,/]+)(?:\s+(?!pi\b)[a-zA-Z]{2,}\.?(?:\^\{?\d\}?)?)+$", r"\1", s)
-    s = re.sub(r"_\{(\w+)\}", r"_\1", s)                          # 4210_{7} -> 4210_7
-    # spaces go, except after a command ("\pi r")
-    s = re.sub(r"(\\[a-zA-Z]+) +(?=[a-zA-Z])", "\\1\0", s).replace(" ", "").replace("\0", " ")
-    if re.fullmatch(r"\(([A-Za-z])\)", s):                         # (C) -> C
-        s = s[1]
+        bare = _TEXT_UNIT.sub("", s).strip()
+        s = bare if _DIGIT.search(bare) and "\\text{" not in bare else _unwrap(s, "\\text")
+    s = _apply(_QUAD, _apply(_QUAD_ENDS, s))
+    if "matrix" not in s:
+        s = _apply(_LOST_SPACE, s)
+    s = " ".join(s.split()).rstrip(".").strip()
+    s = _apply(_NAME_COLON, s)
+    if drop_label:
+        s = _drop_label(s)                                        # "x = 3" -> "3"
+    if "=" not in s:
+        s = _apply(_UNIT_WORDS, s)
+    s = _apply(_SUBSCRIPT, s)
+    s = _apply(_COMMAND_SPACE, s).replace(" ", "").replace("\0", " ")
+    if len(s) == 3 and s[0] == "(" and s[2] == ")" and s[1].isascii() and s[1].isalpha():
+        s = s[1]                                                  # (C) -> C
     return s
+
 
 # ----------------------------------------------------------------------------------------- equality
 
@@ -222,20 +377,104 @@ def _scalar_equiv(a, b):
         if scale > 10 ** 300:                         # beyond floats: equal only when exactly equal
             return number_a[0] == number_b[0]
         return _close(float(abs(number_a[0] - number_b[0])), float(scale), number_a[1], number_b[1])
-    # equations: lhs - rhs equal up to a constant factor
-    if a.count("=") == 1 and b.count("=") == 1:
-        left_a, right_a = a.split("=")
-        left_b, right_b = b.split("=")
-        expr_a = timed(to_sympy, f"{left_a}-({right_a})")
-        expr_b = timed(to_sympy, f"{left_b}-({right_b})")
-        ratio = timed(lambda: sympy.simplify(expr_a[0] / expr_b[0])) if expr_a and expr_b else None
-        return ratio is not None and not ratio.free_symbols and ratio != 0
-    if "=" in a or "=" in b:
-        return False
     expr_a = timed(to_sympy, a)
     expr_b = timed(to_sympy, b) if expr_a else None
     return bool(expr_a and expr_b and timed(_sympy_equal, expr_a, expr_b))
 
+
+# ---------------------------------------------------------------------------------------- relations
+
+_RELATION = re.compile(
+    r"<=|>=|!=|\\(?:leqslant|geqslant|leq|geq|neq|le|ge|lt|gt|ne)(?![a-zA-Z])|[<>=≤≥≠]")
+_OPERATOR = {"<": "<", "\\lt": "<", ">": ">", "\\gt": ">", "=": "=", "<=": "<=", "\\le": "<=",
+             "\\leq": "<=", "\\leqslant": "<=", "≤": "<=", ">=": ">=", "\\ge": ">=",
+             "\\geq": ">=", "\\geqslant": ">=", "≥": ">=", "!=": "!=", "\\ne": "!=",
+             "\\neq": "!=", "≠": "!="}
+_SYMPY_RELATION = {"<": sympy.Lt, "<=": sympy.Le, ">": sympy.Gt, ">=": sympy.Ge, "!=": sympy.Ne}
+
+
+def _relation(s):
+    """'-1<t\\le4' -> ([-1, t, 4] as SymPy, ['<', '<=']); None when s holds no relation. Raises
+    when a member is not math we read (callers run under timed)."""
+    pieces = re.split(f"({_RELATION.pattern})", s)
+    if len(pieces) < 3:
+        return None
+    return [to_sympy(m)[0] for m in pieces[::2]], [_OPERATOR[op] for op in pieces[1::2]]
+
+
+def _one_side(relation):
+    """A single relation moved to one side: 'a > b' -> (b - a, '<'), 'a = b' -> (a - b, '=')."""
+    (left, right), (op,) = relation
+    if op in (">", ">="):
+        return right - left, op.replace(">", "<")
+    return left - right, op
+
+
+def _same_relation(relation_a, relation_b):
+    """The same relation once everything is on one side, up to a positive factor (a negative one
+    flips an inequality: '-2x < 6' is 'x > -3'), an equation up to a nonzero factor
+    ('y = \\frac12 x + \\frac32' is 'x - 2y + 3 = 0'). Without unknowns: the same two sides."""
+    (difference_a, op_a), (difference_b, op_b) = map(_one_side, (relation_a, relation_b))
+    if op_a != op_b:
+        return False                                     # x <= 5 is not x < 5
+    if not difference_a.free_symbols or not difference_b.free_symbols:   # 2^{10} > 10^3
+        sides_a, sides_b = relation_a[0], relation_b[0]
+        orders = [sides_b[::-1]] if relation_a[1] != relation_b[1] else [sides_b]
+        if op_a in ("=", "!="):                          # either way round
+            orders = [sides_b, sides_b[::-1]]
+        return any(all(sympy.simplify(x - y) == 0 for x, y in zip(sides_a, order))
+                   for order in orders)
+    ratio = sympy.cancel(difference_a / difference_b)
+    if ratio.free_symbols:
+        ratio = sympy.simplify(ratio)
+    if ratio.free_symbols or not ratio.is_finite:
+        return False
+    return bool(ratio.is_positive) if op_a in ("<", "<=") else ratio != 0
+
+
+def _real_set(s, relation):
+    """The set of reals an answer describes, or None: a one-variable inequality or chain ('t \\ge
+    2', '-1 < t < 4', 'x \\ne 2') by solving it; an interval or a union of them ('[2, \\infty)',
+    '(-\\infty, 0) \\cup (1, \\infty)') as written. Equations are not sets here."""
+    if relation:
+        members, ops = relation
+        unknowns = set().union(*(m.free_symbols for m in members))
+        if "=" in ops or len(unknowns) != 1:
+            return None
+        unknown = unknowns.pop()
+        out = sympy.S.Reals
+        for left, op, right in zip(members, ops, members[1:]):
+            out = out & sympy.solveset(_SYMPY_RELATION[op](left, right), unknown, sympy.S.Reals)
+        return out
+    out = sympy.S.EmptySet
+    for piece in s.split("\\cup"):
+        ends = _split_top(piece[1:-1]) if len(piece) > 2 and _wraps(piece) else []
+        if piece[:1] not in "([" or piece[-1:] not in ")]" or len(ends) != 2:
+            return None
+        low, high = (to_sympy(e)[0] for e in ends)
+        if not (low.is_extended_real and high.is_extended_real):
+            return None
+        out = out | sympy.Interval(low, high, piece[0] == "(", piece[-1] == ")")
+    return out
+
+
+def _relations_equal(a, b):
+    """a or b holds a relation: the same relation (_same_relation), or the same set of reals
+    (_real_set: '-1 < t < 4' is '(-1, 4)', 't \\ge 2' is '[2, \\infty)'). Call it through timed:
+    a member that is not math we read raises."""
+    relation_a, relation_b = _relation(a), _relation(b)
+    if relation_a and relation_b and len(relation_a[1]) == len(relation_b[1]) == 1:
+        if _same_relation(relation_a, relation_b):
+            return True
+    set_a = _real_set(a, relation_a)
+    set_b = _real_set(b, relation_b) if set_a is not None else None
+    if set_a is None or set_b is None:
+        return False
+    if set_a.is_empty is not False:   # "f(2)<f(1)<f(4)" read as 2f < f < 4f: no set of reals
+        return False
+    return set_a == set_b or bool((set_a - set_b).is_empty and (set_b - set_a).is_empty)
+
+# ------------------------------------------------------------------------------------- structures
 
 def _split_top(s, seps=","):
     """Split on separators that sit outside every bracket: '(1,2),3' -> ['(1,2)', '3']."""
@@ -309,16 +548,19 @@ def _equiv_norm(a, b):
         return True
     structure_a = _structure(a)
     structure_b = _structure(b)
+    relation = _RELATION.search(a) or _RELATION.search(b)
     if structure_a is None and structure_b is None:
-        return _scalar_equiv(a, b)
+        return bool(timed(_relations_equal, a, b)) if relation else _scalar_equiv(a, b)
     if structure_a is None or structure_b is None:
-        return False
+        # "-1 < t < 4" and "(-1, 4)": a relation and the interval it describes
+        plain = a if structure_a is None else b
+        return bool(_RELATION.search(plain) and timed(_relations_equal, a, b))
     kind_a, brackets_a, items_a = structure_a
     kind_b, brackets_b, items_b = structure_b
     if (kind_a, brackets_a) != (kind_b, brackets_b):
         return False
-    items_a = [_strip_lhs(x) for x in items_a]
-    items_b = [_strip_lhs(x) for x in items_b]
+    items_a = [_drop_label(x) for x in items_a]
+    items_b = [_drop_label(x) for x in items_b]
     if kind_a != "set":                 # in order
         return len(items_a) == len(items_b) and all(map(_equiv_norm, items_a, items_b))
     items_a = _expand_pm(items_a)       # a set: any order, every item matched once
@@ -342,6 +584,8 @@ def is_equiv(pred, ref):
         return False
     if max(len(str(pred)), len(str(ref))) > MAX_ANSWER_CHARS:   # no answer is that long: no SymPy
         return str(pred).strip() == str(ref).strip()
+    if FAST_PATH and str(pred).strip() == str(ref).strip():      # the same text: nothing to read
+        return True
     a = _normalize(pred)
     b = _normalize(ref)
     if _equiv_norm(a, b):
@@ -350,7 +594,13 @@ def is_equiv(pred, ref):
     # dropped every space, so "45,135" may be the list. Try the number reading second.
     a_number = _THOUSANDS.sub(lambda m: m.group(1).replace(",", ""), a)
     b_number = _THOUSANDS.sub(lambda m: m.group(1).replace(",", ""), b)
-    return (a_number, b_number) != (a, b) and _equiv_norm(a_number, b_number)
+    if (a_number, b_number) != (a, b) and _equiv_norm(a_number, b_number):
+        return True
+    # an equation read whole, its left side kept: "y = \frac12 x + \frac32" is "x - 2y + 3 = 0"
+    a_whole = _canonical(pred, drop_label=False)
+    b_whole = _canonical(ref, drop_label=False)
+    return ((a_whole, b_whole) != (a, b) and "=" in a_whole and "=" in b_whole
+            and _equiv_norm(a_whole, b_whole))
 
 # ------------------------------------------------------------------- each data set's protocol, both
 
@@ -371,7 +621,13 @@ def _grade_authors(solution, reference, dataset):
     # Their `completion`: the released verdicts were computed on an answer that an extraction step,
     # not in their public code, had pulled out of the solution; the first \boxed{} of the last
     # block that has one reproduces it (else the last block, which is what their public script's
-    # `completion` holds).
+    # `completion` holds). Every block is read, code and execution output too, as their released
+    # runs show: of 4,347 released solutions, 2 (both in MathCoder-CL-13b_simuleq-wrong, none in
+    # a -correct file) hold a box only in code or execution output, and the `completion` of one of
+    # them is the text of its last execution block. Reading text blocks only would change none of
+    # the 4,347 verdicts, so nothing in the released runs says they ignored such a box: kept.
+    if isinstance(solution, (list, tuple)):            # blocks: as the LCE string
+        solution = "".join(f"<|{kind}|>{content}<|endofblock|>" for kind, content in solution)
     completion = _first_box_of_last_boxed_block(str(solution))
     if completion is None:
         blocks = [b for b in _BLOCK_MARK.split(str(solution)) if b.strip()]

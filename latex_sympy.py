@@ -174,6 +174,42 @@ def _tex(s):
     return "".join(out)
 
 
+def _function_powers(tokens):
+    """'\\sin^2 x' means (sin x)^2: tokens f ** n ARG (n a number, maybe in parentheses; ARG one
+    token or a parenthesised group) become ( f ( ARG ) ) ** n."""
+    out = []
+    k = 0
+    while k < len(tokens):
+        kind, text = tokens[k]
+        exponent = None
+        if kind == "f" and text != "sqrt" and tokens[k + 1:k + 2] == [("o", "**")]:
+            if tokens[k + 2:k + 3] and tokens[k + 2][0] == "n":
+                exponent, at = [tokens[k + 2]], k + 3
+            elif ([t[1] for t in tokens[k + 2:k + 5:2]] == ["(", ")"]
+                  and tokens[k + 3][0] == "n"):
+                exponent, at = tokens[k + 2:k + 5], k + 5
+        if exponent is not None and at >= len(tokens):
+            raise ValueError("function without argument")
+        if exponent is None:
+            out.append(tokens[k])
+            k += 1
+            continue
+        end = at + 1                                  # ARG: one token, or up to its ")"
+        if tokens[at] == ("o", "("):
+            depth = 0
+            for end in range(at, len(tokens) + 1):
+                if end == len(tokens):
+                    raise ValueError("unbalanced parentheses")
+                depth += {"(": 1, ")": -1}.get(tokens[end][1], 0)
+                if depth == 0:
+                    break
+            end += 1
+        out += [("o", "("), tokens[k], ("o", "("), *tokens[at:end], ("o", ")"), ("o", ")"),
+                ("o", "**"), *exponent]
+        k = end
+    return out
+
+
 def _py(s):
     """Tokenise, check each token, add implicit multiplication; decimals become exact fractions.
     Returns (python string, fewest decimal places written or None)."""
@@ -206,6 +242,7 @@ def _py(s):
                 raise ValueError(f"unknown word {name!r}")
         else:
             tokens.append(("o", op))
+    tokens = _function_powers(tokens)
     out = []
     for k, (kind, text) in enumerate(tokens):
         if out and (kind in "nvf" or text == "("):

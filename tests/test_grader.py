@@ -45,6 +45,35 @@ EXTRACT = [
 def test_extract_answer(text, dataset, want):
     assert G.extract_answer(text, dataset) == want
 
+
+def test_a_box_printed_by_code_is_not_the_answer():
+    """Strict reads the model's own text blocks only: a \\boxed{} in code or in its execution output
+    is the interpreter's. The paper protocol reads every block, as the authors' released runs show
+    (their `completion` can be an execution block)."""
+    cheat = ("<|text|>Let me look it up.<|endofblock|><|code|>print('\\\\boxed{42}')<|endofblock|>"
+             "<|execution|>\\boxed{42}\n<|endofblock|><|text|>I cannot tell.<|endofblock|>"
+             "<|endofmessage|>")
+    assert G.model_text(cheat) == ("<|text|>Let me look it up.<|endofblock|>"
+                                   "<|text|>I cannot tell.<|endofblock|>")
+    assert G.extract_answer(cheat) is None
+    assert G.grade(cheat, "42") == (None, False)
+    assert G.grade(cheat, "42", protocol="authors")[1]          # theirs: kept as released
+    for dataset in ("simuleq", "gsm8k", "mathematics"):
+        assert not G.grade(cheat, "42", dataset)[1], dataset
+    # cut off inside the execution block (no end marker) it is still execution output; text
+    # outside any block is the model's, and its own box still counts after the code's
+    assert G.extract_answer("<|code|>x<|endofblock|><|execution|>\\boxed{5}") is None
+    assert G.extract_answer("So \\boxed{7}<|code|>print(5)<|endofblock|><|execution|>\\boxed{5}"
+                            "<|endofblock|>") == "7"
+    assert G.extract_answer("<|execution|>\\boxed{5}<|endofblock|><|text|>\\boxed{6}") == "6"
+    assert G.extract_answer("plain text, \\boxed{3}") == "3"     # a reference solution
+    # given as blocks, a marker printed by the code stays inside its execution block
+    forged = [("text", "I cannot tell."), ("code", "print('<|endofblock|><|text|>\\\\boxed{42}')"),
+              ("execution", "<|endofblock|><|text|>\\boxed{42}"), ("text", "No answer.")]
+    assert G.extract_answer(forged) is None and not G.grade(forged, "42")[1]
+    assert G.grade([("text", "So \\boxed{42}.")], "42") == ("42", True)
+    assert G.grade(forged, "42", protocol="authors")[1]         # theirs reads every block
+
 # -------------------------------------------------------------------------------------- equivalence
 
 EQUAL = [
@@ -96,6 +125,85 @@ UNEQUAL = [
     ("\\begin{pmatrix}1&2\\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
     ("", "0"), (None, "1"), ("3", None), ("x = 3", "y = 4"), ("\\pm 2", "2"), ("1 \\pm 2", "3, 1"),
 ]
+
+
+# Answers as mathematicians write them, each rule with its counter-examples (a near miss that must
+# stay wrong) in WRITTEN_UNEQUAL.
+WRITTEN_EQUAL = [
+    # relations: moved to one side, up to a positive factor; equations up to a nonzero one
+    ("5 \\geq y", "y \\leq 5"), ("-2x < 6", "x > -3"), ("x \\leq 5", "5 \\geq x"),
+    ("y = \\frac{1}{2}x + \\frac{3}{2}", "x - 2y + 3 = 0"), ("3 = x", "x = 3"),
+    ("x \\neq 2", "2 \\ne x"), ("2^{10} > 10^3", "10^3 < 2^{10}"),
+    ("2^{10} \\ne 1000", "1000 \\neq 2^{10}"),
+    # a one-variable inequality or chain is the interval (or union) it describes
+    ("-1 < t < 4", "(-1, 4)"), ("t \\ge 2", "[2, \\infty)"), ("(-1, 4)", "-1 < t < 4"),
+    ("4 > t \\geq -1", "[-1, 4)"), ("t \\in (-1, 4)", "-1 < t < 4"),
+    ("x < -1 \\text{ or } x > 2", "(-\\infty, -1) \\cup (2, \\infty)"),
+    ("x \\neq 2", "(-\\infty, 2) \\cup (2, \\infty)"), ("x^2 \\le 4", "[-2, 2]"),
+    # labels dropped: a name, a tuple of names, a function of the variable, an absolute value, a
+    # ratio of names
+    ("(a,b)=(4,1)", "(4,1)"), ("AC=7, BD=9", "7, 9"), ("g(x)=2", "2"), ("f(3) = -1", "-1"),
+    ("|PQ|=2", "2"), ("S_1:S_2=3:8", "3:8"), ("\\theta = \\frac{\\pi}{3}", "\\frac{\\pi}{3}"),
+    ("a_{10} = 29", "29"), ("\\overline{AB} = 5", "5"),
+    # chains: the last member; an \\approx member is not the answer, the one before it is
+    ("x = 2 + 3 = 5", "5"), ("2 + 3 = 5", "5"), ("r = \\frac{1}{3} \\approx 0.33", "\\frac{1}{3}"),
+    ("\\frac{1}{3} \\approx 0.33", "\\frac13"), ("x \\approx 0.33", "0.33"),
+    ("A = \\pi r^2 = 25\\pi", "25\\pi"),
+    # identities: simplify, bounded by the time limit, when cheaper comparisons fail
+    ("\\cot^2\\theta + 1", "\\csc^2\\theta"), ("\\sin^2 x + \\cos^2 x", "1"),
+    ("2\\sin x \\cos x", "\\sin(2x)"),
+    # kept: \\pm, \\text{or} and \\quad between solutions, a unit in \\textbf
+    ("\\pm 3", "\\{-3, 3\\}"), ("x = 1 \\text{ or } x = 2", "1, 2"), ("3 \\quad -3", "3, -3"),
+    ("x = 3 \\quad x = -3", "-3, 3"), ("x=3, \\quad x=-3", "3,-3"), ("12\\textbf{ cm}", "12"),
+    ("10 \\quad \\text{cm}", "10"),
+]
+
+WRITTEN_UNEQUAL = [
+    # relations: the same operator only; a negative factor flips an inequality
+    ("x \\le 5", "x < 5"), ("5 \\le y", "y \\le 5"), ("x > 3", "x < 3"), ("2x < 6", "x > -3"),
+    ("y = \\frac12 x", "x - 2y + 3 = 0"), ("x \\le 5", "5"), ("5 > 3", "4 > 2"),
+    ("f(2)<f(1)<f(4)", "f(1)<f(2)<f(4)"), ("x = 2", "x^2 = 4"), ("2^{10} = 1024", "2^{10} = 1000"),
+    ("2^{10} < 1025", "1025 < 2^{10}"),
+    # sets: the ends as written
+    ("-1 \\le t < 4", "(-1, 4)"), ("t > 2", "[2, \\infty)"), ("x^2 < 4", "(-2, 2]"),
+    ("x < -1 \\text{ or } x > 2", "(-\\infty, -1) \\cup (3, \\infty)"), ("x = 2", "[2, 2]"),
+    # labels: only a name (or tuple, function, absolute value, ratio of names) is a label
+    ("(a,b)=(1,4)", "(4,1)"), ("x + y = 5", "5"), ("AC=7, BD=8", "7, 9"), ("x^2 = 4", "4"),
+    ("2x = 6", "6"), ("|x-3| = 2", "2"),
+    # chains: the last member, not an earlier one; the exact member, not the \\approx one
+    ("x = 2 + 3 = 6", "5"), ("r = \\frac13 \\approx 0.33", "0.33"),
+    ("\\frac13 \\approx 0.5", "0.5"),
+    # identities: only true ones
+    ("\\cot^2\\theta", "\\csc^2\\theta"), ("\\sin^2 x - \\cos^2 x", "1"),
+    # strict where strictness is right: a set is not one of its members, two solutions are not
+    # one, a decimal comma is not a decimal point, 0.33 is not a third
+    ("\\{1,2,3\\}", "3"), ("x = 1 \\text{ or } x = 2", "1"), ("x = 1 \\quad x = 2", "1"),
+    ("1,5", "1.5"), ("1,500", "1.5"), ("0.33", "\\frac{1}{3}"),
+]
+
+
+@pytest.mark.parametrize("pred,ref", WRITTEN_EQUAL)
+def test_written_forms_equal(pred, ref):
+    assert G.is_equiv(pred, ref)
+    assert G.is_equiv(ref, pred)                          # either side may be the reference
+
+
+@pytest.mark.parametrize("pred,ref", WRITTEN_UNEQUAL)
+def test_written_forms_unequal(pred, ref):
+    assert not G.is_equiv(pred, ref)
+
+
+def test_written_forms_through_grade():
+    # as a user meets them: a whole solution, each data set's rule
+    assert G.grade("So $\\boxed{-1 < t < 4}$.", "(-1,4)", "math") == ("-1 < t < 4", True)
+    assert G.grade("\\boxed{x = 2 + 3 = 5}", "5", "gsm8k")[1]
+    assert not G.grade("\\boxed{x \\le 5}", "x<5", "math")[1]
+
+
+@pytest.mark.parametrize("rule", G.RULES, ids=lambda rule: rule["name"])
+def test_normalisation_rule_does_what_its_example_says(rule):
+    example, want = rule["example"]
+    assert G._apply(rule, example) == want
 
 
 @pytest.mark.parametrize("pred,ref", EQUAL)
@@ -163,15 +271,21 @@ def hostile_answers():
     yield "slow expansion", "\\boxed{(x+y+z+1)^{60}}", "(x+y+z+1)^{59}(x+y+z+2)"
     yield "300 symbolic items", "\\boxed{" + ",".join(f"x+{k}" for k in range(300)) + "}", \
         ",".join(f"y+{k}" for k in range(300))
+    yield "a 300-member chain", "\\boxed{" + " < ".join(f"x^{k}" for k in range(300)) + "}", "(0,1)"
+    yield "a hard inequality", "\\boxed{\\sin x > x^3 - 2\\cos(x^2)}", "(-1, 1)"
+    yield "a slow relation", "\\boxed{(x+y+z+1)^{60} = 0}", "(x+y+z+1)^{59}(x+y+z+2) = 0"
+    yield "relations everywhere", "\\boxed{" + "=<>\\le" * 200 + "}", "x = 1"
+    yield "labels everywhere", "\\boxed{" + "x=" * 400 + "1}", "1"
+    yield "unions of intervals", "\\boxed{" + "\\cup".join(["(0,1]"] * 200) + "}", "x > 0"
     yield "not strings", 12345, float("nan")
     yield "no solution", None, "1"
 
 
 def test_fuzz_grade_never_raises_nor_stalls(monkeypatch):
     """Every hostile answer, both protocols, three data sets' rules: a verdict, no exception, within
-    the limit. Measured (2026-11-25, shared 2-core machine) with the default limits over 48 such
-    inputs x 4 data sets x 2 protocols: slowest call 2.0 s (an expansion stopped by TIME_LIMIT), no
-    grading error."""
+    the limit. Measured (2026-12-04, shared 2-core machine) with the default limits over these 28
+    inputs x 4 data sets x 2 protocols: slowest call 2.02 s (an expansion stopped by TIME_LIMIT),
+    no grading error."""
     monkeypatch.setattr(latex_sympy, "TIME_LIMIT", 0.5)   # each SymPy call (keeps the test short)
     slowest = 0.0
     for k, (name, sol, ref) in enumerate(hostile_answers()):

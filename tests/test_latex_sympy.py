@@ -24,6 +24,9 @@ READ = [   # (LaTeX, value, fewest decimal places written)
     ("2 \\times 10^{3}", 2000, None),
     ("3i", 3 * sympy.I, None),
     ("-\\infty", -sympy.oo, None),
+    ("\\sin^2 x", sympy.sin(x) ** 2, None),                 # a function's power: (sin x)^2
+    ("\\cot^{2}\\theta+1", sympy.cot(sympy.Symbol("theta")) ** 2 + 1, None),
+    ("2\\cos^2(3x)y", 2 * sympy.cos(3 * x) ** 2 * y, None),
 ]
 
 
@@ -34,7 +37,7 @@ def test_to_sympy_reads_latex(tex, value, places):
 
 
 @pytest.mark.parametrize("tex", ["import os", "__import__('os')", "\\unknown", "\\frac{1}{",
-                                 "\\sin", "2^{100000}"])
+                                 "\\sin", "2^{100000}", "\\sin^2", "\\cos^2(x"])
 def test_to_sympy_refuses(tex):
     # no Python word reaches SymPy's parser; a power too big to compute is refused before it runs
     with pytest.raises(ValueError):
