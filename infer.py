@@ -507,6 +507,20 @@ def add_generation_args(parser):
                            help=f.metadata["help"] + shown)
 
 
+def add_dtype_arg(parser):
+    """--dtype of infer.py and eval.py run."""
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="weights and KV cache (default: bfloat16 on CUDA, half the bytes a "
+                        "step reads; float32 on the CPU)")
+
+
+def model_dtype(name: str | None, device) -> torch.dtype:
+    """--dtype as a torch dtype; None: bfloat16 on CUDA, float32 elsewhere."""
+    if name:
+        return getattr(torch, name)
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
 def config_from_args(args) -> GenConfig:
     """The GenConfig of parsed flags (a bad combination raises ValueError, naming it)."""
     return GenConfig(**{f.name: getattr(args, f.name) for f in fields(GenConfig)})
@@ -643,8 +657,7 @@ def main():
                         help="seconds per code block (default: sandbox.py's)")
     parser.add_argument("--device",
                         help="default: cuda (this rank's GPU) when available, else cpu")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                        help="default: as stored")
+    add_dtype_arg(parser)
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per model "
                         "replica (torchrun --nproc_per_node=W: W / tp replicas share out --file)")
     add_generation_args(parser)
@@ -656,8 +669,8 @@ def main():
     ranks = init_ranks(args.tp)
     if args.questions and ranks.n_replicas > 1:
         parser.error("several model replicas (--nproc_per_node > --tp) need --file")
-    dtype = args.dtype and getattr(torch, args.dtype)
-    model = Transformer.from_pretrained(args.model, args.device or ranks.device, dtype,
+    device = args.device or ranks.device
+    model = Transformer.from_pretrained(args.model, device, model_dtype(args.dtype, device),
                                         ranks.tp_group)
     if model.args.vocab_size < tokenizer.vocab_size:
         sys.exit(f"{args.model}: model vocab {model.args.vocab_size} < tokenizer vocab "
