@@ -3,14 +3,15 @@
 Speed claims live here, not in timed tests. Each subcommand prints a small table and, with --write,
 replaces its own section of BENCHMARKS.md (machine, exact command, date, load average, figures).
 
-    .venv/bin/python bench.py decode    # KV-cached greedy decode vs the naive loop, vs the roofline
+    .venv/bin/python bench.py decode    # batched solve at batch 1, 16, 64 vs the bytes-read bound
     .venv/bin/python bench.py sandbox   # sandbox round trip, reset; restart vs a cold start
     .venv/bin/python bench.py grade     # answer grading on MATH vs string compare and SymPy-only
     .venv/bin/python bench.py infer     # batched solve() (code runs while others decode) vs 1 by 1
     .venv/bin/python bench.py tp        # peak host memory per rank: loading with --tp 2 vs TP=1
     .venv/bin/python bench.py all --write    # the CPU benchmarks, BENCHMARKS.md updated
-    .venv/bin/python bench.py gpu --write    # CUDA only: 7B-shape bf16 decode vs the bandwidth
-                                             # roofline, and training-step MFU
+    .venv/bin/python bench.py gpu --write    # CUDA only: 7B-shape bf16 solve at batch 64 vs the
+                                             # bytes-read bound, SDPA kernels, training-step MFU
+    .venv/bin/python bench.py gpu --tiny     # the same code at a tiny shape, CPU too (a check)
 Every benchmark checks that the fast path and its baseline compute the same thing before timing
 counts.
 """
