@@ -272,7 +272,8 @@ def run(args):
                   [os.path.join(args.out, name) for name in RUN_FILES], args.force_new,
                   write=ranks.replica == 0)
         ranks.wait_for_all()      # replica 0 has deleted old results (--force-new) before any reads
-    model = Transformer.from_pretrained(args.model, args.device or ranks.device,
+    device = args.device or ranks.device
+    model = Transformer.from_pretrained(args.model, device, infer.model_dtype(args.dtype, device),
                                         tp_group=ranks.tp_group).eval()
     if not ranks.leader:             # another shard of a tensor-parallel replica
         return follow(model, ranks.tp_group)
@@ -391,6 +392,7 @@ def main(argv=None):
     if argv[:1] == ["run"]:   # infer imports torch: only `run` needs it
         import infer
         infer.add_generation_args(run_cmd)
+        infer.add_dtype_arg(run_cmd)
     args = ap.parse_args(argv)
     try:
         if args.cmd == "score":
