@@ -1,0 +1,199 @@
+"""server_client.py against a stub OpenAI-compatible server on 127.0.0.1 (started here, in a
+thread; nothing leaves the machine): JSON in and out, the key only in the Authorization header of
+the URL given, retries on 429 / 5xx / a hung request, then one line; an unreachable server is one
+line. StubServer is also the teacher's and the server engine's stand-in in other tests."""
+import http.server
+import json
+import socket
+import threading
+
+import pytest
+
+from server_client import Server, ServerError
+
+KEY = "sk-test-9f2c41d7e0b3a6c8"       # what a test exports as the API key
+
+
+class StubServer:
+    """A scripted server. respond(path, body) -> (status, reply object) or "hang" (no reply until
+    the stub is closed). Every request is recorded: requests = [(path, headers, body), ...]."""
+
+    def __init__(self, respond):
+        self.respond = respond
+        self.requests = []
+        self.released = threading.Event()
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.requests.append((self.path, dict(self.headers), body))
+                answer = stub.respond(self.path, body)
+                if answer == "hang":
+                    stub.released.wait(10)     # bounded: the client has long given up
+                    return
+                status, reply = answer[:2]
+                headers = answer[2] if len(answer) > 2 else {}
+                data = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.released.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def scripted(*answers):
+    """respond() that gives the answers in turn, the last one again and again."""
+    calls = []
+
+    def respond(path, body):
+        calls.append(path)
+        return answers[min(len(calls), len(answers)) - 1]
+    return respond
+
+
+def completion(text, finish="stop"):
+    return {"choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+
+
+def fast(url, **settings):        # short waits: tests stay fast
+    return Server(url, **{"backoff": 0.01, "timeout": 5, "retries": 3, **settings})
+
+
+@pytest.fixture
+def key(monkeypatch):
+    monkeypatch.setenv("STUB_KEY", KEY)
+    return KEY
+
+
+def test_posts_json_with_the_key_in_the_header_only(key):
+    with StubServer(scripted((200, completion("2")))) as stub:
+        reply = fast(stub.url + "/v1/", api_key_env="STUB_KEY").complete(
+            {"model": "m", "prompt": "1 + 1 =", "max_tokens": 1})
+    assert reply == completion("2")
+    [(path, headers, body)] = stub.requests
+    assert path == "/v1/completions"       # "/v1/" in the URL given is not doubled
+    assert headers["Authorization"] == f"Bearer {key}"
+    assert headers["Content-Type"] == "application/json"
+    assert body == {"model": "m", "prompt": "1 + 1 =", "max_tokens": 1}
+    assert key not in json.dumps(body) and key not in repr(fast(stub.url, api_key_env="STUB_KEY"))
+
+
+def test_no_key_set_sends_no_header(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    with StubServer(scripted((200, {"choices": []}))) as stub:
+        fast(stub.url, api_key_env="NO_SUCH_KEY").chat({"messages": []})
+    [(path, headers, _)] = stub.requests
+    assert path == "/v1/chat/completions" and "Authorization" not in headers
+
+
+def test_429_and_500_are_retried_then_answered():
+    answers = scripted((429, {"error": "slow down"}), (500, {"error": "oops"}),
+                       (200, completion("ok")))
+    with StubServer(answers) as stub:
+        server = fast(stub.url)
+        assert server.complete({"prompt": "x"}) == completion("ok")
+    assert len(stub.requests) == 3
+    assert server.stats == {"requests": 3, "retries": 2}
+
+
+def test_retry_after_is_honoured(monkeypatch):
+    import server_client
+    slept = []
+    monkeypatch.setattr(server_client.time, "sleep", slept.append)
+    answers = scripted((429, {}, {"Retry-After": "2"}), (200, completion("ok")))
+    with StubServer(answers) as stub:
+        fast(stub.url).complete({"prompt": "x"})
+    assert slept == [2.0]                  # the server's 2 s, not our 0.01 s
+
+
+def test_persistent_5xx_ends_in_one_line_naming_the_problem_and_status(key):
+    # the server echoes the key back, as some do in their errors: it is scrubbed
+    with StubServer(scripted((503, {"error": f"overloaded, key {key}\nretry later"}))) as stub:
+        with pytest.raises(ServerError) as caught:
+            fast(stub.url, api_key_env="STUB_KEY").complete({"prompt": "x"}, what="problem gsm-7")
+    message = str(caught.value)
+    assert len(stub.requests) == 4         # the first try and 3 retries
+    assert "\n" not in message and key not in message and "***" in message
+    assert message.startswith("problem gsm-7: ") and "HTTP 503" in message
+    assert "after 4 tries" in message
+    assert caught.value.status == 503 and not caught.value.fatal
+
+
+def test_a_hung_request_is_retried_then_reported():
+    answers = scripted("hang", (200, completion("late but fine")))
+    with StubServer(answers) as stub:
+        assert fast(stub.url, timeout=0.3).complete({"prompt": "x"}) == completion(
+            "late but fine")
+    assert len(stub.requests) == 2
+    with StubServer(scripted("hang")) as stub:
+        with pytest.raises(ServerError) as caught:
+            fast(stub.url, timeout=0.2, retries=1).complete({"prompt": "x"}, what="problem 3")
+    assert len(stub.requests) == 2
+    assert str(caught.value) == (f"problem 3: {stub.url}/v1/completions did not answer within "
+                                 "0.2 s (after 2 tries)")
+
+
+def test_other_4xx_are_not_retried_and_401_is_fatal():
+    with StubServer(scripted((400, {"error": "prompt too long"}))) as stub:
+        with pytest.raises(ServerError) as caught:
+            fast(stub.url).complete({"prompt": "x"}, what="problem 9")
+    assert len(stub.requests) == 1 and caught.value.status == 400 and not caught.value.fatal
+    assert "prompt too long" in str(caught.value)
+    with StubServer(scripted((401, {"error": "bad key"}))) as stub:
+        with pytest.raises(ServerError) as caught:
+            fast(stub.url).complete({"prompt": "x"})
+    assert len(stub.requests) == 1 and caught.value.fatal
+
+
+def test_an_unreachable_server_is_one_fatal_line():
+    with socket.socket() as s:              # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ServerError) as caught:
+        fast(f"http://127.0.0.1:{port}", retries=1).complete({"prompt": "x"}, what="problem 1")
+    message = str(caught.value)
+    assert caught.value.fatal and "\n" not in message
+    assert message.startswith(f"problem 1: server http://127.0.0.1:{port} unreachable (")
+    assert message.endswith("(after 2 tries)")
+
+
+def test_redirects_are_not_followed_so_the_key_stays_with_the_url_given(key):
+    with StubServer(scripted((200, completion("stolen")))) as elsewhere:
+        moved = (307, {}, {"Location": elsewhere.url + "/v1/completions"})
+        with StubServer(scripted(moved)) as stub:
+            with pytest.raises(ServerError) as caught:
+                fast(stub.url, api_key_env="STUB_KEY").complete({"prompt": "x"})
+    assert elsewhere.requests == [] and caught.value.status == 307
+
+
+def test_a_reply_that_is_not_json_is_one_line():
+    with StubServer(scripted((200, b"<html>Bad Gateway</html>"))) as stub:
+        with pytest.raises(ServerError) as caught:
+            fast(stub.url).complete({}, what="problem 4")
+    assert str(caught.value) == (f"problem 4: {stub.url}/v1/completions replied with something "
+                                 "that is not JSON: '<html>Bad Gateway</html>'")
+    with pytest.raises(ValueError, match="http:// or https://"):
+        Server("127.0.0.1:8000")
