@@ -320,3 +320,85 @@ def test_an_unreachable_teacher_stops_the_run_with_one_line(tmp_path):
     assert done.stderr.splitlines()[-1] == (
         f"error: problem a: server http://127.0.0.1:{port} unreachable ([Errno 111] Connection "
         "refused) (after 1 tries)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Interpolation through the chat endpoint
+def first_test_question(name="GSM8K_test_post.jsonl"):
+    with open(os.path.join(ROOT, "data", "eval", name), encoding="utf-8") as f:
+        return lce_data.message_text(json.loads(f.readline()), "user")
+
+
+def test_new_problems_never_repeat_a_test_question_nor_each_other():
+    janet = first_test_question()
+    assert janet.startswith("Janet’s ducks lay 16 eggs per day.")
+    tests = recipe.test_questions()
+    problems = [{"question": q} for q in [
+        "A new one: 3 boxes of 17 pens.",
+        "  " + janet.upper().replace(" ", "  ") + "  ",     # the test question, spaced and shouted
+        "a NEW one -- 3 boxes of 17 pens",                   # a repeat, punctuation aside
+        "Tom has 3 apples.",                                 # one of the seed examples
+        "?!",                                                # nothing left once normalised
+        "Another: 5 crates of 12 eggs."]]
+    kept, counts = recipe.keep_unseen(problems, tests, {recipe.normalized("Tom has 3 apples.")})
+    assert [p["question"] for p in kept] == ["A new one: 3 boxes of 17 pens.",
+                                             "Another: 5 crates of 12 eggs."]
+    assert counts == {"written": 6, "kept": 2, "in_test_set": 1, "repeat": 3}
+    # every test set of data/eval is read: a MATH question too
+    assert recipe.normalized(first_test_question("MATH_5_test_post.jsonl")) in tests
+
+
+def test_teacher_generator_asks_each_prompt_once_over_runs(tmp_path, capsys):
+    prompts = ["p0", "p1", "p2"]
+    answers = {"p0": (200, reply("New problem: zero")), "p1": (503, {"error": "busy"}),
+               "p2": (200, reply(" two "))}
+    cache = tmp_path / "new.replies.jsonl"
+    respond = lambda path, body: answers[body["messages"][0]["content"]]
+    with StubServer(respond) as stub:
+        generate = recipe.teacher_generator(fast(stub.url), "t", cache, concurrency=2)
+        assert generate(prompts) == ["New problem: zero", "", " two "]   # p1 failed: left out
+        assert len(stub.requests) == 2 + 3                 # p1: the first try and 2 retries
+        assert "prompt 1: " in capsys.readouterr().err
+        answers["p1"] = (200, reply("one"))
+        assert generate(prompts) == ["New problem: zero", "one", " two "]
+        assert len(stub.requests) == 6                     # only p1 was asked again
+    with pytest.raises(ValueError, match="other prompts"):   # a cache from other pairs
+        generate(["q0", "q1", "q2"])
+
+
+def test_interpolate_cli_with_a_served_teacher(tmp_path):
+    """The stub plays GPT-4 with the synthetic interpolator (the program standing in for it), but
+    for one prompt writes a GSM8K test question: it must not enter the new problems."""
+    seeds = recipe.family_problems(40, seed=5)
+    easy = [p for p in seeds if p["family"] == "easy"]
+    hard = [p for p in seeds if p["family"] == "hard"]
+    for name, problems in (("easy", easy), ("hard", hard)):
+        (tmp_path / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"id": p["id"], "question": p["question"]}) + "\n"
+                    for p in problems))
+    interpolator, written = recipe.synthetic_interpolator(seeds)
+    janet = first_test_question()
+    replies = []
+
+    def respond(path, body):
+        [message] = body["messages"]
+        question = interpolator([message["content"]])[0] if replies else janet
+        replies.append(question)
+        return 200, reply("New problem: " + question)
+    out = tmp_path / "new.jsonl"
+    with StubServer(respond) as stub:
+        recipe.main(["interpolate", "--server", stub.url, "--model", "t", "--easy",
+                     str(tmp_path / "easy.jsonl"), "--hard", str(tmp_path / "hard.jsonl"),
+                     "--n", "12", "--seed", "3", "--out", str(out), "--concurrency", "1"])
+    new = [json.loads(line) for line in open(out)]
+    expected = []
+    for question in replies:
+        if question and question != janet and question not in expected:
+            expected.append(question)
+    assert [p["question"] for p in new] == expected and len(expected) >= 5
+    assert all(written[p["question"]]["family"] == "intermediate" for p in new)
+    assert [p["id"] for p in new] == [f"interpolated-3-{n}" for n in range(len(new))]
+    # the prompts are the paper's, pairing the problems interpolation_prompts draws
+    prompts = recipe.interpolation_prompts(easy, hard, 12, seed=3)
+    assert sorted(body["messages"][0]["content"] for _, _, body in stub.requests) == sorted(
+        p["prompt"] for p in prompts)
