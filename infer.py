@@ -60,6 +60,7 @@ import argparse
 import json
 import re
 import sys
+import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -73,6 +74,7 @@ import storage
 from lce_data import DEFAULT_SYSTEM
 from model import Transformer
 from parallel import follow, init_ranks
+from server_client import ServerError, add_server_args, server_from_args
 from tokenizer import SPECIAL_TOKENS, Tokenizer
 
 
@@ -556,6 +558,151 @@ def solve(model, tokenizer, questions: list[str], system: str | list[str] = DEFA
             pool.close()
 
 
+# ------------------------------------------------ the same loop against an OpenAI-compatible server
+STOP_STRINGS = ["<|endofblock|>", "<|endofmessage|>"]
+
+
+def served_round(server, tokenizer, window, max_tokens, cfg, index, prompt_as="ids",
+                 served_model=None, what="problem"):
+    """One round on a /v1/completions endpoint (server_client.Server): the window (BOS first)
+    continued until a stop token or max_tokens. prompt_as "ids": the window's token ids as the
+    prompt (vLLM and llama.cpp accept a list of ints; nothing is re-tokenised); "text": the window
+    decoded, without BOS, which the server adds (TGI; its tokenizer reads the text again, as the
+    authors' server did). Returns (text, n_tokens, eos): the new text, stop string included; the
+    tokens generated; whether the model ended on EOS."""
+    special = tokenizer.special
+    payload = {"prompt": window if prompt_as == "ids" else tokenizer.decode(window[1:]),
+               "max_tokens": max_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
+               "seed": cfg.seed * 1_000_003 + index, "stop": STOP_STRINGS,
+               # vLLM's names: the special tokens stay in the text, unspaced, the stop one too
+               "skip_special_tokens": False, "spaces_between_special_tokens": False,
+               "include_stop_str_in_output": True}
+    if served_model:
+        payload["model"] = served_model
+    reply = server.complete(payload, what)
+    try:
+        choice = reply["choices"][0]
+        text = choice["text"]
+        finish = choice.get("finish_reason")
+        n_tokens = (reply.get("usage") or {}).get("completion_tokens")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise ServerError(f"{what}: the completion reply has no choices[0].text") from None
+    eos = False
+    if finish == "stop" and not text.endswith(tuple(STOP_STRINGS)):
+        reason = choice.get("stop_reason")   # vLLM: the stop string or token that ended it
+        if reason in STOP_STRINGS or reason in (special[t] for t in STOP_STRINGS):
+            text += reason if isinstance(reason, str) else tokenizer.id_to_special[reason]
+        else:
+            eos = True                        # no stop string: the model's own EOS
+    if not isinstance(n_tokens, int):
+        n_tokens = len(tokenizer.encode(text)) + eos
+    return text, n_tokens, eos
+
+
+def serve_one(server, tokenizer, question, system=DEFAULT_SYSTEM, cfg=None, pool=None, index=0,
+              prompt_as="ids", served_model=None, what="problem") -> dict:
+    """solve_one's loop with the model behind a server: the same window, cut on the checkpoint's
+    token ids; the same rounding, re-tokenising and execution (a sandbox from `pool`, taken at the
+    first code block). Each round's reply is text: the block so far is decoded, the reply added,
+    and the whole encoded again, which is what round_and_retokenize makes of the model's own ids
+    (the context is kept canonical). Returns what solve returns for the problem."""
+    cfg = cfg or GenConfig()
+    special = tokenizer.special
+    ids = tokenizer.encode(lce_data.prompt_text(question, system), bos=True)
+    n_prompt = len(ids)
+    text_start = n_prompt
+    offset = 0
+    n_new = 0
+    n_exec = 0
+    session = None
+    opened = False   # <|execution|> was opened for the model: the round's first token, not its own
+    stop = "max_rounds"
+    try:
+        for rounds in range(1, cfg.max_rounds + 1):
+            if cfg.context == "window" or rounds == 1:
+                offset = max(0, len(ids) - cfg.max_prompt_tokens)
+            window = ids[:1] + ids[offset + 1:]
+            budget = min(cfg.max_new_tokens - opened, cfg.max_total_tokens - len(window))
+            reply, n_tokens, eos = served_round(server, tokenizer, window, budget, cfg, index,
+                                                prompt_as, served_model, what)
+            n_new += n_tokens
+            is_code = not opened and reply.startswith("<|code|>")
+            opened = False
+            ids[text_start:] = tokenizer.encode(tokenizer.decode(ids[text_start:]) + reply)
+            ids += [tokenizer.eos_id] * eos
+            text, _ = round_and_retokenize(tokenizer, ids, text_start)
+            if ids[-1] in special.values():   # else the block was cut: the next round goes on
+                text_start = len(ids)
+            if eos or reply.endswith("<|endofmessage|>"):
+                stop = "endofmessage"
+                break
+            if cfg.context_full(len(ids) - offset):
+                stop = "max_total_tokens"
+                break
+            if is_code and cfg.execute:
+                if session is None:
+                    session = pool.acquire()
+                output = run_code(session, code_of(text))
+                ids += tokenizer.encode(f"<|execution|>{output}<|endofblock|>")
+                n_exec += 1
+                text_start = len(ids)
+            elif is_code and rounds < cfg.max_rounds:
+                ids.append(special["<|execution|>"])
+                text_start = len(ids)
+                opened = True
+            if cfg.context_full(len(ids) - offset):
+                stop = "max_total_tokens"
+                break
+    finally:
+        if session is not None:
+            pool.release(session)
+    return result(tokenizer, question, system, ids[n_prompt:], stop, n_new, rounds, n_exec)
+
+
+def solve_served(server, tokenizer, questions, system=DEFAULT_SYSTEM, cfg=None, pool=None,
+                 on_result=None, concurrency=16, prompt_as="ids", served_model=None, names=None):
+    """solve's contract with the model behind a server: serve_one for every question, `concurrency`
+    of them in flight. A problem the server failed on (after server_client's retries) gets None
+    and one line on stderr; a fatal failure (no server, a bad key) stops the run, raised.
+    names[i]: how error lines name problem i (default "problem i")."""
+    cfg = cfg or GenConfig()
+    systems = [system] * len(questions) if isinstance(system, str) else list(system)
+    results = [None] * len(questions)
+    lock = threading.Lock()
+    stop = threading.Event()
+    own_pool = pool is None and cfg.execute and bool(questions)
+    if own_pool:
+        pool = sandbox.SandboxPool(max(1, min(concurrency, len(questions))))
+
+    def one(i):
+        if stop.is_set():
+            return
+        what = names[i] if names else f"problem {i}"
+        try:
+            results[i] = serve_one(server, tokenizer, questions[i], systems[i], cfg, pool, i,
+                                   prompt_as, served_model, what)
+        except ServerError as e:
+            if e.fatal:
+                stop.set()
+                raise
+            print(f"\n{e}", file=sys.stderr, flush=True)
+            return
+        if on_result:
+            with lock:
+                on_result(i, results[i])
+    try:
+        with ThreadPoolExecutor(max(1, concurrency)) as executor:
+            futures = [executor.submit(one, i) for i in range(len(questions))]
+            for future in futures:
+                if future.exception():
+                    executor.shutdown(wait=True, cancel_futures=True)
+                    raise future.exception()
+    finally:
+        if own_pool:
+            pool.close()
+    return results
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def add_generation_args(parser):
     """GenConfig's fields as flags of `parser` (infer.py and eval.py run declare them here only)."""
@@ -623,21 +770,21 @@ def read_questions(path: str) -> list[dict]:
     return records
 
 
-def show_solutions(model, tokenizer, questions, system, cfg, pool):
+def show_solutions(model, tokenizer, questions, system, cfg, pool, solver=solve):
     """Questions from the command line: one is streamed as it is decoded; several are each shown
-    whole as they finish."""
+    whole as they finish. solver: solve, or a server's (main)."""
     show = Renderer()
     if len(questions) == 1:
-        solve(model, tokenizer, questions, system, cfg, pool, on_stream=lambda i, text: show(text))
+        solver(model, tokenizer, questions, system, cfg, pool, on_stream=lambda i, text: show(text))
     else:
         def show_result(i, outcome):
             print(f"\n=== question {i + 1}: {outcome['question']}")
             show(outcome["solution"])
-        solve(model, tokenizer, questions, system, cfg, pool, show_result)
+        solver(model, tokenizer, questions, system, cfg, pool, show_result)
     print()
 
 
-def solve_file(model, tokenizer, args, cfg, pool, ranks):
+def solve_file(model, tokenizer, args, cfg, pool, ranks, solver=solve):
     """--file: solve every question not yet in the results file (resumable), appending one line
     per problem; data-parallel replicas each take every n-th problem into a part file of their
     own, and replica 0 merges them and writes the summary."""
@@ -669,8 +816,8 @@ def solve_file(model, tokenizer, args, cfg, pool, ranks):
                   f"{stats['tokens'] / seconds:.0f} tok/s  "
                   f"ETA {(len(todo) - n) * seconds / n:.0f}s   ", end="", file=sys.stderr,
                   flush=True)
-        solve(model, tokenizer, [records[i]["question"] for i in todo], systems, cfg, pool,
-              on_result)
+        solver(model, tokenizer, [records[i]["question"] for i in todo], systems, cfg, pool,
+               on_result)
     seconds = time.time() - start
     replicas = ranks.wait_for_all((stats, seconds))  # all replicas are done; replica 0 sums up
     if ranks.replica != 0:
@@ -692,7 +839,7 @@ def main():
                                      "continuous batching).")
     parser.add_argument("questions", nargs="*",
                         help="question(s) to solve; one question is streamed")
-    parser.add_argument("--model", required=True,
+    parser.add_argument("--model",
                         help="checkpoint dir (weights + tokenizer.model [+ added_tokens.json])")
     parser.add_argument("--file",
                         help="JSONL of questions (eval-set schema or {\"question\": ...})")
@@ -710,10 +857,15 @@ def main():
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per model "
                         "replica (torchrun --nproc_per_node=W: W / tp replicas share out --file)")
     add_generation_args(parser)
+    add_serving_args(parser)
     args = parser.parse_args()
     if bool(args.questions) == bool(args.file):
         parser.error("give either question(s) or --file")
+    if bool(args.model) == bool(args.server):
+        parser.error("give either --model or --server (with --tokenizer)")
     cfg = config_from_args(args)  # a bad combination fails here, before the model loads
+    if args.server:
+        return main_served(args, cfg)
     tokenizer = Tokenizer.from_checkpoint(args.model)
     ranks = init_ranks(args.tp)
     if args.questions and ranks.n_replicas > 1:
@@ -743,8 +895,61 @@ def main():
         model.release()
 
 
+def add_serving_args(parser):
+    """--server and its settings (infer.py and eval.py run)."""
+    group = parser.add_argument_group("a model behind an OpenAI-compatible server (--server)")
+    group.add_argument("--server", help="base URL of a /v1/completions endpoint (vLLM, TGI, "
+                       "llama.cpp), in place of --model")
+    group.add_argument("--tokenizer", help="with --server: the served checkpoint's directory "
+                       "(tokenizer.model [+ added_tokens.json]): the window is cut on its ids")
+    group.add_argument("--served-model", help="the model's name on the server (default: none "
+                       "sent, the server's only model)")
+    group.add_argument("--concurrency", type=int, default=16, help="problems in flight")
+    group.add_argument("--prompt-as", choices=("ids", "text"), default="ids",
+                       help="ids: the window's token ids (vLLM, llama.cpp); text: decoded (TGI)")
+    add_server_args(group)
+
+
+def served_solver(args, index_of=None):
+    """A solver with solve's signature for show_solutions / solve_file, over args.server.
+    index_of: question -> how error lines name it."""
+    def solver(server, tokenizer, questions, system, cfg, pool, on_result=None, on_stream=None):
+        if on_stream:   # no streaming from the server: a problem is shown whole when done
+            on_result = lambda i, outcome: on_stream(i, outcome["solution"])
+        names = [f"problem {index_of.get(q, i) if index_of else i}"
+                 for i, q in enumerate(questions)]
+        return solve_served(server, tokenizer, questions, system, cfg, pool, on_result,
+                            args.concurrency, args.prompt_as, args.served_model, names)
+    return solver
+
+
+def main_served(args, cfg):
+    """infer.py --server: the same loop, results and resume, with the model behind a server."""
+    if not args.tokenizer:
+        sys.exit("error: --server needs --tokenizer CKPT_DIR (the served checkpoint's tokenizer)")
+    tokenizer = Tokenizer.from_checkpoint(args.tokenizer)
+    server = server_from_args(args)
+    index_of = {}
+    if args.file:
+        for i, record in enumerate(read_questions(args.file)[:args.limit]):
+            index_of.setdefault(record["question"], i)
+    limits = {"timeout": args.timeout} if args.timeout else {}
+    pool = sandbox.SandboxPool(max(1, args.concurrency), **limits) if cfg.execute else None
+    try:
+        if args.questions:
+            system = DEFAULT_SYSTEM if args.system is None else args.system
+            show_solutions(server, tokenizer, args.questions, system, cfg, pool,
+                           served_solver(args))
+        else:
+            solve_file(server, tokenizer, args, cfg, pool, init_ranks(1),
+                       served_solver(args, index_of))
+    finally:
+        if pool is not None:
+            pool.close()
+
+
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, OSError) as e:  # bad input: one line naming the file, no traceback
+    except (ValueError, OSError, ServerError) as e:  # bad input or no server: one line
         sys.exit(f"error: {e}")

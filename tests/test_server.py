@@ -197,3 +197,90 @@ def test_a_reply_that_is_not_json_is_one_line():
                                  "that is not JSON: '<html>Bad Gateway</html>'")
     with pytest.raises(ValueError, match="http:// or https://"):
         Server("127.0.0.1:8000")
+
+
+# --------------------------------------------------------------------------------------------------
+# The inference loop against a server (infer.solve_served): the stub serves a local model
+import torch
+
+import infer
+import lce_data
+import sandbox
+from infer import GenConfig
+from model import Transformer
+from test_infer import FIX, CharTokenizer, Steered
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = sandbox.SandboxPool(2, timeout=2)
+    yield p
+    p.close()
+
+
+def model_server(model, tok):
+    """respond() for StubServer: a /v1/completions endpoint serving `model` greedily, as vLLM
+    would: the prompt (ids, or text that it encodes with BOS) is prefilled, tokens are drawn one at
+    a time until a stop token (kept in the text, as include_stop_str_in_output asks) or EOS (not
+    in the text) or max_tokens; the text is the continuation as decoded after the prompt."""
+    lock = threading.Lock()
+    stops = {tok.special["<|endofblock|>"], tok.special["<|endofmessage|>"], tok.eos_id}
+
+    @torch.no_grad()
+    def respond(path, body):
+        assert path == "/v1/completions" and body["temperature"] == 0.0
+        assert body["stop"] == ["<|endofblock|>", "<|endofmessage|>"]
+        prompt = body["prompt"]
+        ids = list(prompt) if isinstance(prompt, list) else tok.encode(prompt, bos=True)
+        with lock:
+            cache = model.new_cache(1, len(ids) + body["max_tokens"])
+            logits = model(torch.tensor([ids]), cache=cache, last_only=True)[:, -1]
+            new = []
+            while True:
+                new.append(int(logits.argmax(-1)))
+                if new[-1] in stops or len(new) == body["max_tokens"]:
+                    break
+                position = torch.tensor([[len(ids) + len(new) - 1]])
+                logits = model(torch.tensor([[new[-1]]]), position, cache=cache)[:, -1]
+        text = tok.decode(ids + new)[len(tok.decode(ids)):]
+        finish = "stop" if new[-1] in stops else "length"
+        return 200, {"choices": [{"index": 0, "text": text, "finish_reason": finish}],
+                     "usage": {"prompt_tokens": len(ids), "completion_tokens": len(new)}}
+    return respond
+
+
+@pytest.mark.parametrize("context,execute,prompt_as", [("window", True, "ids"),
+                                                       ("stop", False, "ids"),
+                                                       ("window", True, "text")])
+def test_the_server_engine_gives_the_local_engines_solutions(pool, context, execute, prompt_as):
+    """The fixture model, steered to write code that runs (tests/test_infer.py), solves four
+    problems locally (infer.solve) and behind the stub (infer.solve_served, 3 in flight): the
+    same solutions, messages, token counts, rounds, executions and stops, the window sliding."""
+    tok = CharTokenizer()
+    model = Steered(Transformer.from_pretrained(FIX / "models/llama2-mha/hf"), tok)
+    qs = ["What is 2+2?", "A much longer question about ducks and eggs, 16 of them.", "x",
+          "Sum 1..10"]
+    cfg = GenConfig(max_new_tokens=12, max_total_tokens=160 if context == "window" else 100,
+                    max_prompt_tokens=60, context=context, max_rounds=5 if execute else 3,
+                    batch_size=3, execute=execute)
+    local = infer.solve(model, tok, qs, "", cfg, pool=pool)
+    finished = []
+    with StubServer(model_server(model, tok)) as stub:
+        served = infer.solve_served(fast(stub.url), tok, qs, "", cfg, pool,
+                                    on_result=lambda i, r: finished.append(i), concurrency=3,
+                                    prompt_as=prompt_as)
+    assert served == local
+    assert sorted(finished) == [0, 1, 2, 3]
+    # not vacuous: code ran (or the model wrote its output), the window slid, rounds went on
+    assert sum(r["n_exec"] for r in served) >= (4 if execute else 0)
+    lengths = [len(tok.encode(lce_data.prompt_text(q, "") + r["solution"], bos=True))
+               for q, r in zip(qs, served)]
+    assert max(lengths) > 60                  # contexts outgrew the 60-token window
+    assert all(r["n_rounds"] >= 2 for r in served)
+    for _, _, body in stub.requests:         # BOS + the window; "stop": the window + a round fit
+        window = body["prompt"]
+        if prompt_as == "text":
+            window = tok.encode(window, bos=True)
+        assert window[0] == tok.bos_id
+        assert len(window) <= 60 if context == "window" else len(window) + body["max_tokens"] <= 100
+    assert len(stub.requests) == sum(r["n_rounds"] for r in served)
