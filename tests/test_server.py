@@ -5,6 +5,8 @@ line. StubServer is also the teacher's and the server engine's stand-in in other
 import http.server
 import json
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -203,12 +205,14 @@ def test_a_reply_that_is_not_json_is_one_line():
 # The inference loop against a server (infer.solve_served): the stub serves a local model
 import torch
 
+import eval as evaluation
 import infer
 import lce_data
 import sandbox
 from infer import GenConfig
 from model import Transformer
-from test_infer import FIX, CharTokenizer, Steered
+from test_infer import FIX, ROOT, CharTokenizer, Steered
+from tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -284,3 +288,98 @@ def test_the_server_engine_gives_the_local_engines_solutions(pool, context, exec
         assert window[0] == tok.bos_id
         assert len(window) <= 60 if context == "window" else len(window) + body["max_tokens"] <= 100
     assert len(stub.requests) == sum(r["n_rounds"] for r in served)
+
+
+def scripted_mathcoder(tok, fail=()):
+    """respond() for StubServer: a MathCoder that reads its window (token ids, decoded with the
+    checkpoint's tokenizer) and writes text, code, then the boxed answer, one block a round.
+    Questions containing any string of `fail` get HTTP 500."""
+    def respond(path, body):
+        window = tok.decode(body["prompt"])
+        if any(f in window for f in fail):
+            return 500, {"error": "the GPU fell over"}
+        written = window.split("<|assistant|>", 1)[1]
+        if not written:
+            return 200, completion("<|text|>Let me compute it.<|endofblock|>")
+        if "<|code|>" not in written:
+            return 200, completion("<|code|>print(6 * 7)<|endofblock|>")
+        if "\\boxed" not in written:
+            return 200, completion("<|text|>The answer is \\boxed{42}.<|endofblock|>")
+        return 200, completion("<|endofmessage|>")
+    return respond
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A checkpoint directory holding only the Llama-2 tokenizer: all --server needs locally."""
+    path = tmp_path_factory.mktemp("ckpt")
+    Tokenizer(str(FIX / "tokenizer/llama2-tokenizer.model")).save(path)
+    return path
+
+
+def test_eval_run_with_a_server_results_resume_and_summary(tmp_path, checkpoint, key, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    questions = {"a": "What is 6 times 7?", "b": "Seven sixes?", "c": "What is 3 + 4?"}
+    answers = {"a": "42", "b": "42", "c": "7"}
+    (data / "GSM8K_test_post.jsonl").write_text("".join(
+        json.dumps(lce_data.make_record(questions[i], answer=answers[i], id=i)) + "\n"
+        for i in "abc"))
+    tok = Tokenizer.from_checkpoint(str(checkpoint))
+    out = tmp_path / "run"
+    argv = ["run", "--server", None, "--tokenizer", str(checkpoint), "--dataset", "gsm8k",
+            "--data-dir", str(data), "--out", str(out), "--concurrency", "2", "--retries", "1",
+            "--api-key-env", "STUB_KEY", "--served-model", "mathcoder"]
+    with StubServer(scripted_mathcoder(tok, fail=["Seven sixes"])) as stub:
+        argv[2] = stub.url
+        evaluation.main(argv)
+    err = capsys.readouterr().err
+    [line] = [line for line in err.splitlines() if "HTTP 500" in line]
+    assert line.startswith(f"problem b: {stub.url}/v1/completions answered HTTP 500")
+    assert line.endswith("(after 2 tries)")
+    results = [json.loads(line) for line in open(out / "results.jsonl")]
+    assert sorted(r["id"] for r in results) == ["a", "c"]          # b is left for the next run
+    assert {r["id"]: r["correct"] for r in results} == {"a": True, "c": False}
+    a = next(r for r in results if r["id"] == "a")
+    assert a["solution"] == ("<|text|>Let me compute it.<|endofblock|><|code|>print(6 * 7)"
+                             "<|endofblock|><|execution|>42<|endofblock|><|text|>The answer is "
+                             "\\boxed{42}.<|endofblock|><|endofmessage|>")
+    assert all(body["model"] == "mathcoder" and body["max_tokens"] == 512
+               for _, _, body in stub.requests)
+    # resumed with the server well: only b is asked, and the summary covers all three
+    with StubServer(scripted_mathcoder(tok)) as stub:
+        argv[2] = stub.url
+        evaluation.main(argv)
+    assert {tok.decode(body["prompt"]).count("Seven sixes") for _, _, body in stub.requests} == {1}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 3 and summary["correct"] == 2
+    for path in out.iterdir():               # the key reached no file
+        assert KEY not in path.read_text()
+    assert KEY not in capsys.readouterr().err + err
+
+
+def test_infer_cli_with_a_server_and_an_unreachable_one(tmp_path, checkpoint, monkeypatch,
+                                                         capsys):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "What is 6 times 7?"}) + "\n")
+    tok = Tokenizer.from_checkpoint(str(checkpoint))
+    out = tmp_path / "results.jsonl"
+    with StubServer(scripted_mathcoder(tok)) as stub:
+        monkeypatch.setattr(sys, "argv", ["infer.py", "--server", stub.url, "--tokenizer",
+                                          str(checkpoint), "--file", str(questions), "--out",
+                                          str(out), "--concurrency", "1"])
+        infer.main()
+    [result] = [json.loads(line) for line in open(out)]
+    assert result["index"] == 0 and result["stop"] == "endofmessage" and result["n_exec"] == 1
+    assert "\\boxed{42}" in result["solution"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run([sys.executable, "infer.py", "--server", f"http://127.0.0.1:{port}",
+                           "--tokenizer", str(checkpoint), "--retries", "0", "--no-execute",
+                           "What is 1 + 1?"], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == (f"error: problem 0: server http://127.0.0.1:{port} "
+                                            "unreachable ([Errno 111] Connection refused) "
+                                            "(after 1 tries)")
