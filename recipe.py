@@ -311,8 +311,8 @@ def tool_code(call):
     arguments = function.get("arguments")
     try:
         parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
-    except ValueError:
-        return arguments or None
+    except ValueError:   # bare code, or JSON cut short (never run that)
+        return None if arguments.lstrip().startswith("{") else arguments or None
     code = parsed.get("code") if isinstance(parsed, dict) else None
     return code if isinstance(code, str) and code.strip() else None
 
@@ -340,12 +340,11 @@ def teacher_attempt(server, cfg, question, sample, run_code, what="problem") -> 
             raise ServerError(f"{what}: the chat reply has no choices[0].message") from None
         if text:
             blocks.append(("text", text))
-        if not calls:
-            if choice.get("finish_reason") == "length":
-                stop = "length"
-            else:   # an LCE solution ends on a text block, the answer in it
-                stop = "final" if text else "no_final_text"
-            return {"blocks": blocks, "stop": stop, "n_calls": n_calls}
+        if choice.get("finish_reason") == "length":     # cut by max_tokens, a tool call too
+            return {"blocks": blocks, "stop": "length", "n_calls": n_calls}
+        if not calls:    # an LCE solution ends on a text block, the answer in it
+            return {"blocks": blocks, "stop": "final" if text else "no_final_text",
+                    "n_calls": n_calls}
         messages.append({"role": "assistant", "content": message.get("content"),
                          "tool_calls": calls})
         for call in calls:

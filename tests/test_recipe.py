@@ -402,3 +402,15 @@ def test_interpolate_cli_with_a_served_teacher(tmp_path):
     prompts = recipe.interpolation_prompts(easy, hard, 12, seed=3)
     assert sorted(body["messages"][0]["content"] for _, _, body in stub.requests) == sorted(
         p["prompt"] for p in prompts)
+
+
+def test_tool_calls_are_read_as_servers_send_them():
+    def as_sent(arguments, name="python"):
+        return {"id": "c", "type": "function", "function": {"name": name, "arguments": arguments}}
+    assert recipe.tool_code(as_sent('{"code": "x = 1"}')) == "x = 1"
+    assert recipe.tool_code(as_sent({"code": "x = 2"})) == "x = 2"      # already decoded
+    assert recipe.tool_code(as_sent("print(3)")) == "print(3)"          # bare code
+    assert recipe.tool_code(as_sent('{"code": "print(')) is None        # JSON cut short: not run
+    assert recipe.tool_code(as_sent('{"code": "x"}', name="browser")) is None
+    assert recipe.tool_code(as_sent('{"cmd": "x"}')) is None
+    assert recipe.tool_code({"type": "function"}) is None
