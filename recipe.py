@@ -620,15 +620,9 @@ def teacher_generator(server, model, cache_path, temperature=0.7, max_tokens=102
     return generate
 
 
-def distill(initial, questions, k=3, temperature=0.7, seed=0, cfg=None, device=None):
-    """Self-distillation (self_distill) with MathCoder-Initial, the checkpoint `initial`, run here:
-    k samples of every question at `temperature`, sample j with seed seed + j."""
-    import torch                         # lazy: only this step loads a model
-    from model import Transformer
-    from tokenizer import Tokenizer
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = Transformer.from_pretrained(initial, device).eval()
-    tokenizer = Tokenizer.from_checkpoint(initial)
+def distill(model, tokenizer, questions, k=3, temperature=0.7, seed=0, cfg=None):
+    """Self-distillation (self_distill) with MathCoder-Initial, a local model (load_initial): k
+    samples of every question at `temperature`, sample j drawn with seed + j."""
     base = cfg or infer.GenConfig()
 
     def solve(qs, j):
@@ -637,6 +631,15 @@ def distill(initial, questions, k=3, temperature=0.7, seed=0, cfg=None, device=N
         print(f"distill: sample {j + 1}/{k} of {len(qs)} questions", file=sys.stderr)
         return infer.solve(model, tokenizer, qs, cfg=sample_cfg)
     return self_distill(questions, solve, k)
+
+
+def load_initial(path, device=None):
+    """(model, tokenizer) of the checkpoint directory `path`."""
+    import torch                         # lazy: only distill loads a model
+    from model import Transformer
+    from tokenizer import Tokenizer
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return Transformer.from_pretrained(path, device).eval(), Tokenizer.from_checkpoint(path)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -713,8 +716,8 @@ def main(argv=None):
     else:
         questions = [p["question"] for p in read_questions(args.problems)]
         out = args.out
-    records, stats = distill(args.initial, questions, args.k, args.distill_temperature,
-                             device=args.device)
+    model, tokenizer = load_initial(args.initial, args.device)
+    records, stats = distill(model, tokenizer, questions, args.k, args.distill_temperature)
     storage.write_jsonl(out, records)
     print(json.dumps({"out": out, **stats}))
 

@@ -414,3 +414,20 @@ def test_tool_calls_are_read_as_servers_send_them():
     assert recipe.tool_code(as_sent('{"code": "x"}', name="browser")) is None
     assert recipe.tool_code(as_sent('{"cmd": "x"}')) is None
     assert recipe.tool_code({"type": "function"}) is None
+
+
+def test_distill_samples_k_times_with_their_own_seeds(monkeypatch):
+    """recipe.distill hands infer.solve k configurations (sampling, seeds seed..seed+k-1) and keeps
+    what self_distill keeps; the solver is a stand-in that answers by seed."""
+    seen = []
+
+    def fake_solve(model, tokenizer, questions, cfg):
+        seen.append((cfg.temperature, cfg.seed, cfg.max_new_tokens))
+        answer = {"agree": "7", "split": str(cfg.seed)}
+        return [{"solution": _solution(answer[q])} for q in questions]
+    monkeypatch.setattr(recipe.infer, "solve", fake_solve)
+    records, stats = recipe.distill("model", "tok", ["agree", "split"], k=3, temperature=0.9,
+                                    seed=5, cfg=recipe.infer.GenConfig(max_new_tokens=64))
+    assert seen == [(0.9, 5, 64), (0.9, 6, 64), (0.9, 7, 64)]
+    assert stats["kept"] == 1 and stats["disagree"] == 1
+    assert records[0]["ground_truth"] == {"answer": "7"}
