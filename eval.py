@@ -248,7 +248,8 @@ def run(args):
         return run_served(args, cfg, problems)
     tok = Tokenizer.from_checkpoint(args.model)
     ranks = init_ranks(args.tp)   # under torchrun: W / tp replicas share out the problems
-    model = Transformer.from_pretrained(args.model, args.device or ranks.device,
+    device = args.device or ranks.device
+    model = Transformer.from_pretrained(args.model, device, infer.model_dtype(args.dtype, device),
                                         tp_group=ranks.tp_group).eval()
     if not ranks.leader:             # another shard of a tensor-parallel replica
         return follow(model, ranks.tp_group)
@@ -398,6 +399,7 @@ def main(argv=None):
     if argv[:1] == ["run"]:   # infer imports torch: only `run` needs it
         import infer
         infer.add_generation_args(run_cmd)
+        infer.add_dtype_arg(run_cmd)
         infer.add_serving_args(run_cmd)
     args = ap.parse_args(argv)
     if args.cmd == "run" and bool(args.model) == bool(args.server):

@@ -1,4 +1,5 @@
-"""MathCoder inference: generate, execute, continue (docs/method.md §4).
+"""MathCoder inference: generate, execute, continue (docs/method.md §4). Read top to bottom: the
+authors' loop for one problem, the batched engine that runs many of them, the command line.
 
 The authors (src/inference.py) solved one problem per process against a text-generation server
 (text-generation-inference, truncate=1536, max_new_tokens=512, 2048 tokens in all). Each round they
@@ -6,52 +7,36 @@ sent the whole conversation so far, got back ONE block (generation stops at <|en
 <|endofmessage|>, at most 512 new tokens), rounded decimals longer than 6 places, and when the block
 started with <|code|> ran it in that problem's own Jupyter kernel (state persists across the
 problem's blocks) and appended <|execution|>{output}<|endofblock|>. At most 16 rounds; done when a
-block ends <|endofmessage|>.
+block ends <|endofmessage|>. Their server cut every round's input to 1536 tokens: the model read
+BOS and the conversation's last 1535 tokens, at positions 0..1535, as a fresh prompt (GenConfig
+context "window"; "stop" is the simpler rule: only the prompt is cut so, and a problem stops once
+its context reaches max_total_tokens).
 
-The context window (GenConfig.context = "window", the default): their server cut every round's input
-to 1536 tokens. Its router encoded the conversation with BOS, kept the last 1536 ids when there were
-more, decoded them to text; the model server encoded that text again with BOS, cut from the left to
-1536: the model read BOS and the conversation's last 1535 tokens, at positions 0..1535, as a fresh
-prompt, then generated at most 512 tokens (1536 + 512 = 2048). So a long solution goes on, with its
-beginning (the question first) out of sight. Here: before every round, a context longer than
-max_prompt_tokens is read as BOS + its last max_prompt_tokens - 1 tokens from position 0. context =
-"stop" is the simpler rule: only the prompt is cut so, and a problem stops once its context reaches
-max_total_tokens.
-
-`solve_one` is that loop for one problem, written plainly: every round a fresh prefill of the
-window, then one token at a time to the end of the block. `solve` is the same, for many problems on
-one KV cache of B rows (tests/test_infer.py checks that it gives solve_one's solution for every
-problem):
-  * every token is fed to the model once: a prompt or an execution block is prefilled into its own
-    row (model.forward(..., cache=cache, rows=[r])); the prefix is recomputed only when the window
-    slides (rare: most solutions never reach 1536 tokens);
-  * code runs in a thread pool, each problem in its own Sandbox, while the other rows keep decoding;
-    the row rejoins once its output is ready; a finished row takes the next waiting problem
-    (continuous batching);
-  * ragged lengths: each row carries its own positions and the model masks cache slots past a
-    query's position, so every row's logits are those it would get alone.
+`solution_steps` is that loop, written once, as a generator: it yields what it needs (Generate:
+continue these ids; Execute: run this code) and is sent the answers. Any engine can drive it:
+`solve_one` plainly, one problem, a fresh prefill every round; `solve` many problems at once on
+one static KV cache (`Engine`), with code running in a sandbox pool while the other rows decode.
+Equal results by construction (tests/test_infer.py checks it problem by problem).
 Where both differ from the authors' loop:
   * the window's first tokens: their server cut ids, decoded them and encoded the text again,
-    which can split the window's first word differently (a piece cut mid-word gets a word-start
-    "▁"); here the ids themselves are kept.
+    which can split the window's first word differently; here the ids themselves are kept.
   * special tokens inside a block: their server's text skipped special tokens (they put back only
     the block's first and last), and it stopped on the text "<|endofblock|>" even when spelled in
     pieces; here every token is kept and only the stop tokens stop.
+  * execution output is data: encoded as plain text, so a special-token string that code prints
+    stays ordinary text pieces (their server re-tokenised the whole conversation, so it became a
+    special token there), and the blocks of a solution are read from its ids.
   * numerics: their server ran fp16 kernels (flash attention); greedy decoding follows the model's
-    logits here in the checkpoint's dtype, so a near tie can go the other way.
-  * what the model reads after its code runs is sandbox.py's rendering of the output, which has its
-    own notes on where it differs from the IPython kernel they used.
+    logits here in --dtype, so a near tie can go the other way.
+  * what the model reads after its code runs is sandbox.py's rendering of the output.
   * the question is sent verbatim and the system text is the record's own, as in their released
     outputs (their public script's defaults differ: docs/method.md §4).
   * decimals are rounded where they did it: in each block the model has just written, code included
-    (the code that runs is the rounded code; execution output is left alone). Their server
-    re-tokenised the whole conversation every round; here the block just written is re-tokenised
-    and, if its ids changed (rounding, or a non-canonical split), rewritten from its first position
-    (solve: into the cache). Either way the model goes on reading exactly the text that is recorded.
+    (the code that runs is the rounded code). Their server re-tokenised the whole conversation
+    every round; here the block just written is re-tokenised, and the model goes on reading exactly
+    the text that is recorded.
   * a round cut off by max_new_tokens is, as theirs, a round: a cut code block is still run; the
-    next round continues the same block (its text is re-tokenised as one piece, as their server saw
-    it).
-  * EOS (</s>) from the model ends the message, as <|endofmessage|> does.
+    next round continues the same block. EOS (</s>) ends the message, as <|endofmessage|> does.
 
     python infer.py --model CKPT "What is 2^10 - 1?"            # streams the solution
     python infer.py --model CKPT --file data/eval/GSM8K_test_post.jsonl --out results.jsonl
@@ -126,72 +111,106 @@ class GenConfig:
         return self.context == "stop" and window_len >= self.max_total_tokens
 
 
-# ------------------------------------------------------------------- one problem: the authors' loop
-@torch.no_grad()
-def solve_one(model, tokenizer, question: str, system: str = DEFAULT_SYSTEM,
-              cfg: GenConfig | None = None, session=None, index: int = 0) -> dict:
-    """The authors' loop for one problem. Every round the model reads the window afresh (BOS + the
-    context's last max_prompt_tokens - 1 tokens, at positions 0, 1, ...) and writes one block; a
-    code block runs in `session` (a fresh sandbox.Sandbox, needed when cfg.execute) and its output
-    goes on as an execution block. index: the problem's sampling stream (as solve's problem index).
-    Returns what solve returns for the problem."""
-    cfg = cfg or GenConfig()
-    if cfg.execute and session is None:
-        raise ValueError("solve_one: cfg.execute needs a session (a sandbox.Sandbox)")
+# ------------------------------------------------------------------ one problem: the authors' loop
+# What the loop asks of an engine: these two requests are the whole interface. An engine sends
+# back, for Generate, the list of new ids; for Execute, the output text.
+@dataclass
+class Generate:
+    """Continue `window` (BOS first, read afresh from position 0) with at most max_new tokens,
+    ending early after a token in `stops`. on_token(id), if set, wants each new id as it comes."""
+    window: list
+    max_new: int
+    stops: frozenset
+    on_token: object = None
+
+
+@dataclass
+class Execute:
+    """Run `code` in the problem's own sandbox session (its state persists across the problem's
+    blocks); the answer is the output the model reads."""
+    code: str
+
+
+def solution_steps(tokenizer, question: str, system: str, cfg, show=None):
+    """The authors' loop for one problem, as a generator of Generate / Execute requests; returns
+    (StopIteration.value) the problem's result (see `result`). Every round the model reads the
+    window (BOS + the context's last max_prompt_tokens - 1 tokens) and writes one block; a code
+    block runs and its output goes on as an execution block. show(text): each new piece of LCE
+    text (generated text as it is decoded, before rounding; an execution block whole)."""
     special = tokenizer.special
-    stops = {special["<|endofblock|>"], special["<|endofmessage|>"], tokenizer.eos_id}
-    device = next(model.parameters()).device
-    generator = _generator(cfg.seed, index)
-    cache = model.new_cache(1, cfg.max_total_tokens)
+    stops = frozenset({special["<|endofblock|>"], special["<|endofmessage|>"], tokenizer.eos_id})
+    stream = Stream(tokenizer, show)
     ids = tokenizer.encode(lce_data.prompt_text(question, system), bos=True)
     n_prompt = len(ids)
     round_start = n_prompt  # where this round's tokens begin
     text_start = n_prompt   # where the text since the last special token begins
     offset = 0              # the model reads BOS + ids[offset + 1:]
-    n_new = 0               # tokens the model generated
-    n_exec = 0
+    n_new = n_exec = 0      # tokens the model generated; code blocks run
     stop = "max_rounds"
     for rounds in range(1, cfg.max_rounds + 1):
         if cfg.context == "window" or rounds == 1:  # ("stop": the prompt only)
             offset = max(0, len(ids) - cfg.max_prompt_tokens)
-        window = ids[:1] + ids[offset + 1:]
-        logits = model(torch.tensor([window], device=device), cache=cache, last_only=True)[:, -1]
-        while True:  # one block
-            token = sample(logits, cfg.temperature, cfg.top_p, [generator])[0]
-            ids.append(token)
-            n_new += 1
-            if (token in stops or len(ids) - round_start >= cfg.max_new_tokens
-                    or len(ids) - offset >= cfg.max_total_tokens):  # (full: "stop" only)
-                break
-            position = torch.tensor([[len(ids) - 1 - offset]], device=device)
-            logits = model(torch.tensor([[token]], device=device), position, cache=cache)[:, -1]
+        room = min(cfg.max_new_tokens - (len(ids) - round_start),  # (an opened <|execution|>
+                   cfg.max_total_tokens - (len(ids) - offset))    # counts; full: "stop" only)
+        new = yield Generate(ids[:1] + ids[offset + 1:], max(1, room), stops,
+                             stream.token if show else None)
+        ids += new
+        n_new += len(new)
         is_code = ids[round_start] == special["<|code|>"]
-        text, _ = round_and_retokenize(tokenizer, ids, text_start)
+        text, changed = round_and_retokenize(tokenizer, ids, text_start)
+        if changed:
+            stream.restart(ids[text_start:], text)
         round_start = len(ids)
         if ids[-1] in special.values():  # else the block was cut: the next round continues it
             text_start = len(ids)
-        if token in (special["<|endofmessage|>"], tokenizer.eos_id):
+            stream.restart([], "")
+        if new[-1] in (special["<|endofmessage|>"], tokenizer.eos_id):
             stop = "endofmessage"
             break
         if cfg.context_full(len(ids) - offset):
             stop = "max_total_tokens"
             break
         if is_code and cfg.execute:  # (the authors ran a code block even in the last round)
-            output = run_code(session, code_of(text))
-            ids += tokenizer.encode(f"<|execution|>{output}<|endofblock|>")
+            output = yield Execute(code_of(text))
+            ids += ([special["<|execution|>"]] + tokenizer.encode(output, special=False)
+                    + [special["<|endofblock|>"]])  # the output is data: plain text, no specials
             n_exec += 1
-            round_start = len(ids)
-            text_start = len(ids)
+            round_start = text_start = len(ids)
+            stream.piece(f"<|execution|>{output}<|endofblock|>")
         elif is_code and rounds < cfg.max_rounds:  # execution withheld: the model writes it
             ids.append(special["<|execution|>"])   # (the next round's first token)
             text_start = len(ids)
+            stream.piece("<|execution|>")
         if cfg.context_full(len(ids) - offset):
             stop = "max_total_tokens"
             break
     return result(tokenizer, question, system, ids[n_prompt:], stop, n_new, rounds, n_exec)
 
 
-# ---------------------------------------------------------------------------- what both solvers use
+class Stream:
+    """show(text) with each new piece of one problem's LCE text. The text since the last special
+    token is decoded again at every token (a half-decoded UTF-8 character can change)."""
+
+    def __init__(self, tokenizer, show):
+        self.tokenizer, self.show = tokenizer, show
+        self.restart([], "")
+
+    def restart(self, ids, shown):  # the text since the last special token: ids, `shown` shown
+        self.ids, self.shown = list(ids), shown
+
+    def token(self, token):
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.startswith(self.shown):
+            self.show(text[len(self.shown):])
+            self.shown = text
+
+    def piece(self, text):
+        if self.show:
+            self.show(text)
+        self.restart([], "")
+
+
 _DECIMAL = re.compile(r"\d+\.\d+")
 
 
@@ -233,329 +252,245 @@ def run_code(session, code: str) -> str:
         return f"{type(e).__name__}: {e}"
 
 
-def sample(logits: torch.Tensor, temperature: float, top_p: float, gens: list) -> list[int]:
-    """Next token per row: argmax if temperature is 0, else nucleus sampling with each row's own
-    generator."""
-    if temperature <= 0:
-        return logits.argmax(-1).tolist()
-    probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
-    if top_p < 1.0:  # keep the smallest set of most likely tokens whose mass reaches top_p
-        p, idx = probs.sort(-1, descending=True)
-        p[(p.cumsum(-1) - p) >= top_p] = 0
-        probs = torch.zeros_like(probs).scatter_(-1, idx, p)
-    return [int(torch.multinomial(pr, 1, generator=g)) for pr, g in zip(probs, gens)]
-
-
-# problem `index` samples from its own stream: batching can't change it
-def _generator(seed: int, index: int):
-    return torch.Generator().manual_seed(seed * 1_000_003 + index)
-
-
-_SPECIAL = re.compile("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")")   # keeps the separators
-
-
-def parse_blocks(solution: str) -> list[tuple[str, str]]:
-    """The assistant's LCE string -> [(type, content), ...]. Lenient, as generated text can be: a
-    block cut off at a limit keeps what it has; text outside any block becomes a text block."""
-    blocks = []
-    inside = False
-    for piece in _SPECIAL.split(solution):
-        if piece in ("<|text|>", "<|code|>", "<|execution|>"):
-            blocks.append([piece[2:-2], ""])
+def blocks_of(tokenizer, ids) -> list[tuple[str, str]]:
+    """A solution's ids -> [(type, content), ...], split at the special ids the model read (text
+    that only looks like a special token, as code may print, stays text). Lenient, as generated
+    text can be: a block cut off keeps what it has; text outside any block is a text block."""
+    opens = {tokenizer.special[f"<|{kind}|>"]: kind for kind in ("text", "code", "execution")}
+    blocks, inside, run = [], False, []
+    for i in list(ids) + [None]:
+        if i is not None and i not in tokenizer.id_to_special:
+            run.append(i)
+            continue
+        text = tokenizer.decode(run) if run else ""
+        run = []
+        if text and not inside:
+            blocks.append(["text", ""])
+        if text:
+            blocks[-1][1] += text
             inside = True
-        elif _SPECIAL.fullmatch(piece):  # <|endofblock|>, <|endofmessage|>, a stray role token
-            inside = False
-        elif piece:
-            if not inside:
-                blocks.append(["text", ""])
-                inside = True
-            blocks[-1][1] += piece
+        if i is not None:  # a block opens, or <|endofblock|>, <|endofmessage|>, a role closes it
+            inside = i in opens
+            if inside:
+                blocks.append([opens[i], ""])
     return [tuple(b) for b in blocks]
 
 
 def result(tokenizer, question, system, solution_ids, stop, n_tokens, n_rounds, n_exec) -> dict:
     """One problem's outcome: {question, messages (system, user, assistant: the messages schema
-    lce_data reads), solution (the assistant's LCE string), n_tokens (generated by the model),
-    n_rounds, n_exec, stop}."""
-    solution = tokenizer.decode(solution_ids)  # the context is kept canonical: decode is exact
-    record = lce_data.make_record(question, parse_blocks(solution), system)
-    return {"question": question, "messages": record["messages"], "solution": solution,
-            "n_tokens": n_tokens, "n_rounds": n_rounds, "n_exec": n_exec, "stop": stop}
+    lce_data reads), solution (the assistant's LCE string: the text the model read), n_tokens
+    (generated by the model), n_rounds, n_exec, stop}."""
+    record = lce_data.make_record(question, blocks_of(tokenizer, solution_ids), system)
+    return {"question": question, "messages": record["messages"],
+            "solution": tokenizer.decode(solution_ids), "n_tokens": n_tokens,
+            "n_rounds": n_rounds, "n_exec": n_exec, "stop": stop}
 
 
-# -------------------------------------------- many problems on one KV cache: the same loop, batched
-@dataclass
-class Seq:
-    """One problem in flight. ids = its whole context, BOS first. The model reads a window of it:
-    BOS, then ids[offset + 1:], at positions 0, 1, ... (offset 0: the whole context); the window's
-    first n_cached tokens have K/V in the problem's cache row."""
-    index: int
-    ids: list
-    prompt_len: int
-    generator: torch.Generator | None = None
-    offset: int = 0
-    n_cached: int = 0
-    round_start: int = field(init=False)  # where this round's tokens begin
-    # where the text since the last special token begins (a block cut by max_new_tokens continues
-    # in the next round: one run of text, several rounds)
-    text_start: int = field(init=False)
-    rounds: int = 0
-    n_new: int = 0                 # tokens the model generated
-    n_exec: int = 0
-    session: sandbox.Sandbox | None = None
-    future: object = None          # code running in the thread pool
-    shown: str = ""                # streaming: the text since text_start already shown
-
-    def __post_init__(self):       # the first round starts right after the prompt
-        self.round_start = self.prompt_len
-        self.text_start = self.prompt_len
-
-    @property
-    def window_len(self):
-        return len(self.ids) - self.offset
-
-    def pending(self):
-        """The window's tokens not yet in the cache (the first at position n_cached)."""
-        window = self.ids if self.offset == 0 else self.ids[:1] + self.ids[self.offset + 1:]
-        return window[self.n_cached:]
+# ------------------------------------------------------------------------------ sampling, drivers
+def sample(logits, temperature: float, top_p: float, generators: list):
+    """Next token per row, on the logits' device: argmax if temperature is 0, else nucleus
+    sampling, row b drawing one uniform number from its own generator (so a problem's draws do not
+    depend on the rows beside it) and picking by the inverse of its cumulative distribution."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    order = None
+    if top_p < 1.0:  # keep the smallest set of most likely tokens whose mass reaches top_p
+        probs, order = probs.sort(-1, descending=True)
+        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0)
+    cdf = probs.cumsum(-1)
+    total = cdf[:, -1:]
+    u = torch.cat([torch.rand(1, generator=g, device=logits.device) for g in generators])
+    target = torch.minimum(u[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    pick = torch.searchsorted(cdf, target, right=True)  # the first token whose cdf passes it
+    return (pick if order is None else order.gather(-1, pick))[:, 0]
 
 
-class Rows:
-    """The B rows of one KV cache; seqs[r] is the sequence in row r (None = free)."""
-
-    def __init__(self, model, batch_size: int, max_len: int):
-        self.model = model
-        self.cache = model.new_cache(batch_size, max_len)
-        self.seqs = [None] * batch_size
-        self.device = next(model.parameters()).device
-
-    def admit(self, waiting: deque, new_seq):
-        """Continuous batching: every free row takes the next waiting problem (new_seq(index) ->
-        Seq)."""
-        for r, seq in enumerate(self.seqs):
-            if seq is None and waiting:
-                self.seqs[r] = new_seq(waiting.popleft())
-
-    def feed(self, rows: list) -> torch.Tensor:
-        """Run the model on every row's tokens not yet in the cache, each at its own positions;
-        return the logits after each row's last token, [len(rows), vocab]. Rows with one new token
-        (decoding) go in one batched call; rows with several (a prompt, an execution block) are
-        prefilled one by one."""
-        out = [None] * len(rows)
-        decoding = []
-        for j, r in enumerate(rows):
-            seq = self.seqs[r]
-            if seq.window_len - seq.n_cached == 1:
-                decoding.append(j)
-                continue
-            new = torch.tensor([seq.pending()], device=self.device)
-            positions = torch.arange(seq.n_cached, seq.window_len, device=self.device)[None]
-            row = torch.tensor([r], device=self.device)
-            logits = self.model(new, positions, cache=self.cache, rows=row, last_only=True)
-            out[j] = logits[0, -1]
-        if decoding:
-            seqs = [self.seqs[rows[j]] for j in decoding]
-            new = torch.tensor([[seq.ids[-1]] for seq in seqs], device=self.device)
-            positions = torch.tensor([[seq.n_cached] for seq in seqs], device=self.device)
-            row_ids = torch.tensor([rows[j] for j in decoding], device=self.device)
-            logits = self.model(new, positions, cache=self.cache, rows=row_ids)[:, -1]
-            for k, j in enumerate(decoding):
-                out[j] = logits[k]
-        for r in rows:
-            self.seqs[r].n_cached = self.seqs[r].window_len
-        return torch.stack(out)
+def sampling_generator(seed: int, index: int, device):
+    """Problem `index`'s own random stream, on the model's device."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + index)
 
 
 @torch.no_grad()
-def generate(model, prompts: list, max_new_tokens: int, batch_size: int = 16, stop_ids=(),
-             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[list[int]]:
-    """The decode core on raw token ids, no tools: continuous batching over `batch_size` cache rows.
-    Returns each prompt's new tokens (up to and including a stop id)."""
-    rows = Rows(model, max(1, min(batch_size, len(prompts))),
-                max(map(len, prompts)) + max_new_tokens)
-    waiting = deque(range(len(prompts)))
-    out = [None] * len(prompts)
-    while waiting or any(rows.seqs):
-        rows.admit(waiting,
-                   lambda i: Seq(i, list(prompts[i]), len(prompts[i]), _generator(seed, i)))
-        active = [r for r, seq in enumerate(rows.seqs) if seq is not None]
-        gens = [rows.seqs[r].generator for r in active]
-        tokens = sample(rows.feed(active), temperature, top_p, gens)
-        for r, token in zip(active, tokens):
-            seq = rows.seqs[r]
-            seq.ids.append(token)
-            if token in stop_ids or len(seq.ids) - seq.prompt_len >= max_new_tokens:
-                out[seq.index] = seq.ids[seq.prompt_len:]
-                rows.seqs[r] = None
-    return out
-
-
-class Solver:
-    """solve()'s state machine: solve_one's loop for every problem in a row of the cache. A problem
-    moves on at two events: its round ends (end_round: finish, run the code, or start the next
-    round) and its code's output is ready (add_execution)."""
-
-    def __init__(self, model, tokenizer, questions, systems, cfg, pool, on_result, on_stream):
-        self.tokenizer = tokenizer
-        self.questions = questions
-        self.systems = systems
-        self.cfg = cfg
-        self.pool = pool
-        self.on_result = on_result
-        self.on_stream = on_stream
-        self.special = tokenizer.special
-        self.stops = {self.special["<|endofblock|>"], self.special["<|endofmessage|>"],
-                      tokenizer.eos_id}
-        batch_size = max(1, min(cfg.batch_size, len(questions)))
-        self.rows = Rows(model, batch_size, cfg.max_total_tokens)
-        self.runner = None  # the thread pool that runs code while the other rows decode
-        if cfg.execute:
-            self.runner = ThreadPoolExecutor(batch_size, thread_name_prefix="sandbox")
-        self.waiting = deque(range(len(questions)))
-        self.results = [None] * len(questions)
-
-    def run(self) -> list[dict]:
+def solve_one(model, tokenizer, question: str, system: str = DEFAULT_SYSTEM,
+              cfg: GenConfig | None = None, session=None, index: int = 0) -> dict:
+    """solution_steps driven plainly, one problem: every Generate a fresh prefill of its window,
+    then one token at a time; every Execute run in `session` (a sandbox.Sandbox, needed when
+    cfg.execute). index: the problem's sampling stream (as in solve). Returns what solve returns
+    for the problem."""
+    cfg = cfg or GenConfig()
+    if cfg.execute and session is None:
+        raise ValueError("solve_one: cfg.execute needs a session (a sandbox.Sandbox)")
+    device = next(model.parameters()).device
+    generator = sampling_generator(cfg.seed, index, device)
+    steps = solution_steps(tokenizer, question, system, cfg)
+    answer = None
+    while True:
         try:
-            while self.waiting or any(self.rows.seqs):
-                self.rows.admit(self.waiting, self.start)
-                for r, seq in enumerate(self.rows.seqs):  # finished executions rejoin
-                    if seq is not None and seq.future is not None and seq.future.done():
-                        self.add_execution(r, seq)
-                ready = [r for r, seq in enumerate(self.rows.seqs)
-                         if seq is not None and seq.future is None]
+            request = steps.send(answer)
+        except StopIteration as done:
+            return done.value
+        if isinstance(request, Execute):
+            answer = run_code(session, request.code)
+            continue
+        window, answer = request.window, []
+        cache = model.new_cache(1, len(window) + request.max_new)
+        logits = model(torch.tensor([window], device=device), cache=cache, last_only=True)
+        while True:
+            answer += sample(logits[:, -1], cfg.temperature, cfg.top_p, [generator]).tolist()
+            if answer[-1] in request.stops or len(answer) == request.max_new:
+                break
+            position = torch.tensor([[len(window) + len(answer) - 1]])
+            logits = model(torch.tensor([answer[-1:]], device=device), position, cache=cache)
+
+
+# ----------------------------------------------------------- many problems: the batched engine
+@dataclass
+class Problem:
+    """A problem in a row of the engine: its loop, its random stream, what it asked for."""
+    index: int
+    steps: object                      # its solution_steps generator
+    generator: torch.Generator
+    request: Generate | None = None    # the Generate it is decoding
+    new: list = field(default_factory=list)  # the ids written for it so far
+    future: object = None              # its Execute, running in the thread pool
+    session: object = None             # its sandbox, from its first code block on
+
+
+class Engine:
+    """Drives many problems' solution_steps on one static KV cache (rows x max_total_tokens).
+    held[r]: the ids whose keys and values row r holds, at slots 0, 1, ...; todo[r]: the ids it
+    must still be fed (a new window past what the row already holds, then each new token). Every
+    step feeds every decoding row: the rows with several new ids (a prompt, an execution block, a
+    slid window) are prefilled together, the rows with one decode together, each row read in place
+    (model.KVCache); then each row gets its token (one transfer from the device per step). Code
+    runs in a thread pool, each problem in its own sandbox session, while the other rows decode;
+    a row whose problem is done takes the next one (continuous batching)."""
+
+    def __init__(self, model, cfg: GenConfig, n_rows: int, pool, finished):
+        self.model, self.cfg, self.pool, self.finished = model, cfg, pool, finished
+        self.device = next(model.parameters()).device
+        self.cache = model.new_cache(n_rows, cfg.max_total_tokens)
+        self.rows = [None] * n_rows    # the Problem in each row
+        self.held = [[] for _ in range(n_rows)]
+        self.todo = [[] for _ in range(n_rows)]
+        self.runner = ThreadPoolExecutor(n_rows, thread_name_prefix="sandbox")
+
+    def run(self, waiting: deque):
+        """waiting: Problems not started yet, in order."""
+        try:
+            while waiting or any(self.rows):
+                for r, problem in enumerate(self.rows):
+                    if problem is None and waiting:  # a free row takes the next problem
+                        self.rows[r] = waiting.popleft()
+                        self.held[r] = []  # (read from position 0, as each test double expects)
+                        self.advance(r, None)
+                    elif problem is not None and problem.future and problem.future.done():
+                        self.advance(r, problem.future.result())  # its code's output is ready
+                ready = [r for r, p in enumerate(self.rows) if p is not None and p.request]
                 if ready:
-                    self.decode(ready)
-                else:  # everyone left is waiting for code: sleep until one is done
-                    running = [seq.future for seq in self.rows.seqs
-                               if seq is not None and seq.future is not None]
-                    wait(running, return_when=FIRST_COMPLETED)
+                    self.step(ready)
+                else:  # every problem left waits for its code: sleep until one is done
+                    wait([p.future for p in self.rows if p], return_when=FIRST_COMPLETED)
         finally:
-            if self.runner:
-                self.runner.shutdown(wait=False, cancel_futures=True)
-        return self.results
+            self.runner.shutdown(wait=False, cancel_futures=True)
 
-    def start(self, index) -> Seq:
-        prompt = lce_data.prompt_text(self.questions[index], self.systems[index])
-        ids = self.tokenizer.encode(prompt, bos=True)
-        seq = Seq(index, ids, len(ids), _generator(self.cfg.seed, index))
-        self.next_round(seq)
-        return seq
-
-    def next_round(self, seq):
-        """The window the next round reads (solve_one's offset); a new window is recomputed from
-        scratch in the row's cache."""
-        if self.cfg.context == "stop" and seq.rounds > 0:  # ("stop": the prompt only)
+    def advance(self, r: int, answer):
+        """Send row r's problem its answer and take its next request."""
+        problem = self.rows[r]
+        problem.request = problem.future = None
+        try:
+            request = problem.steps.send(answer)
+        except StopIteration as done:
+            self.rows[r] = None
+            if problem.session is not None:
+                self.pool.release(problem.session)
+            return self.finished(problem.index, done.value)
+        if isinstance(request, Execute):
+            problem.future = self.runner.submit(self.execute, problem, request.code)
             return
-        offset = max(0, len(seq.ids) - self.cfg.max_prompt_tokens)
-        if offset != seq.offset:
-            seq.offset = offset
-            seq.n_cached = 0
+        problem.request, problem.new = request, []
+        window, held = request.window, self.held[r]
+        keep = 0  # the window's start that the row holds already (its last id is fed again)
+        while keep < min(len(held), len(window) - 1) and held[keep] == window[keep]:
+            keep += 1
+        del held[keep:]
+        self.todo[r] = window[keep:]
 
-    def decode(self, ready):
-        """One token for every ready row (prefilling what is new in it first)."""
-        gens = [self.rows.seqs[r].generator for r in ready]
-        tokens = sample(self.rows.feed(ready), self.cfg.temperature, self.cfg.top_p, gens)
-        for r, token in zip(ready, tokens):
-            seq = self.rows.seqs[r]
-            seq.ids.append(token)
-            seq.n_new += 1
-            if self.on_stream:
-                text = self.tokenizer.decode(seq.ids[seq.text_start:])
-                if text.startswith(seq.shown):  # a half-decoded UTF-8 character can change
-                    self.on_stream(seq.index, text[len(seq.shown):])
-                    seq.shown = text
-            if (token in self.stops or len(seq.ids) - seq.round_start >= self.cfg.max_new_tokens
-                    or seq.window_len >= self.cfg.max_total_tokens):  # (full: "stop" only)
-                self.end_round(r, seq, token)
+    def execute(self, problem: Problem, code: str) -> str:
+        """In a worker thread: a problem takes a sandbox at its first code block."""
+        if problem.session is None:
+            problem.session = self.pool.acquire()
+        return run_code(problem.session, code)
 
-    def end_round(self, r, seq, token):
-        """solve_one's rules, after its inner loop: round decimals, then finish, run the code, or
-        go on."""
-        cfg = self.cfg
-        is_code = seq.ids[seq.round_start] == self.special["<|code|>"]
-        text, changed = round_and_retokenize(self.tokenizer, seq.ids, seq.text_start)
-        if changed:  # the cache slots from text_start on are stale: overwritten as they are fed
-            seq.n_cached = min(seq.n_cached, max(0, seq.text_start - seq.offset))
-            seq.shown = text
-        seq.rounds += 1
-        seq.round_start = len(seq.ids)
-        if seq.ids[-1] in self.special.values():
-            seq.text_start = len(seq.ids)
-            seq.shown = ""
-        if token in (self.special["<|endofmessage|>"], self.tokenizer.eos_id):
-            return self.finish(r, seq, "endofmessage")
-        if cfg.context_full(seq.window_len):
-            return self.finish(r, seq, "max_total_tokens")
-        if is_code and cfg.execute:  # add_execution goes on once the output is ready
-            seq.future = self.runner.submit(self.execute, seq, code_of(text))
-            return
-        if is_code and seq.rounds < cfg.max_rounds:  # execution withheld: the model writes it
-            seq.ids.append(self.special["<|execution|>"])
-            seq.text_start = len(seq.ids)
-            if self.on_stream:
-                self.on_stream(seq.index, "<|execution|>")
-        self.go_on(r, seq)
+    def step(self, ready: list):
+        """One token for every ready row."""
+        prefill = [r for r in ready if len(self.todo[r]) > 1]
+        decode = [r for r in ready if len(self.todo[r]) == 1]
+        logits = []
+        if prefill:  # padded to the longest: position -1 marks padding (neither written nor read)
+            width = max(len(self.todo[r]) for r in prefill)
+            logits.append(self.feed(prefill, width, pad=[0] * width))
+        if decode:
+            logits.append(self.feed(decode, 1, pad=[]))
+        rows = prefill + decode
+        generators = [self.rows[r].generator for r in rows]
+        tokens = sample(torch.cat(logits), self.cfg.temperature, self.cfg.top_p, generators)
+        for r, token in zip(rows, tokens.tolist()):  # the step's one transfer from the device
+            problem, request = self.rows[r], self.rows[r].request
+            self.held[r] += self.todo[r]
+            self.todo[r] = [token]
+            problem.new.append(token)
+            if request.on_token:
+                request.on_token(token)
+            if token in request.stops or len(problem.new) >= request.max_new:
+                self.advance(r, problem.new)
 
-    def execute(self, seq, code):
-        """In a worker thread: the problem takes a sandbox at its first code block."""
-        if seq.session is None:
-            seq.session = self.pool.acquire()
-        return run_code(seq.session, code)
-
-    def add_execution(self, r, seq):
-        piece = f"<|execution|>{seq.future.result()}<|endofblock|>"
-        seq.future = None
-        seq.ids += self.tokenizer.encode(piece)
-        seq.n_exec += 1
-        seq.round_start = len(seq.ids)
-        seq.text_start = len(seq.ids)
-        if self.on_stream:
-            self.on_stream(seq.index, piece)
-        self.go_on(r, seq)
-
-    def go_on(self, r, seq):
-        if self.cfg.context_full(seq.window_len):
-            self.finish(r, seq, "max_total_tokens")
-        elif seq.rounds >= self.cfg.max_rounds:
-            self.finish(r, seq, "max_rounds")
-        else:
-            self.next_round(seq)
-
-    def finish(self, r, seq, stop):
-        if seq.session is not None:
-            self.pool.release(seq.session)
-        index = seq.index
-        outcome = result(self.tokenizer, self.questions[index], self.systems[index],
-                         seq.ids[seq.prompt_len:], stop, seq.n_new, seq.rounds, seq.n_exec)
-        self.results[index] = outcome
-        self.rows.seqs[r] = None
-        if self.on_result:
-            self.on_result(index, outcome)
+    def feed(self, rows: list, width: int, pad: list):
+        """The model on rows' todo ids (width each, padded), each in its row at its own positions;
+        the logits after each row's last id, [len(rows), vocab]. Tokens go to the device, the
+        positions and rows stay on the host (the cache plans from them without waiting)."""
+        tokens = [self.todo[r] + pad[len(self.todo[r]):] for r in rows]
+        positions = [list(range(len(self.held[r]), len(self.held[r]) + len(self.todo[r])))
+                     + [-1] * (width - len(self.todo[r])) for r in rows]
+        logits = self.model(torch.tensor(tokens, device=self.device), torch.tensor(positions),
+                            cache=self.cache, rows=torch.tensor(rows), last_only=True)
+        return logits[:, -1]
 
 
 @torch.no_grad()
 def solve(model, tokenizer, questions: list[str], system: str | list[str] = DEFAULT_SYSTEM,
           cfg: GenConfig | None = None, pool=None, on_result=None, on_stream=None) -> list[dict]:
-    """Solve every question in LCE form: solve_one for each, batched. system: the system text of
-    every prompt, or a list with one per question. Returns one dict per question, in order (see
-    `result`). on_result(index, dict) is called as each problem finishes; on_stream(index, text)
-    with each new piece of LCE text (generated text as it is decoded, before rounding; an execution
-    block whole). pool: a sandbox.SandboxPool (size >= cfg.batch_size for full overlap); made and
-    closed here if None."""
+    """Solve every question in LCE form: solution_steps for each, on the batched Engine. system:
+    the system text of every prompt, or a list with one per question. Returns one dict per
+    question, in order (see `result`). on_result(index, dict) is called as each problem finishes;
+    on_stream(index, text) with each new piece of LCE text. pool: a sandbox.SandboxPool (size >=
+    cfg.batch_size for full overlap); made and closed here if None."""
     cfg = cfg or GenConfig()
-    if not questions:
-        return []
     systems = [system] * len(questions) if isinstance(system, str) else list(system)
     if len(systems) != len(questions):
         raise ValueError(f"{len(systems)} system texts for {len(questions)} questions")
+    results = [None] * len(questions)
+
+    def finished(index, outcome):
+        results[index] = outcome
+        if on_result:
+            on_result(index, outcome)
+    device = next(model.parameters()).device
+    waiting = deque(Problem(i, solution_steps(tokenizer, q, s, cfg, on_stream and (
+        lambda text, i=i: on_stream(i, text))), sampling_generator(cfg.seed, i, device))
+        for i, (q, s) in enumerate(zip(questions, systems)))
+    n_rows = max(1, min(cfg.batch_size, len(questions)))
     own_pool = pool is None and cfg.execute
     if own_pool:
-        pool = sandbox.SandboxPool(max(1, min(cfg.batch_size, len(questions))))
+        pool = sandbox.SandboxPool(n_rows)
     try:
-        return Solver(model, tokenizer, questions, systems, cfg, pool, on_result, on_stream).run()
+        if questions:
+            Engine(model, cfg, n_rows, pool, finished).run(waiting)
     finally:
         if own_pool:
             pool.close()
+    return results
 
 
 # ------------------------------------------------ the same loop against an OpenAI-compatible server
@@ -564,12 +499,13 @@ STOP_STRINGS = ["<|endofblock|>", "<|endofmessage|>"]
 
 def served_round(server, tokenizer, window, max_tokens, cfg, index, prompt_as="ids",
                  served_model=None, what="problem"):
-    """One round on a /v1/completions endpoint (server_client.Server): the window (BOS first)
+    """One Generate on a /v1/completions endpoint (server_client.Server): the window (BOS first)
     continued until a stop token or max_tokens. prompt_as "ids": the window's token ids as the
     prompt (vLLM and llama.cpp accept a list of ints; nothing is re-tokenised); "text": the window
     decoded, without BOS, which the server adds (TGI; its tokenizer reads the text again, as the
-    authors' server did). Returns (text, n_tokens, eos): the new text, stop string included; the
-    tokens generated; whether the model ended on EOS."""
+    authors' server did). Returns (text, eos, n_tokens): the new text, stop string included;
+    whether the model ended on EOS (which the text does not show); the tokens it generated as the
+    server counts them (usage.completion_tokens; None if not reported)."""
     special = tokenizer.special
     payload = {"prompt": window if prompt_as == "ids" else tokenizer.decode(window[1:]),
                "max_tokens": max_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
@@ -594,69 +530,63 @@ def served_round(server, tokenizer, window, max_tokens, cfg, index, prompt_as="i
             text += reason if isinstance(reason, str) else tokenizer.id_to_special[reason]
         else:
             eos = True                        # no stop string: the model's own EOS
-    if not isinstance(n_tokens, int):
-        n_tokens = len(tokenizer.encode(text)) + eos
-    return text, n_tokens, eos
+    if not text and not eos:
+        raise ServerError(f"{what}: the server returned no text (finish_reason {finish!r})")
+    return text, eos, n_tokens if isinstance(n_tokens, int) else None
+
+
+def continuation_ids(tokenizer, window, text, eos=False) -> list:
+    """Ids that continue `window` by `text`, the server's reply, so that the window's text since
+    its last special token, decoded with these ids after it, reads that text followed by `text`.
+    A block cut by max_new_tokens goes on mid-word: SentencePiece's dummy-prefix space must not
+    come in between, so the text is encoded after a newline (its own byte piece, which never
+    merges) and the newline's pieces are dropped. solution_steps then rounds and re-tokenises the
+    block, as it does with a local model's own ids. eos: the model ended on EOS (not in text)."""
+    specials = set(tokenizer.special.values()) | {tokenizer.bos_id}
+    cut_block = bool(window) and window[-1] not in specials
+    if cut_block:
+        anchor = len(tokenizer.encode("\n"))
+        ids = tokenizer.encode("\n" + text)[anchor:]
+    else:
+        ids = tokenizer.encode(text)
+    return ids + [tokenizer.eos_id] * eos
 
 
 def serve_one(server, tokenizer, question, system=DEFAULT_SYSTEM, cfg=None, pool=None, index=0,
               prompt_as="ids", served_model=None, what="problem") -> dict:
-    """solve_one's loop with the model behind a server: the same window, cut on the checkpoint's
-    token ids; the same rounding, re-tokenising and execution (a sandbox from `pool`, taken at the
-    first code block). Each round's reply is text: the block so far is decoded, the reply added,
-    and the whole encoded again, which is what round_and_retokenize makes of the model's own ids
-    (the context is kept canonical). Returns what solve returns for the problem."""
+    """solution_steps driven by a server: each Generate is one /v1/completions request (its window,
+    cut on the checkpoint's token ids, and its max_new), each Execute runs in a sandbox from
+    `pool`, taken at the problem's first code block. The same loop as solve_one's, so the same
+    rounding, re-tokenising and execution. Returns what solve returns for the problem; n_tokens
+    is the server's count where every reply gave one (a token that decodes to no text, such as
+    EOS, is invisible in the reply's text)."""
     cfg = cfg or GenConfig()
-    special = tokenizer.special
-    ids = tokenizer.encode(lce_data.prompt_text(question, system), bos=True)
-    n_prompt = len(ids)
-    text_start = n_prompt
-    offset = 0
-    n_new = 0
-    n_exec = 0
+    steps = solution_steps(tokenizer, question, system, cfg)
     session = None
-    opened = False   # <|execution|> was opened for the model: the round's first token, not its own
-    stop = "max_rounds"
+    answer = None
+    counted = []   # the server's count of each round's tokens
     try:
-        for rounds in range(1, cfg.max_rounds + 1):
-            if cfg.context == "window" or rounds == 1:
-                offset = max(0, len(ids) - cfg.max_prompt_tokens)
-            window = ids[:1] + ids[offset + 1:]
-            budget = min(cfg.max_new_tokens - opened, cfg.max_total_tokens - len(window))
-            reply, n_tokens, eos = served_round(server, tokenizer, window, budget, cfg, index,
-                                                prompt_as, served_model, what)
-            n_new += n_tokens
-            is_code = not opened and reply.startswith("<|code|>")
-            opened = False
-            ids[text_start:] = tokenizer.encode(tokenizer.decode(ids[text_start:]) + reply)
-            ids += [tokenizer.eos_id] * eos
-            text, _ = round_and_retokenize(tokenizer, ids, text_start)
-            if ids[-1] in special.values():   # else the block was cut: the next round goes on
-                text_start = len(ids)
-            if eos or reply.endswith("<|endofmessage|>"):
-                stop = "endofmessage"
-                break
-            if cfg.context_full(len(ids) - offset):
-                stop = "max_total_tokens"
-                break
-            if is_code and cfg.execute:
+        while True:
+            try:
+                request = steps.send(answer)
+            except StopIteration as done:
+                outcome = done.value
+                if counted and None not in counted:
+                    outcome["n_tokens"] = sum(counted)
+                return outcome
+            if isinstance(request, Execute):
                 if session is None:
                     session = pool.acquire()
-                output = run_code(session, code_of(text))
-                ids += tokenizer.encode(f"<|execution|>{output}<|endofblock|>")
-                n_exec += 1
-                text_start = len(ids)
-            elif is_code and rounds < cfg.max_rounds:
-                ids.append(special["<|execution|>"])
-                text_start = len(ids)
-                opened = True
-            if cfg.context_full(len(ids) - offset):
-                stop = "max_total_tokens"
-                break
+                answer = run_code(session, request.code)
+                continue
+            text, eos, n_tokens = served_round(server, tokenizer, request.window,
+                                               request.max_new, cfg, index, prompt_as,
+                                               served_model, what)
+            counted.append(n_tokens)
+            answer = continuation_ids(tokenizer, request.window, text, eos)
     finally:
         if session is not None:
             pool.release(session)
-    return result(tokenizer, question, system, ids[n_prompt:], stop, n_new, rounds, n_exec)
 
 
 def solve_served(server, tokenizer, questions, system=DEFAULT_SYSTEM, cfg=None, pool=None,
@@ -719,9 +649,26 @@ def add_generation_args(parser):
                            help=f.metadata["help"] + shown)
 
 
+def add_dtype_arg(parser):
+    """--dtype of infer.py and eval.py run."""
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="weights and KV cache (default: bfloat16 on CUDA, half the bytes a "
+                        "step reads; float32 on the CPU)")
+
+
+def model_dtype(name: str | None, device) -> torch.dtype:
+    """--dtype as a torch dtype; None: bfloat16 on CUDA, float32 elsewhere."""
+    if name:
+        return getattr(torch, name)
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
 def config_from_args(args) -> GenConfig:
     """The GenConfig of parsed flags (a bad combination raises ValueError, naming it)."""
     return GenConfig(**{f.name: getattr(args, f.name) for f in fields(GenConfig)})
+
+
+_SPECIAL = re.compile("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")")  # keeps separators
 
 
 class Renderer:
@@ -770,9 +717,10 @@ def read_questions(path: str) -> list[dict]:
     return records
 
 
-def show_solutions(model, tokenizer, questions, system, cfg, pool, solver=solve):
+def show_solutions(model, tokenizer, questions, system, cfg, pool, solver=None):
     """Questions from the command line: one is streamed as it is decoded; several are each shown
-    whole as they finish. solver: solve, or a server's (main)."""
+    whole as they finish. solver: solve's signature (default solve; a server's: served_solver)."""
+    solver = solver or solve
     show = Renderer()
     if len(questions) == 1:
         solver(model, tokenizer, questions, system, cfg, pool, on_stream=lambda i, text: show(text))
@@ -784,10 +732,11 @@ def show_solutions(model, tokenizer, questions, system, cfg, pool, solver=solve)
     print()
 
 
-def solve_file(model, tokenizer, args, cfg, pool, ranks, solver=solve):
+def solve_file(model, tokenizer, args, cfg, pool, ranks, solver=None):
     """--file: solve every question not yet in the results file (resumable), appending one line
     per problem; data-parallel replicas each take every n-th problem into a part file of their
-    own, and replica 0 merges them and writes the summary."""
+    own, and replica 0 merges them and writes the summary. solver: as for show_solutions."""
+    solver = solver or solve
     records = read_questions(args.file)[:args.limit]
     out_path = args.out or re.sub(r"(\.jsonl)?$", ".results.jsonl", args.file, count=1)
     done = storage.done_keys(out_path, key="index")  # replicas' parts too; torn lines cut off
@@ -852,8 +801,7 @@ def main():
                         help="seconds per code block (default: sandbox.py's)")
     parser.add_argument("--device",
                         help="default: cuda (this rank's GPU) when available, else cpu")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                        help="default: as stored")
+    add_dtype_arg(parser)
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per model "
                         "replica (torchrun --nproc_per_node=W: W / tp replicas share out --file)")
     add_generation_args(parser)
@@ -870,8 +818,8 @@ def main():
     ranks = init_ranks(args.tp)
     if args.questions and ranks.n_replicas > 1:
         parser.error("several model replicas (--nproc_per_node > --tp) need --file")
-    dtype = args.dtype and getattr(torch, args.dtype)
-    model = Transformer.from_pretrained(args.model, args.device or ranks.device, dtype,
+    device = args.device or ranks.device
+    model = Transformer.from_pretrained(args.model, device, model_dtype(args.dtype, device),
                                         ranks.tp_group)
     if model.args.vocab_size < tokenizer.vocab_size:
         sys.exit(f"{args.model}: model vocab {model.args.vocab_size} < tokenizer vocab "

@@ -77,62 +77,127 @@ def apply_rope(x, cos, sin):
     return (xf * cos + torch.cat([-x2, x1], dim=-1) * sin).type_as(x)
 
 
+READ_BUCKET = 128  # a decode step reads its rows' slots up to a multiple of this: never the whole
+#                    cache, and the shapes SDPA sees change only once every 128 tokens
+
+
 class KVCache:
-    """Keys and values of the tokens seen so far: per layer, k[layer] and v[layer] of shape
-    [batch_size, max_len, n_kv_heads (this rank's, under TP), head_dim]. Each sequence owns a row,
-    its token at position p sits in slot p, so the rows can hold sequences of different lengths.
-    A forward call first `place`s its tokens (rows, slots), then every layer `update`s."""
+    """A static cache: keys and values of the tokens seen so far, per layer k[layer] and v[layer]
+    of shape [rows, n_kv_heads (this rank's, under TP), max_len, head_dim]. Each sequence owns a
+    row and its token at position p sits in slot p, so rows hold sequences of different lengths.
+    A forward call is planned on the host first (`place`: which row, which slots, which masks;
+    nothing waits for the device), then every layer `attend`s: it writes its new keys and values
+    into their slots and reads each row in place (views of the cache, never a copy of it)."""
 
     def __init__(self, n_layers: int, shape, device, dtype):
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
-        self.rows = None        # set by place() for each forward call: the row of each sequence,
-        self.read_rows = None   # the same as an index to read (a slice if it can be),
-        self.positions = None   # the slot of each token,
-        self.length = 0         # and how many slots, from 0, the call attends to
+        self.groups = []  # this call's plan: see place()
 
     @property
     def max_len(self):
-        return self.k[0].shape[1]
+        return self.k[0].shape[2]
 
-    def place(self, rows, positions):
-        """This call's sequence b goes to row rows[b] (rows None: row b), its tokens to slots
-        positions[b] [B, T]; it attends to slots 0 .. the last position written."""
-        self.length = int(positions.max()) + 1   # once per call: it waits for the device
-        if self.length > self.max_len:
-            raise ValueError(f"forward: position {self.length - 1} does not fit a cache of "
-                             f"max_len {self.max_len}")
-        batch_size = positions.shape[0]
-        if rows is None:
-            self.rows = torch.arange(batch_size, device=positions.device)
-            self.read_rows = slice(0, batch_size)   # reads a view of the cache, no copy
-        else:
-            self.rows = torch.as_tensor(rows, device=positions.device)
-            self.read_rows = self.rows
-        self.positions = positions
+    def place(self, rows, positions) -> list[int]:
+        """Plan a call: sequence b goes to row rows[b] (rows None: row b), its tokens to slots
+        positions[b] [B, T] (consecutive; -1: padding after its last token, never written or
+        read). Host tensors or lists are best: device ones are copied to the host (a wait).
+        Sequences of one token (a decode step) in consecutive rows form one group, read as one
+        batch; every longer sequence (a prefill) is a group of its own. Returns each sequence's
+        number of tokens."""
+        pos = positions.tolist() if torch.is_tensor(positions) else positions
+        B = len(pos)
+        rows = list(range(B)) if rows is None else [int(r) for r in torch.as_tensor(rows).tolist()]
+        counts = [sum(p >= 0 for p in ps) for ps in pos]
+        device = self.k[0].device
+        self.groups = []
+        b = 0
+        while b < B:
+            start = pos[b][0]
+            if start < 0 or start + counts[b] > self.max_len:
+                raise ValueError(f"forward: positions {start}..{start + counts[b] - 1} do not fit "
+                                 f"a cache of max_len {self.max_len}")
+            end = b + 1
+            if len(pos[b]) == 1:  # decoding: take the next rows while they are consecutive
+                while end < B and rows[end] == rows[end - 1] + 1 and len(pos[end]) == 1:
+                    end += 1
+            self.groups.append(self.plan_group(b, end, rows[b], [p[0] for p in pos[b:end]],
+                                               counts[b], device))
+            b = end
+        return counts
 
-    def update(self, layer: int, k, v):
+    def plan_group(self, b0, b1, row, starts, n, device):
+        """Group b0..b1-1 in rows row.. : what its attention reads and which mask it needs."""
+        dtype = self.k[0].dtype
+        group = {"batch": slice(b0, b1), "rows": slice(row, row + b1 - b0), "n": n,
+                 "start": starts[0], "mask": None}
+        if b1 - b0 > 1:  # ragged decode: rows read up to a shared bucketed length, masked
+            length = min(self.max_len, -(-(max(starts) + 1) // READ_BUCKET) * READ_BUCKET)
+            slots = torch.tensor(starts, device=device)
+            hidden = torch.arange(length, device=device) > slots[:, None]
+            group["mask"] = torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill_(
+                hidden, float("-inf"))[:, None, None]          # [n, 1, 1, length]
+            group["slots"] = slots
+            group["index"] = torch.arange(b1 - b0, device=device)
+        else:  # one sequence: its own slots 0 .. its last; a mask only after a prefix
+            length = starts[0] + n
+            if n > 1 and starts[0] > 0:  # query t sees slots 0 .. start + t
+                hidden = (torch.arange(length, device=device)
+                          > torch.arange(starts[0], length, device=device)[:, None])
+                group["mask"] = torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill_(
+                    hidden, float("-inf"))[None, None]          # [1, 1, n, length]
+        group["length"] = length
+        return group
+
+    def attend(self, layer: int, q, k, v):
         """Write this call's keys and values [B, T, n_kv_heads, head_dim] into `layer`'s cache;
-        return what the call attends to: its rows' keys and values at slots 0 .. length-1."""
-        cache_k = self.k[layer]
-        cache_v = self.v[layer]
-        cache_k[self.rows[:, None], self.positions] = k.to(cache_k.dtype)
-        cache_v[self.rows[:, None], self.positions] = v.to(cache_v.dtype)
-        read = (self.read_rows, slice(0, self.length))
-        return cache_k[read].to(k.dtype), cache_v[read].to(v.dtype)
+        return the attention of queries q [B, T, n_heads, head_dim] over each row's cached keys
+        (padding positions: zeros)."""
+        cache_k, cache_v = self.k[layer], self.v[layer]
+        k, v = k.transpose(1, 2), v.transpose(1, 2)           # [B, n_kv_heads, T, head_dim]
+        out = []
+        for g in self.groups:
+            keys, values = cache_k[g["rows"]], cache_v[g["rows"]]   # views: the rows in place
+            start, n, length = g["start"], g["n"], g["length"]
+            if "slots" in g:  # a decode step over several rows, each at its own slot
+                keys[g["index"], :, g["slots"]] = k[g["batch"], :, 0]
+                values[g["index"], :, g["slots"]] = v[g["batch"], :, 0]
+            else:
+                keys[:, :, start:start + n] = k[g["batch"], :, :n]
+                values[:, :, start:start + n] = v[g["batch"], :, :n]
+            keys, values = keys[:, :, :length], values[:, :, :length]
+            queries = q[g["batch"], :n]
+            if g["mask"] is None and n > 1:  # a fresh prefill: causal, no mask. CUDA: flash
+                o = F.scaled_dot_product_attention(queries.transpose(1, 2), keys, values,
+                                                   is_causal=True, enable_gqa=True).transpose(1, 2)
+            else:
+                o = grouped_attention(queries, keys, values, g["mask"])
+            if n < q.shape[1]:
+                o = F.pad(o, (0, 0, 0, 0, 0, q.shape[1] - n))
+            out.append(o)
+        return out[0] if len(out) == 1 else torch.cat(out)
 
 
-def attention_mask(positions, doc_ids=None, cache=None):
-    """Which keys each query may see, [B, 1, T, keys] (True: sees it), or None: plain causal (lets
-    SDPA pick its fastest kernel). With a cache: its row's slots up to the query's own position
-    (slots beyond it hold stale keys of an earlier sequence). Packed documents (doc_ids [B, T],
-    training): causal and within the same document."""
-    if cache is not None:
-        if doc_ids is not None:
-            raise ValueError("forward: doc_ids (packed training) and cache (decoding) cannot be "
-                             "combined")
-        slots = torch.arange(cache.length, device=positions.device)
-        return (slots <= positions[:, :, None])[:, None]
+def grouped_attention(q, k, v, mask):
+    """q [B, T, n_heads, head_dim] over k, v [B, n_kv_heads, L, head_dim] (views of the cache),
+    mask None or additive [B, 1, T, L] (T = 1: a decode step). The G = n_heads / n_kv_heads query
+    heads that share a KV head are read as G * T queries of that head: K and V are read once per
+    KV head (no repeat), in a plain multi-head SDPA call. CUDA: with a mask the memory-efficient
+    kernel (flash takes none), without one (one row, one query each) flash."""
+    B, T, H, D = q.shape
+    kv_heads = k.shape[1]
+    G = H // kv_heads
+    q = q.view(B, T, kv_heads, G, D).permute(0, 2, 3, 1, 4).reshape(B, kv_heads, G * T, D)
+    if mask is not None and T > 1:  # each of the G heads' queries: the same rows of the mask
+        mask = mask[:, :, None].expand(B, 1, G, T, mask.shape[-1]).reshape(B, 1, G * T, -1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return out.view(B, kv_heads, G, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, H, D)
+
+
+def attention_mask(positions, doc_ids=None):
+    """Which keys each query may see without a cache, [B, 1, T, T] (True: sees it), or None: plain
+    causal (lets SDPA pick its fastest kernel). Packed documents (doc_ids [B, T], training):
+    causal and within the same document."""
     if doc_ids is not None:
         T = doc_ids.shape[1]
         causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
@@ -157,9 +222,10 @@ class Attention(nn.Module):
         q = apply_rope(self.wq(x).view(B, T, self.n_heads, self.head_dim), cos, sin)
         k = apply_rope(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), cos, sin)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
-        if cache is not None:  # this step's K/V into the cache; attend over all cached so far
-            k, v = cache.update(self.layer_id, k, v)
-        # [B, heads, T, head_dim]; enable_gqa: n_heads / n_kv_heads query heads share each K/V head
+        if cache is not None:  # this call's K/V into the cache; attend over each row's cache
+            return self.wo(cache.attend(self.layer_id, q, k, v).reshape(B, T, -1))
+        # training: [B, heads, T, head_dim]; enable_gqa: n_heads / n_kv_heads query heads share
+        # each K/V head. CUDA: flash when plain causal, else (packed documents) memory-efficient
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                              enable_gqa=self.n_kv_heads != self.n_heads)
@@ -207,28 +273,36 @@ class Transformer(nn.Module):
         model's device, in its dtype)."""
         weight = self.output.weight
         n_kv_heads = self.layers[0].attention.n_kv_heads   # this rank's heads under tensor_parallel
-        shape = (batch_size, max_len, n_kv_heads, self.args.head_dim)
+        shape = (batch_size, n_kv_heads, max_len, self.args.head_dim)
         return KVCache(self.args.n_layers, shape, device or weight.device, dtype or weight.dtype)
 
     def forward(self, tokens, positions=None, doc_ids=None, cache=None, rows=None, last_only=False):
         """tokens [B, T] -> float32 logits [B, T, vocab]. positions [B, T] (default 0..T-1) place
         each token (rotary angles; cache slots); doc_ids [B, T] restrict attention to the same
-        document (packed training); cache: K/V of earlier tokens, rows [B]: which cache row each
-        sequence uses (default the first B). last_only: logits of the last position only, [B, 1,
-        vocab]: a prefill then skips the vocabulary projection of every prompt token (with
-        right-padded rows the last position is a pad: don't)."""
+        document (packed training). cache: K/V of earlier tokens (KVCache.place: rows [B], which
+        cache row each sequence uses, default the first B; positions best on the host, -1 for
+        padding after a sequence's last token). last_only: logits after each sequence's last
+        token only, [B, 1, vocab]: a prefill then skips the vocabulary projection of the others."""
         B, T = tokens.shape
         if positions is None:
-            positions = torch.arange(T, device=tokens.device).expand(B, T)
+            positions = torch.arange(T, device="cpu" if cache is not None else tokens.device).expand(B, T)
+        counts = None
         if cache is not None:
-            cache.place(rows, positions)
-        mask = attention_mask(positions, doc_ids, cache)
+            if doc_ids is not None:
+                raise ValueError("forward: doc_ids (packed training) and cache (decoding) cannot "
+                                 "be combined")
+            counts = cache.place(rows, positions)
+        positions = positions.to(tokens.device)
+        mask = attention_mask(positions, doc_ids)
         cos, sin = rope_cos_sin(positions, self.args.head_dim, self.args.rope_theta)
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
             h = layer(h, cos, sin, mask, cache)
-        if last_only:
+        if last_only and (counts is None or min(counts) == T):
             h = h[:, -1:]
+        elif last_only:  # padded sequences: each one's last token
+            last = torch.tensor([n - 1 for n in counts], device=h.device)
+            h = h[torch.arange(B, device=h.device), last][:, None]
         return self.output(self.norm(h)).float()
 
     @torch.no_grad()
@@ -318,7 +392,7 @@ def greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
         out.append(int(logits[0, -1].argmax()))
         if i + 1 == max_new_tokens:
             break
-        position = torch.tensor([[len(prompt_ids) + i]], device=device)
+        position = torch.tensor([[len(prompt_ids) + i]])  # on the host: the cache plans from it
         logits = model(torch.tensor([[out[-1]]], device=device), positions=position, cache=cache)
     return out
 

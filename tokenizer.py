@@ -72,8 +72,13 @@ class Tokenizer:
             atomic_write(dst, Path(self.model_path).read_bytes())
         write_json(os.path.join(ckpt_dir, "added_tokens.json"), self.special)
 
-    def encode(self, text: str, bos: bool = False) -> list[int]:
+    def encode(self, text: str, bos: bool = False, special: bool = True) -> list[int]:
+        """special=False: all of text is ordinary text, special-token strings in it included
+        (they become pieces such as "<", "|", "end"...): for text that is data, as the output of
+        the model's code is."""
         ids = [self.bos_id] if bos else []
+        if not special:
+            return ids + (self.sentencepiece.encode(text) if text else [])
         for piece in _SPECIAL_RE.split(text):  # e.g. ["", "<|text|>", "Hi", "<|endofblock|>", ""]
             if piece in self.special:
                 ids.append(self.special[piece])

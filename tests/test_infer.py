@@ -7,6 +7,7 @@ cannot drive it) and ScriptedModel (emits a fixed LCE solution whatever it reads
 MathCoder that always writes the same thing; it honours the forward/cache contract and logs every
 token it is fed)."""
 import argparse, dataclasses, io, json, os, re, shutil, subprocess, sys, tempfile
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +56,10 @@ class CharTokenizer:
         self.id_to_special = {i: t for t, i in self.special.items()}
         self.bos_id, self.eos_id, self.pad_id, self.vocab_size = 1, 2, 0, 320
 
-    def encode(self, text, bos=False):
+    def encode(self, text, bos=False, special=True):
         ids = [1] if bos else []
         for piece in re.split("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")", text):
-            if piece in self.special:
+            if piece in self.special and special:
                 ids.append(self.special[piece])
             else:
                 ids += [self.id_of.get(c, 0) for c in piece]
@@ -70,7 +71,7 @@ class CharTokenizer:
 
 class ScriptedModel(nn.Module):
     """The k-th sequence started in the cache (a feed from position 0 that ends with <|assistant|>,
-    i.e. a prompt; another feed from 0 is the same sequence read through a new window) gets
+    i.e. a prompt; a feed from 1 is the same sequence read through a new window) gets
     scripts[k % n], one token per forward call, then <|endofmessage|> forever. Asserts the cache
     contract (positions contiguous within a feed, inside the cache) and logs feeds as (k, first
     position, tokens)."""
@@ -85,18 +86,19 @@ class ScriptedModel(nn.Module):
         return object()
 
     def forward(self, tokens, positions=None, doc_ids=None, cache=None, rows=None, last_only=False):
-        assert cache is not None and rows is not None
+        assert cache is not None and rows is not None and last_only
         B, T = tokens.shape
-        logits = torch.zeros(B, T, self.V)
+        logits = torch.zeros(B, 1, self.V)
         for b, r in enumerate(rows.tolist()):
             start = int(positions[b, 0])
-            assert positions[b].tolist() == list(range(start, start + T))
-            assert start + T <= self.max_len
-            if start == 0 and tokens[b, -1] == self.assistant:
+            n = int((positions[b] >= 0).sum())            # -1: padding after the last token
+            assert positions[b].tolist() == list(range(start, start + n)) + [-1] * (T - n)
+            assert start + n <= self.max_len
+            if start == 0 and tokens[b, n - 1] == self.assistant:
                 self.state[r] = [self.started, 0]
                 self.started += 1
             k, step = self.state[r]
-            self.feeds.append((k, start, tokens[b].tolist()))
+            self.feeds.append((k, start, tokens[b, :n].tolist()))
             script = self.scripts[k % len(self.scripts)]
             logits[b, :, script[step] if step < len(script) else self.eom] = 10.0
             self.state[r][1] += 1
@@ -120,16 +122,34 @@ def test_round_decimals():
     assert infer.round_decimals("1.123456 no change") == "1.123456 no change"
 
 
+def continuation(prompt, n):
+    """The smallest loop an engine can drive: one Generate, no stop token; returns the new ids."""
+    return (yield infer.Generate(list(prompt), n, frozenset()))
+
+
+def engine_run(model, prompts, n, batch_size, temperature=0.0, top_p=1.0, seed=0):
+    """The batched engine on raw prompts (no tools): each prompt's n new ids."""
+    cfg = GenConfig(max_total_tokens=max(map(len, prompts)) + n + 1, max_prompt_tokens=2,
+                    max_new_tokens=1, batch_size=batch_size, temperature=temperature,
+                    top_p=top_p, seed=seed)
+    out = {}
+    problems = [infer.Problem(i, continuation(p, n), infer.sampling_generator(seed, i, "cpu"))
+                for i, p in enumerate(prompts)]
+    with torch.no_grad():
+        infer.Engine(model, cfg, batch_size, None, out.__setitem__).run(deque(problems))
+    return [out[i] for i in range(len(prompts))]
+
+
 def test_batched_greedy_matches_hf_and_one_at_a_time(fixture_model):
     """Ragged prompts, fewer rows than prompts (rows are reused): every sequence equals its
     one-at-a-time decoding, and the fixture prompt's equals Hugging Face's greedy continuation."""
     ref = np.load(FIX / "models/llama2-mha/expected.npz")
     p = ref["prompt_ids"][0].tolist()
     prompts = [p[:3], p, [5, 9, 200, 17, 31, 44, 12, 90, 100, 101, 102, 7, 8], p[:1], p[2:7]]
-    batched = infer.generate(fixture_model, prompts, 24, batch_size=3)
+    batched = engine_run(fixture_model, prompts, 24, batch_size=3)
     assert batched[1] == ref["greedy_ids"].tolist()
     for q, out in zip(prompts, batched):
-        assert out == infer.generate(fixture_model, [q], 24, batch_size=1)[0]
+        assert out == engine_run(fixture_model, [q], 24, batch_size=1)[0]
     # and against plain recomputation without any cache (an independent reference)
     seq = list(prompts[2])
     for _ in range(24):
@@ -137,34 +157,39 @@ def test_batched_greedy_matches_hf_and_one_at_a_time(fixture_model):
     assert batched[2] == seq[len(prompts[2]):]
 
 
-def test_feed_logits_equal_alone(fixture_model):
-    """Rows.feed on ragged rows (one prefilling, two decoding) gives each row the logits of a
-    cache-free forward pass over that sequence alone."""
-    rows = infer.Rows(fixture_model, 3, 64)
-    seqs = [[1, 5, 9, 13], [1, 7, 7, 7, 7, 7, 7, 2, 3, 4], [1, 250]]
-    for r, ids in enumerate(seqs):
-        rows.seqs[r] = infer.Seq(r, list(ids), len(ids))
-    rows.feed([0, 1, 2])
-    # row 2 now has 3 new tokens, others 1
-    seqs[0] += [40]; seqs[2] += [41, 42, 43]; seqs[1] += [44]
-    for r, ids in enumerate(seqs):
-        rows.seqs[r].ids = list(ids)
-    got = rows.feed([0, 1, 2])
-    for r, ids in enumerate(seqs):
-        alone = fixture_model(torch.tensor([ids]))[0, -1]
-        torch.testing.assert_close(got[r], alone, atol=1e-5, rtol=1e-5)
-
-
-def test_sampling_seeded_per_problem(fixture_model):
-    prompts = [[1, 5, 9], [1, 100, 200, 300], [1, 42]]
-    a = infer.generate(fixture_model, prompts, 16, batch_size=3, temperature=1.0, seed=7)
-    b = infer.generate(fixture_model, prompts, 16, batch_size=1, temperature=1.0, seed=7)
-    assert a == b  # each problem draws from its own generator: independent of batching
-    assert a != infer.generate(fixture_model, prompts, 16, batch_size=3, temperature=1.0, seed=8)
-    greedy = infer.generate(fixture_model, prompts, 16, batch_size=3)
+def test_sampling_seeded_per_problem_whatever_the_batch(fixture_model):
+    """Each problem draws from its own generator (seed, index): the same samples at batch 3 and 1,
+    through the engine and through solve_one; another seed differs; a nucleus of one is greedy."""
+    prompts = [[1, 5, 9], [1, 100, 200, 300], [1, 42], [1, 7, 7]]
+    a = engine_run(fixture_model, prompts, 16, batch_size=3, temperature=1.0, seed=7)
+    assert a == engine_run(fixture_model, prompts, 16, batch_size=1, temperature=1.0, seed=7)
+    assert a != engine_run(fixture_model, prompts, 16, batch_size=3, temperature=1.0, seed=8)
+    greedy = engine_run(fixture_model, prompts, 16, batch_size=3)
     assert a != greedy
-    # nucleus of 1
-    assert infer.generate(fixture_model, prompts, 16, temperature=1.0, top_p=1e-6) == greedy
+    assert engine_run(fixture_model, prompts, 16, 3, temperature=1.0, top_p=1e-6) == greedy
+    # the sampled tokens follow the model's distribution: a frequent token comes often
+    tok = CharTokenizer()
+    qs = ["What is 2+2?", "x", "Sum 1..10"]
+    cfg = GenConfig(max_new_tokens=12, max_total_tokens=160, max_rounds=3, batch_size=3,
+                    execute=False, temperature=1.0, top_p=0.9, seed=3)
+    batched = infer.solve(fixture_model, tok, qs, "", cfg)
+    assert batched == [infer.solve_one(fixture_model, tok, q, "", cfg, index=i)
+                       for i, q in enumerate(qs)]
+    assert batched == infer.solve(fixture_model, tok, qs, "", dataclasses.replace(cfg,
+                                                                                  batch_size=1))
+
+
+def test_top_p_keeps_the_nucleus_only():
+    """Nucleus sampling by hand: probabilities 0.5, 0.3, 0.15, 0.05; top_p 0.7 keeps the first two
+    (their mass reaches it), in proportion 5:3."""
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().expand(4000, 4)
+    gens = [torch.Generator().manual_seed(k) for k in range(4000)]
+    picks = infer.sample(logits, 1.0, 0.7, gens)
+    counts = torch.bincount(picks, minlength=4).tolist()
+    assert counts[2] == counts[3] == 0
+    assert abs(counts[0] / 4000 - 5 / 8) < 0.03
+    picks = infer.sample(logits, 1.0, 1.0, gens).tolist()   # no nucleus: all four, 5%: the last
+    assert abs(picks.count(3) / 4000 - 0.05) < 0.015
 
 
 @pytest.mark.parametrize("context", ["window", "stop"])
@@ -207,7 +232,10 @@ class Steered(nn.Module):
 
     def forward(self, tokens, positions=None, doc_ids=None, cache=None, rows=None, last_only=False):
         logits = self.inner(tokens, positions, doc_ids, cache, rows, last_only)
-        return logits + self.bias[tokens[:, -logits.shape[1]:]]
+        if logits.shape[1] == tokens.shape[1]:
+            return logits + self.bias[tokens]
+        n = (positions >= 0).sum(1) if positions is not None else tokens.shape[1]  # -1: padding
+        return logits + self.bias[tokens[torch.arange(len(tokens)), n - 1]][:, None]
 
 
 @pytest.mark.parametrize("context,execute", [("window", True), ("window", False), ("stop", True),
@@ -245,7 +273,7 @@ def test_solve_equals_solve_one_per_problem(fixture_model, pool, context, execut
         assert "max_total_tokens" in {r["stop"] for r in batched}
     if not execute:
         assert any(r["solution"].endswith("<|endofblock|>") and r["stop"] == "max_rounds"
-                   and infer.parse_blocks(r["solution"])[-1][0] == "code" for r in batched)
+                   and r["messages"][2]["content"][-1]["type"] == "code" for r in batched)
 
 
 def test_generation_flags_come_from_genconfig(monkeypatch, capsys):
@@ -287,7 +315,10 @@ class Recorder(nn.Module):
 
     def forward(self, tokens, positions, cache=None, rows=None, last_only=False):
         out = self.inner(tokens, positions, cache=cache, rows=rows, last_only=last_only)
-        self.calls.append((tokens.tolist(), positions.tolist(), rows.tolist(), out[:, -1]))
+        n = (positions >= 0).sum(1).tolist()    # -1: padding after a sequence's last token
+        self.calls.append(([t[:k] for t, k in zip(tokens.tolist(), n)],
+                           [p[:k] for p, k in zip(positions.tolist(), n)], rows.tolist(),
+                           out[:, -1]))
         return out
 
 
@@ -330,9 +361,11 @@ def test_sliding_window_logits_equal_the_window_alone(fixture_model):
     refeeds = 0
     for tokens, positions, rows, logits in model.calls:
         for b, r in enumerate(rows):
-            if positions[b][0] == 0:       # a new problem, or a new window: the row starts over
+            if positions[b][0] == 0:       # a new problem: the row starts over
                 slots[r] = {}
-                refeeds += tokens[b][1] != tok.special["<|system|>"]
+            if positions[b][0] == 1 and len(positions[b]) > 1:  # a new window after BOS
+                slots[r] = {0: slots[r][0]}
+                refeeds += 1
             slots[r].update(zip(positions[b], tokens[b]))
             held = [slots[r][p] for p in range(positions[b][-1] + 1)]
             alone = fixture_model(torch.tensor([held]))[0, -1]
@@ -396,8 +429,8 @@ def test_window_slides_exactly_when_the_context_outgrows_it(tok, pool):
     starts = [len(prompt)] + [i + 1 for i in range(len(prompt), len(full) - 1)
                               if full[i] == EOB and full[i + 1] != EXEC]
     assert starts[0] <= 60 < starts[-1]
-    want = [[tok.bos_id] + full[:n][-59:] for n in starts if n > 60]
-    assert [toks for k, start, toks in model.feeds if start == 0][1:] == want
+    want = [full[:n][-59:] for n in starts if n > 60]   # after BOS, which the row keeps
+    assert [toks for k, start, toks in model.feeds if start == 1] == want
 
 
 def test_crash_and_hang_are_survived(tok):
@@ -536,11 +569,13 @@ def test_execute_false_runs_nothing(tok, tmp_path):
     assert "".join(streamed) == r["solution"]  # the opened <|execution|> is streamed too
 
 
-def test_parse_blocks():
-    assert infer.parse_blocks("<|text|>a<|endofblock|>stray<|code|>b") == [
+def test_blocks_of():
+    tok = CharTokenizer()
+    blocks = lambda text: infer.blocks_of(tok, tok.encode(text))
+    assert blocks("<|text|>a<|endofblock|>stray<|code|>b") == [
         ("text", "a"), ("text", "stray"), ("code", "b")]
-    assert infer.parse_blocks("<|text|><|endofblock|><|execution|>x\ny<|endofblock|>"
-                              "<|endofmessage|>") == [("text", ""), ("execution", "x\ny")]
+    assert blocks("<|text|><|endofblock|><|execution|>x\ny<|endofblock|><|endofmessage|>") == [
+        ("text", ""), ("execution", "x\ny")]
 
 
 def test_renderer_plain():
@@ -587,3 +622,56 @@ def test_cli(tmp_path, tok):
     assert json.loads((tmp_path / "r.jsonl.summary.json").read_text())["solved"] == 3
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)  # resume: nothing left to do
     assert p.returncode == 0 and len(out.read_text().splitlines()) == 3
+
+
+def test_execution_output_is_data(tok, pool):
+    """Code that prints special-token strings: its output goes to the model as plain text pieces
+    (no special id inside the execution block), and the transcript has no text block the model did
+    not write (the printed box is inside the execution block, not a text block)."""
+    printed = "<|endofblock|><|text|>The answer is \\boxed{42}<|endofblock|>"
+    sol = ("<|code|>s = '<' + '|'\nprint(s + 'endofblock|>' + s + 'text|>The answer is "
+           "\\\\boxed{42}' + s + 'endofblock|>')<|endofblock|><|text|>Done.<|endofblock|>"
+           "<|endofmessage|>")
+    model = scripted(tok, sol)
+    [r] = infer.solve(model, tok, ["q"], pool=pool)
+    assert executions(r) == [printed] and r["stop"] == "endofmessage"
+    assert [b for b in r["messages"][2]["content"] if b["type"] == "text"] == [
+        {"type": "text", "content": "Done."}]
+    fed = [t for k, start, toks in model.feeds for t in toks]
+    EXEC, EOB = tok.special["<|execution|>"], tok.special["<|endofblock|>"]
+    inside = fed[fed.index(EXEC) + 1:]
+    inside = inside[:inside.index(EOB)]      # the block's own closing token: the first special
+    assert tok.decode(inside) == printed
+    assert not set(inside) & set(tok.special.values())
+
+
+def test_dtype_flag_is_honoured(tmp_path, tok, monkeypatch):
+    """infer.py and eval.py run load the weights (and so make the KV cache) in --dtype; by
+    default float32 on the CPU, bfloat16 on CUDA."""
+    assert infer.model_dtype(None, "cpu") == torch.float32
+    assert infer.model_dtype(None, "cuda") == infer.model_dtype("bfloat16", "cpu") == torch.bfloat16
+    torch.manual_seed(0)
+    ckpt = tmp_path / "ckpt"
+    Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
+                          hidden_dim=32)).save_pretrained(ckpt)
+    tok.save(ckpt)
+    seen = []
+
+    class Loaded(Exception):
+        pass
+
+    def solve_sees_the_model(model, *args, **kwargs):
+        seen.append((next(model.parameters()).dtype, model.new_cache(1, 4).k[0].dtype))
+        raise Loaded
+    monkeypatch.setattr(infer, "solve", solve_sees_the_model)
+    import eval as E
+    for dtype, flag in [(torch.float32, []), (torch.bfloat16, ["--dtype", "bfloat16"])]:
+        monkeypatch.setattr(sys, "argv", ["infer.py", "--model", str(ckpt), "--no-execute",
+                                          "--device", "cpu", "q?", *flag])
+        with pytest.raises(Loaded):
+            infer.main()
+        with pytest.raises(Loaded):
+            E.main(["run", "--model", str(ckpt), "--dataset", "simuleq", "--limit", "1",
+                    "--out", str(tmp_path / "run"), "--device", "cpu",
+                    "--data-dir", str(ROOT / "data" / "eval"), *flag])
+        assert seen[-2:] == [(dtype, dtype)] * 2

@@ -292,51 +292,71 @@ def test_fresh_model_forward_and_cache_shapes():
                                   hidden_dim=64))
     mha = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=50))
     assert mha.args.n_kv_heads == 4  # default MHA
-    cache = model.new_cache(3, 16)
-    assert cache.k[0].shape == (3, 16, 2, 8) and len(cache.v) == 2 and cache.max_len == 16
+    cache = model.new_cache(3, 16)   # [rows, KV heads, slots, head_dim]
+    assert cache.k[0].shape == (3, 2, 16, 8) and len(cache.v) == 2 and cache.max_len == 16
     tokens = torch.randint(0, 50, (2, 5))
     with torch.no_grad():
         logits = model(tokens, cache=cache, rows=torch.tensor([2, 0]))
     assert logits.shape == (2, 5, 50) and logits.dtype == torch.float32
     # K/V went to rows 2 and 0, positions 0..4; row 1 and later positions are untouched
     for i in (2, 0):
-        assert cache.k[0][i, :5].abs().sum() > 0 and cache.v[1][i, :5].abs().sum() > 0
-    assert cache.k[0][1].abs().sum() == 0 and cache.k[0][:, 5:].abs().sum() == 0
+        assert cache.k[0][i, :, :5].abs().sum() > 0 and cache.v[1][i, :, :5].abs().sum() > 0
+    assert cache.k[0][1].abs().sum() == 0 and cache.k[0][:, :, 5:].abs().sum() == 0
     with pytest.raises(ValueError, match="max_len"):
         model(torch.zeros(1, 17, dtype=torch.long), cache=cache)
     with pytest.raises(ValueError, match="cannot be combined"):
         model(tokens, doc_ids=torch.zeros(2, 5, dtype=torch.long), cache=cache)
 
 
-def test_cache_update_writes_each_row_at_its_positions_and_returns_what_to_attend_to():
-    """Two sequences in rows 2 and 0 of a 3-row cache, at positions 0-1 and 3-4: written there
-    (nothing else touched); each attends to its own row, slots 0 .. 4 (the last position + 1)."""
-    cache = KVCache(n_layers=2, shape=(3, 6, 1, 1), device="cpu", dtype=torch.float32)
+def test_cache_writes_each_row_at_its_positions_and_attends_to_its_own_slots():
+    """Two sequences in rows 2 and 0 of a 3-row cache, at positions 0-1 and 3-4 (row 0 holds 0 in
+    slots 0-2): written there, nothing else touched. With zero queries attention is the plain mean
+    of the values a query sees: its own row, slots 0 .. its position."""
+    cache = KVCache(n_layers=2, shape=(3, 1, 6, 1), device="cpu", dtype=torch.float32)
     cache.place(torch.tensor([2, 0]), torch.tensor([[0, 1], [3, 4]]))
     k = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(2, 2, 1, 1)
-    keys, values = cache.update(1, k, -k)
+    out = cache.attend(1, torch.zeros(2, 2, 1, 1), k, -k)
     want = torch.zeros(3, 6)
     want[2, 0:2] = torch.tensor([1.0, 2.0])
     want[0, 3:5] = torch.tensor([3.0, 4.0])
     assert torch.equal(cache.k[1].view(3, 6), want) and torch.equal(cache.v[1].view(3, 6), -want)
     assert cache.k[0].abs().sum() == 0                      # another layer: untouched
-    assert torch.equal(keys.view(2, 5), want[[2, 0], :5])
-    assert torch.equal(values.view(2, 5), -want[[2, 0], :5])
+    by_hand = torch.tensor([[-1.0, -(1 + 2) / 2], [-3 / 4, -(3 + 4) / 5]])
+    torch.testing.assert_close(out.view(2, 2), by_hand)
+
+
+def test_padding_is_neither_written_nor_read():
+    """Position -1 pads a shorter sequence: its slots stay untouched, last_only gives the logits
+    after its last real token, equal to the sequence alone."""
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50,
+                                  hidden_dim=64))
+    cache = model.new_cache(2, 8)
+    tokens = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
+    positions = torch.tensor([[0, 1, 2, 3], [0, 1, -1, -1]])
+    with torch.no_grad():
+        last = model(tokens, positions, cache=cache, last_only=True)
+        alone = model(torch.tensor([[9, 10]]))[0, -1]
+    torch.testing.assert_close(last[1, 0], alone, atol=1e-5, rtol=1e-5)
+    assert cache.k[0][1, :, 2:].abs().sum() == 0 and cache.k[0][0, :, 3].abs().sum() > 0
 
 
 def test_attention_mask_by_hand():
-    positions = torch.tensor([[1, 2], [0, 1]])
-    cache = KVCache(n_layers=1, shape=(2, 4, 1, 1), device="cpu", dtype=torch.float32)
-    cache.place(None, positions)             # keys: slots 0 .. 2 of each row
     yes, no = True, False
-    assert attention_mask(positions, cache=cache).tolist() == [[[[yes, yes, no], [yes, yes, yes]]],
-                                                               [[[yes, no, no], [yes, yes, no]]]]
     doc_ids = torch.tensor([[0, 0, 1, 1]])   # two packed documents: causal within each
     assert attention_mask(torch.arange(4)[None], doc_ids).tolist() == [[[[yes, no, no, no],
                                                                          [yes, yes, no, no],
                                                                          [no, no, yes, no],
                                                                          [no, no, yes, yes]]]]
     assert attention_mask(torch.arange(4)[None]) is None   # plain causal: SDPA's is_causal
+    # a decode step over rows at positions 2 and 0: slots beyond each one's position are hidden
+    cache = KVCache(n_layers=1, shape=(2, 1, 200, 1), device="cpu", dtype=torch.float32)
+    cache.place(None, torch.tensor([[2], [0]]))
+    [group] = cache.groups                   # consecutive rows: one batch, read in place
+    mask = group["mask"][:, 0, 0]
+    assert mask.shape == (2, 128)            # slots read: a multiple of 128, not the whole cache
+    assert (mask[0, :3] == 0).all() and (mask[0, 3:] == float("-inf")).all()
+    assert (mask[1, :1] == 0).all() and (mask[1, 1:] == float("-inf")).all()
 
 
 def test_bf16_compute_within_bf16_rounding_of_reference():
@@ -376,3 +396,51 @@ def test_loading_peak_memory_is_about_one_copy(tmp_path):
     p = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, str(tmp_path / "ckpt"),
                         str(warm_up)], cwd=ROOT, capture_output=True, text=True, check=True)
     assert float(p.stdout) < 1.25, p.stdout    # measured here: 1.00
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_decode_step_on_ragged_rows_equals_each_row_alone(models, name):
+    """Five sequences of 1 to 150 tokens prefilled together (padded) into rows 0, 1, 2, 4, 5 of a
+    6-row cache holding junk; then one decode step for all five (two runs of consecutive rows,
+    each read in place up to a bucketed length, masked per row): every row's logits equal a
+    cache-free forward pass over its sequence alone."""
+    model = models[name, "hf"]
+    torch.manual_seed(0)
+    lengths, rows = [5, 150, 37, 129, 1], [0, 1, 2, 4, 5]
+    seqs = [torch.randint(3, 300, (n + 1,)).tolist() for n in lengths]   # + the decoded token
+    width = max(lengths)
+    tokens = torch.tensor([s[:n] + [0] * (width - n) for s, n in zip(seqs, lengths)])
+    positions = torch.tensor([list(range(n)) + [-1] * (width - n) for n in lengths])
+    with torch.no_grad():
+        cache = model.new_cache(6, 200)
+        for c in cache.k + cache.v:
+            c.normal_()                                         # junk a previous batch left behind
+        first = model(tokens, positions, cache=cache, rows=torch.tensor(rows), last_only=True)
+        step = model(torch.tensor([[s[-1]] for s in seqs]), torch.tensor([[n] for n in lengths]),
+                     cache=cache, rows=torch.tensor(rows))
+        assert len(cache.groups) == 2                           # rows 0-2 and rows 4-5
+        for b, s in enumerate(seqs):
+            alone = model(torch.tensor([s]))[0]
+            torch.testing.assert_close(first[b, 0], alone[-2], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(step[b, 0], alone[-1], atol=1e-5, rtol=1e-5)
+
+
+def test_decode_step_allocates_a_small_fraction_of_the_cache():
+    """A decode step at batch 8 over ragged rows of up to 1,024 positions reads each row's cache in
+    place: all it allocates (every allocation the profiler records) stays under 10% of the cache
+    (a copy of the rows read, per layer, would be ~50% per layer)."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512,
+                                  hidden_dim=128)).eval()
+    cache = model.new_cache(8, 1024)
+    cache_bytes = sum(t.numel() * t.element_size() for t in cache.k + cache.v)
+    positions = torch.tensor([[1023 - 60 * b] for b in range(8)])
+    tokens = torch.randint(0, 512, (8, 1))
+    with torch.no_grad():
+        model(tokens, positions, cache=cache)                   # warm-up
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            model(tokens, positions, cache=cache)
+    allocated = sum(e.nbytes() for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.nbytes() > 0)
+    assert 0 < allocated < 0.10 * cache_bytes, (allocated, cache_bytes)

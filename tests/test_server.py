@@ -383,3 +383,18 @@ def test_infer_cli_with_a_server_and_an_unreachable_one(tmp_path, checkpoint, mo
     assert done.stderr.splitlines()[-1] == (f"error: problem 0: server http://127.0.0.1:{port} "
                                             "unreachable ([Errno 111] Connection refused) "
                                             "(after 1 tries)")
+
+
+def test_a_reply_continues_a_cut_block_without_a_space_coming_in_between():
+    """The Llama tokenizer puts a dummy-prefix space before every piece of text it encodes; the
+    reply that continues a block cut mid-word must read on as the server wrote it."""
+    tok = Tokenizer(str(FIX / "tokenizer/llama2-tokenizer.model"))
+    prompt = tok.encode(lce_data.prompt_text("Q?"), bos=True)
+    cut = prompt + tok.encode("<|text|>The answer is some")
+    for reply in ("thing", " thing.<|endofblock|>", "\n\nx = 1.5", "<|endofblock|>"):
+        ids = infer.continuation_ids(tok, cut, reply)
+        assert tok.decode(cut + ids).endswith("<|text|>The answer is some" + reply)
+    fresh = prompt                                    # after <|assistant|>: a new block
+    assert infer.continuation_ids(tok, fresh, "<|code|>x = 1<|endofblock|>") == tok.encode(
+        "<|code|>x = 1<|endofblock|>")
+    assert infer.continuation_ids(tok, fresh, "Hi", eos=True) == tok.encode("Hi") + [tok.eos_id]
