@@ -16,7 +16,8 @@ its context reaches max_total_tokens).
 continue these ids; Execute: run this code) and is sent the answers. Any engine can drive it:
 `solve_one` plainly, one problem, a fresh prefill every round; `solve` many problems at once on
 one static KV cache (`Engine`), with code running in a sandbox pool while the other rows decode.
-Equal results by construction (tests/test_infer.py checks it problem by problem).
+Equal results by construction (tests/test_infer.py checks it problem by problem). `solve_served`
+drives it with the model behind an OpenAI-compatible server (--server; docs/serving.md).
 Where both differ from the authors' loop:
   * the window's first tokens: their server cut ids, decoded them and encoded the text again,
     which can split the window's first word differently; here the ids themselves are kept.
