@@ -126,27 +126,7 @@ def update_section(path, name, text):
     atomic_write(path, new)
 
 
-# ------------------------------------------------------------ decode: cache vs recompute, roofline
-@torch.no_grad()
-def naive_greedy(model, prompt, n):
-    """Baseline: no KV cache; the whole prefix is run again for every new token (O(T^2) work)."""
-    seq = torch.tensor([prompt], device=model.output.weight.device)
-    for _ in range(n):
-        seq = torch.cat([seq, model(seq)[:, -1:].argmax(-1)], dim=1)
-    return seq[0, len(prompt):].tolist()
-
-
-def step_bytes(model, context):
-    """Bytes one single-token decode step must read from memory: every weight once (of the embedding
-    table only one row) plus the KV cache up to `context` positions. Weights dominate at batch 1."""
-    args = model.args
-    width = model.output.weight.element_size()
-    weights = sum(p.numel() * p.element_size() for name, p in model.named_parameters()
-                  if name != "tok_embeddings.weight")
-    kv_cache = 2 * args.n_layers * context * (args.n_kv_heads or args.n_heads) * args.head_dim
-    return weights + (args.dim + kv_cache) * width
-
-
+# ------------------------------------------- decode: the eval path vs the bytes each step must read
 def copy_bandwidth(device, nbytes=1 << 28, reps=5):
     """Achievable memory bandwidth: the best of `reps` copies of a large buffer (each reads and
     writes nbytes)."""
@@ -156,50 +136,94 @@ def copy_bandwidth(device, nbytes=1 << 28, reps=5):
     return 2 * nbytes / best
 
 
-def roofline_row(model, prompt, n, device, bandwidth):
-    """One table row: the measured single-token decode rate of model.greedy (the project's KV-cached
-    decoder) vs the memory-bandwidth roofline. Seconds per step = (time of n+1 tokens - time of 1
-    token, the prefill) / n."""
-    prefill = min(timed(lambda: M.greedy(model, prompt, 1), device)[1] for _ in range(2))
-    step = (timed(lambda: M.greedy(model, prompt, n + 1), device)[1] - prefill) / n
-    need = step_bytes(model, len(prompt) + n // 2)  # KV cache read at the average position
-    roof = bandwidth / need
-    return ("decode step, batch 1 (tokens/s)", f"{1 / step:,.1f}",
-            f"memory roofline: {need / 1e6:,.0f} MB/step at {bandwidth / 1e9:,.1f} GB/s copy "
-            "bandwidth", f"{roof:,.1f}", f"{(1 / step) / roof:.0%} of roofline")
+class CountBytes(nn.Module):
+    """Wraps a model; adds up the bytes each forward call must read from memory: every weight
+    once (the embedding table: only its rows, left out) and each sequence's KV cache up to its
+    last position, once. Reads the positions on the host (no wait for the device)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.args = model.args
+        width = model.output.weight.element_size()
+        self.weights = sum(p.numel() * p.element_size() for name, p in model.named_parameters()
+                           if name != "tok_embeddings.weight")
+        self.kv_per_token = 2 * model.args.n_layers * model.args.n_kv_heads * model.args.head_dim
+        self.kv_per_token *= width
+        self.bytes = 0
+
+    def new_cache(self, *args, **kwargs):
+        return self.model.new_cache(*args, **kwargs)
+
+    def forward(self, tokens, positions=None, doc_ids=None, cache=None, rows=None,
+                last_only=False):
+        self.bytes += self.weights + self.kv_per_token * int((positions.amax(1) + 1).sum())
+        return self.model(tokens, positions, doc_ids, cache, rows, last_only)
+
+
+def never_stopping(model, tokenizer):
+    """A random model whose rows for the 8 LCE tokens and EOS in the output layer are zero: a
+    logit of 0, below the largest random logit, so it writes every token of every round."""
+    with torch.no_grad():
+        for token in [*tokenizer.special.values(), tokenizer.eos_id]:
+            model.output.weight[token] = 0
+    return model
+
+
+def solve_against_bound(model, tokenizer, batch, new_tokens, bandwidth, device):
+    """infer.solve on `batch` problems with ragged prompts, batch_size = batch, one round of
+    new_tokens, execution withheld: (tokens/s, fraction of the bytes-read bound, longest context).
+    The bound: the bytes every forward call must read (CountBytes) at copy bandwidth."""
+    questions = [f"Problem {i}: how many apples are left? " + "Count them again. " * (i % 8 * 4)
+                 for i in range(batch)]
+    cfg = infer.GenConfig(max_new_tokens=new_tokens, max_total_tokens=new_tokens + 512,
+                          max_prompt_tokens=512, max_rounds=1, execute=False, batch_size=batch)
+    counted = CountBytes(model)
+    results, seconds = timed(lambda: infer.solve(counted, tokenizer, questions, cfg=cfg), device)
+    if any(r["n_tokens"] != new_tokens for r in results):
+        sys.exit("bench: a problem stopped before its last token")
+    longest = max(len(tokenizer.encode(lce_data.prompt_text(q), bos=True)) for q in questions)
+    return batch * new_tokens / seconds, counted.bytes / bandwidth / seconds, longest + new_tokens
 
 
 def bench_decode(opts):
     torch.manual_seed(0)
+    tokenizer = Tokenizer(LLAMA_TOKENIZER)
     args = M.ModelArgs(dim=opts.dim, n_layers=opts.n_layers, n_heads=opts.n_heads,
-                       n_kv_heads=opts.n_kv_heads, vocab_size=32008, hidden_dim=opts.hidden_dim)
-    model = M.Transformer(args).eval()
-    prompt = torch.randint(0, args.vocab_size, (opts.prompt_len,)).tolist()
-    n = opts.new_tokens
-    M.greedy(model, prompt, 4)                              # warm-up
-    naive_greedy(model, prompt, 4)
-    log(f"decode: cached greedy, {n} tokens")
-    ours, t_ours = timed(lambda: M.greedy(model, prompt, n))
-    log(f"decode: naive recompute loop, {n} tokens (slow on purpose)")
-    base, t_base = timed(lambda: naive_greedy(model, prompt, n))
-    if ours != base:
-        sys.exit("bench decode: cached and naive greedy decoding disagree: model.py's KV cache is "
-                 "wrong")
-    log("decode: memory bandwidth and per-step time")
-    rows = [(f"prompt {opts.prompt_len} + {n} new tokens, KV cache (tokens/s)",
-             f"{n / t_ours:,.1f}", "naive loop, prefix recomputed each token", f"{n / t_base:,.1f}",
-             f"**{t_base / t_ours:.1f}x** faster"),
-            roofline_row(model, prompt, n, "cpu", copy_bandwidth("cpu"))]
+                       n_kv_heads=opts.n_kv_heads, vocab_size=tokenizer.vocab_size,
+                       hidden_dim=opts.hidden_dim)
+    model = never_stopping(M.Transformer(args).eval(), tokenizer)
+    log("decode: copy bandwidth")
+    bandwidth = copy_bandwidth("cpu")
+    solve_against_bound(model, tokenizer, 2, 8, bandwidth, "cpu")          # warm-up
+    batches = [int(b) for b in opts.batches.split(",")]
+    rates, rows = {}, []
+    for batch in batches:
+        log(f"decode: solve, batch {batch}, {opts.new_tokens} tokens each")
+        rate, fraction, longest = solve_against_bound(model, tokenizer, batch, opts.new_tokens,
+                                                      bandwidth, "cpu")
+        rates[batch] = rate
+        rows.append((f"`solve`, batch {batch}, contexts to {longest} (tokens/s)", f"{rate:,.1f}",
+                     f"bytes-read bound at {bandwidth / 1e9:.1f} GB/s copy bandwidth",
+                     f"{rate / fraction:,.1f}", f"**{fraction:.1%}** of the bound"))
+    for batch in batches[1:]:
+        rows.append((f"`solve`, batch {batch} (tokens/s)", f"{rates[batch]:,.1f}",
+                     f"batch {batches[0]}", f"{rates[batches[0]]:,.1f}",
+                     f"**{rates[batch] / rates[batches[0]]:.1f}x**"))
+    kv = 2 * args.n_layers * args.n_kv_heads * args.head_dim * 4
     notes = [f"Model: random init, fp32, dim {args.dim}, {args.n_layers} layers, {args.n_heads} "
-             f"heads ({args.n_kv_heads} KV heads), FFN {args.hidden_dim}, vocab 32008: "
-             f"{n_params(model) / 1e6:.1f}M parameters. `model.greedy` (prefill once, one token "
-             "per step) vs a loop that calls the model on the whole sequence for every token; "
-             f"both give the same {n} ids (checked). The roofline assumes every weight (one "
-             "embedding row) and the KV cache are read once per step at the bandwidth of a "
-             f"{(1 << 28) >> 20} MiB tensor copy; on a CPU part of the weights can sit in cache, "
-             "and small matmuls run below bandwidth, so this is a rough bound. Per-step time = "
-             "(time of n+1 tokens - time of 1 token) / n."]
-    return "decode: KV-cached greedy vs naive loop, vs memory roofline (CPU)", rows, notes
+             f"heads ({args.n_kv_heads} KV heads), FFN {args.hidden_dim}, the Llama-2 tokenizer "
+             f"(vocab {args.vocab_size}): {n_params(model) / 1e6:.1f}M parameters, "
+             f"{kv / 1024:.0f} KiB of KV cache per token (attention-heavy: at batch 16 the cache "
+             "read outweighs the weights). Its output rows for the LCE tokens and EOS are zero, so "
+             f"each problem writes all {opts.new_tokens} tokens, in one round (execution "
+             "withheld); the prompts are ragged. Timed: the whole `infer.solve` call. The bound: "
+             "every forward call reads every weight once (not the embedding table) and each "
+             "row's KV cache up to its position once, at the bandwidth of a "
+             f"{(1 << 28) >> 20} MiB tensor copy measured in the same run. On a CPU part of the "
+             "weights can sit in its cache (batch 1 profits) and the 32,008-row output layer is "
+             "compute-bound at large batch, so this is a rough bound."]
+    return "decode: batched `solve` vs the bytes-read bound (CPU)", rows, notes
 
 
 # ------------------------------------------------------------ sandbox: round trip, reset, restart
@@ -368,28 +392,16 @@ def bench_infer(opts):
             or not all("7097663" in r["solution"] and r["n_exec"] == 2 for r in batched)):
         sys.exit("bench infer: batched and one-at-a-time solutions differ, or the code did not run "
                  "twice")
-    prompts = [tokenizer.encode(lce_data.prompt_text(q), bos=True) for q in questions]
-    log(f"infer: generate {len(script)} tokens x {n} prompts, batch {opts.batch_size} and 1")
-    generated_batched, g_batched = timed(
-        lambda: infer.generate(net, prompts, len(script), batch_size=opts.batch_size))
-    generated_one, g_one = timed(lambda: infer.generate(net, prompts, len(script), batch_size=1))
-    same = sum(x == y for x, y in zip(generated_batched, generated_one))
     tokens = sum(r["n_tokens"] for r in batched)
     rows = [(f"`solve`, {n} problems, batch {opts.batch_size} (problems/s)", f"{n / t_batched:.2f}",
              "`solve`, batch 1 (one problem at a time)", f"{n / t_one:.2f}",
-             f"**{t_one / t_batched:.1f}x** faster"),
-            (f"`generate`, {n} x {len(script)} tokens, batch {opts.batch_size} (tokens/s)",
-             f"{n * len(script) / g_batched:,.1f}", "`generate`, batch 1",
-             f"{n * len(script) / g_one:,.1f}", f"{g_one / g_batched:.1f}x faster")]
+             f"**{t_one / t_batched:.1f}x** faster")]
     notes = [f"Model: random init, fp32, dim {args.dim}, {args.n_layers} layers, vocab "
              f"{args.vocab_size} ({n_params(net) / 1e6:.1f}M parameters). `solve`: the real "
              "model's forward pass with its logits overwritten so each problem writes the same "
              f"LCE solution ({len(script)} generated tokens: text, code, text, code, text; "
              f"{tokens} in all), whose two code blocks really run in a `SandboxPool` of "
-             f"{opts.batch_size}; batched and batch-1 solutions are identical (checked). "
-             "`generate`: the random model's own greedy tokens, no tools; identical outputs at "
-             f"both batch sizes: {same}/{n} (a random model's near-tied logits may flip under "
-             "batched float arithmetic)."]
+             f"{opts.batch_size}; batched and batch-1 solutions are identical (checked)."]
     return "infer: batched solve vs one problem at a time (CPU)", rows, notes
 
 
@@ -510,13 +522,19 @@ def gpu_figures(args, device, opts, matmul_n=8192):
     finally:
         torch.set_default_dtype(default_dtype)
     size = n_params(model)
-    log(f"gpu: {size / 1e9:.2f}B parameters in bf16 on {device}; bandwidth, then "
-        f"{opts.new_tokens} decode steps")
+    log(f"gpu: {size / 1e9:.2f}B parameters in bf16 on {device}; bandwidth, then solve at batch "
+        f"{opts.solve_batch}, {opts.new_tokens} tokens each")
     cuda = torch.device(device).type == "cuda"
     bandwidth = copy_bandwidth(device, nbytes=1 << 30 if cuda else 1 << 26)
-    prompt = torch.randint(0, args.vocab_size, (opts.prompt_len,)).tolist()
-    M.greedy(model, prompt, 2)  # warm-up
-    rows = [roofline_row(model, prompt, opts.new_tokens, device, bandwidth)]
+    tokenizer = Tokenizer(LLAMA_TOKENIZER)
+    never_stopping(model, tokenizer)
+    solve_against_bound(model, tokenizer, 2, 4, bandwidth, device)       # warm-up
+    rate, fraction, longest = solve_against_bound(model, tokenizer, opts.solve_batch,
+                                                  opts.new_tokens, bandwidth, device)
+    backends = sdpa_backends(model, device)
+    rows = [(f"`solve`, batch {opts.solve_batch}, bf16, contexts to {longest} (tokens/s)",
+             f"{rate:,.0f}", f"bytes-read bound at {bandwidth / 1e9:,.0f} GB/s copy bandwidth",
+             f"{rate / fraction:,.0f}", f"**{fraction:.1%}** of the bound")]
     batch = opts.train_batch
     seq = opts.train_seq
     log(f"gpu: training step, {batch} x {seq} tokens, 1 warm-up + {opts.train_steps} timed")
@@ -533,19 +551,48 @@ def gpu_figures(args, device, opts, matmul_n=8192):
               f"MFU **{achieved / peak:.1%}**"),
              (measured, f"{achieved:,.1f}", f"bf16 matmul {matmul_n}^3 measured", f"{matmul:,.1f}",
               f"{achieved / matmul:.1%}")]
-    notes = [f"Model: Llama-2-7B shape (dim {args.dim}, {args.n_layers} layers, {args.n_heads} "
+    shape = "Llama-2-7B shape" if args is LLAMA2_7B else "a tiny shape"
+    notes = [f"Model: {shape} (dim {args.dim}, {args.n_layers} layers, {args.n_heads} "
              f"heads, FFN {args.hidden_dim}, vocab {args.vocab_size}), random init, weights in "
-             f"bf16: {size / 1e9:.2f}B parameters. Decode: `model.greedy`, batch 1, prompt "
-             f"{opts.prompt_len}, per-step time over {opts.new_tokens} steps; roofline = copy "
-             "bandwidth / bytes read per step (all weights but the embedding table, plus the KV "
-             f"cache at the average position). Training: median of {opts.train_steps} "
+             f"bf16: {size / 1e9:.2f}B parameters. Decode: the eval path, `infer.solve` on "
+             f"{opts.solve_batch} ragged prompts, one round of {opts.new_tokens} tokens each "
+             "(execution withheld; the output rows of the LCE tokens and EOS zeroed so no "
+             "problem stops early); bound = copy bandwidth / bytes every forward call must read "
+             "(all weights but the embedding table, each row's KV cache up to its position). "
+             f"SDPA backends taken (torch.profiler): {backends}. Training: median of "
+             f"{opts.train_steps} "
              "`train.forward_backward` calls (bf16 weights and gradients, no optimizer step, no "
              "gradient checkpointing); FLOPs as train.py counts them (6 x matmul parameters x "
              "tokens + attention 12 x layers x dim x T per token)."]
     return rows, notes
 
 
+def sdpa_backends(model, device) -> dict:
+    """Which SDPA kernel (aten op) a fresh prefill and a ragged decode step take (profiled)."""
+    cache = model.new_cache(4, 512)
+    seen = {}
+    calls = {"prefill": (torch.randint(3, 1000, (4, 64)), torch.arange(64).expand(4, 64)),
+             "decode step": (torch.randint(3, 1000, (4, 1)),
+                             torch.tensor([[99], [199], [9], [64]]))}
+    for name, (tokens, positions) in calls.items():
+        with torch.no_grad(), torch.profiler.profile() as prof:
+            model(tokens.to(device), positions, cache=cache, last_only=True)
+        seen[name] = sorted({e.name for e in prof.events() if "scaled_dot_product" in e.name
+                             and e.name != "aten::scaled_dot_product_attention"})
+    return seen
+
+
+TINY = M.ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, vocab_size=32008)
+
+
 def bench_gpu(opts):
+    if opts.tiny:  # the same code at a tiny shape on whatever device there is: a check, no figure
+        if opts.write:
+            sys.exit("bench gpu --tiny checks that the code runs; its figures are not for --write")
+        opts.solve_batch, opts.new_tokens, opts.train_seq = 4, 16, 64
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        rows, notes = gpu_figures(TINY, device, opts, matmul_n=256)
+        return f"gpu --tiny on {device}: the code path only, not a figure", rows, notes
     if not torch.cuda.is_available():
         sys.exit("bench gpu: no CUDA device (torch.cuda.is_available() is False; torch "
                  f"{torch.__version__}). Run it on a machine with an NVIDIA GPU and the CUDA "
@@ -563,6 +610,9 @@ def add_flags(parser, **defaults):
     """--name for each name=default, or name=(default, help); the type is the default's."""
     for name, default in defaults.items():
         default, help = default if isinstance(default, tuple) else (default, None)
+        if isinstance(default, bool):
+            parser.add_argument("--" + name.replace("_", "-"), action="store_true", help=help)
+            continue
         parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
                             help=(f"{help} " if help else "") + "(default: %(default)s)")
 
@@ -579,18 +629,21 @@ def main(argv=None):
 
     def command(name, summary, **defaults):
         add_flags(commands.add_parser(name, parents=[common], help=summary), **defaults)
-    command("decode", "KV-cached decode vs naive loop vs memory roofline", dim=256, n_layers=4,
-            n_heads=4, n_kv_heads=2, hidden_dim=704, prompt_len=64, new_tokens=192)
+    command("decode", "batched solve at batch 1, 16, 64 vs the bytes-read bound", dim=256,
+            n_layers=8, n_heads=8, n_kv_heads=4, hidden_dim=64, new_tokens=1536,
+            batches=("1,16,64", "batch sizes; the first is the baseline"))
     command("sandbox", "sandbox round trip / reset / restart",
             iters=(200, "round trips and resets"),
             restarts=(10, "crash + restarts and cold starts"))
     command("grade", "grading throughput on MATH", limit=(0, "first N MATH problems (0: all 5000)"),
             mismatched=(1000, "mismatched pairs for the slow case"))
-    command("infer", "batched solve vs one problem at a time", n=(16, "problems"), batch_size=8,
-            dim=256, n_layers=2)
+    command("infer", "batched solve vs one problem at a time", n=(32, "problems"), batch_size=32,
+            dim=512, n_layers=4)
     command("tp", "peak memory per rank loading with --tp 2 vs 1", dim=1024, n_layers=12)
-    command("gpu", "CUDA only: 7B-shape bf16 decode roofline and training MFU", prompt_len=128,
-            new_tokens=128, train_seq=2048, train_batch=1, train_steps=3,
+    command("gpu", "CUDA only: 7B-shape bf16 solve at batch 64 vs the bytes-read bound, SDPA "
+            "backends, training MFU (--tiny: the same code at a tiny shape, on CPU too)",
+            solve_batch=64, new_tokens=1024, train_seq=2048, train_batch=1, train_steps=3,
+            tiny=(False, "run the code path at a tiny shape (a check, not a figure)"),
             peak_tflops=(989.0, "spec dense bf16 TFLOP/s for MFU (H100/H200 SXM: 989, H100 PCIe: "
                                 "756, A100: 312)"))
     command("all", "decode, sandbox, grade, infer and tp with their defaults")
@@ -614,7 +667,7 @@ def run(name, opts):
     load_before = os.getloadavg()
     title, rows, notes = BENCHMARKS[name](opts)
     report(name, title, rows, notes, opts.write, load_before,
-           device="cuda" if name == "gpu" else "cpu")
+           device="cuda" if name == "gpu" and torch.cuda.is_available() else "cpu")
 
 
 if __name__ == "__main__":

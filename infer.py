@@ -1,43 +1,35 @@
 """MathCoder inference: generate, execute, continue (docs/method.md §4). Read top to bottom: the
-authors' loop for one problem, the batched engine that runs many of them, the command line.
+authors' loop for one problem, the engine that runs many of them at once, the command line.
 
 The authors (src/inference.py) solved one problem per process against a text-generation server
-(text-generation-inference, truncate=1536, max_new_tokens=512, 2048 tokens in all). Each round they
-sent the whole conversation so far, got back ONE block (generation stops at <|endofblock|> or
-<|endofmessage|>, at most 512 new tokens), rounded decimals longer than 6 places, and when the block
-started with <|code|> ran it in that problem's own Jupyter kernel (state persists across the
-problem's blocks) and appended <|execution|>{output}<|endofblock|>. At most 16 rounds; done when a
-block ends <|endofmessage|>. Their server cut every round's input to 1536 tokens: the model read
-BOS and the conversation's last 1535 tokens, at positions 0..1535, as a fresh prompt (GenConfig
-context "window"; "stop" is the simpler rule: only the prompt is cut so, and a problem stops once
-its context reaches max_total_tokens).
+(truncate=1536, max_new_tokens=512). Each round they sent the conversation so far and got back ONE
+block (it stops at <|endofblock|> or <|endofmessage|>, at most 512 new tokens), rounded decimals
+longer than 6 places, and when the block started with <|code|> ran it in the problem's own Jupyter
+kernel (state persists) and appended <|execution|>{output}<|endofblock|>. At most 16 rounds. Their
+server cut every round's input to BOS + the conversation's last 1535 tokens, read from position 0
+(context "window"; "stop" cuts only the prompt and stops a problem at max_total_tokens).
 
-`solution_steps` is that loop, written once, as a generator: it yields what it needs (Generate:
-continue these ids; Execute: run this code) and is sent the answers. Any engine can drive it:
-`solve_one` plainly, one problem, a fresh prefill every round; `solve` many problems at once on
-one static KV cache (`Engine`), with code running in a sandbox pool while the other rows decode.
-Equal results by construction (tests/test_infer.py checks it problem by problem). `solve_served`
-drives it with the model behind an OpenAI-compatible server (--server; docs/serving.md).
+`solution_steps` is that loop, written once, as a generator: it yields Generate ("continue these
+ids") and Execute ("run this code") and is sent the answers. `solve_one` drives one plainly (a fresh
+prefill every round); `solve` drives many on one static KV cache (`Engine`), code running in a
+sandbox pool while the other rows decode. tests/test_infer.py checks they agree problem by problem.
+`solve_served` drives it with the model behind an OpenAI-compatible server (--server;
+docs/serving.md).
 Where both differ from the authors' loop:
-  * the window's first tokens: their server cut ids, decoded them and encoded the text again,
-    which can split the window's first word differently; here the ids themselves are kept.
-  * special tokens inside a block: their server's text skipped special tokens (they put back only
-    the block's first and last), and it stopped on the text "<|endofblock|>" even when spelled in
-    pieces; here every token is kept and only the stop tokens stop.
+  * the window is cut in ids; their server decoded the cut ids and encoded the text again.
+  * every generated token is kept, and only stop tokens stop (their server's text skipped special
+    tokens, and it stopped on the text "<|endofblock|>" even when spelled in pieces).
   * execution output is data: encoded as plain text, so a special-token string that code prints
-    stays ordinary text pieces (their server re-tokenised the whole conversation, so it became a
-    special token there), and the blocks of a solution are read from its ids.
-  * numerics: their server ran fp16 kernels (flash attention); greedy decoding follows the model's
-    logits here in --dtype, so a near tie can go the other way.
-  * what the model reads after its code runs is sandbox.py's rendering of the output.
-  * the question is sent verbatim and the system text is the record's own, as in their released
-    outputs (their public script's defaults differ: docs/method.md §4).
-  * decimals are rounded where they did it: in each block the model has just written, code included
-    (the code that runs is the rounded code). Their server re-tokenised the whole conversation
-    every round; here the block just written is re-tokenised, and the model goes on reading exactly
-    the text that is recorded.
-  * a round cut off by max_new_tokens is, as theirs, a round: a cut code block is still run; the
-    next round continues the same block. EOS (</s>) ends the message, as <|endofmessage|> does.
+    stays text (their server re-tokenised it into a special token); blocks are read from the ids.
+  * numerics: their server ran fp16 kernels; here the model's logits in --dtype decide (a near tie
+    can go the other way). The output the model reads is sandbox.py's rendering of it.
+  * the question is sent verbatim with the record's own system text, as in their released outputs
+    (their public script's defaults differ: docs/method.md §4).
+  * decimals are rounded where they did it, in each block the model has just written, code
+    included (the code that runs is the rounded code); that block is re-tokenised (they re-tokenised
+    the whole conversation), and the model goes on reading exactly the text that is recorded.
+  * a round cut off by max_new_tokens is a round (a cut code block still runs; the next round
+    continues the block). EOS (</s>) ends the message, as <|endofmessage|> does.
 
     python infer.py --model CKPT "What is 2^10 - 1?"            # streams the solution
     python infer.py --model CKPT --file data/eval/GSM8K_test_post.jsonl --out results.jsonl
@@ -113,12 +105,11 @@ class GenConfig:
 
 
 # ------------------------------------------------------------------ one problem: the authors' loop
-# What the loop asks of an engine: these two requests are the whole interface. An engine sends
-# back, for Generate, the list of new ids; for Execute, the output text.
+# The loop's two requests are its whole interface to an engine (the batched one below, or another):
 @dataclass
 class Generate:
-    """Continue `window` (BOS first, read afresh from position 0) with at most max_new tokens,
-    ending early after a token in `stops`. on_token(id), if set, wants each new id as it comes."""
+    """Answer: the new ids that continue `window` (BOS first, read afresh from position 0): at most
+    max_new, ending early after a token in `stops`. on_token(id), if set, wants each as it comes."""
     window: list
     max_new: int
     stops: frozenset
@@ -127,29 +118,24 @@ class Generate:
 
 @dataclass
 class Execute:
-    """Run `code` in the problem's own sandbox session (its state persists across the problem's
-    blocks); the answer is the output the model reads."""
+    """Answer: the output the model reads after `code` runs in the problem's own sandbox session
+    (its state persists across the problem's blocks)."""
     code: str
 
 
 def solution_steps(tokenizer, question: str, system: str, cfg, show=None):
-    """The authors' loop for one problem, as a generator of Generate / Execute requests; returns
-    (StopIteration.value) the problem's result (see `result`). Every round the model reads the
-    window (BOS + the context's last max_prompt_tokens - 1 tokens) and writes one block; a code
-    block runs and its output goes on as an execution block. show(text): each new piece of LCE
-    text (generated text as it is decoded, before rounding; an execution block whole)."""
+    """The authors' loop for one problem: yields Generate / Execute requests, is sent the answers,
+    returns the problem's `result`. show(text): each new piece of LCE text (generated text as it is
+    decoded, before rounding; an execution block whole)."""
     special = tokenizer.special
     stops = frozenset({special["<|endofblock|>"], special["<|endofmessage|>"], tokenizer.eos_id})
     stream = Stream(tokenizer, show)
     ids = tokenizer.encode(lce_data.prompt_text(question, system), bos=True)
-    n_prompt = len(ids)
-    round_start = n_prompt  # where this round's tokens begin
-    text_start = n_prompt   # where the text since the last special token begins
-    offset = 0              # the model reads BOS + ids[offset + 1:]
-    n_new = n_exec = 0      # tokens the model generated; code blocks run
+    n_prompt = round_start = text_start = len(ids)  # where this round's tokens, and the text
+    offset = n_new = n_exec = 0                     # since the last special token, begin
     stop = "max_rounds"
     for rounds in range(1, cfg.max_rounds + 1):
-        if cfg.context == "window" or rounds == 1:  # ("stop": the prompt only)
+        if cfg.context == "window" or rounds == 1:  # the model reads BOS + ids[offset + 1:]
             offset = max(0, len(ids) - cfg.max_prompt_tokens)
         room = min(cfg.max_new_tokens - (len(ids) - round_start),  # (an opened <|execution|>
                    cfg.max_total_tokens - (len(ids) - offset))    # counts; full: "stop" only)
@@ -174,7 +160,7 @@ def solution_steps(tokenizer, question: str, system: str, cfg, show=None):
         if is_code and cfg.execute:  # (the authors ran a code block even in the last round)
             output = yield Execute(code_of(text))
             ids += ([special["<|execution|>"]] + tokenizer.encode(output, special=False)
-                    + [special["<|endofblock|>"]])  # the output is data: plain text, no specials
+                    + [special["<|endofblock|>"]])  # data: plain text, whatever it spells
             n_exec += 1
             round_start = text_start = len(ids)
             stream.piece(f"<|execution|>{output}<|endofblock|>")
@@ -189,14 +175,13 @@ def solution_steps(tokenizer, question: str, system: str, cfg, show=None):
 
 
 class Stream:
-    """show(text) with each new piece of one problem's LCE text. The text since the last special
-    token is decoded again at every token (a half-decoded UTF-8 character can change)."""
+    """show(text) with each new piece of one problem's text: the text since the last special token
+    is decoded again at each token (a half-decoded UTF-8 character can change)."""
 
     def __init__(self, tokenizer, show):
-        self.tokenizer, self.show = tokenizer, show
-        self.restart([], "")
+        self.tokenizer, self.show, self.ids, self.shown = tokenizer, show, [], ""
 
-    def restart(self, ids, shown):  # the text since the last special token: ids, `shown` shown
+    def restart(self, ids, shown):  # the text since the last special token is now `ids`
         self.ids, self.shown = list(ids), shown
 
     def token(self, token):
@@ -287,11 +272,11 @@ def result(tokenizer, question, system, solution_ids, stop, n_tokens, n_rounds, 
             "n_rounds": n_rounds, "n_exec": n_exec, "stop": stop}
 
 
-# ------------------------------------------------------------------------------ sampling, drivers
+# ------------------------------------------------------------------------- sampling, solve_one
 def sample(logits, temperature: float, top_p: float, generators: list):
-    """Next token per row, on the logits' device: argmax if temperature is 0, else nucleus
-    sampling, row b drawing one uniform number from its own generator (so a problem's draws do not
-    depend on the rows beside it) and picking by the inverse of its cumulative distribution."""
+    """Next token per row, on the logits' device: argmax if temperature is 0, else nucleus sampling,
+    row b drawing one uniform number from its own generator (so a problem's draws do not depend on
+    the rows beside it) and taking the token where its cumulative probability passes it."""
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -303,7 +288,7 @@ def sample(logits, temperature: float, top_p: float, generators: list):
     total = cdf[:, -1:]
     u = torch.cat([torch.rand(1, generator=g, device=logits.device) for g in generators])
     target = torch.minimum(u[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
-    pick = torch.searchsorted(cdf, target, right=True)  # the first token whose cdf passes it
+    pick = torch.searchsorted(cdf, target, right=True)
     return (pick if order is None else order.gather(-1, pick))[:, 0]
 
 
@@ -316,16 +301,14 @@ def sampling_generator(seed: int, index: int, device):
 def solve_one(model, tokenizer, question: str, system: str = DEFAULT_SYSTEM,
               cfg: GenConfig | None = None, session=None, index: int = 0) -> dict:
     """solution_steps driven plainly, one problem: every Generate a fresh prefill of its window,
-    then one token at a time; every Execute run in `session` (a sandbox.Sandbox, needed when
-    cfg.execute). index: the problem's sampling stream (as in solve). Returns what solve returns
-    for the problem."""
+    then a token at a time; every Execute run in `session` (a sandbox.Sandbox, needed when
+    cfg.execute). index: the problem's sampling stream. Returns what solve returns for it."""
     cfg = cfg or GenConfig()
     if cfg.execute and session is None:
         raise ValueError("solve_one: cfg.execute needs a session (a sandbox.Sandbox)")
     device = next(model.parameters()).device
     generator = sampling_generator(cfg.seed, index, device)
-    steps = solution_steps(tokenizer, question, system, cfg)
-    answer = None
+    steps, answer = solution_steps(tokenizer, question, system, cfg), None
     while True:
         try:
             request = steps.send(answer)
@@ -348,25 +331,23 @@ def solve_one(model, tokenizer, question: str, system: str = DEFAULT_SYSTEM,
 # ----------------------------------------------------------- many problems: the batched engine
 @dataclass
 class Problem:
-    """A problem in a row of the engine: its loop, its random stream, what it asked for."""
     index: int
     steps: object                      # its solution_steps generator
-    generator: torch.Generator
-    request: Generate | None = None    # the Generate it is decoding
-    new: list = field(default_factory=list)  # the ids written for it so far
+    generator: torch.Generator         # its random stream
+    request: Generate | None = None    # the Generate it is decoding; new: the ids written for it
+    new: list = field(default_factory=list)
     future: object = None              # its Execute, running in the thread pool
     session: object = None             # its sandbox, from its first code block on
 
 
 class Engine:
-    """Drives many problems' solution_steps on one static KV cache (rows x max_total_tokens).
-    held[r]: the ids whose keys and values row r holds, at slots 0, 1, ...; todo[r]: the ids it
-    must still be fed (a new window past what the row already holds, then each new token). Every
-    step feeds every decoding row: the rows with several new ids (a prompt, an execution block, a
-    slid window) are prefilled together, the rows with one decode together, each row read in place
-    (model.KVCache); then each row gets its token (one transfer from the device per step). Code
-    runs in a thread pool, each problem in its own sandbox session, while the other rows decode;
-    a row whose problem is done takes the next one (continuous batching)."""
+    """Many problems' solution_steps on one static KV cache (rows x cfg.max_total_tokens slots).
+    held[r]: the ids whose keys and values row r holds, at slots 0, 1, ...; todo[r]: the ids to feed
+    it next (a new window past what the row holds, then each new token). A step feeds every
+    decoding row: rows with several new ids (a prompt, an execution block, a slid window)
+    prefilled together, rows with one decoding together, each row read in place (model.KVCache);
+    then every row gets its token, with one transfer from the device. Code runs in a thread pool
+    while the other rows decode; a free row takes the next problem (continuous batching)."""
 
     def __init__(self, model, cfg: GenConfig, n_rows: int, pool, finished):
         self.model, self.cfg, self.pool, self.finished = model, cfg, pool, finished
@@ -378,26 +359,25 @@ class Engine:
         self.runner = ThreadPoolExecutor(n_rows, thread_name_prefix="sandbox")
 
     def run(self, waiting: deque):
-        """waiting: Problems not started yet, in order."""
+        """Until every Problem in `waiting` is done."""
         try:
             while waiting or any(self.rows):
                 for r, problem in enumerate(self.rows):
                     if problem is None and waiting:  # a free row takes the next problem
-                        self.rows[r] = waiting.popleft()
-                        self.held[r] = []  # (read from position 0, as each test double expects)
+                        self.rows[r], self.held[r] = waiting.popleft(), []
                         self.advance(r, None)
                     elif problem is not None and problem.future and problem.future.done():
                         self.advance(r, problem.future.result())  # its code's output is ready
                 ready = [r for r, p in enumerate(self.rows) if p is not None and p.request]
                 if ready:
                     self.step(ready)
-                else:  # every problem left waits for its code: sleep until one is done
+                else:  # every problem left waits for its code
                     wait([p.future for p in self.rows if p], return_when=FIRST_COMPLETED)
         finally:
             self.runner.shutdown(wait=False, cancel_futures=True)
 
     def advance(self, r: int, answer):
-        """Send row r's problem its answer and take its next request."""
+        """Send row r's problem its answer; take its next request."""
         problem = self.rows[r]
         problem.request = problem.future = None
         try:
@@ -412,7 +392,7 @@ class Engine:
             return
         problem.request, problem.new = request, []
         window, held = request.window, self.held[r]
-        keep = 0  # the window's start that the row holds already (its last id is fed again)
+        keep = 0  # what the row holds of the window already (its last id is fed again: logits)
         while keep < min(len(held), len(window) - 1) and held[keep] == window[keep]:
             keep += 1
         del held[keep:]
@@ -428,30 +408,26 @@ class Engine:
         """One token for every ready row."""
         prefill = [r for r in ready if len(self.todo[r]) > 1]
         decode = [r for r in ready if len(self.todo[r]) == 1]
-        logits = []
-        if prefill:  # padded to the longest: position -1 marks padding (neither written nor read)
-            width = max(len(self.todo[r]) for r in prefill)
-            logits.append(self.feed(prefill, width, pad=[0] * width))
-        if decode:
-            logits.append(self.feed(decode, 1, pad=[]))
+        logits = [self.feed(rows) for rows in (prefill, decode) if rows]
         rows = prefill + decode
         generators = [self.rows[r].generator for r in rows]
         tokens = sample(torch.cat(logits), self.cfg.temperature, self.cfg.top_p, generators)
         for r, token in zip(rows, tokens.tolist()):  # the step's one transfer from the device
-            problem, request = self.rows[r], self.rows[r].request
+            problem = self.rows[r]
             self.held[r] += self.todo[r]
             self.todo[r] = [token]
             problem.new.append(token)
-            if request.on_token:
-                request.on_token(token)
-            if token in request.stops or len(problem.new) >= request.max_new:
+            if problem.request.on_token:
+                problem.request.on_token(token)
+            if token in problem.request.stops or len(problem.new) >= problem.request.max_new:
                 self.advance(r, problem.new)
 
-    def feed(self, rows: list, width: int, pad: list):
-        """The model on rows' todo ids (width each, padded), each in its row at its own positions;
-        the logits after each row's last id, [len(rows), vocab]. Tokens go to the device, the
-        positions and rows stay on the host (the cache plans from them without waiting)."""
-        tokens = [self.todo[r] + pad[len(self.todo[r]):] for r in rows]
+    def feed(self, rows: list):
+        """The model on each row's todo ids at its own positions (padded with position -1: neither
+        written nor read), on the device; positions and rows stay on the host, where the cache
+        plans the call without waiting. Returns the logits after each row's last id."""
+        width = max(len(self.todo[r]) for r in rows)
+        tokens = [self.todo[r] + [0] * (width - len(self.todo[r])) for r in rows]
         positions = [list(range(len(self.held[r]), len(self.held[r]) + len(self.todo[r])))
                      + [-1] * (width - len(self.todo[r])) for r in rows]
         logits = self.model(torch.tensor(tokens, device=self.device), torch.tensor(positions),
@@ -462,31 +438,32 @@ class Engine:
 @torch.no_grad()
 def solve(model, tokenizer, questions: list[str], system: str | list[str] = DEFAULT_SYSTEM,
           cfg: GenConfig | None = None, pool=None, on_result=None, on_stream=None) -> list[dict]:
-    """Solve every question in LCE form: solution_steps for each, on the batched Engine. system:
-    the system text of every prompt, or a list with one per question. Returns one dict per
-    question, in order (see `result`). on_result(index, dict) is called as each problem finishes;
-    on_stream(index, text) with each new piece of LCE text. pool: a sandbox.SandboxPool (size >=
-    cfg.batch_size for full overlap); made and closed here if None."""
+    """Every question's solution_steps on the batched Engine. system: every prompt's system text,
+    or one per question. Returns one `result` per question, in order; on_result(index, result) as
+    each finishes; on_stream(index, text) with each new piece of LCE text. pool: a
+    sandbox.SandboxPool (size >= cfg.batch_size for full overlap); made and closed here if None."""
     cfg = cfg or GenConfig()
     systems = [system] * len(questions) if isinstance(system, str) else list(system)
     if len(systems) != len(questions):
         raise ValueError(f"{len(systems)} system texts for {len(questions)} questions")
     results = [None] * len(questions)
-
-    def finished(index, outcome):
-        results[index] = outcome
-        if on_result:
-            on_result(index, outcome)
     device = next(model.parameters()).device
-    waiting = deque(Problem(i, solution_steps(tokenizer, q, s, cfg, on_stream and (
-        lambda text, i=i: on_stream(i, text))), sampling_generator(cfg.seed, i, device))
-        for i, (q, s) in enumerate(zip(questions, systems)))
+
+    def problem(i):
+        show = on_stream and (lambda text: on_stream(i, text))
+        steps = solution_steps(tokenizer, questions[i], systems[i], cfg, show)
+        return Problem(i, steps, sampling_generator(cfg.seed, i, device))
+
+    def finished(i, outcome):
+        results[i] = outcome
+        if on_result:
+            on_result(i, outcome)
     n_rows = max(1, min(cfg.batch_size, len(questions)))
     own_pool = pool is None and cfg.execute
-    if own_pool:
-        pool = sandbox.SandboxPool(n_rows)
+    pool = sandbox.SandboxPool(n_rows) if own_pool else pool
     try:
         if questions:
+            waiting = deque(map(problem, range(len(questions))))
             Engine(model, cfg, n_rows, pool, finished).run(waiting)
     finally:
         if own_pool:

@@ -285,7 +285,8 @@ class Transformer(nn.Module):
         token only, [B, 1, vocab]: a prefill then skips the vocabulary projection of the others."""
         B, T = tokens.shape
         if positions is None:
-            positions = torch.arange(T, device="cpu" if cache is not None else tokens.device).expand(B, T)
+            on = "cpu" if cache is not None else tokens.device  # (a cache plans on the host)
+            positions = torch.arange(T, device=on).expand(B, T)
         counts = None
         if cache is not None:
             if doc_ids is not None:
