@@ -25,6 +25,7 @@ import time
 
 import html_views
 from grader import verdicts
+from server_client import ServerError
 from storage import (append_jsonl, atomic_write, check_run, checkpoint_fingerprint, done_keys,
                      file_digest, merge_parts, numbered_jsonl, part_path, read_json, read_jsonl,
                      write_json, write_jsonl)
@@ -246,10 +247,14 @@ RUN_FILES = ("results.jsonl", "summary.json", "summary.md", "report.html")
 
 
 def run_identity(args, cfg):
-    """What run.json records of `eval.py run`: the model (path, checkpoint files), the data set
-    (name, files' content), the system text (None: each record's own) and the generation config."""
-    return {"model": os.path.abspath(args.model), "model_files": checkpoint_fingerprint(args.model),
-            "dataset": args.dataset.lower(),
+    """What run.json records of `eval.py run`: the model (path, checkpoint files; or the served
+    model's name and its tokenizer's files), the data set (name, files' content), the system
+    text (None: each record's own) and the generation config."""
+    model = ({"served_model": args.served_model,   # not the URL: a server may move
+              "tokenizer_files": checkpoint_fingerprint(args.tokenizer)} if args.server else
+             {"model": os.path.abspath(args.model),
+              "model_files": checkpoint_fingerprint(args.model)})
+    return {**model, "dataset": args.dataset.lower(),
             "data_files": {name: file_digest(os.path.join(args.data_dir, name))
                            for name in DATASETS[args.dataset.lower()]},
             "system": args.system,
@@ -265,6 +270,8 @@ def run(args):
     cfg = infer.config_from_args(args)   # the generation flags (infer.add_generation_args)
     problems = load_dataset(args.dataset, args.data_dir, args.subject, args.level)
     problems = problems[:args.limit or None]
+    if args.server:
+        return run_served(args, cfg, problems)
     tok = Tokenizer.from_checkpoint(args.model)
     ranks = init_ranks(args.tp)   # under torchrun: W / tp replicas share out the problems
     if ranks.leader:              # another run's results in --out: refused before the model loads
@@ -295,6 +302,41 @@ def run(args):
                         model_name=os.path.basename(os.path.normpath(args.model)),
                         info={"sandbox_isolation": default_isolation()},
                         replica=ranks.replica, n_replicas=ranks.n_replicas, wait=ranks.wait_for_all)
+
+
+def run_served(args, cfg, problems):
+    """eval.py run --server: the same loop, results, resume and summary, the model behind an
+    OpenAI-compatible server (infer.solve_served); a problem the server failed on is left for the
+    next run."""
+    import infer
+    from sandbox import SandboxPool, default_isolation
+    from server_client import server_from_args
+    from tokenizer import Tokenizer
+    if not args.tokenizer:
+        raise ValueError("--server needs --tokenizer CKPT_DIR (the served checkpoint's tokenizer)")
+    tok = Tokenizer.from_checkpoint(args.tokenizer)
+    server = server_from_args(args)
+    check_run(os.path.join(args.out, "run.json"), run_identity(args, cfg),
+              [os.path.join(args.out, name) for name in RUN_FILES], args.force_new)
+    by_question = {p["question"]: p for p in problems}
+
+    def system(question):
+        if args.system is not None:
+            return args.system
+        own = by_question[question]["system"]
+        return own if own is not None else infer.DEFAULT_SYSTEM
+
+    with SandboxPool(max(1, args.concurrency)) as pool:
+
+        def solve_fn(questions, on_result):
+            names = [f"problem {by_question[q]['id']}" for q in questions]
+            infer.solve_served(server, tok, questions, [system(q) for q in questions], cfg, pool,
+                               on_result, args.concurrency, args.prompt_as, args.served_model,
+                               names)
+            return []   # every result went through on_result; the failed ones are left out
+        name = args.served_model or os.path.basename(os.path.normpath(args.tokenizer))
+        return run_loop(problems, args.out, solve_fn, args.dataset, model_name=name,
+                        info={"sandbox_isolation": default_isolation(), "server": server.base})
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -370,8 +412,8 @@ def main(argv=None):
                             "(default: from summary.json or the file name)")
     report_cmd.add_argument("--data-dir", default=DATA_DIR)
     run_cmd = sub.add_parser("run", help="generate with a checkpoint and grade (resumable)")
-    run_cmd.add_argument("--model", required=True,
-                         help="checkpoint directory (HF layout + tokenizer.model)")
+    run_cmd.add_argument("--model", help="checkpoint directory (HF layout + tokenizer.model); "
+                         "or --server")
     run_cmd.add_argument("--dataset", required=True)
     run_cmd.add_argument("--out", required=True,
                          help="output directory: results.jsonl, summary.json/.md")
@@ -393,7 +435,10 @@ def main(argv=None):
         import infer
         infer.add_generation_args(run_cmd)
         infer.add_dtype_arg(run_cmd)
+        infer.add_serving_args(run_cmd)
     args = ap.parse_args(argv)
+    if args.cmd == "run" and bool(args.model) == bool(args.server):
+        ap.error("run: give either --model or --server (with --tokenizer)")
     try:
         if args.cmd == "score":
             score(args.results, args.dataset, args.out, args.data_dir)
@@ -402,7 +447,7 @@ def main(argv=None):
         else:
             run(args)
     # bad input: one clear line naming the file (and line), no traceback
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, ServerError) as e:   # ServerError: no server, one line
         sys.exit(f"error: {e}")
 
 

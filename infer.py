@@ -13,6 +13,8 @@ server cut every round's input to BOS + the conversation's last 1535 tokens, rea
 ids") and Execute ("run this code") and is sent the answers. `solve_one` drives one plainly (a fresh
 prefill every round); `solve` drives many on one static KV cache (`Engine`), code running in a
 sandbox pool while the other rows decode. tests/test_infer.py checks they agree problem by problem.
+`solve_served` drives it with the model behind an OpenAI-compatible server (--server;
+docs/serving.md).
 Where both differ from the authors' loop:
   * the window is cut in ids; their server decoded the cut ids and encoded the text again.
   * every generated token is kept, and only stop tokens stop (their server's text skipped special
@@ -37,6 +39,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -50,6 +53,7 @@ import storage
 from lce_data import DEFAULT_SYSTEM
 from model import Transformer
 from parallel import follow, init_ranks
+from server_client import ServerError, add_server_args, server_from_args
 from tokenizer import SPECIAL_TOKENS, Tokenizer
 
 
@@ -468,6 +472,146 @@ def solve(model, tokenizer, questions: list[str], system: str | list[str] = DEFA
     return results
 
 
+# ------------------------------------------------ the same loop against an OpenAI-compatible server
+STOP_STRINGS = ["<|endofblock|>", "<|endofmessage|>"]
+
+
+def served_round(server, tokenizer, window, max_tokens, cfg, index, prompt_as="ids",
+                 served_model=None, what="problem"):
+    """One Generate on a /v1/completions endpoint (server_client.Server): the window (BOS first)
+    continued until a stop token or max_tokens. prompt_as "ids": the window's token ids as the
+    prompt (vLLM and llama.cpp accept a list of ints; nothing is re-tokenised); "text": the window
+    decoded, without BOS, which the server adds (TGI; its tokenizer reads the text again, as the
+    authors' server did). Returns (text, eos, n_tokens): the new text, stop string included;
+    whether the model ended on EOS (which the text does not show); the tokens it generated as the
+    server counts them (usage.completion_tokens; None if not reported)."""
+    special = tokenizer.special
+    payload = {"prompt": window if prompt_as == "ids" else tokenizer.decode(window[1:]),
+               "max_tokens": max_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
+               "seed": cfg.seed * 1_000_003 + index, "stop": STOP_STRINGS,
+               # vLLM's names: the special tokens stay in the text, unspaced, the stop one too
+               "skip_special_tokens": False, "spaces_between_special_tokens": False,
+               "include_stop_str_in_output": True}
+    if served_model:
+        payload["model"] = served_model
+    reply = server.complete(payload, what)
+    try:
+        choice = reply["choices"][0]
+        text = choice["text"]
+        finish = choice.get("finish_reason")
+        n_tokens = (reply.get("usage") or {}).get("completion_tokens")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise ServerError(f"{what}: the completion reply has no choices[0].text") from None
+    eos = False
+    if finish == "stop" and not text.endswith(tuple(STOP_STRINGS)):
+        reason = choice.get("stop_reason")   # vLLM: the stop string or token that ended it
+        if reason in STOP_STRINGS or reason in (special[t] for t in STOP_STRINGS):
+            text += reason if isinstance(reason, str) else tokenizer.id_to_special[reason]
+        else:
+            eos = True                        # no stop string: the model's own EOS
+    if not text and not eos:
+        raise ServerError(f"{what}: the server returned no text (finish_reason {finish!r})")
+    return text, eos, n_tokens if isinstance(n_tokens, int) else None
+
+
+def continuation_ids(tokenizer, window, text, eos=False) -> list:
+    """Ids that continue `window` by `text`, the server's reply, so that the window's text since
+    its last special token, decoded with these ids after it, reads that text followed by `text`.
+    A block cut by max_new_tokens goes on mid-word: SentencePiece's dummy-prefix space must not
+    come in between, so the text is encoded after a newline (its own byte piece, which never
+    merges) and the newline's pieces are dropped. solution_steps then rounds and re-tokenises the
+    block, as it does with a local model's own ids. eos: the model ended on EOS (not in text)."""
+    specials = set(tokenizer.special.values()) | {tokenizer.bos_id}
+    cut_block = bool(window) and window[-1] not in specials
+    if cut_block:
+        anchor = len(tokenizer.encode("\n"))
+        ids = tokenizer.encode("\n" + text)[anchor:]
+    else:
+        ids = tokenizer.encode(text)
+    return ids + [tokenizer.eos_id] * eos
+
+
+def serve_one(server, tokenizer, question, system=DEFAULT_SYSTEM, cfg=None, pool=None, index=0,
+              prompt_as="ids", served_model=None, what="problem") -> dict:
+    """solution_steps driven by a server: each Generate is one /v1/completions request (its window,
+    cut on the checkpoint's token ids, and its max_new), each Execute runs in a sandbox from
+    `pool`, taken at the problem's first code block. The same loop as solve_one's, so the same
+    rounding, re-tokenising and execution. Returns what solve returns for the problem; n_tokens
+    is the server's count where every reply gave one (a token that decodes to no text, such as
+    EOS, is invisible in the reply's text)."""
+    cfg = cfg or GenConfig()
+    steps = solution_steps(tokenizer, question, system, cfg)
+    session = None
+    answer = None
+    counted = []   # the server's count of each round's tokens
+    try:
+        while True:
+            try:
+                request = steps.send(answer)
+            except StopIteration as done:
+                outcome = done.value
+                if counted and None not in counted:
+                    outcome["n_tokens"] = sum(counted)
+                return outcome
+            if isinstance(request, Execute):
+                if session is None:
+                    session = pool.acquire()
+                answer = run_code(session, request.code)
+                continue
+            text, eos, n_tokens = served_round(server, tokenizer, request.window,
+                                               request.max_new, cfg, index, prompt_as,
+                                               served_model, what)
+            counted.append(n_tokens)
+            answer = continuation_ids(tokenizer, request.window, text, eos)
+    finally:
+        if session is not None:
+            pool.release(session)
+
+
+def solve_served(server, tokenizer, questions, system=DEFAULT_SYSTEM, cfg=None, pool=None,
+                 on_result=None, concurrency=16, prompt_as="ids", served_model=None, names=None):
+    """solve's contract with the model behind a server: serve_one for every question, `concurrency`
+    of them in flight. A problem the server failed on (after server_client's retries) gets None
+    and one line on stderr; a fatal failure (no server, a bad key) stops the run, raised.
+    names[i]: how error lines name problem i (default "problem i")."""
+    cfg = cfg or GenConfig()
+    systems = [system] * len(questions) if isinstance(system, str) else list(system)
+    results = [None] * len(questions)
+    lock = threading.Lock()
+    stop = threading.Event()
+    own_pool = pool is None and cfg.execute and bool(questions)
+    if own_pool:
+        pool = sandbox.SandboxPool(max(1, min(concurrency, len(questions))))
+
+    def one(i):
+        if stop.is_set():
+            return
+        what = names[i] if names else f"problem {i}"
+        try:
+            results[i] = serve_one(server, tokenizer, questions[i], systems[i], cfg, pool, i,
+                                   prompt_as, served_model, what)
+        except ServerError as e:
+            if e.fatal:
+                stop.set()
+                raise
+            print(f"\n{e}", file=sys.stderr, flush=True)
+            return
+        if on_result:
+            with lock:
+                on_result(i, results[i])
+    try:
+        with ThreadPoolExecutor(max(1, concurrency)) as executor:
+            futures = [executor.submit(one, i) for i in range(len(questions))]
+            for future in futures:
+                if future.exception():
+                    executor.shutdown(wait=True, cancel_futures=True)
+                    raise future.exception()
+    finally:
+        if own_pool:
+            pool.close()
+    return results
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def add_generation_args(parser):
     """GenConfig's fields as flags of `parser` (infer.py and eval.py run declare them here only)."""
@@ -552,17 +696,18 @@ def read_questions(path: str) -> list[dict]:
     return records
 
 
-def show_solutions(model, tokenizer, questions, system, cfg, pool):
+def show_solutions(model, tokenizer, questions, system, cfg, pool, solver=None):
     """Questions from the command line: one is streamed as it is decoded; several are each shown
-    whole as they finish."""
+    whole as they finish. solver: solve's signature (default solve; a server's: served_solver)."""
+    solver = solver or solve
     show = Renderer()
     if len(questions) == 1:
-        solve(model, tokenizer, questions, system, cfg, pool, on_stream=lambda i, text: show(text))
+        solver(model, tokenizer, questions, system, cfg, pool, on_stream=lambda i, text: show(text))
     else:
         def show_result(i, outcome):
             print(f"\n=== question {i + 1}: {outcome['question']}")
             show(outcome["solution"])
-        solve(model, tokenizer, questions, system, cfg, pool, show_result)
+        solver(model, tokenizer, questions, system, cfg, pool, show_result)
     print()
 
 
@@ -571,8 +716,10 @@ def check_file_run(args, cfg, ranks):
     content, the system text and how to generate (--limit and --batch-size may change); another
     run's results in OUT are refused, naming what differs (--force-new deletes them)."""
     out_path = args.out or re.sub(r"(\.jsonl)?$", ".results.jsonl", args.file, count=1)
-    identity = {"model": os.path.abspath(args.model),
-                "model_files": storage.checkpoint_fingerprint(args.model),
+    identity = {**({"served_model": args.served_model,  # not the URL: a server may move
+                    "tokenizer_files": storage.checkpoint_fingerprint(args.tokenizer)}
+                   if args.server else {"model": os.path.abspath(args.model),
+                                        "model_files": storage.checkpoint_fingerprint(args.model)}),
                 "question_file": os.path.abspath(args.file),
                 "questions": storage.file_digest(args.file), "system": args.system,
                 "generation": {k: v for k, v in vars(cfg).items() if k != "batch_size"},
@@ -582,10 +729,11 @@ def check_file_run(args, cfg, ranks):
     ranks.wait_for_all()  # replica 0 has deleted old results (--force-new) before any reads them
 
 
-def solve_file(model, tokenizer, args, cfg, pool, ranks):
+def solve_file(model, tokenizer, args, cfg, pool, ranks, solver=None):
     """--file: solve every question not yet in the results file (resumable), appending one line
     per problem; data-parallel replicas each take every n-th problem into a part file of their
-    own, and replica 0 merges them and writes the summary."""
+    own, and replica 0 merges them and writes the summary. solver: as for show_solutions."""
+    solver = solver or solve
     records = read_questions(args.file)[:args.limit]
     out_path = args.out or re.sub(r"(\.jsonl)?$", ".results.jsonl", args.file, count=1)
     done = storage.done_keys(out_path, key="index")  # replicas' parts too; torn lines cut off
@@ -614,8 +762,8 @@ def solve_file(model, tokenizer, args, cfg, pool, ranks):
                   f"{stats['tokens'] / seconds:.0f} tok/s  "
                   f"ETA {(len(todo) - n) * seconds / n:.0f}s   ", end="", file=sys.stderr,
                   flush=True)
-        solve(model, tokenizer, [records[i]["question"] for i in todo], systems, cfg, pool,
-              on_result)
+        solver(model, tokenizer, [records[i]["question"] for i in todo], systems, cfg, pool,
+               on_result)
     seconds = time.time() - start
     replicas = ranks.wait_for_all((stats, seconds))  # all replicas are done; replica 0 sums up
     if ranks.replica != 0:
@@ -637,7 +785,7 @@ def main():
                                      "continuous batching).")
     parser.add_argument("questions", nargs="*",
                         help="question(s) to solve; one question is streamed")
-    parser.add_argument("--model", required=True,
+    parser.add_argument("--model",
                         help="checkpoint dir (weights + tokenizer.model [+ added_tokens.json])")
     parser.add_argument("--file",
                         help="JSONL of questions (eval-set schema or {\"question\": ...})")
@@ -656,10 +804,15 @@ def main():
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per model "
                         "replica (torchrun --nproc_per_node=W: W / tp replicas share out --file)")
     add_generation_args(parser)
+    add_serving_args(parser)
     args = parser.parse_args()
     if bool(args.questions) == bool(args.file):
         parser.error("give either question(s) or --file")
+    if bool(args.model) == bool(args.server):
+        parser.error("give either --model or --server (with --tokenizer)")
     cfg = config_from_args(args)  # a bad combination fails here, before the model loads
+    if args.server:
+        return main_served(args, cfg)
     tokenizer = Tokenizer.from_checkpoint(args.model)
     ranks = init_ranks(args.tp)
     if args.questions and ranks.n_replicas > 1:
@@ -691,8 +844,62 @@ def main():
         model.release()
 
 
+def add_serving_args(parser):
+    """--server and its settings (infer.py and eval.py run)."""
+    group = parser.add_argument_group("a model behind an OpenAI-compatible server (--server)")
+    group.add_argument("--server", help="base URL of a /v1/completions endpoint (vLLM, TGI, "
+                       "llama.cpp), in place of --model")
+    group.add_argument("--tokenizer", help="with --server: the served checkpoint's directory "
+                       "(tokenizer.model [+ added_tokens.json]): the window is cut on its ids")
+    group.add_argument("--served-model", help="the model's name on the server (default: none "
+                       "sent, the server's only model)")
+    group.add_argument("--concurrency", type=int, default=16, help="problems in flight")
+    group.add_argument("--prompt-as", choices=("ids", "text"), default="ids",
+                       help="ids: the window's token ids (vLLM, llama.cpp); text: decoded (TGI)")
+    add_server_args(group)
+
+
+def served_solver(args, index_of=None):
+    """A solver with solve's signature for show_solutions / solve_file, over args.server.
+    index_of: question -> how error lines name it."""
+    def solver(server, tokenizer, questions, system, cfg, pool, on_result=None, on_stream=None):
+        if on_stream:   # no streaming from the server: a problem is shown whole when done
+            on_result = lambda i, outcome: on_stream(i, outcome["solution"])
+        names = [f"problem {index_of.get(q, i) if index_of else i}"
+                 for i, q in enumerate(questions)]
+        return solve_served(server, tokenizer, questions, system, cfg, pool, on_result,
+                            args.concurrency, args.prompt_as, args.served_model, names)
+    return solver
+
+
+def main_served(args, cfg):
+    """infer.py --server: the same loop, results and resume, with the model behind a server."""
+    if not args.tokenizer:
+        sys.exit("error: --server needs --tokenizer CKPT_DIR (the served checkpoint's tokenizer)")
+    tokenizer = Tokenizer.from_checkpoint(args.tokenizer)
+    server = server_from_args(args)
+    index_of = {}
+    if args.file:
+        for i, record in enumerate(read_questions(args.file)[:args.limit]):
+            index_of.setdefault(record["question"], i)
+    limits = {"timeout": args.timeout} if args.timeout else {}
+    pool = sandbox.SandboxPool(max(1, args.concurrency), **limits) if cfg.execute else None
+    try:
+        if args.questions:
+            system = DEFAULT_SYSTEM if args.system is None else args.system
+            show_solutions(server, tokenizer, args.questions, system, cfg, pool,
+                           served_solver(args))
+        else:
+            ranks = init_ranks(1)
+            check_file_run(args, cfg, ranks)
+            solve_file(server, tokenizer, args, cfg, pool, ranks, served_solver(args, index_of))
+    finally:
+        if pool is not None:
+            pool.close()
+
+
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, OSError) as e:  # bad input: one line naming the file, no traceback
+    except (ValueError, OSError, ServerError) as e:  # bad input or no server: one line
         sys.exit(f"error: {e}")

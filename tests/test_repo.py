@@ -11,12 +11,12 @@ MODULES = sorted(f[:-3] for f in os.listdir(ROOT) if f.endswith(".py"))
 
 # Who may import whom: a module imports only modules of LOWER layers (imports inside functions too).
 LAYERS = [
-    ["storage", "pretty", "parallel", "latex_sympy"],    # stdlib, torch, sympy only
+    ["storage", "pretty", "parallel", "latex_sympy", "server_client"],  # stdlib, torch, sympy
     ["checkpoint", "tokenizer", "notebook", "html_views", "authors_grader"],
     ["model", "sandbox", "grader"],
     ["lce_data"],
-    ["train", "infer", "recipe"],
-    ["eval", "replay"],
+    ["train", "infer"],
+    ["eval", "replay", "recipe"],
     ["tiny_run", "bench"],                               # the drivers
 ]
 LAYER = {name: depth for depth, names in enumerate(LAYERS) for name in names}

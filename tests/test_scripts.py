@@ -7,14 +7,14 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["model.py", "tokenizer.py", "lce_data.py", "train.py", "sandbox.py", "infer.py",
-           "eval.py", "tiny_run.py", "bench.py", "replay.py", "html_views.py"]
+           "eval.py", "tiny_run.py", "bench.py", "replay.py", "html_views.py", "recipe.py"]
 LIBRARIES = ["notebook.py",    # below sandbox.py: what a cell shows (replay.py checks it)
              "pretty.py",      # below notebook.py: IPython's display of a value
              "storage.py",     # atomic writes and JSONL, used by every module
              "checkpoint.py",  # checkpoint files, below model.py (whose CLI loads and saves them)
              "parallel.py",    # tensor parallelism and replicas, below model.py, infer.py, eval.py
              "grader.py",      # how an answer is graded, below eval.py and recipe.py
-             "recipe.py",      # the paper's data recipe (§2), run by tiny_run.py (stage 7)
+             "server_client.py",   # HTTP to OpenAI-compatible servers, below infer.py, recipe.py
              "authors_grader.py",   # the authors' grader, rewritten: below grader.py
              "latex_sympy.py"]      # LaTeX -> SymPy under a time limit: below both graders
 
