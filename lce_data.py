@@ -13,14 +13,16 @@ blocks (their opening token and <|endofblock|> included) and the final <|endofme
 and user messages and every execution block (written by the interpreter at inference time) get
 label -100 (IGNORE).
 
+Records come in the messages schema (MathCodeInstruct) or the authors' output format
+(`debug_result`); debug_result_messages is the one reader of the latter (eval.py and replay.py
+use it too).
+
     python lce_data.py stats data.jsonl --tokenizer tok.model    # records, tokens, loss, lengths
     python lce_data.py show data.jsonl --index 3 --html conv.html  # the loss mask, token by token
     python lce_data.py synth --n 2000 --n-test 200 --out train.jsonl --test-out test.jsonl
 """
 import argparse, bisect, json, os, random, re, sys, time
 from collections import Counter
-
-import torch
 
 import html_views
 import storage
@@ -88,8 +90,7 @@ def normalize_record(rec, where="<record>") -> dict:
     need(isinstance(rec, dict), "<record>", "expected a JSON object")
     need("messages" in rec or "debug_result" in rec, "messages",
          "missing (no 'messages' or 'debug_result')")
-    # the authors' outputs: a flat list of {"role", "content": str}, the assistant's blocks too
-    msgs = _from_debug_result(rec, need) if "debug_result" in rec else rec["messages"]
+    msgs = debug_result_messages(rec, where) if "debug_result" in rec else rec["messages"]
     need(isinstance(msgs, list) and msgs, "messages", "expected a non-empty list")
     for i, m in enumerate(msgs):
         f = f"messages[{i}]"
@@ -120,13 +121,19 @@ def normalize_record(rec, where="<record>") -> dict:
     return out
 
 
-def _from_debug_result(rec, need) -> list[dict]:
-    """The authors' output format -> messages. `debug_result` is a flat list: {"role":
-    "system"|"user", "content": str}, then one item per block. Their public script
-    (src/inference.py) keys the blocks {"type": "text"|"code"|"execution", "content"} and sets
-    `completion` to the last block's content; their released runs key them "role" too and append the
-    extracted answer as one more text item equal to `completion`: that is not something the model
-    wrote, so it is dropped."""
+def debug_result_messages(rec, where="<record>") -> list[dict]:
+    """The authors' output format -> messages (not yet checked as a conversation: normalize_record
+    does that). `debug_result` is a flat list: {"role": "system"|"user", "content": str}, then one
+    item per block. Their public script (src/inference.py) keys the blocks {"type": "text"|"code"|
+    "execution", "content"} and sets `completion` to the last block's content; their released runs
+    key them "role" too and append the extracted answer as one more text item equal to
+    `completion`: that is not something the model wrote, so it is dropped. The one reader of this
+    format: eval.py grades it and replay.py runs its code through it. A bad item raises DataError
+    naming `where` and the field."""
+    def need(ok, field, problem):
+        if not ok:
+            raise DataError(f"{where}, field {field}: {problem}")
+    need(isinstance(rec, dict) and "debug_result" in rec, "debug_result", "missing")
     items = rec["debug_result"]
     need(isinstance(items, list), "debug_result", "expected a list")
     msgs = []
@@ -137,6 +144,8 @@ def _from_debug_result(rec, need) -> list[dict]:
         kind, content = it[key], it["content"]
         need(kind in ("system", "user") + BLOCKS, f"debug_result[{i}].{key}",
              f"unknown role {kind!r}")
+        need(isinstance(content, str), f"debug_result[{i}].content",
+             f"expected a string, got {type(content).__name__}")
         if (i == len(items) - 1 and key == "role" and kind == "text"
                 and content == rec.get("completion") and msgs and msgs[-1]["role"] == "assistant"):
             break                                  # the released runs' appended answer
@@ -245,6 +254,7 @@ def encode_records(records, tokenizer, max_len, train_on_execution=False, overfl
 def pad_batch(examples, pad_id) -> dict:
     """Right-pad (input_ids, labels) pairs to the longest; pads carry label -100. With causal
     attention a real token never looks at the pads after it, so no attention mask is needed."""
+    import torch   # here, not at the top: reading records (eval.py, replay.py) needs no torch
     T = max(len(ids) for ids, _ in examples)
     pad = lambda xs, value: list(xs) + [value] * (T - len(xs))
     return {"input_ids": torch.tensor([pad(ids, pad_id) for ids, _ in examples]),
@@ -258,6 +268,7 @@ def pack_examples(examples, seq_len, pad_id) -> list[dict]:
     example, as if it were alone) and doc_ids (0, 1, ... per example; -1 on the padding at the end).
     The model's document-masked attention lets token i see token j only if doc_ids match: examples
     never mix."""
+    import torch
     order = sorted(range(len(examples)), key=lambda k: -len(examples[k][0]))
     bins = []
     free = []                               # sorted (room left, bin index)

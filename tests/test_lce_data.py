@@ -286,6 +286,37 @@ def test_authors_script_format_parses(tmp_path):
         D.normalize_record(bad)
 
 
+def test_a_released_run_that_ends_on_an_execution_keeps_it():
+    """A released solution cut off after a code block's output has no appended answer: its last
+    item is the execution block the model was shown (`completion` is a copy of it), kept."""
+    path = os.path.join(ROOT, "data", "official_outs", "MathCoder-CL-7b_SVAMP-wrong.jsonl")
+    raw = [json.loads(line) for line in open(path, encoding="utf-8")]
+    ended = [x for x in raw if x["debug_result"][-1]["role"] == "execution"]
+    assert len(ended) >= 10
+    for x in ended:
+        msgs = D.debug_result_messages(x)
+        assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
+        assert [(b["type"], b["content"]) for b in msgs[2]["content"]] == \
+            [(d["role"], d["content"]) for d in x["debug_result"][2:]]
+        assert msgs[2]["content"][-1]["content"] == x["completion"]
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda r: r.pop("debug_result"), r"field debug_result: missing"),
+    (lambda r: r.update(debug_result={"role": "code"}), r"field debug_result: expected a list"),
+    (lambda r: r["debug_result"][2].update(content=None),
+     r"field debug_result\[2\]\.content: expected a string, got NoneType"),
+    (lambda r: r["debug_result"][3].update(role="robot"),
+     r"field debug_result\[3\]\.role: unknown role 'robot'"),
+])
+def test_debug_result_errors_name_the_field(mutate, match):
+    r = json.loads(open(SAMPLE, encoding="utf-8").readline())
+    D.debug_result_messages(r, "run.jsonl:7")              # the released record itself is fine
+    mutate(r)
+    with pytest.raises(D.DataError, match=r"^run\.jsonl:7, " + match):
+        D.debug_result_messages(r, "run.jsonl:7")
+
+
 def test_official_test_files_parse():
     recs = D.read_jsonl_records(os.path.join(ROOT, "data", "eval", "SVAMP_test_post.jsonl"))
     assert len(recs) == 1000 and all(len(r["messages"]) == 2 for r in recs)
