@@ -24,6 +24,7 @@ import sys
 import time
 
 import html_views
+import lce_data
 from grader import verdicts
 from server_client import ServerError
 from storage import (append_jsonl, atomic_write, check_run, checkpoint_fingerprint, done_keys,
@@ -59,7 +60,6 @@ def load_dataset(name, data_dir=DATA_DIR, subject=None, level=None):
     """A benchmark in the official schema -> [{"id", "question", "system", "answer", "solution"} +
     MATH's "subject", "level"]. "system" is the record's own system text (the paper's prompt,
     docs/method.md §4; None when the record has none). name: one of DATASETS, any case."""
-    import lce_data                  # lazy: it imports torch, which `eval.py score` does not need
     key = name.lower()
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
@@ -88,19 +88,13 @@ def load_dataset(name, data_dir=DATA_DIR, subject=None, level=None):
 # ------------------------------------------------------------------------------------------ scoring
 
 def _record_parts(rec, where):
-    """(solution as an LCE string, reference, id) from our results or the authors' output format:
-    `debug_result`, items keyed "role" (their released runs, which append the extracted answer as
-    one more item, equal to `completion`: dropped) or keyed "type" (their public inference
-    script)."""
+    """(solution as an LCE string, reference, id) from our results or the authors' output format
+    (`debug_result`, read by lce_data.debug_result_messages: a bad item is an error naming `where`
+    and the field)."""
     if "debug_result" in rec:
-        items = rec["debug_result"]
-        if not isinstance(items, list) or not all(isinstance(it, dict) for it in items):
-            raise ValueError(f"{where}: field debug_result: expected a list of objects")
-        blocks = [(it.get("type") or it.get("role"), str(it.get("content", ""))) for it in items]
-        blocks = [(kind, text) for kind, text in blocks if kind not in ("system", "user")]
-        if blocks and "type" not in items[-1] and blocks[-1][1] == rec.get("completion"):
-            blocks = blocks[:-1]
-        solution = "".join(f"<|{kind}|>{text}<|endofblock|>" for kind, text in blocks)
+        turn = [block for message in lce_data.debug_result_messages(rec, where)
+                if message["role"] == "assistant" for block in message["content"]]
+        solution = "".join(f"<|{b['type']}|>{b['content']}<|endofblock|>" for b in turn)
         reference = (rec.get("ground_truth") or {}).get("answer")
     else:
         solution = rec.get("solution")
@@ -352,7 +346,6 @@ def report(paths, out=None, dataset=None, data_dir=DATA_DIR):
     (debug_result). Records without verdicts are graded here as `score` does (strict and paper
     protocol); a file named *-correct / *-wrong (as in data/official_outs/) also gives the official
     verdict. Returns the page's path."""
-    import lce_data                  # lazy: it imports torch, which scoring does not need
     run_dir = paths[0] if len(paths) == 1 and os.path.isdir(paths[0]) else None
     files = [os.path.join(run_dir, "results.jsonl")] if run_dir else list(paths)
     summary = None

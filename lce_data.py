@@ -1,5 +1,6 @@
 """
-MathCoder's data: LCE conversations -> training tensors, and how the paper builds the data.
+MathCoder's data: LCE conversations -> training tensors. How MathCodeInstruct itself is built
+(paper §2: seed data, problem interpolation, self-distillation) is recipe.py.
 
 An LCE solution (docs/method.md §1) interleaves natural-language Text, Python Code and the
 Execution output:
@@ -13,14 +14,15 @@ blocks (their opening token and <|endofblock|> included) and the final <|endofme
 and user messages and every execution block (written by the interpreter at inference time) get
 label -100 (IGNORE).
 
+Records come in the messages schema (MathCodeInstruct) or the authors' output format
+(`debug_result`); debug_result_messages is the one reader of the latter (eval.py and replay.py
+use it too).
+
     python lce_data.py stats data.jsonl --tokenizer tok.model    # records, tokens, loss, lengths
     python lce_data.py show data.jsonl --index 3 --html conv.html  # the loss mask, token by token
-    python lce_data.py synth --n 2000 --n-test 200 --out train.jsonl --test-out test.jsonl
 """
-import argparse, bisect, json, os, random, re, sys, time
+import argparse, bisect, json, os, re, sys, time
 from collections import Counter
-
-import torch
 
 import html_views
 import storage
@@ -88,8 +90,7 @@ def normalize_record(rec, where="<record>") -> dict:
     need(isinstance(rec, dict), "<record>", "expected a JSON object")
     need("messages" in rec or "debug_result" in rec, "messages",
          "missing (no 'messages' or 'debug_result')")
-    # the authors' outputs: a flat list of {"role", "content": str}, the assistant's blocks too
-    msgs = _from_debug_result(rec, need) if "debug_result" in rec else rec["messages"]
+    msgs = debug_result_messages(rec, where) if "debug_result" in rec else rec["messages"]
     need(isinstance(msgs, list) and msgs, "messages", "expected a non-empty list")
     for i, m in enumerate(msgs):
         f = f"messages[{i}]"
@@ -120,13 +121,19 @@ def normalize_record(rec, where="<record>") -> dict:
     return out
 
 
-def _from_debug_result(rec, need) -> list[dict]:
-    """The authors' output format -> messages. `debug_result` is a flat list: {"role":
-    "system"|"user", "content": str}, then one item per block. Their public script
-    (src/inference.py) keys the blocks {"type": "text"|"code"|"execution", "content"} and sets
-    `completion` to the last block's content; their released runs key them "role" too and append the
-    extracted answer as one more text item equal to `completion`: that is not something the model
-    wrote, so it is dropped."""
+def debug_result_messages(rec, where="<record>") -> list[dict]:
+    """The authors' output format -> messages (not yet checked as a conversation: normalize_record
+    does that). `debug_result` is a flat list: {"role": "system"|"user", "content": str}, then one
+    item per block. Their public script (src/inference.py) keys the blocks {"type": "text"|"code"|
+    "execution", "content"} and sets `completion` to the last block's content; their released runs
+    key them "role" too and append the extracted answer as one more text item equal to
+    `completion`: that is not something the model wrote, so it is dropped. The one reader of this
+    format: eval.py grades it and replay.py runs its code through it. A bad item raises DataError
+    naming `where` and the field."""
+    def need(ok, field, problem):
+        if not ok:
+            raise DataError(f"{where}, field {field}: {problem}")
+    need(isinstance(rec, dict) and "debug_result" in rec, "debug_result", "missing")
     items = rec["debug_result"]
     need(isinstance(items, list), "debug_result", "expected a list")
     msgs = []
@@ -137,6 +144,8 @@ def _from_debug_result(rec, need) -> list[dict]:
         kind, content = it[key], it["content"]
         need(kind in ("system", "user") + BLOCKS, f"debug_result[{i}].{key}",
              f"unknown role {kind!r}")
+        need(isinstance(content, str), f"debug_result[{i}].content",
+             f"expected a string, got {type(content).__name__}")
         if (i == len(items) - 1 and key == "role" and kind == "text"
                 and content == rec.get("completion") and msgs and msgs[-1]["role"] == "assistant"):
             break                                  # the released runs' appended answer
@@ -245,6 +254,7 @@ def encode_records(records, tokenizer, max_len, train_on_execution=False, overfl
 def pad_batch(examples, pad_id) -> dict:
     """Right-pad (input_ids, labels) pairs to the longest; pads carry label -100. With causal
     attention a real token never looks at the pads after it, so no attention mask is needed."""
+    import torch   # here, not at the top: reading records (eval.py, replay.py) needs no torch
     T = max(len(ids) for ids, _ in examples)
     pad = lambda xs, value: list(xs) + [value] * (T - len(xs))
     return {"input_ids": torch.tensor([pad(ids, pad_id) for ids, _ in examples]),
@@ -258,6 +268,7 @@ def pack_examples(examples, seq_len, pad_id) -> list[dict]:
     example, as if it were alone) and doc_ids (0, 1, ... per example; -1 on the padding at the end).
     The model's document-masked attention lets token i see token j only if doc_ids match: examples
     never mix."""
+    import torch
     order = sorted(range(len(examples)), key=lambda k: -len(examples[k][0]))
     bins = []
     free = []                               # sorted (room left, bin index)
@@ -303,66 +314,15 @@ def parse_assistant(solution: str) -> list[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Synthetic LCE data for the tiny end-to-end run: the arithmetic is hard to do "in the head"
-# (multi-digit products, remainders, several steps), but the code is trivial: exactly where
-# MathCoder's idea pays off. (recipe.py draws its easy and hard families of problems apart.)
-TEMPLATES = [  # name, question, code (numbers from the question, result printed), answer, sampler
-    ("multiply", "A factory packs {a} boxes a day and each box holds {b} bottles. How many "
-     "bottles does it pack in a day?", "boxes = {a}\nper_box = {b}\nprint(boxes * per_box)",
-     lambda v: v["a"] * v["b"], lambda r: dict(a=r.randint(12, 999), b=r.randint(12, 99))),
-    ("remainder", "{a} students are split into teams of {b}. How many students are left over?",
-     "students = {a}\nteam_size = {b}\nprint(students % team_size)",
-     lambda v: v["a"] % v["b"], lambda r: dict(a=r.randint(100, 9999), b=r.randint(3, 97))),
-    ("divide", "A baker has {a} eggs and each cake needs {b} eggs. How many cakes can the baker "
-     "make?", "eggs = {a}\nper_cake = {b}\nprint(eggs // per_cake)",
-     lambda v: v["a"] // v["b"], lambda r: dict(a=r.randint(100, 9999), b=r.randint(3, 47))),
-    ("shopping", "Sam buys {a} pens at {b} dollars each and {c} books at {d} dollars each. How "
-     "many dollars does he spend?", "pens = {a}\npen_price = {b}\nbooks = {c}\nbook_price = {d}\n"
-     "print(pens * pen_price + books * book_price)", lambda v: v["a"] * v["b"] + v["c"] * v["d"],
-     lambda r: dict(a=r.randint(3, 99), b=r.randint(2, 99), c=r.randint(3, 99),
-                    d=r.randint(2, 99))),
-    ("orchard", "An orchard has {a} rows of {b} trees. A storm knocks down {c} trees. How many "
-     "trees are left?", "rows = {a}\nper_row = {b}\nfallen = {c}\nprint(rows * per_row - fallen)",
-     lambda v: v["a"] * v["b"] - v["c"],
-     lambda r: dict(a=r.randint(12, 99), b=r.randint(12, 99), c=r.randint(1, 143))),
-    ("equation", "Solve for x: {a} * x + {b} = {c}.",
-     "a = {a}\nb = {b}\nc = {c}\nprint((c - b) // a)", lambda v: (v["c"] - v["b"]) // v["a"],
-     lambda r: (lambda a, b, x: dict(a=a, b=b, c=a * x + b))(r.randint(3, 99), r.randint(1, 999),
-                                                              r.randint(2, 99))),
-    ("squares", "What is the sum of the squares of {a} and {b}?",
-     "a = {a}\nb = {b}\nprint(a ** 2 + b ** 2)", lambda v: v["a"] ** 2 + v["b"] ** 2,
-     lambda r: dict(a=r.randint(11, 199), b=r.randint(11, 199))),
-]
-
-
-def synthetic_problems(n, seed=0) -> list[dict]:
-    """n distinct word problems (no question appears twice), deterministic in seed."""
-    rng = random.Random(seed)
-    seen = set()
-    out = []
-    while len(out) < n:
-        name, question, code, answer, sample = TEMPLATES[len(out) % len(TEMPLATES)]
-        v = sample(rng)
-        q = question.format(**v)
-        if q in seen:
-            continue
-        seen.add(q)
-        out.append({"id": f"synth-{seed}-{len(out)}", "question": q, "answer": str(answer(v)),
-                    "code": code.format(**v), "template": name})
-    return out
-
-
-def synthetic_split(n_train, n_test, seed=0):
-    """(train, test) problems: drawn together, so no question is in both."""
-    problems = synthetic_problems(n_train + n_test, seed)
-    return problems[n_test:], problems[:n_test]
-
-
+# LCE solutions of synthetic problems (recipe.py's easy and hard families, for the tiny run): the
+# arithmetic is hard to do "in the head", but the code is trivial: exactly where MathCoder's idea
+# pays off.
 def synthetic_records(problems, sandbox=None, run_code=None, progress=False,
                       system=DEFAULT_SYSTEM) -> list[dict]:
-    """LCE solutions: text, code, execution (the code's real output in the sandbox), final text with
-    \\boxed{}. Short and regular, so a tiny model can learn them in minutes. run_code(code) -> str
-    may replace the sandbox (tests); with neither, a sandbox.Sandbox is opened here."""
+    """LCE solutions of problems {"id", "question", "answer", "code"} (recipe.family_problems):
+    text, code, execution (the code's real output in the sandbox), final text with \\boxed{}.
+    Short and regular, so a tiny model can learn them in minutes. run_code(code) -> str may replace
+    the sandbox (tests); with neither, a sandbox.Sandbox is opened here."""
     if run_code is None:
         if sandbox is None:     # open one for this call (lazy import: only needed to build data)
             from sandbox import Sandbox
@@ -408,7 +368,7 @@ def dataset_stats(records, tokenizer, max_len=2048, seq_len=2048, train_on_execu
 
 
 def main():
-    ap = argparse.ArgumentParser(description="MathCoder LCE data: statistics and synthetic data.")
+    ap = argparse.ArgumentParser(description="MathCoder LCE data: statistics and the loss mask.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("stats", help="records, tokens, share of tokens with loss, length histogram")
     s.add_argument("file")
@@ -431,15 +391,8 @@ def main():
     v.add_argument("--html", required=True, help="the page to write")
     v.add_argument("--max-len", type=int, default=2048, help="truncate the record to this")
     v.add_argument("--train-on-execution", action="store_true", help="ablation: execution loss")
-    g = sub.add_parser("synth", help="synthetic LCE word problems for the tiny end-to-end run")
-    g.add_argument("--n", type=int, required=True, help="training problems")
-    g.add_argument("--out", required=True, help="training records (messages schema, solved)")
-    g.add_argument("--n-test", type=int, default=0, help="test problems, disjoint from training")
-    g.add_argument("--test-out", help="test records (official test schema: no assistant turn)")
-    g.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if args.cmd in ("stats", "show"):
-        tok = Tokenizer.from_checkpoint(args.ckpt) if args.ckpt else Tokenizer(args.tokenizer)
+    tok = Tokenizer.from_checkpoint(args.ckpt) if args.ckpt else Tokenizer(args.tokenizer)
     if args.cmd == "show":
         records = read_jsonl_records(args.file)
         if not 0 <= args.index < len(records):
@@ -464,16 +417,6 @@ def main():
         for k, v in st["length_histogram"].items():
             print(f"{k:>20}  {'#' * round(40 * v / top)} {v}")
         print(json.dumps(st))
-    else:
-        if args.n_test and not args.test_out:
-            ap.error("--n-test needs --test-out")
-        train, test = synthetic_split(args.n, args.n_test, args.seed)
-        storage.write_jsonl(args.out, synthetic_records(train, progress=True))
-        if args.n_test:
-            storage.write_jsonl(args.test_out, [make_record(p["question"], answer=p["answer"],
-                                                            id=p["id"]) for p in test])
-        print(json.dumps({"train": len(train), "test": len(test), "out": args.out,
-                          "test_out": args.test_out}))
 
 
 if __name__ == "__main__":

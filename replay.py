@@ -22,25 +22,24 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from lce_data import debug_result_messages
 from notebook import ANSI, RULE, TIMEOUT
 from sandbox import MODES, SandboxPool
-from storage import read_jsonl, write_jsonl
+from storage import numbered_jsonl, write_jsonl
 
 
 def released_cells(path):
-    """[(record number, [(code, released execution block), ...]), ...] for each solution of a
-    released run (the authors' format: debug_result items with role code and execution)."""
+    """[(record's line, [(code, released execution block), ...]), ...] for each solution of a
+    released run (the authors' format, read by lce_data.debug_result_messages): each code block
+    and the execution block that follows it."""
     solutions = []
-    for number, record in enumerate(read_jsonl(path), 1):
-        try:
-            items = record["debug_result"]
-            roles = [item["role"] for item in items]
-        except (KeyError, TypeError):
-            raise ValueError(f"{path}:{number}: field debug_result: missing, or an item without "
-                             "role") from None
-        pairs = [(items[i]["content"], items[i + 1]["content"]) for i, role in enumerate(roles)
-                 if role == "code" and i + 1 < len(roles) and roles[i + 1] == "execution"]
-        solutions.append((number, pairs))
+    for line, record in numbered_jsonl(path):
+        pairs = []
+        for message in debug_result_messages(record, f"{path}:{line}"):
+            blocks = message["content"] if message["role"] == "assistant" else []
+            pairs += [(code["content"], shown["content"]) for code, shown in zip(blocks, blocks[1:])
+                      if code["type"] == "code" and shown["type"] == "execution"]
+        solutions.append((line, pairs))
     return solutions
 
 

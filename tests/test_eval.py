@@ -92,14 +92,17 @@ def test_regrade_released_runs():
 
 def test_score_reads_the_authors_script_format(tmp_path):
     """The released SVAMP solutions rewritten in the authors' public script's own format (blocks
-    keyed "type", no appended answer) get the same verdicts as in the released format."""
+    keyed "type", no appended answer) get the same verdicts as in the released format, the 16 runs
+    that end on an execution block (no answer appended) included."""
     released = os.path.join(OFFICIAL, "MathCoder-CL-7b_SVAMP-wrong.jsonl")
     script = tmp_path / "SVAMP_test_result.jsonl"
     with open(script, "w") as f:
         for line in open(released, encoding="utf-8"):
             rec = json.loads(line)
             dr = rec["debug_result"]
-            items = dr[:2] + [{"type": d["role"], "content": d["content"]} for d in dr[2:-1]]
+            # the released answer item is left out; a run cut off after an execution has none
+            blocks = dr[2:-1] if dr[-1]["role"] == "text" else dr[2:]
+            items = dr[:2] + [{"type": d["role"], "content": d["content"]} for d in blocks]
             rec.update(debug_result=items, completion=items[-1]["content"])
             f.write(json.dumps(rec) + "\n")
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
@@ -242,6 +245,13 @@ def test_cli_bad_input_names_file_and_line(tmp_path):
     with pytest.raises(SystemExit) as e:
         E.main(["score", str(bad)])
     assert str(e.value.code).startswith(f"error: {bad}:2: invalid JSON")
+    # the authors' format, read by lce_data.debug_result_messages: the item and field named
+    bad.write_text('{"solution": "\\\\boxed{1}", "reference": "1"}\n'
+                   '{"debug_result": [{"role": "user", "content": "Q"}, {"role": "code"}]}\n')
+    with pytest.raises(SystemExit) as e:
+        E.main(["score", str(bad)])
+    assert str(e.value.code) == (f"error: {bad}:2, field debug_result[1]: expected an object with "
+                                 "'role' (or 'type') and 'content'")
 
 
 def _tiny_checkpoint(path, seed=0):

@@ -1,4 +1,5 @@
-"""lce_data.py: which tokens carry loss, batching/packing, validation, the authors' format, synthetic data."""
+"""lce_data.py: which tokens carry loss, batching/packing, validation, the authors' format,
+LCE records of synthetic problems."""
 import json
 import os
 import re
@@ -286,12 +287,43 @@ def test_authors_script_format_parses(tmp_path):
         D.normalize_record(bad)
 
 
+def test_a_released_run_that_ends_on_an_execution_keeps_it():
+    """A released solution cut off after a code block's output has no appended answer: its last
+    item is the execution block the model was shown (`completion` is a copy of it), kept."""
+    path = os.path.join(ROOT, "data", "official_outs", "MathCoder-CL-7b_SVAMP-wrong.jsonl")
+    raw = [json.loads(line) for line in open(path, encoding="utf-8")]
+    ended = [x for x in raw if x["debug_result"][-1]["role"] == "execution"]
+    assert len(ended) >= 10
+    for x in ended:
+        msgs = D.debug_result_messages(x)
+        assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
+        assert [(b["type"], b["content"]) for b in msgs[2]["content"]] == \
+            [(d["role"], d["content"]) for d in x["debug_result"][2:]]
+        assert msgs[2]["content"][-1]["content"] == x["completion"]
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda r: r.pop("debug_result"), r"field debug_result: missing"),
+    (lambda r: r.update(debug_result={"role": "code"}), r"field debug_result: expected a list"),
+    (lambda r: r["debug_result"][2].update(content=None),
+     r"field debug_result\[2\]\.content: expected a string, got NoneType"),
+    (lambda r: r["debug_result"][3].update(role="robot"),
+     r"field debug_result\[3\]\.role: unknown role 'robot'"),
+])
+def test_debug_result_errors_name_the_field(mutate, match):
+    r = json.loads(open(SAMPLE, encoding="utf-8").readline())
+    D.debug_result_messages(r, "run.jsonl:7")              # the released record itself is fine
+    mutate(r)
+    with pytest.raises(D.DataError, match=r"^run\.jsonl:7, " + match):
+        D.debug_result_messages(r, "run.jsonl:7")
+
+
 def test_official_test_files_parse():
     recs = D.read_jsonl_records(os.path.join(ROOT, "data", "eval", "SVAMP_test_post.jsonl"))
     assert len(recs) == 1000 and all(len(r["messages"]) == 2 for r in recs)
 
 
-# ---- synthetic data -----------------------------------------------------------------------------------
+# ---- LCE records of synthetic problems -----------------------------------------------------------
 def _reference_outputs(codes):
     """Run each snippet in a fresh namespace of a separate Python process; its stdout."""
     script = ("import io, json, sys, contextlib\nouts = []\nfor c in json.load(sys.stdin):\n"
@@ -302,29 +334,23 @@ def _reference_outputs(codes):
     return json.loads(r.stdout)
 
 
-def test_synthetic_problems_split_and_determinism():
-    train, test = D.synthetic_split(400, 100, seed=3)
-    assert len(train) == 400 and len(test) == 100
-    assert not {p["question"] for p in train} & {p["question"] for p in test}
-    assert len({p["question"] for p in train}) == 400
-    assert {p["template"] for p in test} == {t[0] for t in D.TEMPLATES}
-    assert D.synthetic_split(400, 100, seed=3) == (train, test)
-    assert D.synthetic_problems(10, seed=4) != D.synthetic_problems(10, seed=3)
-    # every number in the code comes from the question
-    for p in train[:50]:
-        code = p["code"].replace("** 2", "")
-        assert set(re.findall(r"\d+", code)) <= set(re.findall(r"\d+", p["question"]))
+# {"id", "question", "answer", "code"}, as recipe.family_problems writes them; answers by hand
+PROBLEMS = [
+    {"id": "p0", "question": "A factory fills 123 boxes with 45 bottles each. How many bottles?",
+     "code": "bottles = 123 * 45\nprint(bottles)", "answer": "5535"},
+    {"id": "p1", "question": "A farm has 9876 apples, packed into bags of 37. How many are left over?",
+     "code": "apples = 9876\nleft = apples % 37\nprint(left)", "answer": "34"},
+    {"id": "p2", "question": "A shop has 25 packs of 16 pens. 18 are sold and 7 more arrive. The "
+     "pens are bundled in sets of 9. How many full sets are there?",
+     "code": "pens = 25 * 16\npens = pens - 18\npens = pens + 7\nsets = pens // 9\nprint(sets)",
+     "answer": "43"},
+]
 
 
 def test_synthetic_records_execute_the_code(tok):
-    problems = D.synthetic_problems(21, seed=5)
-    try:
-        import sandbox  # noqa: F401
-        recs = D.synthetic_records(problems)                 # the real sandbox
-    except ImportError:                                     # sandbox.py not written yet: a local stand-in
-        recs = D.synthetic_records(problems, run_code=lambda c: _reference_outputs([c])[0])
-    ref = _reference_outputs([p["code"] for p in problems])
-    for p, r, out in zip(problems, recs, ref):
+    recs = D.synthetic_records(PROBLEMS)                    # the real sandbox
+    ref = _reference_outputs([p["code"] for p in PROBLEMS])
+    for p, r, out in zip(PROBLEMS, recs, ref):
         blocks = [(b["type"], b["content"]) for b in D.normalize_record(r)["messages"][2]["content"]]
         assert [t for t, _ in blocks] == ["text", "code", "execution", "text"]
         assert blocks[1][1] == p["code"]
@@ -333,21 +359,18 @@ def test_synthetic_records_execute_the_code(tok):
         assert r["messages"][1]["content"][0]["content"] == p["question"]
         ids, labels = D.encode_example(r, tok, 512)
         assert len(ids) < 200
-    try:
-        import grader as ev
-    except ImportError:
-        return
-    assert all(ev.extract_answer(D.serialize(r)) == p["answer"] for r, p in zip(recs, problems))
+    import grader as ev
+    assert all(ev.extract_answer(D.serialize(r)) == p["answer"] for r, p in zip(recs, PROBLEMS))
 
 
 def test_synthetic_records_refuse_code_that_prints_a_wrong_answer():
-    p = D.synthetic_problems(1, seed=0)
+    p = PROBLEMS[:1]
     with pytest.raises(RuntimeError, match=rf"{p[0]['id']}: code printed '7\\n'"):
         D.synthetic_records(p, run_code=lambda code: "7\n")
 
 
 def test_cli_help_and_stats():
-    for cmd in ([], ["stats"], ["synth"]):
+    for cmd in ([], ["stats"], ["show"]):
         r = subprocess.run([sys.executable, "lce_data.py", *cmd, "--help"], cwd=ROOT, capture_output=True,
                            text=True)
         assert r.returncode == 0 and "usage" in r.stdout
@@ -355,18 +378,3 @@ def test_cli_help_and_stats():
                        text=True, check=True)
     st = json.loads(r.stdout.strip().splitlines()[-1])
     assert st["records"] == 40 and 0.5 < st["loss_share"] < 1 and sum(st["length_histogram"].values()) == 40
-
-
-def test_cli_synth_writes_disjoint_train_and_test(tmp_path):
-    pytest.importorskip("sandbox")
-    r = subprocess.run([sys.executable, "lce_data.py", "synth", "--n", "14", "--n-test", "7", "--seed", "2",
-                        "--out", str(tmp_path / "train.jsonl"), "--test-out", str(tmp_path / "test.jsonl")],
-                       cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    train = D.read_jsonl_records(str(tmp_path / "train.jsonl"))
-    test = D.read_jsonl_records(str(tmp_path / "test.jsonl"))
-    assert len(train) == 14 and len(test) == 7
-    q = lambda recs: {x["messages"][1]["content"][0]["content"] for x in recs}
-    assert not q(train) & q(test)
-    assert all(len(x["messages"]) == 2 and x["ground_truth"]["answer"] for x in test)
-    assert all(x["messages"][2]["content"][2]["type"] == "execution" for x in train)
