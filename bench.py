@@ -566,7 +566,8 @@ def gpu_figures(args, device, opts, matmul_n=8192):
              ("real tokens per step", f"{step['tokens']:,.0f}", "tokens computed (padded)",
               f"{step['tokens'] / step['real_share']:,.0f}", f"{step['real_share']:.1%}"),
              ("step time (median)", fmt_time(step["step_s"]), "", "", "")]
-    notes = [f"Model: Llama-2-7B shape (dim {args.dim}, {args.n_layers} layers, {args.n_heads} "
+    shape = "Llama-2-7B" if args.dim == 4096 else "a tiny"
+    notes = [f"Model: {shape} shape (dim {args.dim}, {args.n_layers} layers, {args.n_heads} "
              f"heads, FFN {args.hidden_dim}, vocab {args.vocab_size}), random init, weights in "
              f"bf16: {size / 1e9:.2f}B parameters. Decode: `model.greedy`, batch 1, prompt "
              f"{opts.prompt_len}, per-step time over {opts.new_tokens} steps; roofline = copy "
@@ -661,7 +662,7 @@ def run(name, opts):
     load_before = os.getloadavg()
     title, rows, notes = BENCHMARKS[name](opts)
     report(name, title, rows, notes, opts.write, load_before,
-           device="cuda" if name == "gpu" else "cpu")
+           device="cuda" if name == "gpu" and not opts.tiny_cpu else "cpu")
 
 
 if __name__ == "__main__":

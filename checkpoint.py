@@ -10,7 +10,9 @@ The same weights come in two layouts:
 Read top to bottom: a small safetensors reader/writer; the name map and the ONE place where q/k
 rows are permuted; each layout's config as plain fields (ModelArgs's names) and its tensors as
 (file, name, shape, read) without reading them; open_checkpoint, whose `tensors` reads them one at
-a time, whole or only one tensor-parallel rank's rows or columns; write_hf.
+a time, whole or only one tensor-parallel rank's rows or columns; write_hf and write_hf_stream
+(one tensor at a time); then training checkpoints, sharded over the ranks that write them
+(torch.distributed.checkpoint), complete or absent.
 This file knows the files, not the model: model.py builds the model from the fields and gives the
 shapes every tensor must have (model.load_pretrained, model.save_pretrained).
 """

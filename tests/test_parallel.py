@@ -373,13 +373,21 @@ def test_infer_file_two_replicas_equals_one(launched, tmp_path, monkeypatch):
 
 def test_fsdp_from_checkpoint_equals_one_process(launched):
     """torchrun train.py --init CKPT: the model is built on the meta device, sharded, and filled
-    tensor by tensor (the 8 new vocabulary rows too): the losses are the one-process run's."""
+    tensor by tensor (the 8 new vocabulary rows too): the losses are the one-process run's. Both
+    export in the init checkpoint's dtype (bf16 here), the same tensors."""
+    import checkpoint
     import train
     work, _ = launched
-    one = train.train(fsdp_config(work, "fsdp-one"))["losses"]
+    one = train.train(fsdp_config(work, "fsdp-one"))
     log = (work / "fsdp" / "log.jsonl").read_text().splitlines()
     two = [json.loads(line)["loss"] for line in log]
-    assert len(two) == 3 and two == pytest.approx(one, abs=1e-5)
+    assert len(two) == 3 and two == pytest.approx(one["losses"], abs=1e-5)
+    exported = [checkpoint.open_checkpoint(p) for p in (work / "fsdp" / "final", one["final"])]
+    tensors = [{name: read() for _, name, _, read in c.stored} for c in exported]
+    assert list(tensors[0]) == list(tensors[1]) and len(tensors[0]) == 21
+    for name, t in tensors[0].items():
+        assert t.dtype == torch.bfloat16
+        torch.testing.assert_close(t, tensors[1][name], rtol=0, atol=1e-2)
 
 
 def test_peak_memory_per_rank_is_half_the_weights(launched):

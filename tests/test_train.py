@@ -3,9 +3,7 @@ global-batch loss normalisation, FSDP (2 processes, gloo) = 1 process, sharded c
 resume with 1 or 2 processes = uninterrupted; a kill mid-save leaves the previous one; host memory
 per rank during a save), the export (2 processes = 1) reloads, resume refuses another run, the
 memory plan (against measured peak memory on the CPU; 70B on 32 GPUs), rotary tables in fp32."""
-import ctypes
 import dataclasses
-import gc
 import json
 import math
 import os
@@ -581,16 +579,9 @@ def test_plan_flags_70b_on_32_gpus_without_checkpointing():
 
 
 def peak_rss_growth(fn):
-    """Bytes by which the process's peak resident memory (VmHWM) rose above its level before
-    fn() ran."""
-    def kib(field):
-        return int(next(ln for ln in open("/proc/self/status") if ln.startswith(field)).split()[1])
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)         # freed memory back to the OS: peaks are real
-    Path("/proc/self/clear_refs").write_text("5")   # restart the peak from the current RSS
-    before = kib("VmRSS:")
-    fn()
-    return (kib("VmHWM:") - before) * 1024
+    """Bytes by which the process's peak resident memory (VmHWM) rose while fn() ran."""
+    from test_parallel import peak_rss_growth as measured
+    return measured(fn)[1]
 
 
 if __name__ == "__main__":
