@@ -18,10 +18,13 @@ shapes every tensor must have (model.load_pretrained, model.save_pretrained).
 """
 import functools
 import json
+import logging
 import math
 import os
+import re
 import shutil
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -550,10 +553,21 @@ def load_training(path, state: dict):
     at `path`, resharded from however many ranks wrote it."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException   # (a BaseException)
+    quiet = logging.getLogger("torch.distributed.checkpoint")  # it logs each rank's traceback
+    level = quiet.level
     try:
-        dcp.load(state, storage_reader=dcp.FileSystemReader(path),
-                 no_dist=not dist.is_initialized())
-    except Exception as e:          # DCP's errors are long (one per rank): keep the first line
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        raise ValueError(f"{path}: unreadable training checkpoint ({type(e).__name__}: "
-                         f"{first})") from None
+        quiet.setLevel(logging.CRITICAL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reader = dcp.FileSystemReader(path)
+            reader.read_metadata()                             # which piece lies where
+            dcp.load(state, storage_reader=reader, no_dist=not dist.is_initialized())
+    except (Exception, CheckpointException) as e:
+        # DCP's errors hold every rank's traceback: keep the last "SomeError: ..." line
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        errors = [line for line in lines if re.match(r"[\w.]*(Error|Exception):", line)]
+        cause = (errors or lines or [type(e).__name__])[-1].split(". ")[0][:300]  # (no advice)
+        raise ValueError(f"{path}: unreadable training checkpoint ({cause})") from None
+    finally:
+        quiet.setLevel(level)

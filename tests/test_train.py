@@ -400,6 +400,12 @@ def test_resume_refuses_another_run_and_a_bad_checkpoint(tiny, full_run, tmp_pat
     meta.write_bytes(b"\0" * meta.stat().st_size)
     line = refused()
     assert str(checkpoints(out)[12]) in line and "unreadable training checkpoint" in line
+    meta.write_bytes((Path(cfg.out) / "checkpoints" / meta.parent.name / ".metadata").read_bytes())
+    shard = checkpoints(out)[12] / "__0_0.distcp"        # same size, its tensors overwritten
+    shard.write_bytes(b"\7" * shard.stat().st_size)
+    line = refused()
+    assert str(checkpoints(out)[12]) in line and "unreadable training checkpoint" in line
+    assert "weights_only" not in line                   # no advice to load it unsafely
 
 
 def test_export_loads_and_matches_checkpoint(tiny, full_run):
