@@ -59,7 +59,7 @@ import html_views
 import lce_data
 from lce_data import IGNORE
 from model import ModelArgs, Transformer, grow_rows, read_checkpoint
-from storage import append_jsonl, atomic_write, read_json, write_json
+from storage import append_jsonl, atomic_write, write_json
 from tokenizer import Tokenizer
 
 
