@@ -510,12 +510,11 @@ def memory_plan(args: ModelArgs, world: int, micro_batch_size: int, seq_len: int
                 activations_checkpointed=(args.n_layers * a * d + 2 * per_token_layer) * tokens,
                 logits=tokens * args.vocab_size * (a + 20))
     fixed = sum(plan[k] for k in ("params", "grads", "optimizer", "working", "logits"))
+    plan.update(total=fixed + plan["activations"],
+                total_checkpointed=fixed + plan["activations_checkpointed"])
     plan = {key: round(value / 1e9, 3) for key, value in plan.items()}     # GB
-    plan.update(total=round((fixed + plan["activations"] * 1e9) / 1e9, 3),
-                total_checkpointed=round((fixed + plan["activations_checkpointed"] * 1e9) / 1e9, 3),
-                n_params=n, world=world, sharded=sharded, micro_batch_size=micro_batch_size,
-                seq_len=seq_len,
-                compute="bf16" if bf16 else "fp32", reduce_dtype=reduce_dtype)
+    plan.update(n_params=n, world=world, sharded=sharded, micro_batch_size=micro_batch_size,
+                seq_len=seq_len, compute="bf16" if bf16 else "fp32", reduce_dtype=reduce_dtype)
     return plan
 
 
