@@ -497,24 +497,54 @@ def matmul_tflops(device, n=8192, reps=5):
     return 2 * n ** 3 / min(timed(lambda: x @ y, device)[1] for _ in range(reps)) / 1e12
 
 
-def training_tflops(model, device, batch, seq, steps):
-    """Achieved TFLOP/s of train.forward_backward (the code train.py runs) on a full-length random
-    batch: the median of `steps` calls after a warm-up. FLOPs as train.py counts them: 6 per matmul
-    weight per token + 12 * layers * dim * T."""
-    model.train()
-    n_matmul = sum(p.numel() for name, p in model.named_parameters()
-                   if "tok_embeddings" not in name)
-    ids = torch.randint(0, model.args.vocab_size, (batch, seq), device=device)
-    micro_batch = {"input_ids": ids, "labels": ids, "doc_ids": None,
-                   "positions": torch.arange(seq, device=device).expand(batch, seq)}
-    train.forward_backward(model, [micro_batch], 1, None, n_matmul)  # warm-up (allocates grads)
-    times = []
-    for _ in range(steps):
-        model.zero_grad(set_to_none=False)
-        totals, seconds = timed(
-            lambda: train.forward_backward(model, [micro_batch], 1, None, n_matmul), device)
-        times.append(seconds)
-    return totals["flops"].item() / statistics.median(times) / 1e12
+def synthetic_sft_data(path, n, seq_len, seed=0):
+    """n LCE records (text, code, execution, text) of uneven length, from about seq_len/6 to
+    seq_len Llama-2 tokens, as real fine-tuning data is: padding then really costs something."""
+    rng = torch.Generator().manual_seed(seed)
+    words = ["the", "number", "of", "apples", "is", "twice", "what", "remains", "so", "we", "add"]
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            k = int(torch.randint(seq_len // 10, seq_len // 2, (1,), generator=rng))
+            text = " ".join(words[int(j)] for j in torch.randint(0, len(words), (k,),
+                                                                  generator=rng))
+            f.write(json.dumps({"id": f"s{i}", "messages": [
+                {"role": "user", "content": [{"type": "text", "content": f"Problem {i}?"}]},
+                {"role": "assistant", "content": [
+                    {"type": "text", "content": text}, {"type": "code", "content": "print(6 * 7)"},
+                    {"type": "execution", "content": "42"},
+                    {"type": "text", "content": "So \\boxed{42}."}]}]}) + "\n")
+
+
+def fsdp_training_step(args, opts, nproc, device):
+    """The real training step: `torchrun --nproc_per_node=nproc train.py` from scratch at model
+    shape `args` (bf16 compute on GPU, float32 master weights, FSDP2, AdamW, clipping, the
+    gradient reduce-scatter), on synthetic data of uneven lengths; no checkpoint. Reads its
+    log.jsonl: median step time, achieved TFLOP/s per GPU on the REAL (unpadded) tokens, and the
+    real share of the tokens the step computed. The first step (warm-up) is not counted."""
+    with tempfile.TemporaryDirectory() as tmp:
+        batch = nproc * opts.train_batch * opts.train_accumulation
+        data = os.path.join(tmp, "data.jsonl")
+        synthetic_sft_data(data, batch * (opts.train_steps + 1), opts.train_seq)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", os.path.join(ROOT, "train.py"), "--data", data,
+               "--out", os.path.join(tmp, "out"), "--tokenizer", LLAMA_TOKENIZER,
+               "--dim", str(args.dim), "--n-layers", str(args.n_layers),
+               "--n-heads", str(args.n_heads), "--n-kv-heads", str(args.n_kv_heads),
+               "--hidden-dim", str(args.hidden_dim), "--batch-size", str(batch),
+               "--micro-batch-size", str(opts.train_batch), "--seq-len", str(opts.train_seq),
+               "--max-steps", str(opts.train_steps + 1), "--epochs", "1", "--lr", "1e-5",
+               "--no-save", "--quiet", *(["--grad-checkpoint"] if opts.train_checkpoint else [])]
+        log(f"gpu: {shlex.join(cmd[2:])}")
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if p.returncode:
+            sys.exit(f"bench gpu: the training run failed:\n{p.stderr[-3000:]}")
+        steps = [json.loads(line) for line in
+                 open(os.path.join(tmp, "out", "log.jsonl"), encoding="utf-8")][1:]
+    real = sum(r["tokens_per_s"] * r["step_s"] for r in steps)
+    padded = sum(r["padded_tokens"] for r in steps)
+    return dict(step_s=statistics.median(r["step_s"] for r in steps),
+                tflops=statistics.median(r["tflops_per_rank"] for r in steps),
+                real_share=real / padded, tokens=real / len(steps), batch=batch)
 
 
 def gpu_figures(args, device, opts, matmul_n=8192):
@@ -542,35 +572,41 @@ def gpu_figures(args, device, opts, matmul_n=8192):
     rows = [(f"`solve`, batch {opts.solve_batch}, bf16, contexts to {longest} (tokens/s)",
              f"{rate:,.0f}", f"bytes-read bound at {bandwidth / 1e9:,.0f} GB/s copy bandwidth",
              f"{rate / fraction:,.0f}", f"**{fraction:.1%}** of the bound")]
-    batch = opts.train_batch
-    seq = opts.train_seq
-    log(f"gpu: training step, {batch} x {seq} tokens, 1 warm-up + {opts.train_steps} timed")
-    try:
-        achieved = training_tflops(model, device, batch, seq, opts.train_steps)
-    except torch.cuda.OutOfMemoryError:
-        sys.exit(f"bench gpu: out of memory in the training step at {batch} x {seq}; try "
-                 f"--train-seq {seq // 2}")
-    del model                                     # its memory, for the matmul below
-    measured = f"training step fwd+bwd, {batch} x {seq} tokens (TFLOP/s)"
+    del model                                     # its memory, for the training run
+    if cuda:
+        torch.cuda.empty_cache()
+    nproc = opts.train_gpus or (torch.cuda.device_count() if cuda else 2)
+    log(f"gpu: training step, torchrun on {nproc} {'GPU' if cuda else 'CPU process'}(es), "
+        f"1 warm-up + {opts.train_steps} timed")
+    step = fsdp_training_step(args, opts, nproc, device)
+    achieved = step["tflops"]
+    measured = (f"training step (torchrun FSDP x {nproc}, AdamW), global batch {step['batch']} x "
+                f"<= {opts.train_seq}: TFLOP/s per GPU on real tokens")
     peak = opts.peak_tflops
     matmul = matmul_tflops(device, matmul_n)
-    rows += [(measured, f"{achieved:,.1f}", "spec-sheet dense bf16 peak", f"{peak:,.0f}",
+    rows += [(measured, f"{achieved:,.2f}", "spec-sheet dense bf16 peak", f"{peak:,.0f}",
               f"MFU **{achieved / peak:.1%}**"),
-             (measured, f"{achieved:,.1f}", f"bf16 matmul {matmul_n}^3 measured", f"{matmul:,.1f}",
-              f"{achieved / matmul:.1%}")]
-    shape = "Llama-2-7B shape" if args is LLAMA2_7B else "a tiny shape"
-    notes = [f"Model: {shape} (dim {args.dim}, {args.n_layers} layers, {args.n_heads} "
+             (measured, f"{achieved:,.2f}", f"bf16 matmul {matmul_n}^3 measured", f"{matmul:,.1f}",
+              f"{achieved / matmul:.1%}"),
+             ("real tokens per step", f"{step['tokens']:,.0f}", "tokens computed (padded)",
+              f"{step['tokens'] / step['real_share']:,.0f}", f"{step['real_share']:.1%}"),
+             ("step time (median)", fmt_time(step["step_s"]), "", "", "")]
+    shape = "Llama-2-7B" if args.dim == 4096 else "a tiny"
+    notes = [f"Model: {shape} shape (dim {args.dim}, {args.n_layers} layers, {args.n_heads} "
              f"heads, FFN {args.hidden_dim}, vocab {args.vocab_size}), random init, weights in "
              f"bf16: {size / 1e9:.2f}B parameters. Decode: the eval path, `infer.solve` on "
              f"{opts.solve_batch} ragged prompts, one round of {opts.new_tokens} tokens each "
              "(execution withheld; the output rows of the LCE tokens and EOS zeroed so no "
              "problem stops early); bound = copy bandwidth / bytes every forward call must read "
              "(all weights but the embedding table, each row's KV cache up to its position). "
-             f"SDPA backends taken (torch.profiler): {backends}. Training: median of "
-             f"{opts.train_steps} "
-             "`train.forward_backward` calls (bf16 weights and gradients, no optimizer step, no "
-             "gradient checkpointing); FLOPs as train.py counts them (6 x matmul parameters x "
-             "tokens + attention 12 x layers x dim x T per token)."]
+             f"SDPA backends taken (torch.profiler): {backends}. Training: `torchrun train.py` "
+             "itself (FSDP2, bf16 compute, float32 master weights, fp32 gradient reduce-scatter, "
+             f"AdamW, clipping; micro-batch {opts.train_batch}, {opts.train_accumulation} "
+             f"accumulation steps, activation checkpointing "
+             f"{'on' if opts.train_checkpoint else 'off'}) on synthetic LCE records of uneven "
+             "length; median of its logged steps after the first; FLOPs as train.py counts "
+             "them, on the real (unpadded) tokens only: 6 x matmul parameters per token + "
+             "attention 12 x layers x dim x length per token."]
     return rows, notes
 
 
@@ -593,13 +629,11 @@ TINY = M.ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, 
 
 
 def bench_gpu(opts):
-    if opts.tiny:  # the same code at a tiny shape on whatever device there is: a check, no figure
-        if opts.write:
-            sys.exit("bench gpu --tiny checks that the code runs; its figures are not for --write")
+    if opts.tiny:  # the same code at a tiny shape on the CPU: a check of the path, no figure
+        opts.write = False
         opts.solve_batch, opts.new_tokens, opts.train_seq = 4, 16, 64
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        rows, notes = gpu_figures(TINY, device, opts, matmul_n=256)
-        return f"gpu --tiny on {device}: the code path only, not a figure", rows, notes
+        rows, notes = gpu_figures(TINY, "cpu", opts, matmul_n=256)
+        return "gpu code path at a tiny shape on the CPU (not a GPU figure)", rows, notes
     if not torch.cuda.is_available():
         sys.exit("bench gpu: no CUDA device (torch.cuda.is_available() is False; torch "
                  f"{torch.__version__}). Run it on a machine with an NVIDIA GPU and the CUDA "
@@ -648,9 +682,14 @@ def main(argv=None):
             dim=512, n_layers=4)
     command("tp", "peak memory per rank loading with --tp 2 vs 1", dim=1024, n_layers=12)
     command("gpu", "CUDA only: 7B-shape bf16 solve at batch 64 vs the bytes-read bound, SDPA "
-            "backends, training MFU (--tiny: the same code at a tiny shape, on CPU too)",
+            "backends, the real FSDP training step's MFU (--tiny 1: the same code at a tiny "
+            "shape on the CPU)",
             solve_batch=64, new_tokens=1024, train_seq=2048, train_batch=1, train_steps=3,
-            tiny=(False, "run the code path at a tiny shape (a check, not a figure)"),
+            train_accumulation=(2, "micro-batches per step and GPU"),
+            train_gpus=(0, "GPUs for the training step (0: all)"),
+            train_checkpoint=(1, "activation checkpointing in the training step (1 on, 0 off)"),
+            tiny=(0, "1: run the same code on the CPU at a tiny shape (a check, not a figure; "
+                     "nothing written)"),
             peak_tflops=(989.0, "spec dense bf16 TFLOP/s for MFU (H100/H200 SXM: 989, H100 PCIe: "
                                 "756, A100: 312)"))
     command("all", "decode, sandbox, grade, infer and tp with their defaults")
@@ -674,7 +713,7 @@ def run(name, opts):
     load_before = os.getloadavg()
     title, rows, notes = BENCHMARKS[name](opts)
     report(name, title, rows, notes, opts.write, load_before,
-           device="cuda" if name == "gpu" and torch.cuda.is_available() else "cpu")
+           device="cuda" if name == "gpu" and not opts.tiny else "cpu")
 
 
 if __name__ == "__main__":

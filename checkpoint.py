@@ -10,14 +10,21 @@ The same weights come in two layouts:
 Read top to bottom: a small safetensors reader/writer; the name map and the ONE place where q/k
 rows are permuted; each layout's config as plain fields (ModelArgs's names) and its tensors as
 (file, name, shape, read) without reading them; open_checkpoint, whose `tensors` reads them one at
-a time, whole or only one tensor-parallel rank's rows or columns; write_hf.
+a time, whole or only one tensor-parallel rank's rows or columns; write_hf and write_hf_stream
+(one tensor at a time); then training checkpoints, sharded over the ranks that write them
+(torch.distributed.checkpoint), complete or absent.
 This file knows the files, not the model: model.py builds the model from the fields and gives the
 shapes every tensor must have (model.load_pretrained, model.save_pretrained).
 """
 import functools
 import json
+import logging
+import math
 import os
+import re
+import shutil
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,19 +88,24 @@ def _read_tensor(f, truncated, offset, nbytes, shape, dtype, dim=None, start=0, 
 
 def write_safetensors(f, named_tensors):
     """Write [(name, tensor)] to the open binary file f in the format read_safetensors reads."""
+    f.write(_safetensors_header([(name, list(t.shape), t.dtype) for name, t in named_tensors]))
+    for _, t in named_tensors:
+        f.write(t.detach().cpu().contiguous().view(torch.uint8).numpy())  # raw bytes, no extra copy
+
+
+def _safetensors_header(specs):
+    """The length-prefixed JSON header for tensors [(name, shape, dtype)] stored back to back."""
     dtype_name = {dtype: name for name, dtype in _ST_DTYPES.items()}
     header = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for name, t in named_tensors:
-        nbytes = t.numel() * t.element_size()
-        header[name] = {"dtype": dtype_name[t.dtype], "shape": list(t.shape),
+    for name, shape, dtype in specs:
+        nbytes = _nbytes(shape, dtype)
+        header[name] = {"dtype": dtype_name[dtype], "shape": list(shape),
                         "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)  # pad: data 8-byte aligned, as the safetensors library does
-    f.write(struct.pack("<Q", len(text)) + text)
-    for _, t in named_tensors:
-        f.write(t.detach().cpu().contiguous().view(torch.uint8).numpy())  # raw bytes, no extra copy
+    return struct.pack("<Q", len(text)) + text
 
 
 # ---------------------------------------------------------------------------------- names, q and k
@@ -144,7 +156,15 @@ _HF_SHAPE = {"hidden_size", "num_hidden_layers", "num_attention_heads", "num_key
 
 def _hf_source(path):
     """(fields, iterator of (file, name, shape, read)) for a Hugging Face checkpoint."""
-    config_file = path / "config.json"
+    fields = _hf_fields(path / "config.json")
+    tensors = ((file, name, shape, read) for file, reader in _hf_files(path)
+               for name, shape, read in reader(file)
+               if not name.endswith("rotary_emb.inv_freq"))  # old HF files have it; we compute it
+    return fields, tensors
+
+
+def _hf_fields(config_file):
+    """ModelArgs's fields from a Hugging Face config.json (refusing keys that change the math)."""
     config = read_json(config_file)
     for key, want in _HF_MUST_BE.items():
         if key in config and config[key] != want:
@@ -167,10 +187,7 @@ def _hf_source(path):
     if config.get("head_dim", head_dim) != head_dim:
         raise ValueError(f"{config_file}: head_dim {config['head_dim']} != hidden_size / "
                          "num_attention_heads")
-    tensors = ((file, name, shape, read) for file, reader in _hf_files(path)
-               for name, shape, read in reader(file)
-               if not name.endswith("rotary_emb.inv_freq"))  # old HF files have it; we compute it
-    return fields, tensors
+    return fields
 
 
 def _hf_config(fields: dict, dtype) -> dict:
@@ -355,36 +372,202 @@ def open_checkpoint(path, rank: int = 0, world: int = 1) -> Checkpoint:
                             "(Meta layout)")
 
 
+def read_config(path) -> dict:
+    """The model's fields (ModelArgs's names) from a Hugging Face config.json (a folder holding one,
+    or the file itself), no weights needed: what `train.py --plan` sizes a run from."""
+    path = Path(path)
+    config_file = path / "config.json" if path.is_dir() else path
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file}: no such file (give a Hugging Face config.json or "
+                                "its folder)")
+    return _hf_fields(config_file)
+
+
+def stored_dtype(path) -> torch.dtype:
+    """The dtype a checkpoint's weights are stored in (its first tensor's), read from the
+    safetensors header or a memory-mapped .pth / .bin: no tensor is read."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        file, _ = _hf_files(path)[0]
+        if file.suffix == ".safetensors":
+            with open(file, "rb") as f:
+                try:
+                    (n,) = struct.unpack("<Q", f.read(8))
+                    header = json.loads(f.read(n))
+                except (struct.error, ValueError):
+                    raise ValueError(f"{file}: not a safetensors file (unreadable header)") \
+                        from None
+            dtypes = [info["dtype"] for name, info in header.items() if name != "__metadata__"]
+            if not dtypes or dtypes[0] not in _ST_DTYPES:
+                raise ValueError(f"{file}: no F32/F16/BF16 tensor in the header")
+            return _ST_DTYPES[dtypes[0]]
+    else:
+        files = sorted(path.glob("consolidated.*.pth"))
+        if not files:
+            raise FileNotFoundError(f"{path}: no config.json or consolidated.*.pth")
+        file = files[0]
+    tensors = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    return next(iter(tensors.values())).dtype
+
+
 def write_hf(path, fields: dict, state: dict, max_shard_bytes: int = 5 * 10**9):
     """Write the Hugging Face layout of the model `fields` (ModelArgs's) with weights `state` ({our
     name: tensor}): config.json + model.safetensors, or model-0000N-of-0000M.safetensors +
     model.safetensors.index.json above max_shard_bytes, q/k rows in HF order so other tools read
     it. Every file is written atomically (storage.atomic_open); stale weight files are removed."""
+    specs = {key: (list(t.shape), t.dtype) for key, t in state.items()}
+    write_hf_stream(path, fields, specs, iter(state.items()), max_shard_bytes)
+
+
+def write_hf_stream(path, fields: dict, specs: dict, tensors, max_shard_bytes: int = 5 * 10**9):
+    """write_hf from a stream: `specs` ({our name: (shape, dtype)}, in file order) lays out the
+    shards and their headers before any tensor exists; `tensors` then yields (name, tensor) in
+    that order, each written and dropped before the next is taken. So a model sharded over ranks
+    (train.py's export) is written holding one whole tensor at a time, never the whole model."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     shards = [[]]
     size = 0
-    for key, t in state.items():
-        nbytes = t.numel() * t.element_size()
+    for key, (shape, dtype) in specs.items():
+        nbytes = _nbytes(shape, dtype)
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
-        shards[-1].append((hf_name(key), t))
+        shards[-1].append(key)
         size += nbytes
     n = len(shards)
     if n == 1:
         names = ["model.safetensors"]
     else:
         names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-    for name, shard in zip(names, shards):
+    tensors = iter(tensors)
+    for name, keys in zip(names, shards):
         with atomic_open(path / name, "wb") as f:
-            write_safetensors(f, shard)
+            f.write(_safetensors_header([(hf_name(key), *specs[key]) for key in keys]))
+            for key in keys:
+                got, t = next(tensors)
+                if got != key or list(t.shape) != specs[key][0] or t.dtype != specs[key][1]:
+                    raise ValueError(f"{path / name}: expected {key} {specs[key]}, got {got} "
+                                     f"{[list(t.shape), t.dtype]}")
+                f.write(t.detach().cpu().contiguous().view(torch.uint8).numpy())
+                del t
     if n > 1:
-        total = sum(t.numel() * t.element_size() for t in state.values())
-        weight_map = {hf: name for name, shard in zip(names, shards) for hf, _ in shard}
+        total = sum(_nbytes(*spec) for spec in specs.values())
+        weight_map = {hf_name(key): name for name, keys in zip(names, shards) for key in keys}
         names.append("model.safetensors.index.json")
         write_json(path / names[-1], {"metadata": {"total_size": total}, "weight_map": weight_map})
     for stale in path.glob("model*.safetensors*"):  # weights of an earlier save, other sharding
         if stale.name not in names:
             stale.unlink()
-    write_json(path / "config.json", _hf_config(fields, state["output.weight"].dtype))
+    write_json(path / "config.json", _hf_config(fields, specs["output.weight"][1]))
+
+
+def _nbytes(shape, dtype):
+    return math.prod(shape) * dtype.itemsize
+
+
+# ------------------------------------------------------------- training checkpoints, sharded
+# A training checkpoint holds float32 weights and both Adam moments, 16 bytes a parameter (70B:
+# 1.1 TB). It is never gathered: each rank writes its own shards with torch.distributed.checkpoint
+# (DCP), one file per rank, and on resume each rank reads the pieces of its new shards, whatever
+# the old world size was (DCP reshards). Layout, one folder per checkpoint:
+#     OUT/checkpoints/step-000004/__0_0.distcp .. __{W-1}_0.distcp   each rank's shards
+#                                 .metadata                        which piece lies where
+#                                 done.json                        step, run fingerprint, files
+# A checkpoint is complete or absent: it is written as step-000004.tmp/, done.json (with every
+# file's size) goes in last, then one rename publishes it; only then are older ones deleted. A
+# crash mid-save leaves a .tmp folder that no one reads (and the next save sweeps) beside the
+# previous checkpoint. DCP needs one file system that every rank sees (a cluster's shared disk).
+DONE = "done.json"
+
+
+def complete_checkpoints(folder) -> list:
+    """The published checkpoints under `folder`, oldest first."""
+    folder = Path(folder)
+    found = folder.glob("step-*") if folder.is_dir() else []
+    return sorted(p for p in found if p.suffix != ".tmp" and (p / DONE).is_file())
+
+
+def save_training(folder, step: int, state: dict, info: dict, rank: int) -> Path:
+    """Every rank: write `state` (a DCP state dict: this rank's shards) as the checkpoint of
+    `step`, with `info` (JSON: the run's fingerprint ...) in its done.json. Returns its folder."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    folder = Path(folder)
+    final = folder / f"step-{step:06d}"
+    tmp = folder / f"step-{step:06d}.tmp"
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("step-*.tmp"):     # a save that a crash cut short
+            shutil.rmtree(stale)
+        tmp.mkdir()
+    if dist.is_initialized():
+        dist.barrier()
+    # collective: each rank writes its file; rank 0 then writes .metadata once all have written
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp), no_dist=not dist.is_initialized())
+    if rank == 0:
+        files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir())}
+        write_json(tmp / DONE, {**info, "step": step, "files": files})
+        publish(tmp, final)
+        for old in complete_checkpoints(folder):
+            if old != final:
+                shutil.rmtree(old)
+    if dist.is_initialized():
+        dist.barrier()
+    return final
+
+
+def publish(tmp: Path, final: Path):
+    """The one rename that makes a written checkpoint visible (then synced to disk)."""
+    if final.exists():                               # the same step saved again
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_training(path) -> dict:
+    """A checkpoint's done.json, once its files are all there at the sizes written; else one
+    error naming the path."""
+    path = Path(path)
+    try:
+        info = read_json(path / DONE)
+        files = info["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path / DONE}: not a training checkpoint's record ({e})") from None
+    for name, size in files.items():
+        file = path / name
+        if not file.is_file():
+            raise ValueError(f"{file}: missing (the checkpoint lists it)")
+        if file.stat().st_size != size:
+            raise ValueError(f"{file}: {file.stat().st_size} bytes, the checkpoint wrote {size} "
+                             "(truncated or overwritten)")
+    return info
+
+
+def load_training(path, state: dict):
+    """Every rank: fill `state` (a DCP state dict shaped for THIS run's ranks) from the checkpoint
+    at `path`, resharded from however many ranks wrote it."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException   # (a BaseException)
+    quiet = logging.getLogger("torch.distributed.checkpoint")  # it logs each rank's traceback
+    level = quiet.level
+    try:
+        quiet.setLevel(logging.CRITICAL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reader = dcp.FileSystemReader(path)
+            reader.read_metadata()                             # which piece lies where
+            dcp.load(state, storage_reader=reader, no_dist=not dist.is_initialized())
+    except (Exception, CheckpointException) as e:
+        # DCP's errors hold every rank's traceback: keep the last "SomeError: ..." line
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        errors = [line for line in lines if re.match(r"[\w.]*(Error|Exception):", line)]
+        cause = (errors or lines or [type(e).__name__])[-1].split(". ")[0][:300]  # (no advice)
+        raise ValueError(f"{path}: unreadable training checkpoint ({cause})") from None
+    finally:
+        quiet.setLevel(level)

@@ -10,6 +10,10 @@ Read top to bottom:
      making the same model calls on their shards
 NCCL between GPUs, gloo on the CPU (the tests). This file knows nothing of the model but its
 parameter names (Meta's: layers.N.attention.wq, ..., output) and `args` (n_heads, dim, ...).
+
+Every process group has an explicit timeout, sized for what its ranks wait on (Timeouts): a model
+call's collectives are short waits; a follower waiting for its leader's next call, and a replica
+waiting for the slowest one at the end of a run, are long ones, on groups of their own.
 """
 import atexit
 import datetime
@@ -97,6 +101,28 @@ def _concat_over_ranks(group, module, inputs, out):
 # share out the problems (data parallelism: eval.py run, infer.py --file), replica k taking every
 # n_replicas-th problem.
 @dataclass
+class Timeouts:
+    """How long a rank waits in a collective before the run is declared hung, per kind of wait.
+    call: inside one model call (an all-reduce waits for the other ranks' matmuls; also the
+      default group's setup): seconds in practice, minutes allowed for a first CUDA compile.
+    wait: a follower waiting for its leader's next call (the leader may be running code in the
+      sandbox, or waiting for the other replicas) and a replica waiting at the start or the end of
+      a run for the slowest one (uneven model loading; problems of uneven length): hours.
+    Both can be set from the environment: PARALLEL_CALL_TIMEOUT_S, PARALLEL_WAIT_TIMEOUT_S."""
+    call: float = 600.0
+    wait: float = 7 * 24 * 3600.0
+
+    @classmethod
+    def from_env(cls):
+        return cls(float(os.environ.get("PARALLEL_CALL_TIMEOUT_S", cls.call)),
+                   float(os.environ.get("PARALLEL_WAIT_TIMEOUT_S", cls.wait)))
+
+
+def seconds(s: float) -> datetime.timedelta:
+    return datetime.timedelta(seconds=s)
+
+
+@dataclass
 class Ranks:
     """Where this process sits. A plain `python script.py` is Ranks(device): one replica, one
     rank."""
@@ -105,8 +131,10 @@ class Ranks:
     tp: int = 1               # ranks per model replica (tensor-parallel degree)
     replica: int = 0          # which replica this rank belongs to ...
     n_replicas: int = 1       # ... of how many (data parallelism)
-    tp_group: object = None   # the process group of this replica's ranks (None: tp 1)
-    end_group: object = None  # the replicas' leaders, for wait_for_all
+    tp_group: object = None   # the process group of this replica's ranks (None: tp 1): the
+                              # model's collectives, Timeouts.call
+    end_group: object = None  # the replicas' leaders, for wait_for_all (gloo, Timeouts.wait)
+    active: object = None     # the leader's Lockstep, until it is released
 
     @property
     def leader(self) -> bool:  # runs the loop and writes the results for its replica
@@ -114,23 +142,34 @@ class Ranks:
 
     def wait_for_all(self, value=None) -> list:
         """Leaders only: return every leader's `value` (in replica order) once all have called this.
-        Replicas can finish far apart in time, so this uses a CPU (gloo) group with a long timeout:
-        the first ones wait instead of timing out."""
+        Replicas can finish far apart in time, so this uses a CPU (gloo) group with the long
+        timeout (Timeouts.wait): the first ones wait instead of timing out."""
         if self.end_group is None:
             return [value]
         values = [None] * self.n_replicas
         dist.all_gather_object(values, value, group=self.end_group)
         return values
 
+    def finish(self, value=None) -> list:
+        """Leaders only, at the end of a run: release this replica's followers (they return from
+        follow), then wait_for_all(value). Nothing of the replica waits on its other ranks while
+        it waits for the other replicas."""
+        if self.active is not None:
+            self.active.release()
+        return self.wait_for_all(value)
+
     def lockstep(self, model) -> "Lockstep":
         """On a leader: the model to hand to the loop, each call announced to this replica's
         followers (nothing to announce without tensor parallelism)."""
-        return Lockstep(model, self.tp_group)
+        self.active = Lockstep(model, self.tp_group)
+        return self.active
 
 
-def init_ranks(tp: int = 1) -> Ranks:
+def init_ranks(tp: int = 1, timeouts: Timeouts | None = None) -> Ranks:
     """Start the process group when launched by torchrun (NCCL on GPUs, gloo on CPU) and arrange the
-    ranks into replicas of `tp` consecutive ranks. Without torchrun: one process, tp must be 1."""
+    ranks into replicas of `tp` consecutive ranks. Without torchrun: one process, tp must be 1.
+    timeouts: per kind of wait (default Timeouts.from_env())."""
+    timeouts = timeouts or Timeouts.from_env()
     cuda = torch.cuda.is_available()
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         if tp != 1:
@@ -141,7 +180,7 @@ def init_ranks(tp: int = 1) -> Ranks:
     if cuda:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=seconds(timeouts.call))
         # torn down before the interpreter is (left to exit, gloo's threads can abort the process)
         atexit.register(dist.destroy_process_group)
     rank = dist.get_rank()
@@ -152,12 +191,23 @@ def init_ranks(tp: int = 1) -> Ranks:
     # every rank creates every group, in the same order (torch.distributed requires it)
     tp_group = None
     if tp > 1:
-        groups = [dist.new_group(list(range(first, first + tp))) for first in range(0, world, tp)]
-        tp_group = groups[rank // tp]
+        for first in range(0, world, tp):
+            ranks = list(range(first, first + tp))
+            model_group = dist.new_group(ranks, timeout=seconds(timeouts.call))
+            # the followers wait here between calls: gloo (CPU), the long timeout
+            calls_group = dist.new_group(ranks, backend="gloo", timeout=seconds(timeouts.wait))
+            if rank in ranks:
+                tp_group = model_group
+                _ANNOUNCE[tp_group] = calls_group
     end_group = dist.new_group(list(range(0, world, tp)), backend="gloo",
-                               timeout=datetime.timedelta(days=7))
+                               timeout=seconds(timeouts.wait))
     return Ranks(device, rank, tp, replica=rank // tp, n_replicas=world // tp, tp_group=tp_group,
                  end_group=end_group)
+
+
+# A replica's model group -> the group on which its leader announces calls (init_ranks): the
+# follower listens where its leader speaks, and waits there as long as the leader needs.
+_ANNOUNCE = {}
 
 
 # -------------------------------------------------------------------------------------- lockstep
@@ -171,14 +221,19 @@ def init_ranks(tp: int = 1) -> Ranks:
 class Lockstep(nn.Module):
     """The leader's model: each call is announced to the followers, then made. release() (or
     leaving a `with` block) lets the followers return. group None: no followers, calls pass
-    straight through."""
+    straight through. Announcements go over the replica's gloo group with the long timeout (the
+    followers wait there); the model's own collectives over `group` (the short one). The leader
+    first meets its followers there, so one that loads its shard late is waited for."""
 
     def __init__(self, model, group=None):
         super().__init__()
         self.model = model
-        self.group = group
+        self.group = None if group is None else _ANNOUNCE.get(group, group)
         self.args = model.args
         self.cache = None
+        self.released = False
+        if self.group is not None:
+            dist.barrier(group=self.group)
 
     def announce(self, call):
         if self.group is not None:
@@ -199,7 +254,9 @@ class Lockstep(nn.Module):
         return self.model(tokens, positions, doc_ids, cache, rows, last_only)
 
     def release(self):
-        self.announce(None)
+        if not self.released:
+            self.released = True
+            self.announce(None)
 
     def __enter__(self):
         return self
@@ -214,6 +271,8 @@ def follow(model, group):
     released. The outputs are dropped (the leader computes the same)."""
     device = next(model.parameters()).device
     cache = None
+    group = _ANNOUNCE.get(group, group)      # where the leader announces (and we wait)
+    dist.barrier(group=group)                # meet the leader (Lockstep.__init__)
     while True:
         box = [None]
         dist.broadcast_object_list(box, group=group, group_src=0)

@@ -9,22 +9,31 @@ The whole recipe in one loop:
     optim   AdamW, linear warmup then cosine decay, gradient clipping, gradient accumulation
     scale   FSDP2 (`fully_shard`: each TransformerBlock, then the root) under torchrun: parameters,
             grads and optimizer state are sharded over the ranks (the paper's DeepSpeed ZeRO-3)
-    numbers bf16 compute with float32 master weights on GPU; float32 on CPU
+    numbers bf16 compute with float32 master weights on GPU; float32 on CPU; rotary tables float32
+            in training as at inference; the gradient reduction's dtype is --reduce-dtype
+    memory  a plan per GPU computed before anything is allocated (`memory_plan`): activation
+            checkpointing turns on by itself when the run would not fit without it
 Defaults follow the paper: 3 epochs, lr 2e-5, global batch 128, sequence length 2048.
 
     python train.py --data train.jsonl --out out/sft --init /ckpt/Llama-2-7b-hf          # 1 process
     torchrun --nproc_per_node=8 train.py --data train.jsonl --out out/sft --init /ckpt/...  # FSDP
     python train.py --data tiny.jsonl --out out/tiny --tokenizer tok.model --dim 64 --n-layers 2 \\
         --n-heads 4 --hidden-dim 172 --batch-size 8 --micro-batch-size 4 --seq-len 512 --lr 1e-3
-    python train.py ... --resume    # after a crash or kill: on from OUT/checkpoint.pt, same losses
+    python train.py ... --resume    # after a crash or kill: same losses, any number of processes
+    python train.py --plan --init /ckpt/Llama-2-70b-hf/config.json --gpus 32   # memory per GPU
 
-Writes OUT/config.json, OUT/log.jsonl (one line per step), OUT/checkpoint.pt (every --save-every
-steps and at the end), OUT/final/ (Hugging Face layout: save_pretrained + tokenizer.save),
-OUT/summary.json, and OUT/loss.svg (loss and learning rate per step, redrawn at each checkpoint).
+Writes OUT/config.json (the flags, the data's sha256, the model's shape, the memory plan),
+OUT/log.jsonl (one line per step), OUT/checkpoints/step-N/ (sharded: each rank writes its own
+part; every --save-every steps and at the end; checkpoint.save_training), OUT/final/ (Hugging Face
+layout, written one whole tensor at a time, + tokenizer.save), OUT/summary.json, and OUT/loss.svg
+(loss and learning rate per step, redrawn at each checkpoint). docs/scaling.md: 34B and 70B.
 """
 import argparse
 import dataclasses
+import datetime
 import functools
+import hashlib
+import json
 import math
 import os
 import random
@@ -36,20 +45,21 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+from torch.distributed.checkpoint.state_dict import (get_model_state_dict,
                                                      get_optimizer_state_dict,
                                                      set_model_state_dict,
                                                      set_optimizer_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import distribute_tensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.checkpoint import checkpoint
 
+import checkpoint as ckpt_files
 import html_views
 import lce_data
 from lce_data import IGNORE
 from model import ModelArgs, Transformer, grow_rows, read_checkpoint
-from storage import append_jsonl, atomic_open, atomic_write, write_json
+from storage import append_jsonl, atomic_write, write_json
 from tokenizer import Tokenizer
 
 
@@ -84,12 +94,29 @@ class TrainConfig:
     pack: bool = arg(False, "pack examples in seq_len rows, document-masked (paper: one per row)")
     train_on_execution: bool = arg(False, "ablation: also put loss on execution blocks (paper: no)")
     precision: str = arg("auto", "auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32; weights stay fp32")
-    grad_checkpoint: bool = arg(False, "activation checkpointing: recompute each block in backward")
+    reduce_dtype: str = arg("fp32", "dtype of FSDP's gradient reduce-scatter: fp32 sums the ranks' "
+                            "bf16 gradients without further rounding but moves twice the bytes; "
+                            "bf16 halves that traffic (a 70B run over several nodes is "
+                            "communication-bound) at the cost of rounding each partial sum to 8 "
+                            "bits of mantissa: fp32 | bf16")
+    grad_checkpoint: bool = arg(False, "activation checkpointing: recompute each block in backward "
+                                "(turned on by itself when the memory plan says it is needed)")
+    plan: bool = arg(False, "print the memory plan per GPU and exit: no data, no weights needed "
+                            "(--init may be a Hugging Face config.json or its folder)")
+    gpus: int | None = arg(None, "GPUs (ranks) to plan for with --plan (default: this run's)")
+    gpu_memory_gb: float = arg(80.0, "memory of one GPU for the plan (on CUDA: the device's own)")
+    timeout_minutes: float = arg(30.0, "timeout of every collective (a step's all-reduces, a "
+                                       "checkpoint's barrier: each rank writes only its own "
+                                       "shard, so none waits for a whole-model write)")
     seed: int = arg(0, "seed for the init and the data order")
     max_steps: int | None = arg(None, "stop after this many steps (the schedule ends there too)")
     save_every: int = arg(500, "checkpoint every N steps (and at the end)")
-    resume: bool = arg(False, "continue from OUT/checkpoint.pt")
-    export_dtype: str = arg("float32", "dtype of the OUT/final weights: float32 | bfloat16")
+    no_save: bool = arg(False, "write no checkpoint and no OUT/final (benchmarks)")
+    resume: bool = arg(False, "continue from the newest complete checkpoint in OUT/checkpoints/ "
+                              "(refused if the data, the model or a hyper-parameter differs)")
+    export_dtype: str = arg("auto", "dtype of the OUT/final weights: auto (the --init "
+                                    "checkpoint's; float32 from scratch) | float32 | bfloat16 | "
+                                    "float16")
     peak_tflops: float = arg(989.0, "dense bf16 TFLOP/s of a GPU, for MFU (H100 SXM 989, A100 312)")
     log_every: int = arg(1, "print the progress line every N steps (log.jsonl gets every step)")
     quiet: bool = arg(False, "no progress lines")
@@ -146,11 +173,19 @@ def check_config(cfg: TrainConfig, world: int) -> str:
             "--n-kv-heads")
     if cfg.precision not in ("auto", "bf16", "fp32"):
         bad("--precision is auto|bf16|fp32")
-    if cfg.export_dtype not in ("float32", "bfloat16"):
-        bad("--export-dtype is float32|bfloat16")
-    if cfg.resume and not os.path.isfile(os.path.join(cfg.out, "checkpoint.pt")):
-        bad(f"--resume: no checkpoint at {os.path.join(cfg.out, 'checkpoint.pt')}")
+    if cfg.export_dtype not in ("auto", "float32", "bfloat16", "float16"):
+        bad("--export-dtype is auto|float32|bfloat16|float16")
+    if cfg.reduce_dtype not in ("fp32", "bf16"):
+        bad("--reduce-dtype is fp32|bf16")
+    if not cfg.timeout_minutes > 0:
+        bad(f"--timeout-minutes must be > 0, got {cfg.timeout_minutes}")
+    if cfg.resume and not ckpt_files.complete_checkpoints(checkpoints_dir(cfg)):
+        bad(f"--resume: no complete checkpoint in {checkpoints_dir(cfg)}")
     return tokenizer_path
+
+
+def checkpoints_dir(cfg):
+    return os.path.join(cfg.out, "checkpoints")
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -190,9 +225,16 @@ def micro_batches(rows, step, cfg, rank, world, pad_id):
     for start in range(0, per_rank, cfg.micro_batch_size):
         chunk = mine[start:start + cfg.micro_batch_size]
         if cfg.pack:
-            yield {key: torch.stack([row[key] for row in chunk]) for key in filler}
+            mb = {key: torch.stack([row[key] for row in chunk]) for key in filler}
+            docs = [row["doc_ids"][row["doc_ids"] >= 0].bincount().tolist()
+                    for row in chunk if row is not filler]
         else:
-            yield lce_data.pad_batch(chunk, pad_id)
+            mb = lce_data.pad_batch(chunk, pad_id)
+            docs = [[len(ids)] for ids, _ in (row for row in chunk if row is not filler)]
+        # the real (unpadded) tokens and the sum of squared document lengths, for the FLOP count
+        mb["n_real"] = sum(n for row in docs for n in row)
+        mb["n_sq"] = sum(n * n for row in docs for n in row)
+        yield mb
 
 
 def lr_at(step, cfg, total):
@@ -207,7 +249,9 @@ def lr_at(step, cfg, total):
 def forward_backward(model, batches, world=1, autocast=None, n_matmul=0) -> dict:
     """Accumulate the gradient of (sum of token losses) / (loss tokens in the global batch) over
     this rank's micro-batches `batches`. Returns the step's figures summed over all ranks, as 0-d
-    tensors (reading them waits for the GPU): loss_sum, tokens (processed), flops, loss_tokens."""
+    tensors (reading them waits for the GPU): loss_sum, tokens (real ones: padding and filler
+    rows not counted), flops (on those real tokens, so MFU is not inflated by padding),
+    loss_tokens, padded_tokens (all the positions computed)."""
     # first the loss tokens of the whole global batch (position 0 is predicted by nothing)
     device = batches[0]["labels"].device
     n_loss = sum((mb["labels"][:, 1:] != IGNORE).sum() for mb in batches).to(device, torch.float64)
@@ -216,6 +260,7 @@ def forward_backward(model, batches, world=1, autocast=None, n_matmul=0) -> dict
     args = model.args
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_tokens = 0
+    n_padded = 0
     flops = 0
     for mb in batches:
         with autocast or torch.autocast(device.type, enabled=False):
@@ -228,12 +273,17 @@ def forward_backward(model, batches, world=1, autocast=None, n_matmul=0) -> dict
         (mb_loss_sum * world / n_loss.clamp(min=1)).backward()
         B, T = mb["input_ids"].shape
         loss_sum += mb_loss_sum.detach()
-        n_tokens += B * T
-        flops += B * T * (6 * n_matmul + 12 * args.n_layers * args.dim * T)
-    summed = torch.stack([loss_sum, loss_sum.new_tensor(n_tokens), loss_sum.new_tensor(flops)])
+        n_real, n_sq = mb.get("n_real", B * T), mb.get("n_sq", B * T * T)
+        n_tokens += n_real
+        n_padded += B * T
+        # 6 flops per matmul weight per token; attention 12 * layers * dim per pair of a document
+        flops += 6 * n_matmul * n_real + 12 * args.n_layers * args.dim * n_sq
+    summed = torch.stack([loss_sum, loss_sum.new_tensor(n_tokens), loss_sum.new_tensor(flops),
+                          loss_sum.new_tensor(n_padded)])
     if dist.is_initialized():
         dist.all_reduce(summed)
-    return dict(loss_sum=summed[0], tokens=summed[1], flops=summed[2], loss_tokens=n_loss)
+    return dict(loss_sum=summed[0], tokens=summed[1], flops=summed[2], loss_tokens=n_loss,
+                padded_tokens=summed[3])
 
 
 def apply_grad_checkpoint(model):
@@ -269,12 +319,18 @@ def build_model(cfg, tokenizer, device, world, log):
         # FSDP2: each block is one all-gather unit (gathered just before use, freed after); the
         # root holds the embeddings, final norm and output. Params stay float32 shards; compute
         # runs in param_dtype.
+        # Blocks do not cast their float inputs (cast_forward_inputs=False): the hidden state
+        # arrives in bf16 from the bf16 embedding anyway, and the rotary cos/sin tables stay
+        # float32, as at inference (a bf16 table rounds the angles of late positions).
         mesh = init_device_mesh(device.type, (world,))
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else torch.float32,
-                                      reduce_dtype=torch.float32)
+        compute = torch.bfloat16 if bf16 else torch.float32
+        reduce = torch.bfloat16 if cfg.reduce_dtype == "bf16" else torch.float32
+        root_policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=reduce)
+        block_policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=reduce,
+                                            cast_forward_inputs=False)
         for block in model.layers:
-            fully_shard(block, mesh=mesh, mp_policy=policy)
-        fully_shard(model, mesh=mesh, mp_policy=policy)    # also moves the shards to `device`
+            fully_shard(block, mesh=mesh, mp_policy=block_policy)
+        fully_shard(model, mesh=mesh, mp_policy=root_policy)   # also moves the shards to `device`
     else:
         model.to(device)
     if streamed:
@@ -304,60 +360,93 @@ def load_sharded(model, tensors):
                                       src_data_rank=None))
 
 
-def full_state_options(**kw):   # the whole unsharded tensor, not this rank's shard
-    return StateDictOptions(full_state_dict=True, **kw)
+# ---------------------------------------------------------------------------- checkpoints, export
+def train_state(model, opt) -> dict:
+    """What a checkpoint holds, as torch.distributed.checkpoint's state dict: under FSDP the
+    model's and the optimizer's tensors are this rank's shards (DTensors), never gathered; the
+    torch RNG (every rank's is seeded alike). The step (= the data position: the batch order is a
+    function of the seed and the step) and Python's RNG go in done.json."""
+    state = dict(model=get_model_state_dict(model),        # (a fresh optimizer's moments are made
+                 optim=get_optimizer_state_dict(model, opt),  # here, for resume to fill)
+                 rng=torch.get_rng_state())
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state()
+    return state
 
 
-def save_checkpoint(path, model, opt, step, fingerprint, rank):
-    """One file, same format for 1 process and FSDP: the full (unsharded) state gathered to CPU on
-    rank 0. Simple, and resumable on any world size; at 70B scale use torch.distributed.checkpoint
-    (sharded) instead."""
-    options = full_state_options(cpu_offload=True)
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    state = dict(model=get_model_state_dict(model, options=options),   # collectives: all ranks
-                 optim=get_optimizer_state_dict(model, opt, options=options),
-                 step=step,
-                 data=fingerprint,                                      # data position = step
-                 rng=dict(torch=torch.get_rng_state(), python=random.getstate(), cuda=cuda_rng))
-    if rank == 0:
-        with atomic_open(path, "wb") as f:  # a kill leaves the old checkpoint or the new one
-            torch.save(state, f)
-    if dist.is_initialized():
-        dist.barrier()
+def save_checkpoint(cfg, model, opt, step, fingerprint, rank):
+    """Every rank writes its own shards (checkpoint.save_training: complete or absent)."""
+    info = dict(fingerprint=fingerprint, python_rng=random.getstate(),
+                world=dist.get_world_size() if dist.is_initialized() else 1)
+    return ckpt_files.save_training(checkpoints_dir(cfg), step, train_state(model, opt), info,
+                                    rank)
 
 
-def load_checkpoint(path, model, opt, fingerprint):
-    state = torch.load(path, map_location="cpu", mmap=True)   # mmap: a node's ranks share the pages
-    if state["data"] != fingerprint:
-        raise ValueError(f"{path}: checkpoint was made for {state['data']}, this run is "
-                         f"{fingerprint}")
-    set_model_state_dict(model, state["model"], options=full_state_options())  # rank keeps a shard
-    set_optimizer_state_dict(model, opt, state["optim"], options=full_state_options())
-    torch.set_rng_state(state["rng"]["torch"])
-    random.setstate(state["rng"]["python"])
-    if state["rng"]["cuda"]:
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state["step"]
+def fingerprint_diff(old: dict, new: dict) -> list:
+    """What differs between two run fingerprints, as 'name X there, Y here'."""
+    short = lambda v: (v[:12] + "...") if isinstance(v, str) and len(v) > 16 else v
+    return [f"{key} {short(old.get(key))} there, {short(value)} here"
+            for key, value in new.items() if old.get(key) != value]
 
 
-def export_final(out_dir, model, tokenizer, cfg, rank):
-    """Gather the full weights to rank 0 and write a Hugging Face checkpoint that infer.py and
-    eval.py load."""
-    options = full_state_options(cpu_offload=True)
-    state = get_model_state_dict(model, options=options)   # collective; {} on ranks > 0
+def load_checkpoint(cfg, model, opt, fingerprint):
+    """The newest complete checkpoint into this run's shards (any old world size). Refuses, in
+    one line naming the checkpoint, one of another run or one that is damaged."""
+    path = ckpt_files.complete_checkpoints(checkpoints_dir(cfg))[-1]
+    info = check_resume(path, fingerprint)
+    state = train_state(model, opt)
+    ckpt_files.load_training(path, state)
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, opt, state["optim"])
+    torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"])
+    version, inner, gauss = info["python_rng"]
+    random.setstate((version, tuple(inner), gauss))
+    return info["step"], path
+
+
+def check_resume(path, fingerprint) -> dict:
+    """The checkpoint's done.json, if it is whole and of this run (same data content, model and
+    hyper-parameters); else ValueError in one line."""
+    info = ckpt_files.check_training(path)
+    fingerprint = json.loads(json.dumps(fingerprint))       # as stored: lists, not tuples
+    if diffs := fingerprint_diff(info.get("fingerprint", {}), fingerprint):
+        raise ValueError(f"--resume: {path} is another run's checkpoint: {'; '.join(diffs)} "
+                         "(give another --out to start a new run)")
+    return info
+
+
+def export_dtype(cfg) -> torch.dtype:
+    """--export-dtype auto: the init checkpoint's dtype (bf16 for Meta's Llama-2 and CodeLlama),
+    float32 for a model trained from scratch."""
+    if cfg.export_dtype != "auto":
+        return getattr(torch, cfg.export_dtype)
+    return ckpt_files.stored_dtype(cfg.init) if cfg.init else torch.float32
+
+
+def export_final(out_dir, model, tokenizer, dtype, rank):
+    """Write OUT/final/ (Hugging Face layout) one whole tensor at a time: every rank all-gathers
+    tensor k (DTensor.full_tensor), rank 0 converts it to `dtype`, writes it into its safetensors
+    shard and drops it before tensor k+1. No rank ever holds the whole model."""
+    params = model.state_dict()                 # under FSDP: this rank's shards, nothing gathered
+    specs = {key: (list(t.shape), dtype) for key, t in params.items()}   # global shapes
+
+    def whole_tensors():                        # a collective per tensor: every rank iterates
+        for key, t in params.items():
+            full = t.full_tensor() if isinstance(t, DTensor) else t
+            yield key, full.detach().to("cpu", dtype)
     final = os.path.join(out_dir, "final")
     if rank == 0:
-        vocab_size = state["tok_embeddings.weight"].shape[0]
-        with torch.device("meta"):              # an unsharded copy that adopts the gathered tensors
-            plain = Transformer(dataclasses.replace(model.args, vocab_size=vocab_size))
-        plain.load_state_dict(state, assign=True)
-        plain.to(getattr(torch, cfg.export_dtype))
         tmp = final + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        plain.save_pretrained(tmp)
+        ckpt_files.write_hf_stream(tmp, dataclasses.asdict(model.args), specs, whole_tensors())
         tokenizer.save(tmp)
         shutil.rmtree(final, ignore_errors=True)  # a folder cannot be os.replace'd over a full one
         os.replace(tmp, final)
+    else:
+        for _ in whole_tensors():
+            pass
     if dist.is_initialized():
         dist.barrier()
     return final
@@ -371,6 +460,153 @@ def cut_log(log_path, step):
         with open(log_path, encoding="utf-8") as f:
             kept = f.readlines()[:step]
     atomic_write(log_path, "".join(kept))
+
+
+# ---------------------------------------------------------------------------------- memory plan
+USABLE = 0.9    # of a GPU's memory: the rest for the CUDA context, NCCL buffers, fragmentation
+
+
+def memory_plan(args: ModelArgs, world: int, micro_batch_size: int, seq_len: int, bf16: bool,
+                reduce_dtype: str = "fp32", sharded: bool = True) -> dict:
+    """Bytes per GPU of a training step, from the model's shape alone (built on the meta device:
+    no memory) and the run's world size, micro-batch, sequence length and precision. The worst
+    micro-batch is a full one: micro_batch_size rows padded to seq_len. Counted:
+      params, grads, optimizer  float32 shards: 4 + 4 + 8 (Adam's two moments) bytes a parameter,
+                                divided over the ranks (FSDP; sharded=False: one process, whole)
+      working                   FSDP's unsharded compute copies: the root (embeddings, output)
+                                for the whole step, two blocks (one in use, one prefetched) and
+                                one block's unsharded gradients; one process in bf16: autocast's
+                                bf16 copy of every weight
+      activations               what backward keeps, per token and layer (a = 2 bf16, 4 fp32
+                                bytes; d = dim, kv = KV width, h = FFN width): the two RMSNorms
+                                (a float32 copy 4d and the output a*d each), rotary q and k (their
+                                float32 copies, 8(d + kv)), attention's q, k, v and output
+                                (a(2d + 2kv); a fused kernel: no T x T scores), wo's input (a*d),
+                                SwiGLU's four h-wide tensors (4ah); plus one block's worth again
+                                for the gradients backward makes of them. With checkpointing: each
+                                block's input (a*d), one block recomputed, and its gradients
+      logits                    tokens x vocab: the model's output, its float32 copy, the shifted
+                                copy, log-softmax, and in backward their gradients (a + 20 bytes
+                                an entry)
+    Checked on the CPU (float32, one process) against the measured peak (tests/test_train.py)."""
+    with torch.device("meta"):
+        model = Transformer(args)
+    n = sum(p.numel() for p in model.parameters())
+    block = sum(p.numel() for p in model.layers[0].parameters())
+    root = n - args.n_layers * block
+    a = 2 if bf16 else 4
+    r = 4 if reduce_dtype == "fp32" else 2
+    tokens = micro_batch_size * seq_len
+    d, kv, h = args.dim, args.n_kv_heads * args.head_dim, args.hidden_dim
+    per_token_layer = 8 * d + 2 * a * d + 8 * (d + kv) + a * (2 * d + 2 * kv) + a * d + 4 * a * h
+    share = world if sharded else 1
+    if sharded:
+        working = (root + 2 * block) * a + block * (a + r)
+    else:
+        working = 2 * n if bf16 else 0
+    plan = dict(params=4 * n / share, grads=4 * n / share, optimizer=8 * n / share,
+                working=working,
+                activations=(args.n_layers + 1) * per_token_layer * tokens,
+                activations_checkpointed=(args.n_layers * a * d + 2 * per_token_layer) * tokens,
+                logits=tokens * args.vocab_size * (a + 20))
+    fixed = sum(plan[k] for k in ("params", "grads", "optimizer", "working", "logits"))
+    plan.update(total=fixed + plan["activations"],
+                total_checkpointed=fixed + plan["activations_checkpointed"])
+    plan = {key: round(value / 1e9, 3) for key, value in plan.items()}     # GB
+    plan.update(n_params=n, world=world, sharded=sharded, micro_batch_size=micro_batch_size,
+                seq_len=seq_len, compute="bf16" if bf16 else "fp32", reduce_dtype=reduce_dtype)
+    return plan
+
+
+def plan_verdict(plan: dict, gpu_gb: float, grad_checkpoint: bool, cfg, args, bf16) -> tuple:
+    """(checkpointing on?, one line saying so). Turns checkpointing on when the run fits only with
+    it; raises ValueError naming flags that fit when it does not fit even so."""
+    usable = USABLE * gpu_gb
+    head = f"memory plan: {plan['total']:.1f} GB per GPU, {plan['total_checkpointed']:.1f} GB " \
+           f"with --grad-checkpoint; {usable:.0f} GB usable ({USABLE:.0%} of {gpu_gb:g} GB)"
+    if not grad_checkpoint and plan["total"] <= usable:
+        return False, f"{head}: fits"
+    if plan["total_checkpointed"] <= usable:
+        turned = "" if grad_checkpoint else ": turning activation checkpointing on"
+        return True, f"{head}{turned}"
+    # does not fit: the largest micro-batch that does, else the fewest GPUs
+    fits = [m for m in range(cfg.micro_batch_size - 1, 0, -1)
+            if cfg.batch_size % (plan["world"] * m) == 0
+            and memory_plan(args, plan["world"], m, cfg.seq_len, bf16, cfg.reduce_dtype,
+                            plan["sharded"])["total_checkpointed"] <= usable]
+    if fits:
+        hint = f"--micro-batch-size {fits[0]} --grad-checkpoint fits"
+    else:       # more GPUs (a power of 2), the largest micro-batch that then fits
+        more = next(((w, m) for w in (2 ** k for k in range(1, 12)) if w > plan["world"]
+                     for m in range(cfg.micro_batch_size, 0, -1) if cfg.batch_size % (w * m) == 0
+                     and memory_plan(args, w, m, cfg.seq_len, bf16, cfg.reduce_dtype)
+                     ["total_checkpointed"] <= usable), None)
+        hint = (f"--micro-batch-size {more[1]} --grad-checkpoint on {more[0]} GPUs fits" if more
+                else "no GPU count up to 2048 fits: shorten --seq-len")
+    raise ValueError(f"train.py: does not fit: {head}; {hint}")
+
+
+def plan_args(cfg, tokenizer=None) -> ModelArgs:
+    """The model's shape without its weights: --init's config (a Hugging Face config.json, its
+    folder, or a Meta checkpoint), else the from-scratch flags; the vocabulary grown to the
+    tokenizer's."""
+    if cfg.init and os.path.isdir(cfg.init) and not os.path.isfile(
+            os.path.join(cfg.init, "config.json")):
+        args, _ = read_checkpoint(cfg.init)     # Meta layout: params.json + the shards, mmap-ed
+    elif cfg.init:
+        args = ModelArgs(**ckpt_files.read_config(cfg.init))
+    else:
+        args = ModelArgs(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                         n_kv_heads=cfg.n_kv_heads, hidden_dim=cfg.hidden_dim,
+                         vocab_size=tokenizer.vocab_size if tokenizer else 32008,
+                         max_seq_len=max(cfg.seq_len, 2048))
+    if tokenizer is not None:
+        args.vocab_size = max(args.vocab_size, tokenizer.vocab_size)
+    return args
+
+
+def format_plan(plan: dict) -> str:
+    rows = [("parameters (fp32 shards)", plan["params"]), ("gradients (fp32 shards)",
+            plan["grads"]), ("AdamW moments (fp32 shards)", plan["optimizer"]),
+            ("unsharded working copies", plan["working"]),
+            ("activations", plan["activations"]),
+            ("activations, checkpointed", plan["activations_checkpointed"]),
+            ("logits and loss", plan["logits"]), ("total", plan["total"]),
+            ("total, checkpointed", plan["total_checkpointed"])]
+    head = (f"{plan['n_params'] / 1e9:.2f}B parameters on {plan['world']} GPU(s), micro-batch "
+            f"{plan['micro_batch_size']} x {plan['seq_len']} tokens, {plan['compute']} compute, "
+            f"{plan['reduce_dtype']} reduction; GB per GPU:")
+    return "\n".join([head] + [f"  {name:<28} {gb:9.2f}" for name, gb in rows])
+
+
+def print_plan(cfg):
+    """train.py --plan: the plan for --gpus GPUs of --gpu-memory-gb, what train.py would do."""
+    world = cfg.gpus or int(os.environ.get("WORLD_SIZE", 1))
+    tokenizer = Tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+    args = plan_args(cfg, tokenizer)
+    bf16 = cfg.precision != "fp32"             # --plan sizes GPUs: auto means bf16 there
+    plan = memory_plan(args, world, cfg.micro_batch_size, cfg.seq_len, bf16, cfg.reduce_dtype)
+    print(format_plan(plan))
+    try:
+        print(plan_verdict(plan, cfg.gpu_memory_gb, cfg.grad_checkpoint, cfg, args, bf16)[1])
+    except ValueError as e:
+        print(str(e).removeprefix("train.py: "))
+    return plan
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# What makes two runs the same run: resuming with any of these changed is refused. (The world
+# size and micro-batch are not among them: the loss is normalised over the global batch.)
+RUN_KEYS = ("init", "epochs", "max_steps", "lr", "min_lr", "warmup_ratio", "warmup_steps",
+            "weight_decay", "beta1", "beta2", "grad_clip", "batch_size", "seq_len", "pack",
+            "train_on_execution", "seed", "precision", "reduce_dtype")
 
 
 # ----------------------------------------------------------------------------------------- train
@@ -392,18 +628,34 @@ def train(cfg: TrainConfig) -> dict:
     rows = load_data(cfg, tokenizer, log)
     steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
     total = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
-    fingerprint = dict(rows=len(rows), batch_size=cfg.batch_size, seed=cfg.seed, pack=cfg.pack,
-                       total=total)
+    args = plan_args(cfg, tokenizer)
+    data_sha256 = file_sha256(cfg.data)
+    # the run's identity: the data's content, the model's shape, the hyper-parameters
+    fingerprint = dict(data_sha256=data_sha256, rows=len(rows), total=total,
+                       model=dataclasses.asdict(args),
+                       **{key: getattr(cfg, key) for key in RUN_KEYS})
+    if cfg.resume:     # refuse another run's (or a damaged) checkpoint before building anything
+        check_resume(ckpt_files.complete_checkpoints(checkpoints_dir(cfg))[-1], fingerprint)
 
-    # 2. devices and processes, the model and its optimizer
+    # 2. devices, the memory plan, processes, the model and its optimizer
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
+        gpu_gb = torch.cuda.get_device_properties(device).total_memory / 1e9
     else:
         device = torch.device("cpu")
+        gpu_gb = cfg.gpu_memory_gb
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    plan = memory_plan(args, world, cfg.micro_batch_size, cfg.seq_len, bf16, cfg.reduce_dtype,
+                       sharded=distributed)
+    checkpointing, verdict = plan_verdict(plan, gpu_gb, cfg.grad_checkpoint, cfg, args, bf16)
+    log(format_plan(plan))
+    log(verdict)
+    cfg = dataclasses.replace(cfg, grad_checkpoint=checkpointing)
     own_group = distributed and not dist.is_initialized()   # a caller's group stays the caller's
-    if own_group:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if own_group:      # every collective's timeout, explicit (the default would be NCCL's 10 min)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=cfg.timeout_minutes))
     os.makedirs(cfg.out, exist_ok=True)
     model, bf16 = build_model(cfg, tokenizer, device, world, log)
     decay = [p for p in model.parameters() if p.dim() >= 2]          # no weight decay on norm gains
@@ -421,14 +673,15 @@ def train(cfg: TrainConfig) -> dict:
     n_matmul = sum(p.numel() for n, p in model.named_parameters() if "tok_embeddings" not in n)
 
     # 3. where to start: step 0, or the checkpoint's step (the log cut back to it)
-    ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
     log_path = os.path.join(cfg.out, "log.jsonl")
     start = 0
     if cfg.resume:
-        start = load_checkpoint(ckpt_path, model, opt, fingerprint)
-        log(f"resumed from {ckpt_path} at step {start}")
+        start, resumed_from = load_checkpoint(cfg, model, opt, fingerprint)
+        log(f"resumed from {resumed_from} at step {start}")
     if rank == 0:
-        write_json(os.path.join(cfg.out, "config.json"), dataclasses.asdict(cfg))
+        write_json(os.path.join(cfg.out, "config.json"),
+                   {**dataclasses.asdict(cfg), "data_sha256": data_sha256,
+                    "model": dataclasses.asdict(args), "memory_plan": plan})
         cut_log(log_path, start)
 
     # 4. the loop
@@ -443,7 +696,7 @@ def train(cfg: TrainConfig) -> dict:
         lr = lr_at(step, cfg, total)
         for group in opt.param_groups:
             group["lr"] = lr
-        batches = [{key: (v.to(device) if v is not None else None) for key, v in mb.items()}
+        batches = [{key: (v.to(device) if torch.is_tensor(v) else v) for key, v in mb.items()}
                    for mb in micro_batches(rows, step, cfg, rank, world, tokenizer.pad_id)]
         totals = forward_backward(model, batches, world, autocast, n_matmul)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
@@ -459,7 +712,9 @@ def train(cfg: TrainConfig) -> dict:
         losses.append(loss)
         record = dict(step=step + 1, epoch=step // steps_per_epoch, loss=round(loss, 6), lr=lr,
                       grad_norm=round(grad_norm.item(), 6), loss_tokens=int(figures["loss_tokens"]),
-                      tokens_per_s=round(figures["tokens"] / dt, 1), step_s=round(dt, 4))
+                      padded_tokens=int(figures["padded_tokens"]),
+                      tokens_per_s=round(figures["tokens"] / dt, 1), step_s=round(dt, 4),
+                      tflops_per_rank=round(figures["flops"] / dt / world / 1e12, 6))
         if device.type == "cuda":
             record["mfu"] = round(figures["flops"] / dt / (cfg.peak_tflops * 1e12 * world), 4)
         if rank == 0:
@@ -473,15 +728,18 @@ def train(cfg: TrainConfig) -> dict:
             log(f"step {step + 1}/{total} loss {loss:.4f} lr {lr:.2e} gnorm "
                 f"{record['grad_norm']:.3f} {record['tokens_per_s']:,.0f} tok/s{mfu} | "
                 f"{done / elapsed:.2f} steps/s, eta {eta / 60:.1f} min")
-        if (step + 1) % cfg.save_every == 0 or step + 1 == total:
-            save_checkpoint(ckpt_path, model, opt, step + 1, fingerprint, rank)
-            log(f"checkpoint at step {step + 1} -> {ckpt_path}")
+        if not cfg.no_save and ((step + 1) % cfg.save_every == 0 or step + 1 == total):
+            saved = save_checkpoint(cfg, model, opt, step + 1, fingerprint, rank)
+            log(f"checkpoint at step {step + 1} -> {saved}")
             if rank == 0:                           # the curve so far: loss and lr per step
                 html_views.write_loss_svg(log_path, os.path.join(cfg.out, "loss.svg"))
 
-    final = export_final(cfg.out, model, tokenizer, cfg, rank)
+    final = None if cfg.no_save else export_final(cfg.out, model, tokenizer, export_dtype(cfg),
+                                                  rank)
+    last = ckpt_files.complete_checkpoints(checkpoints_dir(cfg))
     result = dict(final_loss=losses[-1] if losses else None, losses=losses, steps=total,
-                  final=final, checkpoint=ckpt_path, seconds=round(time.time() - t_start, 2))
+                  final=final, checkpoint=str(last[-1]) if last else None,
+                  seconds=round(time.time() - t_start, 2))
     if rank == 0:
         write_json(os.path.join(cfg.out, "summary.json"),
                    {key: value for key, value in result.items() if key != "losses"})
@@ -494,6 +752,8 @@ def train(cfg: TrainConfig) -> dict:
 def main(argv=None):
     cfg = parse_args(argv)
     try:
+        if cfg.plan:
+            return print_plan(cfg)
         train(cfg)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -2,6 +2,7 @@
 kind of file, equal the whole tensor's; pytorch_model.bin reads as the safetensors it was made from;
 a cut-off file is an error. (The whole-model checks, logits against Hugging Face's, save / load
 round trips and the error messages for bad configs, are in test_model.py.)"""
+import dataclasses
 import shutil
 
 import pytest
@@ -87,3 +88,46 @@ def test_truncated_safetensors_is_an_error_naming_the_tensor(tmp_path):
     (dst / "model.safetensors").write_bytes(b"\xff" * 16)
     with pytest.raises(ValueError, match=r"model\.safetensors: not a safetensors file"):
         read_all(dst)
+
+
+def test_stored_dtype_and_config_without_weights(tmp_path):
+    """stored_dtype reads the dtype from the safetensors header or a memory-mapped shard;
+    read_config needs only config.json (no weights: what train.py --plan sizes from)."""
+    from checkpoint import read_config, stored_dtype
+    for name, dtype in [("llama2-mha", torch.float32), ("codellama-gqa", torch.bfloat16)]:
+        for layout in ("hf", "meta"):
+            assert stored_dtype(FIX / name / layout) == dtype
+    shutil.copy(FIX / "codellama-gqa" / "hf" / "config.json", tmp_path)
+    fields = open_checkpoint(FIX / "codellama-gqa" / "hf").fields
+    assert read_config(tmp_path) == read_config(tmp_path / "config.json") == fields
+    with pytest.raises(FileNotFoundError, match="nothere"):
+        read_config(tmp_path / "nothere")
+
+
+def test_write_hf_stream_takes_one_tensor_at_a_time(tmp_path):
+    """write_hf_stream lays out shards from the specs, then writes each tensor as the stream yields
+    it (the stream is consumed in step with the writing: never drawn ahead); the files read back
+    as write_hf's would, and a stream out of order is an error naming the file."""
+    from checkpoint import write_hf, write_hf_stream
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, hidden_dim=64, vocab_size=50))
+    state = model.state_dict()
+    specs = {key: (list(t.shape), t.dtype) for key, t in state.items()}
+    drawn = []
+
+    def stream():
+        for key, t in state.items():
+            drawn.append(key)
+            yield key, t.clone()
+    write_hf_stream(tmp_path / "a", dataclasses.asdict(model.args), specs, stream(),
+                    max_shard_bytes=20000)
+    write_hf(tmp_path / "b", dataclasses.asdict(model.args), state, max_shard_bytes=20000)
+    assert drawn == list(state)
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "b").iterdir()) and len(files) > 3
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+    backwards = reversed([(k, t) for k, t in state.items()])
+    with pytest.raises(ValueError, match="model-00001-of"):
+        write_hf_stream(tmp_path / "c", dataclasses.asdict(model.args), specs, backwards,
+                        max_shard_bytes=20000)

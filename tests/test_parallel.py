@@ -373,13 +373,21 @@ def test_infer_file_two_replicas_equals_one(launched, tmp_path, monkeypatch):
 
 def test_fsdp_from_checkpoint_equals_one_process(launched):
     """torchrun train.py --init CKPT: the model is built on the meta device, sharded, and filled
-    tensor by tensor (the 8 new vocabulary rows too): the losses are the one-process run's."""
+    tensor by tensor (the 8 new vocabulary rows too): the losses are the one-process run's. Both
+    export in the init checkpoint's dtype (bf16 here), the same tensors."""
+    import checkpoint
     import train
     work, _ = launched
-    one = train.train(fsdp_config(work, "fsdp-one"))["losses"]
+    one = train.train(fsdp_config(work, "fsdp-one"))
     log = (work / "fsdp" / "log.jsonl").read_text().splitlines()
     two = [json.loads(line)["loss"] for line in log]
-    assert len(two) == 3 and two == pytest.approx(one, abs=1e-5)
+    assert len(two) == 3 and two == pytest.approx(one["losses"], abs=1e-5)
+    exported = [checkpoint.open_checkpoint(p) for p in (work / "fsdp" / "final", one["final"])]
+    tensors = [{name: read() for _, name, _, read in c.stored} for c in exported]
+    assert list(tensors[0]) == list(tensors[1]) and len(tensors[0]) > 9
+    for name, t in tensors[0].items():
+        assert t.dtype == torch.bfloat16
+        torch.testing.assert_close(t, tensors[1][name], rtol=0, atol=1e-2)
 
 
 def test_peak_memory_per_rank_is_half_the_weights(launched):
@@ -395,5 +403,68 @@ def test_peak_memory_per_rank_is_half_the_weights(launched):
             assert 0.4 < seen[key] / size < 0.8, (key, seen[key] / size)
 
 
+# ------------------------------------------------------------------ a slow replica, short timeouts
+SLOW = dict(call=1.0, sleep=3.0)     # the model groups' timeout; how long the slow replica lags
+
+
+def slow_replica_worker(work):
+    """4 ranks: 2 replicas of 2 tensor-parallel ranks, every model-call group timing out after
+    SLOW["call"] seconds. Replica 1 is slow by 3x that at each kind of wait: its follower loads
+    its shard late, its leader runs code between model calls; replica 0 finishes first and waits
+    for it at the end. Twice: waiting with the followers still held (as a loop that releases them
+    on exit does), then with Ranks.finish (released first). Then a check that the short timeout is
+    really in force: rank 1 alone in an all-reduce of its replica's model group times out."""
+    import time
+    import model as M
+    import parallel as P
+    ranks = P.init_ranks(2, P.Timeouts(call=SLOW["call"], wait=120.0))
+    torch.manual_seed(0)
+    m = M.Transformer(M.ModelArgs(dim=32, n_layers=1, n_heads=4, hidden_dim=64, vocab_size=64))
+    P.tensor_parallel(m, ranks.tp_group)
+    slow = ranks.replica == 1
+    seen = {"outputs": [], "gathered": []}
+    for finish in (False, True):
+        if not ranks.leader:
+            if slow:
+                time.sleep(SLOW["sleep"])           # its shard loads late
+            P.follow(m, ranks.tp_group)
+            continue
+        with ranks.lockstep(m) as leader:
+            for _ in range(2):
+                with torch.no_grad():
+                    seen["outputs"].append(leader(torch.tensor([[1, 2, 3]])).sum().item())
+                if slow:
+                    time.sleep(SLOW["sleep"])       # the leader runs code between two calls
+            done = len(seen["outputs"])
+            seen["gathered"].append(ranks.finish(done) if finish else ranks.wait_for_all(done))
+    if ranks.rank == 1:
+        try:
+            torch.distributed.all_reduce(torch.ones(1), group=ranks.tp_group)
+        except RuntimeError as e:
+            seen["timeout"] = str(e).splitlines()[0]
+    with open(work / f"slow{ranks.rank}.json", "w") as f:
+        json.dump(seen, f)
+
+
+def test_slow_replica_ends_cleanly_under_short_timeouts(tmp_path):
+    """A replica 3x slower than the model groups' timeout, at start-up, between calls and at the
+    end: the run ends cleanly (exit 0), each leader has its outputs (the two replicas' equal: the
+    same model) and every replica's count; the short timeout does fire where a rank waits alone on
+    a model group."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=4", __file__, "slow", str(tmp_path)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"slow{r}.json").read_text()) for r in range(4)]
+    assert seen[0]["gathered"] == seen[2]["gathered"] == [[2, 2], [4, 4]]
+    assert len(seen[0]["outputs"]) == 4 and seen[0]["outputs"] == seen[2]["outputs"]
+    assert seen[1]["gathered"] == seen[3]["gathered"] == []
+    assert "timeout" in seen[1] and "timeout" not in seen[0], seen[1]
+
+
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]))
+    if sys.argv[1] == "slow":
+        slow_replica_worker(Path(sys.argv[2]))
+    else:
+        worker(Path(sys.argv[1]))

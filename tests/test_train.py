@@ -1,18 +1,24 @@
 """train.py on CPU with a tiny model: loss falls, execution results get no gradient, the
-global-batch loss normalisation, FSDP (2 processes, gloo) = 1 process, kill + resume =
-uninterrupted, the export reloads."""
+global-batch loss normalisation, FSDP (2 processes, gloo) = 1 process, sharded checkpoints (kill +
+resume with 1 or 2 processes = uninterrupted; a kill mid-save leaves the previous one; host memory
+per rank during a save), the export (2 processes = 1) reloads, resume refuses another run, the
+memory plan (against measured peak memory on the CPU; 70B on 32 GPUs), rotary tables in fp32."""
 import dataclasses
 import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 
+import checkpoint
 import lce_data
 import train
 from model import ModelArgs, Transformer
@@ -67,11 +73,17 @@ def cli(cfg):
             for k, v in dataclasses.asdict(cfg).items() if v is not None and v is not False]
 
 
-def run_and_kill(launcher, args, after_step):
-    """Run train.py with `args` under `launcher` (python, or torchrun), its rank 0 SIGKILLed right
-    after it logs step `after_step`: a real crash at a fixed point, no timing race. The script is
-    this file (see its end): train.py with its log writer wrapped. Returns (returncode, stderr)."""
-    cmd = [*launcher, __file__, str(after_step), *args]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def run_and_kill(launcher, args, after_step, check=False):
+    """Run train.py with `args` under `launcher` (python, or torchrun), its rank 0 SIGKILLed at a
+    fixed point: right after it logs step `after_step` (an int), or ("save", K) in the middle of
+    step K's checkpoint (its shards written, not yet published): a real crash, no timing race.
+    ("rss", 0): no kill; each rank records its peak memory during every save (rss.rankR.json). The
+    script is this file (see its end): train.py with a hook. Returns (returncode, stderr)."""
+    mode = after_step if isinstance(after_step, int) else ":".join(map(str, after_step))
+    cmd = [*launcher, __file__, str(mode), *args]
     env = dict(os.environ, PYTHONPATH=ROOT)         # (torchrun sets OMP_NUM_THREADS=1)
     p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          text=True)
@@ -85,7 +97,23 @@ def run_and_kill(launcher, args, after_step):
             p.kill()
             p.communicate()
         raise
+    if check:
+        assert p.returncode == 0, err[-3000:]
     return p.returncode, err
+
+
+def checkpoints(out):
+    """{step: folder} of the complete checkpoints in OUT."""
+    return {json.loads((p / "done.json").read_text())["step"]: p
+            for p in checkpoint.complete_checkpoints(Path(out) / "checkpoints")}
+
+
+def load_weights(folder, model):
+    """The model weights of a training checkpoint into a plain model, read with DCP directly."""
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=folder, no_dist=True)
+    model.load_state_dict(state["model"])
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -235,48 +263,162 @@ def test_kill_and_resume_equals_uninterrupted(tiny, full_run):
     rc, err = run_and_kill([sys.executable], args, after_step=6)
     assert rc == -signal.SIGKILL, err[-3000:]
     assert [r["step"] for r in log_losses(out)] == list(range(1, 7))
-    assert torch.load(out / "checkpoint.pt")["step"] == 4 and not os.path.exists(out / "final")
+    assert list(checkpoints(out)) == [4] and not os.path.exists(out / "final")
     p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args, "--resume"],
                        capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     log = log_losses(out)
     assert [r["step"] for r in log] == list(range(1, 13))
     assert [r["loss"] for r in log] == pytest.approx(res["losses"], abs=1e-6)
-    assert torch.load(out / "checkpoint.pt")["step"] == 12 and os.path.isdir(out / "final")
+    assert list(checkpoints(out)) == [12] and os.path.isdir(out / "final")
 
 
-def test_fsdp_two_processes_match_one_and_resume(tiny, full_run):
-    """torchrun --nproc_per_node=2 (gloo, FSDP2): each rank takes half of every global batch; the
-    losses equal the 1-process run's. Rank 0 is SIGKILLed after step 6 (torchrun then stops rank
-    1); the checkpoint of step 4 (gathered full state) resumes in 1 process to the uninterrupted
-    run's losses."""
+@pytest.fixture(scope="module")
+def fsdp_killed(tiny):
+    """torchrun --nproc_per_node=2 (gloo, FSDP2), rank 0 SIGKILLed after step 6 (torchrun then
+    stops rank 1): OUT holds the sharded checkpoint of step 4 and the log of steps 1-6."""
     d, tok = tiny
-    cfg, res = full_run
-    out = d / "fsdp"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    rc, err = run_and_kill(torchrun, cli(config(d, tok, "fsdp")), after_step=6)
+    rc, err = run_and_kill(TORCHRUN, cli(config(d, tok, "fsdp")), after_step=6)
     assert rc != 0 and "SIGKILL" in err, err[-3000:]
+    return d / "fsdp"
+
+
+def test_fsdp_two_processes_match_one_and_checkpoint_is_sharded(fsdp_killed, full_run):
+    """Each rank takes half of every global batch: the losses equal the 1-process run's. The
+    checkpoint is one file per rank, none holding more than 65% of its bytes (a gathered
+    checkpoint is 100% in one file)."""
+    cfg, res = full_run
+    out = fsdp_killed
     fsdp, one = log_losses(out), log_losses(cfg.out)
     assert len(fsdp) == 6 and not os.path.exists(out / "final")
     for a, b in zip(fsdp, one):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
-    assert torch.load(out / "checkpoint.pt")["step"] == 4
-    resumed = train.train(config(d, tok, "fsdp", resume=True))
-    assert resumed["losses"] == pytest.approx(res["losses"][4:], abs=1e-5)
-    assert [r["step"] for r in log_losses(out)] == list(range(1, 13))
+    folder = checkpoints(out)[4]
+    sizes = {f.name: f.stat().st_size for f in folder.iterdir()}
+    assert sorted(n for n in sizes if n.endswith(".distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert max(sizes.values()) / sum(sizes.values()) < 0.65, sizes
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_fsdp_checkpoint_resumes_on_one_or_two_processes(tiny, full_run, fsdp_killed, nproc):
+    """The 2-process checkpoint of step 4 resumes with 1 process (DCP reshards) and with 2: the
+    uninterrupted run's losses, each step logged once. The export (2 processes: one whole tensor
+    at a time, gathered) equals the 1-process run's: names, shapes, dtypes, values."""
+    d, tok = tiny
+    cfg, res = full_run
+    out = d / f"fsdp-resumed-{nproc}"
+    shutil.copytree(fsdp_killed, out)
+    resumed = config(d, tok, out.name, resume=True)
+    if nproc == 1:
+        train.train(resumed)
+    else:
+        subprocess.run([*TORCHRUN, os.path.join(ROOT, "train.py"), *cli(resumed)], cwd=ROOT,
+                       check=True, capture_output=True, timeout=300)
+    log = log_losses(out)
+    assert [r["step"] for r in log] == list(range(1, 13))
+    assert [r["loss"] for r in log] == pytest.approx(res["losses"], abs=1e-4)
+    mine, ref = (checkpoint.open_checkpoint(p) for p in (out / "final", res["final"]))
+    assert mine.fields == ref.fields
+    ref_tensors = {name: read() for _, name, _, read in ref.stored}
+    got = {name: read() for _, name, _, read in mine.stored}
+    assert list(got) == list(ref_tensors)
+    for name, t in got.items():
+        assert t.dtype == ref_tensors[name].dtype == torch.float32
+        torch.testing.assert_close(t, ref_tensors[name], rtol=0, atol=1e-4)
+
+
+def test_kill_during_save_leaves_previous_checkpoint(tiny, full_run):
+    """2 processes, rank 0 SIGKILLed in the middle of step 8's save (every shard written, the
+    checkpoint not yet published): step 4's checkpoint is the newest complete one and resumes to
+    the uninterrupted losses; the half-made step-8 folder is never read, and the next save sweeps
+    it away."""
+    d, tok = tiny
+    cfg, res = full_run
+    out = d / "killed-in-save"
+    rc, err = run_and_kill(TORCHRUN, cli(config(d, tok, out.name)), after_step=("save", 8))
+    assert rc != 0 and "SIGKILL" in err, err[-3000:]
+    assert list(checkpoints(out)) == [4]
+    assert (out / "checkpoints" / "step-000008.tmp" / "__1_0.distcp").is_file()
+    resumed = train.train(config(d, tok, out.name, resume=True))
+    assert resumed["losses"] == pytest.approx(res["losses"][4:], abs=1e-4)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000012"]
+
+
+def test_save_memory_per_rank_is_its_shard_not_the_model(tiny):
+    """Peak host memory growth of each of 2 ranks while it saves a checkpoint (VmHWM around
+    train.save_checkpoint), against that rank's shard of the state (its float32 weights and Adam
+    moments, ~18 MB here) and the largest tensor: a rank never holds the whole state (gathering
+    it on rank 0 would grow rank 0 by twice its shard)."""
+    d, tok = tiny
+    cfg = config(d, tok, "rss", dim=256, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=688,
+                 max_steps=2, save_every=1, seq_len=64)
+    run_and_kill(TORCHRUN, cli(cfg), after_step=("rss", 0), check=True)
+    for rank in range(2):
+        seen = json.loads((d / "rss" / f"rss.rank{rank}.json").read_text())
+        assert len(seen) == 2
+        for growth, shard, largest in seen:
+            assert 10e6 < shard < 25e6
+            assert growth < shard + largest, (rank, growth / shard)
+
+
+def test_resume_refuses_another_run_and_a_bad_checkpoint(tiny, full_run, tmp_path):
+    """--resume fingerprints the data's content, the model's shape and the hyper-parameters:
+    another data file with as many rows, another --lr or another --dim is refused in one line
+    saying what differs; a truncated or mangled checkpoint is one line naming the file. Nothing
+    trains, and no traceback."""
+    d, tok = tiny
+    cfg, res = full_run
+    out = tmp_path / "run"
+    shutil.copytree(cfg.out, out)
+    other = tmp_path / "other.jsonl"                   # 14 rows too, other numbers
+    r = random.Random(1)
+    other.write_text("".join(json.dumps(record(i, r.randint(2, 99), r.randint(2, 99))) + "\n"
+                             for i in range(14)))
+    base = dataclasses.replace(cfg, out=str(out), resume=True, quiet=True)
+
+    def refused(**kw):
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"),
+                            *cli(dataclasses.replace(base, **kw))],
+                           capture_output=True, text=True, timeout=300, cwd=ROOT)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 1 and len(lines) == 1, p.stderr[-2000:]
+        return lines[0]
+    line = refused(data=str(other))
+    assert "step-000012 is another run's checkpoint: data_sha256" in line and "lr" not in line
+    assert "lr 0.01 there, 0.02 here" in refused(lr=0.02)
+    assert "model {" in refused(dim=64)
+    assert log_losses(out) == log_losses(cfg.out)       # nothing ran
+    folder = checkpoints(out)[12]
+    with open(folder / "__0_0.distcp", "r+b") as f:     # truncated: a disk that filled up
+        f.truncate(1000)
+    line = refused()
+    assert str(folder / "__0_0.distcp") in line and "truncated" in line
+    shutil.rmtree(out / "checkpoints")
+    shutil.copytree(Path(cfg.out) / "checkpoints", out / "checkpoints")
+    meta = checkpoints(out)[12] / ".metadata"            # same size, garbage inside
+    meta.write_bytes(b"\0" * meta.stat().st_size)
+    line = refused()
+    assert str(checkpoints(out)[12]) in line and "unreadable training checkpoint" in line
+    meta.write_bytes((Path(cfg.out) / "checkpoints" / meta.parent.name / ".metadata").read_bytes())
+    shard = checkpoints(out)[12] / "__0_0.distcp"        # same size, its tensors overwritten
+    shard.write_bytes(b"\7" * shard.stat().st_size)
+    line = refused()
+    assert str(checkpoints(out)[12]) in line and "unreadable training checkpoint" in line
+    assert "weights_only" not in line                   # no advice to load it unsafely
 
 
 def test_export_loads_and_matches_checkpoint(tiny, full_run):
-    """OUT/final (save_pretrained + tokenizer.save) reloads with from_pretrained and gives the
-    logits of the trained weights, taken independently from the end-of-run checkpoint."""
+    """OUT/final (written tensor by tensor + tokenizer.save) reloads with from_pretrained and
+    gives the logits of the trained weights, read independently from the end-of-run checkpoint;
+    float32, as a model trained from scratch is."""
     d, tok_path = tiny
     cfg, res = full_run
     tok = Tokenizer.from_checkpoint(res["final"])
     assert tok.special == Tokenizer(str(tok_path)).special
     loaded = Transformer.from_pretrained(res["final"])
-    trained = _tiny_model(tok)
-    trained.load_state_dict(torch.load(res["checkpoint"])["model"])
+    assert loaded.output.weight.dtype == torch.float32
+    trained = load_weights(res["checkpoint"], _tiny_model(tok))
     text = "<|assistant|><|text|>We multiply 12 and 34.<|endofblock|>"
     ids = torch.tensor([tok.encode(text, bos=True)])
     with torch.no_grad():
@@ -347,19 +489,145 @@ def test_bf16_mixed_precision_tracks_fp32(tiny):
     for losses in (one, two):
         assert losses != pytest.approx(fp32, abs=1e-6)                  # bf16 was really used
         assert losses == pytest.approx(fp32, abs=0.05)                  # ... and tracks fp32
-    ckpt = torch.load(d / "bf16" / "checkpoint.pt")
-    assert all(v.dtype == torch.float32 for v in ckpt["model"].values())
+    for out in ("bf16", "bf16_fsdp"):
+        meta = dcp.FileSystemReader(checkpoints(d / out)[6]).read_metadata()
+        weights = {k: v for k, v in meta.state_dict_metadata.items() if k.startswith("model.")}
+        assert len(weights) == 21 and all(
+            v.properties.dtype == torch.float32 for v in weights.values())
+
+
+def test_fsdp_bf16_keeps_rotary_tables_fp32(tiny, tmp_path, monkeypatch):
+    """Under FSDP with bf16 compute the blocks get the hidden state in bf16 but the rotary cos/sin
+    tables in float32, as inference has them (FSDP's default input cast would round them to
+    bf16). One rank, gloo, in this process."""
+    import torch.distributed as dist
+    import model as M
+    d, tok = tiny
+    seen = []
+    real_rope = M.apply_rope
+    monkeypatch.setattr(M, "apply_rope", lambda x, cos, sin: (
+        seen.append((x.dtype, cos.dtype, sin.dtype)), real_rope(x, cos, sin))[1])
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        cfg = config(d, tok, "x", precision="bf16")
+        model, bf16 = train.build_model(cfg, Tokenizer(str(tok)), torch.device("cpu"), 1,
+                                        lambda msg: None)
+        assert bf16
+        model(torch.tensor([[1, 5, 9, 4]]))
+    finally:
+        dist.destroy_process_group()
+    assert seen and set(seen) == {(torch.bfloat16, torch.float32, torch.float32)}
+
+
+def test_memory_plan_matches_measured_cpu_peak(tiny):
+    """The plan for a small model, one process, float32 (what the CPU runs), against the peak
+    resident memory measured during a training step (VmHWM growth over the step, the weights and
+    Adam's moments already allocated): grads + activations + logits, within 20%, with and without
+    activation checkpointing. (Multi-head attention: with grouped KV heads the CPU's attention
+    falls back to a kernel that stores the T x T scores, which the plan, made for GPUs' fused
+    kernels, does not count.)"""
+    args = ModelArgs(dim=256, n_layers=4, n_heads=8, hidden_dim=688, vocab_size=2000,
+                     max_seq_len=512)
+    B, T = 4, 512
+    torch.manual_seed(0)
+    ids = torch.randint(3, 2000, (B, T))
+    mb = {"input_ids": ids, "labels": ids, "positions": torch.arange(T).expand(B, T),
+          "doc_ids": None}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = Transformer(args)
+        if checkpointing:
+            train.apply_grad_checkpoint(model)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step():
+            train.forward_backward(model, [mb])
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        step()                        # Adam's moments now exist; the grads are freed
+        growth = max(peak_rss_growth(step) for _ in range(2))
+        plan = train.memory_plan(args, 1, B, T, bf16=False, sharded=False)
+        acts = plan["activations_checkpointed" if checkpointing else "activations"]
+        predicted = (plan["grads"] + acts + plan["logits"]) * 1e9
+        print(f"checkpointing {checkpointing}: measured {growth / 1e6:.0f} MB, planned "
+              f"{predicted / 1e6:.0f} MB")
+        assert 0.8 < growth / predicted < 1.2, (checkpointing, growth / 1e6, predicted / 1e6)
+
+
+def test_plan_flags_70b_on_32_gpus_without_checkpointing():
+    """`train.py --plan` from a config.json alone (Llama-2-70B's shape, no weights), 32 x 80 GB,
+    micro-batch 4 x 2048, bf16: the activations do not fit without checkpointing, the run fits
+    with it (which train.py then turns on by itself); the sharded state alone is ~35 GB a GPU."""
+    fields = dict(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, hidden_dim=28672,
+                  vocab_size=32000, norm_eps=1e-5, rope_theta=10000.0, max_seq_len=4096)
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.json").write_text(json.dumps(checkpoint._hf_config(fields,
+                                                                                 torch.bfloat16)))
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--plan", "--init",
+                            str(Path(tmp) / "config.json"), "--gpus", "32", "--micro-batch-size",
+                            "4", "--seq-len", "2048"], capture_output=True, text=True, cwd=ROOT,
+                           timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "68.98B parameters on 32 GPU(s)" in p.stdout
+    assert "turning activation checkpointing on" in p.stdout, p.stdout
+    args = ModelArgs(**fields)
+    plan = train.memory_plan(args, 32, 4, 2048, bf16=True)
+    sharded = plan["params"] + plan["grads"] + plan["optimizer"]
+    assert 16 * 68.98e9 / 32 / 1e9 == pytest.approx(sharded, rel=1e-3)
+    assert plan["total"] > 0.9 * 80 > plan["total_checkpointed"]
+    with pytest.raises(ValueError, match="does not fit.*--micro-batch-size 4 --grad-checkpoint on "
+                                         "32 GPUs fits"):
+        train.plan_verdict(train.memory_plan(args, 16, 4, 2048, bf16=True), 80, False,
+                           train.TrainConfig(micro_batch_size=4, seq_len=2048, batch_size=128),
+                           args, True)
+
+
+def peak_rss_growth(fn):
+    """Bytes by which the process's peak resident memory (VmHWM) rose while fn() ran."""
+    from test_parallel import peak_rss_growth as measured
+    return measured(fn)[1]
 
 
 if __name__ == "__main__":
-    # `python tests/test_train.py K ARGS...` (run_and_kill): `train.py ARGS`, whose rank 0 dies by
-    # SIGKILL right after appending step K to OUT/log.jsonl, as a crash would kill it
-    kill_after = int(sys.argv.pop(1))
-    append_jsonl = train.append_jsonl
+    # `python tests/test_train.py MODE ARGS...` (run_and_kill): `train.py ARGS` with a hook. MODE
+    # K: rank 0 dies by SIGKILL right after appending step K to OUT/log.jsonl, as a crash would
+    # kill it; save:K: rank 0 dies in step K's save, its shards written but not yet published;
+    # rss:0: each rank records [peak memory growth, its shard's bytes, the largest tensor's] for
+    # every save in OUT/rss.rankR.json
+    mode = sys.argv.pop(1)
+    cfg = train.parse_args(sys.argv[1:])
+    rank = int(os.environ.get("RANK", 0))
+    if mode.startswith("save:"):
+        kill_in = int(mode.split(":")[1])
+        publish = checkpoint.publish
 
-    def append_then_die(f, record):
-        append_jsonl(f, record)
-        if record["step"] == kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-    train.append_jsonl = append_then_die
+        def publish_or_die(tmp, final):
+            if rank == 0 and final.name == f"step-{kill_in:06d}":
+                os.kill(os.getpid(), signal.SIGKILL)
+            publish(tmp, final)
+        checkpoint.publish = publish_or_die
+    elif mode.startswith("rss:"):
+        save, seen = train.save_checkpoint, []
+
+        def measured_save(cfg, model, opt, *args):
+            moments = [v for s in opt.state.values() for v in s.values()]
+            local = [t.to_local() if hasattr(t, "to_local") else t
+                     for t in [*model.state_dict().values(), *moments]]
+            shard = sum(t.numel() * t.element_size() for t in local if t.dim() > 0)
+            largest = max(p.numel() * p.element_size() for p in model.parameters())  # global
+            growth = peak_rss_growth(lambda: save(cfg, model, opt, *args))
+            seen.append([growth, shard, largest])
+            train.write_json(os.path.join(cfg.out, f"rss.rank{rank}.json"), seen)
+        train.save_checkpoint = measured_save
+    else:
+        kill_after = int(mode)
+        append_jsonl = train.append_jsonl
+
+        def append_then_die(f, record):
+            append_jsonl(f, record)
+            if record["step"] == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+        train.append_jsonl = append_then_die
     train.main(sys.argv[1:])
