@@ -161,8 +161,18 @@ def score(path, dataset=None, out=None, data_dir=DATA_DIR):
 
 # ------------------------------------------------------------------------------- generation (run)
 
+def graded_form(result):
+    """What a result is graded on: the assistant's blocks as the loop recorded them from the token
+    ids (a look-alike "<|text|>" that the code printed stays inside its execution block, so a box
+    it printed is never the model's answer); the solution string where there are no messages."""
+    msgs = result.get("messages") or []
+    if msgs and msgs[-1].get("role") == "assistant" and isinstance(msgs[-1]["content"], list):
+        return [(b["type"], b["content"]) for b in msgs[-1]["content"]]
+    return result["solution"]
+
+
 def run_loop(problems, out_dir, solve_fn, dataset, model_name="this run", info=None, replica=0,
-             n_replicas=1, wait=None):
+             n_replicas=1, wait=None, finish=None):
     """Solve every problem not yet in out_dir/results.jsonl, appending one record per problem as it
     finishes (a whole line, on disk before the next), then write summary.json and summary.md.
     solve_fn(questions, on_result) -> list of dicts with "solution" and "messages"; on_result(i,
@@ -170,7 +180,9 @@ def run_loop(problems, out_dir, solve_fn, dataset, model_name="this run", info=N
     one continuous batch. Tests pass a fake solve_fn; `run` passes infer.solve.
     Data parallelism (n_replicas > 1, `wait` a barrier of the replicas): replica k solves every
     n-th problem left and appends to its own part file; after the last one is done, replica 0
-    merges the parts into results.jsonl and writes the summary (the others return None).
+    merges the parts into results.jsonl and writes the summary (the others return None). `finish`,
+    if given, is the wait at the end instead (parallel.Ranks.finish releases this replica's
+    tensor-parallel followers first, so they do not wait as long as the slowest replica).
     info: more facts about the run for summary.json (e.g. the sandbox's isolation mode)."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.jsonl")
@@ -191,7 +203,7 @@ def run_loop(problems, out_dir, solve_fn, dataset, model_name="this run", info=N
             record = {"id": problem["id"], "question": problem["question"],
                       "solution": result["solution"], "messages": result.get("messages"),
                       "reference": problem["answer"],
-                      **verdicts(result["solution"], problem["answer"], dataset)}
+                      **verdicts(graded_form(result), problem["answer"], dataset)}
             record.update({k: problem[k] for k in ("subject", "level") if k in problem})
             append_jsonl(f, record)
             written.add(i)
@@ -201,8 +213,8 @@ def run_loop(problems, out_dir, solve_fn, dataset, model_name="this run", info=N
         results = solve_fn([p["question"] for p in todo], on_result)
         for i, result in enumerate(results):   # solvers that do not stream
             on_result(i, result)
-    if wait:
-        wait()   # every replica is done
+    if finish or wait:
+        (finish or wait)()   # every replica is done
     if replica != 0:
         return None
     merge_parts(path, "id", [p["id"] for p in problems])
@@ -210,7 +222,7 @@ def run_loop(problems, out_dir, solve_fn, dataset, model_name="this run", info=N
     recs = [r for r in read_jsonl(path) if r["id"] in ids]
     for r in recs:   # lines written before the authors' verdict was recorded get it now
         if "correct_authors" not in r:
-            r.update(verdicts(r["solution"], r["reference"], dataset))
+            r.update(verdicts(graded_form(r), r["reference"], dataset))
     summary = {**_summary(dataset, recs), **(info or {})}
     _write_summary(out_dir, summary, recs, model_name)
     print(f"[eval] {dataset}: {_summary_line(summary)}", file=sys.stderr)
@@ -295,7 +307,8 @@ def run(args):
         return run_loop(problems, args.out, solve_fn, args.dataset,
                         model_name=os.path.basename(os.path.normpath(args.model)),
                         info={"sandbox_isolation": default_isolation()},
-                        replica=ranks.replica, n_replicas=ranks.n_replicas, wait=ranks.wait_for_all)
+                        replica=ranks.replica, n_replicas=ranks.n_replicas, wait=ranks.wait_for_all,
+                        finish=ranks.finish)
 
 
 def run_served(args, cfg, problems):

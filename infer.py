@@ -765,7 +765,7 @@ def solve_file(model, tokenizer, args, cfg, pool, ranks, solver=None):
         solver(model, tokenizer, [records[i]["question"] for i in todo], systems, cfg, pool,
                on_result)
     seconds = time.time() - start
-    replicas = ranks.wait_for_all((stats, seconds))  # all replicas are done; replica 0 sums up
+    replicas = ranks.finish((stats, seconds))  # followers released; replica 0 sums up
     if ranks.replica != 0:
         return
     stats = sum((replica_stats for replica_stats, _ in replicas), Counter())
