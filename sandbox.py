@@ -71,8 +71,8 @@ Isolation, Sandbox(isolation=...); default_isolation() is the strongest this mac
   mounts); macOS offers only "none".
 """
 import argparse, builtins, contextlib, ctypes, dataclasses, importlib.util, inspect, io, itertools
-import json, os, pwd, queue, re, resource, select, shutil, signal, socket, subprocess, sys, sysconfig
-import tempfile, threading, time, traceback, weakref
+import json, os, pwd, queue, re, resource, select, shutil, signal, socket, subprocess, sys
+import sysconfig, tempfile, threading, time, traceback, weakref
 
 EMPTY = "<empty_execution>"  # what the training data shows for a cell with no output
 # Imported once per Sandbox by its template, which then forks: no module that starts threads.
@@ -486,16 +486,19 @@ def _enter_private_root(cfg):
         raise OSError(ctypes.get_errno(), "sandbox: unshare(CLONE_NEWNS)")
     os.umask(0o022)  # the directories made above the binds: traversable by the worker
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount goes back to the host
-    root = cfg["dir"]
+    root, hidden = cfg["dir"], []
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
     for kind, source, target in cfg["mounts"]:
         if kind == "ro":
             bind(source, root + target)
         elif kind == "symlink":
             os.symlink(source, root + target)
-        else:  # "hide"
+        else:  # "hide": read-only once what goes inside is mounted
             os.makedirs(root + target, exist_ok=True)
-            mount("tmpfs", root + target, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k")
+            mount("tmpfs", root + target, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
+            hidden.append(root + target)
+    for target in hidden:
+        mount(None, target, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     os.makedirs(root + "/dev")
     mount("tmpfs", root + "/dev", "tmpfs", MS_NOSUID, "mode=0755,size=64k")
     for node in ("null", "zero", "full", "random", "urandom"):
@@ -886,6 +889,21 @@ class Sandbox:
                     self._restart()
                 except Exception:  # the next run() starts a new template
                     _stop_server(self._server)
+
+    def host_dir(self):
+        """The work directory as this process reaches it, to hand the running code a file or see
+        what it wrote: the directory itself in "none"; in the others, the tmpfs seen through
+        /proc/PID/root of a process in the sandbox's root (the template's, or bwrap's init's)."""
+        with self._lock:
+            if "template" not in self._server:
+                self._start()
+            server = self._server
+        if self.isolation == "none":
+            return server["dir"]
+        inside = server["template"].pid  # uid: the template itself; namespaces: bwrap, outside
+        if self.isolation == "namespaces":
+            inside = _procs(ppid=inside)[0]  # its child, the sandbox's init
+        return f"/proc/{inside}/root{server['dir']}"
 
     def close(self):
         with self._lock:

@@ -508,6 +508,31 @@ def test_reference_answers_and_private_files_cannot_be_read(guarded, tmp_path):
         assert sb.run("os.path.exists('/home'), os.path.exists('/etc')") == "(False, False)"
 
 
+def test_a_checkout_inside_a_visible_directory_stays_hidden(guarded, monkeypatch):
+    """A checkout in a directory the sandbox must see (as in /usr/src/app): made here by showing
+    the checkout's parent as if it were a system directory. The parent shows, the checkout holds
+    only the worker's files."""
+    parent = os.path.dirname(REPO)
+    monkeypatch.setattr(sandbox, "SYSTEM_DIRS", sandbox.SYSTEM_DIRS + (parent,))
+    reference = os.path.join(REPO, "data", "eval", "GSM8K_test_post.jsonl")
+    with Sandbox(timeout=5, preload=(), isolation=guarded) as sb:
+        assert sb.run(f"import os\nprint(sorted(os.listdir({parent!r})))") == str(
+            sorted(os.listdir(parent)))  # the parent is there, as it is here
+        assert sb.run(f"sorted(os.listdir({REPO!r}))") == str(sorted(sandbox.WORKER_FILES))
+        assert "FileNotFoundError" in sb.run(f"open({reference!r})")
+        assert shell(sb, f"echo x > {REPO}/written").startswith("2 ")  # read-only
+
+
+def test_host_dir_reaches_the_work_directory(mode):
+    with Sandbox(timeout=5, preload=(), isolation=mode) as sb:
+        sb.run("open('from_code.txt', 'w').write('hi')")
+        with open(os.path.join(sb.host_dir(), "from_code.txt")) as f:
+            assert f.read() == "hi"
+        with open(os.path.join(sb.host_dir(), "for_code.txt"), "w") as f:
+            f.write("there")
+        assert sb.run("open('for_code.txt').read()") == "'there'"
+
+
 def test_worker_holds_no_capabilities(guarded):
     with Sandbox(timeout=5, preload=(), isolation=guarded) as sb:
         status = sb.run("print(open('/proc/self/status').read())")
