@@ -841,7 +841,8 @@ class Sandbox:
                           65536 + 8 * self.cfg["max_output"])
         except ConnectionError:  # BrokenPipeError, ConnectionResetError: the worker died
             reply = "eof"
-        if isinstance(reply, dict) and reply.get("id") == request["id"]:
+        if (isinstance(reply, dict) and reply.get("id") == request["id"]
+                and isinstance(reply.get("output"), str)):
             if reply.get("restart"):  # threads still running: only a fresh worker stops them
                 self._restart()
                 self._note = RESTART_NOTE
