@@ -1,6 +1,8 @@
 """Tests for sandbox.py: notebook-like output, state, and every limit (each followed by a working
 call), in every isolation mode this machine offers; the namespace boundary; the fork server; a
-checkout in a mode-700 directory.
+checkout in a mode-700 directory; what the code cannot reach (the answers it is graded against,
+other files, capabilities, the parent); what cannot leak from one problem to the next; a forged
+reply on the worker's socket; stale work directories.
 
 Expected strings are written by hand from what CPython prints (tracebacks, reprs). Process checks
 read /proc directly, never through sandbox.py's helpers: from this process where pids are the
@@ -540,6 +542,13 @@ def test_worker_holds_no_capabilities(guarded):
     for name in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
         assert int(fields[name], 16) == 0, (name, fields[name])
     assert fields["NoNewPrivs"].strip() == "1"
+
+
+def test_work_directory_is_a_capped_tmpfs(guarded):
+    with Sandbox(timeout=5, max_file_mb=16, disk_mb=1, preload=(), isolation=guarded) as sb:
+        out = sb.run("f = open('big', 'wb')\nf.write(b'x' * (2 * 1024 * 1024))\nf.flush()")
+        assert "No space left on device" in out
+        assert sb.run("import os\nos.remove('big')\nopen('small', 'w').write('ok')") == "2"
 
 
 @pytest.mark.skipif(not ROOT, reason="mode 'none' as root only")
