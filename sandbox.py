@@ -818,9 +818,8 @@ class Sandbox:
             _stop_server(self._server)
             return None
 
-    def _call(self, request, budget):
-        """Send one request (with a new id); return (reply, None), or (None, why) after replacing
-        a misbehaving worker."""
+    def _wait_ready(self):
+        """Start the template if the last start failed; wait for the worker's hello."""
         if not self._finalizer.alive:
             raise RuntimeError("sandbox: used after close()")
         if "template" not in self._server:  # the last start failed: try again
@@ -834,6 +833,12 @@ class Sandbox:
                                    f"try `{sys.executable} {__file__} -c 1+1`")
             server["ready"] = True
             self.uid = hello["uid"]
+        return server
+
+    def _call(self, request, budget):
+        """Send one request (with a new id); return (reply, None), or (None, why) after replacing
+        a misbehaving worker."""
+        server = self._wait_ready()
         request = dict(request, id=next(self._ids))
         try:
             _send(server["worker"].fileno(), request)
@@ -896,9 +901,7 @@ class Sandbox:
         what it wrote: the directory itself in "none"; in the others, the tmpfs seen through
         /proc/PID/root of a process in the sandbox's root (the template's, or bwrap's init's)."""
         with self._lock:
-            if "template" not in self._server:
-                self._start()
-            server = self._server
+            server = self._wait_ready()  # then the template's root is in place
         if self.isolation == "none":
             return server["dir"]
         inside = server["template"].pid  # uid: the template itself; namespaces: bwrap, outside
