@@ -44,7 +44,8 @@ Isolation, Sandbox(isolation=...); default_isolation() is the strongest this mac
       programs and libraries (/usr, /bin, /lib*), the interpreter (its executable, standard
       library, site-packages: the venv's and the base's), the preload's modules and the files
       the worker runs (WORKER_FILES); a checkout or working directory inside those is hidden.
-      No project data, checkpoints, runs, /root, /home or /etc. Writable: only the work
+      Nothing else: no project data, checkpoints, runs, home directories or /etc (a directory
+      above a bound one, like /root for /root/.pyenv/..., holds only that). Writable: only the work
       directory, a tmpfs of disk_mb MiB. Fresh /dev and /proc, no network (only loopback), their
       own PID, IPC and UTS namespaces (the parent, other sandboxes and all other processes are
       invisible, so cannot be signalled); killed with the parent. As root the template keeps
