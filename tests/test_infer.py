@@ -6,7 +6,7 @@ Two stand-ins: CharTokenizer (the fixture model's vocabulary is only 320 ids, so
 cannot drive it) and ScriptedModel (emits a fixed LCE solution whatever it reads, like a trained
 MathCoder that always writes the same thing; it honours the forward/cache contract and logs every
 token it is fed)."""
-import argparse, dataclasses, io, json, os, re, shutil, subprocess, sys, tempfile
+import argparse, dataclasses, io, json, os, re, subprocess, sys, time
 from collections import deque
 from pathlib import Path
 
@@ -452,26 +452,29 @@ def test_crash_and_hang_are_survived(tok):
 def test_code_runs_while_others_decode(tok):
     """Problem 0's code waits for a file that only appears once problem 1 has finished (on_result):
     it can only print 'seen' if problem 1 kept decoding while problem 0's code was running."""
-    d = tempfile.mkdtemp()
-    # the sandbox worker may run under its own uid: it must be able to see the file
-    os.chmod(d, 0o755)
-    flag = Path(d) / "flag"
-    waiter = (f"<|code|>import os, time\nwhile not os.path.exists({str(flag)!r}):\n"
+    # The sandbox sees none of this machine's files: the flag goes into its work directory, once
+    # the code runs there (a fresh worker empties it when it starts).
+    waiter = ("<|code|>import os, time\nopen('ready', 'w').close()\n"
+              "while not os.path.exists('flag'):\n"
               "    time.sleep(0.01)\nprint('seen')<|endofblock|><|endofmessage|>")
     chatter = "<|text|>" + "la " * 60 + "<|endofblock|><|endofmessage|>"
     order = []
+    p = sandbox.SandboxPool(2, timeout=30)
+    work_dirs = [sb.host_dir() for sb in p._all]
 
     def on_result(i, r):
         order.append(i)
-        if i == 1:
-            flag.touch()
-    p = sandbox.SandboxPool(2, timeout=30)
+        for _ in range(3000 if i == 1 else 0):
+            ready = [d for d in work_dirs if os.path.exists(os.path.join(d, "ready"))]
+            if ready:
+                Path(ready[0], "flag").touch()
+                break
+            time.sleep(0.01)
     try:
         res = infer.solve(scripted(tok, waiter, chatter), tok, ["q0", "q1"],
                           cfg=GenConfig(batch_size=2), pool=p, on_result=on_result)
     finally:
         p.close()
-        shutil.rmtree(d)
     assert order == [1, 0] and executions(res[0]) == ["seen"]
 
 

@@ -1,6 +1,8 @@
 """Tests for sandbox.py: notebook-like output, state, and every limit (each followed by a working
 call), in every isolation mode this machine offers; the namespace boundary; the fork server; a
-checkout in a mode-700 directory.
+checkout in a mode-700 directory; what the code cannot reach (the answers it is graded against,
+other files, capabilities, the parent); what cannot leak from one problem to the next; a forged
+reply on the worker's socket; stale work directories.
 
 Expected strings are written by hand from what CPython prints (tracebacks, reprs). Process checks
 read /proc directly, never through sandbox.py's helpers: from this process where pids are the
@@ -10,12 +12,14 @@ Timeouts are 1 s; the file takes 30-60 s on 2 busy cores with three modes. Nothi
 import concurrent.futures
 import json
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 import uuid
 
@@ -349,10 +353,11 @@ def test_files_inside_the_work_directory_only(sb):
         assert "PermissionError" in out, target
     assert not os.path.exists(f"/tmp/{name}") and not os.path.exists(os.path.join(HERE, name))
     if sb.uid is not None or sb.isolation == "namespaces":  # below Python too
-        out = shell(sb, f"echo x > {HERE}/{name}")
-        why = "Read-only file system" if sb.isolation == "namespaces" else "Permission denied"
-        assert out.startswith("2 ") and why in out
-        assert not os.path.exists(os.path.join(HERE, name))
+        for where in (HERE, REPO):  # (the sandbox's root holds REPO: the worker's own files)
+            out = shell(sb, f"echo x > {where}/{name}")
+            assert out.startswith("2 ") and ("Read-only file system" in out
+                                            or "Directory nonexistent" in out), out
+            assert not os.path.exists(os.path.join(where, name))
     sb.reset()
     assert sb.run("import os\nos.listdir('.')") == "[]"  # reset clears the work directory
 
@@ -397,26 +402,29 @@ def test_worker_cannot_kill_the_parent_even_bypassing_python(sb):
 
 @needs_namespaces
 def test_namespace_boundary(tmp_path):
-    """What bwrap adds below the audit hook, checked from a shell, against the same commands from a
-    sandbox without namespaces where they succeed (so each check can fail)."""
+    """What bwrap adds below the audit hook, checked from a shell, against the same commands run
+    here, outside, where they succeed (so each check can fail)."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     name = f"sandbox-test-{uuid.uuid4().hex}"
     connect = (f"{sys.executable} -c 'import socket; socket.create_connection("
                f"(\"127.0.0.1\", {port}), timeout=5); print(\"connected\")'")
-    with listener, Sandbox(timeout=10, preload=(), isolation="namespaces") as sb, \
-            Sandbox(timeout=10, preload=(), isolation="none") as plain:
-        other_dir = plain.run("import os\nos.getcwd()").strip("'")
-        for box, inside in ((sb, True), (plain, False)):
-            seen = box.run(f"import os\nos.path.exists('/proc/{os.getpid()}')")
-            assert (seen == "False") == inside
-            out = shell(box, f"kill -0 {os.getpid()}")
+
+    def outside(command):
+        r = subprocess.run(command, shell=True, text=True, capture_output=True, timeout=60)
+        return f"{r.returncode} {r.stdout + r.stderr}"
+
+    with listener, Sandbox(timeout=10, preload=(), isolation="namespaces") as sb:
+        for run, inside in ((lambda command: shell(sb, command), True), (outside, False)):
+            out = run(f"test -e /proc/{os.getpid()} && echo seen")
+            assert ("seen" in out) != inside
+            out = run(f"kill -0 {os.getpid()}")
             assert out.startswith("1 ") == inside and ("No such process" in out) == inside
-            out = shell(box, connect)
+            out = run(connect)
             assert ("connected" in out) != inside and ("ConnectionRefusedError" in out) == inside
-            for target in (f"/tmp/{name}", f"{tmp_path}/{name}", f"{other_dir}/{name}"):
-                out = shell(box, f"echo x > {target}")
-                assert ("Read-only file system" in out) == inside
+            for target in (f"/tmp/{name}", f"{tmp_path}/{name}"):
+                out = run(f"echo x > {target}")
+                assert out.startswith("2 ") == inside
                 assert os.path.exists(target) != inside
                 if not inside:
                     os.unlink(target)
@@ -468,15 +476,242 @@ def run_in_private_checkout(tmp_path, source, modes):
     return json.loads(r.stdout)
 
 
+# ------------------------------------------------------------------- what the code cannot reach
+GUARDED = [pytest.param(m, id=m, marks=pytest.mark.skipif(bool(why), reason=f"no {m} here: {why}"))
+           for m, why in WHY_NOT.items() if m != "none"]  # "none" reads all you can, by design
+
+
+@pytest.fixture(params=GUARDED)
+def guarded(request):
+    return request.param
+
+
+def test_reference_answers_and_private_files_cannot_be_read(guarded, tmp_path):
+    """The graded answers (data/eval), /etc/shadow and a file in a mode-700 directory: readable
+    here, so each check can fail; from the sandbox neither Python nor a shell opens them."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "secret.txt").write_text("hunter2\n")
+    (private / "secret.txt").chmod(0o644)
+    reference = os.path.join(REPO, "data", "eval", "GSM8K_test_post.jsonl")
+    targets = [reference, "/etc/shadow", str(private / "secret.txt")]
+    for path in targets:
+        with open(path, "rb") as f:
+            assert f.read(1)  # this process can
+    with Sandbox(timeout=5, preload=(), isolation=guarded) as sb:
+        for path in targets:
+            out = sb.run(f"open({path!r}, 'rb').read(1)")
+            assert "FileNotFoundError" in out or "PermissionError" in out, (path, out)
+            out = shell(sb, f"head -c 1 {path}")
+            assert not out.startswith("0 "), (path, out)
+        # What is left of the project: the worker's own files only; no home directories.
+        assert sb.run(f"import os\nsorted(os.listdir({REPO!r}))") == str(
+            sorted(sandbox.WORKER_FILES))
+        assert sb.run("os.path.exists('/home'), os.path.exists('/etc')") == "(False, False)"
+
+
+def test_a_checkout_inside_a_visible_directory_stays_hidden(guarded, monkeypatch):
+    """A checkout in a directory the sandbox must see (as in /usr/src/app): made here by showing
+    the checkout's parent as if it were a system directory. The parent shows, the checkout holds
+    only the worker's files."""
+    parent = os.path.dirname(REPO)
+    monkeypatch.setattr(sandbox, "SYSTEM_DIRS", sandbox.SYSTEM_DIRS + (parent,))
+    reference = os.path.join(REPO, "data", "eval", "GSM8K_test_post.jsonl")
+    with Sandbox(timeout=5, preload=(), isolation=guarded) as sb:
+        assert sb.run(f"import os\nprint(sorted(os.listdir({parent!r})))") == str(
+            sorted(os.listdir(parent)))  # the parent is there, as it is here
+        assert sb.run(f"sorted(os.listdir({REPO!r}))") == str(sorted(sandbox.WORKER_FILES))
+        assert "FileNotFoundError" in sb.run(f"open({reference!r})")
+        assert shell(sb, f"echo x > {REPO}/written").startswith("2 ")  # read-only
+
+
+def test_host_dir_reaches_the_work_directory(mode):
+    with Sandbox(timeout=5, preload=(), isolation=mode) as sb:
+        sb.run("open('from_code.txt', 'w').write('hi')")
+        with open(os.path.join(sb.host_dir(), "from_code.txt")) as f:
+            assert f.read() == "hi"
+        with open(os.path.join(sb.host_dir(), "for_code.txt"), "w") as f:
+            f.write("there")
+        assert sb.run("open('for_code.txt').read()") == "'there'"
+
+
+def test_worker_holds_no_capabilities(guarded):
+    with Sandbox(timeout=5, preload=(), isolation=guarded) as sb:
+        status = sb.run("print(open('/proc/self/status').read())")
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    for name in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(fields[name], 16) == 0, (name, fields[name])
+    assert fields["NoNewPrivs"].strip() == "1"
+
+
+def test_work_directory_is_a_capped_tmpfs(guarded):
+    with Sandbox(timeout=5, max_file_mb=16, disk_mb=1, preload=(), isolation=guarded) as sb:
+        out = sb.run("f = open('big', 'wb')\nf.write(b'x' * (2 * 1024 * 1024))\nf.flush()")
+        assert "No space left on device" in out
+        assert sb.run("import os\nos.remove('big')\nopen('small', 'w').write('ok')") == "2"
+
+
+@pytest.mark.skipif(not ROOT, reason="mode 'none' as root only")
+def test_none_as_root_cannot_touch_the_parent(tmp_path):
+    """As root, mode "none" is refused; were it not, its code must not signal or trace this
+    process nor write its files (a run's results.jsonl)."""
+    results = tmp_path / "results.jsonl"
+    results.write_text("{}\n")
+    try:
+        sb = Sandbox(timeout=5, preload=(), isolation="none")
+    except RuntimeError as e:
+        assert "'none' is not available here" in str(e) and "root" in str(e)
+        return
+    with sb:
+        libc = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        assert sb.run(libc + f"libc.kill({os.getpid()}, 0)") == "-1"
+        assert sb.run(libc + f"libc.ptrace(16, {os.getpid()}, 0, 0)") == "-1"  # PTRACE_ATTACH
+        out = shell(sb, f"echo forged > {results}")
+        assert not out.startswith("0 ")
+    assert results.read_text() == "{}\n"
+
+
+@pytest.mark.skipif(bool(WHY_NOT["uid"]), reason=f"no uid here: {WHY_NOT['uid']}")
+def test_uid_mode_leaves_nothing_in_tmp_or_dev_shm():
+    name = f"sandbox-test-{uuid.uuid4().hex}"
+    places = ["/tmp", "/dev/shm", "/var/tmp"]
+    with Sandbox(timeout=5, preload=(), isolation="uid") as sb:
+        for place in places:
+            shell(sb, f"echo x > {place}/{name}")
+        uid = sb.uid
+    for place in places:
+        assert not os.path.exists(f"{place}/{name}")
+        assert [e.name for e in os.scandir(place) if e.stat(follow_symlinks=False).st_uid == uid
+                ] == []
+
+
+def test_stale_work_directories_are_swept(tmp_path, monkeypatch):
+    """A parent killed with -9 leaves its work directory; the next Sandbox removes those whose
+    owner (the pid in the name) is gone, and nothing else."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no process has now
+    stale = tmp_path / f"sandbox-{dead.pid}-x1y2z3"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "out.txt").write_text("left over")
+    (stale / "sub").chmod(0o500)  # as the code may have left it
+    live = tmp_path / f"sandbox-{os.getpid()}-livexyz"  # ours: alive
+    live.mkdir()
+    other = tmp_path / "sandbox-otherformat"
+    other.mkdir()
+    with Sandbox(timeout=5, preload=()) as sb:
+        assert sb.run("1 + 1") == "2"
+        assert not stale.exists() and live.exists() and other.exists()
+
+
+# ---------------------------------------------------------------------- problems do not leak
+def test_nothing_survives_reset(sb):
+    """Module patches, environment, sys.path, recursion limit, random seed, decimal precision,
+    numpy's print options, a running thread and the work directory's mode: none of them reach the
+    next problem. Each is read before, changed (and read again: the change took), then read
+    after reset()."""
+    pytest.importorskip("numpy")
+    pytest.importorskip("sympy")
+    state = ("import decimal, math, os, random, sys, numpy as np, sympy as sp\n"
+             "x = sp.Symbol('x')\n"
+             "(str(sp.simplify(2 * x / 2)), float(np.sqrt(16.0)), math.pi,"
+             " os.environ.get('LEAK'), sys.path[-1], sys.getrecursionlimit(),"
+             " decimal.getcontext().prec, np.get_printoptions()['precision'],"
+             " oct(os.stat('.').st_mode & 0o777))")
+    before = sb.run(state)
+    patch = ("sp.simplify = lambda e: 'patched'\nnp.sqrt = lambda v: -1.0\nmath.pi = 3\n"
+             "os.environ['LEAK'] = '1'\nsys.path.append('/leak')\nsys.setrecursionlimit(4321)\n"
+             "decimal.getcontext().prec = 5\nnp.set_printoptions(precision=2)\n"
+             "random.seed(0)\ntry:\n    os.chmod('.', 0o500)\nexcept PermissionError:\n"
+             "    pass\n")
+    changed = sb.run(patch + state.split("\n", 2)[2])
+    assert changed != before and "'patched'" in changed and "4321" in changed
+    sb.run("import _thread, time\nleak = []\ndef spin():\n    while True:\n"
+           "        leak.append(1)\n        time.sleep(0.01)\n_thread.start_new_thread(spin, ())")
+    sb.reset()
+    assert sb.run(state) == before
+    seeded = random.Random(0).random()  # what random.seed(0) would draw first
+    assert sb.run("import random\nrandom.random()") != repr(seeded)
+    assert sb.run("import os, time\ntime.sleep(0.05)\n"
+                  "('leak' in globals(), len(os.listdir('/proc/self/task')))") == "(False, 1)"
+    assert sb.run("open('f.txt', 'w').write('ok')\nopen('f.txt').read()") == "'ok'"
+
+
+def test_a_thread_left_running_ends_the_worker(sb):
+    sb.run("import _thread, time\nleak = []\ndef spin():\n    while True:\n"
+           "        leak.append(1)\n        time.sleep(0.01)\n_thread.start_new_thread(spin, ())")
+    out = sb.run("import os\n('leak' in globals(), len(os.listdir('/proc/self/task')))")
+    assert out == f"{RESTART_NOTE}\n(False, 1)"
+    # A thread that ends within its cell costs nothing.
+    sb.run("import threading\nkeep = 1\nt = threading.Thread(target=sum, args=([1, 2],))\n"
+           "t.start()\nt.join()")
+    assert sb.run("keep") == "1"
+
+
+def test_a_process_forked_through_ctypes_does_not_outlive_its_cell(sb):
+    sb.run("keep = 1")
+    out = sb.run("import ctypes, time\npid = ctypes.CDLL(None).fork()\nif pid == 0:\n"
+                 "    while True:\n        time.sleep(0.1)\npid")
+    pid = int(out)
+    assert pid > 0
+    deadline = time.time() + 5
+    while alive_in(sb, pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not alive_in(sb, pid)
+    assert sb.run("keep") == "1"  # the session itself goes on
+
+
+FIND_SOCKET = ("import json, os, sys, time\n"
+               "fd = next(int(n) for n in os.listdir('/proc/self/fd')"
+               " if os.readlink(f'/proc/self/fd/{n}').startswith('socket:'))\n")
+
+
+def test_a_forged_reply_does_not_desynchronise(sb):
+    # A line written onto the worker's socket, before the cell's real reply.
+    out = sb.run(FIND_SOCKET + "os.write(fd, b'{\"output\": \"FORGED\"}\\n')\n"
+                 "time.sleep(0.2)\nprint('real')")
+    assert "FORGED" not in out and "restarted" in out
+    assert sb.run("print('first')") == f"{RESTART_NOTE}\nfirst"
+    assert sb.run("print('second')") == "second"
+    # The same with the id the parent is waiting for (read from the worker's own frames): the
+    # cell may choose its own output, as print does; the real reply that follows is stray.
+    forge = (FIND_SOCKET + "f = sys._getframe()\n"
+             "while not isinstance(f.f_locals.get('request'), dict):\n    f = f.f_back\n"
+             "reply = {'id': f.f_locals['request'].get('id'), 'output': 'FORGED', 'clean': True}\n"
+             "os.write(fd, json.dumps(reply).encode() + b'\\n')\ntime.sleep(0.2)\nprint('real')")
+    sb.run(forge)
+    time.sleep(0.3)
+    assert sb.run("print('third')").endswith("third")
+    assert sb.run("print('fourth')") == "fourth"
+    sb.run(forge)
+    sb.reset()  # does not raise, and the next problem starts clean
+    assert sb.run("print('fifth')") == "fifth"
+
+
+def test_pool_acquire_does_not_raise_for_the_last_problem():
+    with SandboxPool(1, timeout=2, preload=()) as pool:
+        sb = pool.acquire()
+        sb.run(FIND_SOCKET + "os.write(fd, b'{\"output\": \"FORGED\"}\\n')\n"
+               "time.sleep(0.2)\nprint('real')")
+        time.sleep(0.3)
+        pool.release(sb)
+        sb = pool.acquire()  # the stray reply is the last problem's, not this one's
+        assert sb.run("print('mine')") == "mine"
+        pool.release(sb)
+
+
 # ---------------------------------------------------------------------------------- reset and pool
-def test_reset_clears_state_in_place(sb):
+def test_reset_gives_a_fresh_worker(sb):
     sb.run("secret = 1\nimport builtins\nbuiltins.pow = None\nbuiltins.extra = 1")
     pid = sb.run("import os\nos.getpid()")
+    template = sb.run(TEMPLATE)
     sb.reset()
     assert sb.run("'secret' in dir()") == "False"
     assert sb.run("pow(2, 10)") == "1024"  # patched builtins are restored ...
     assert sb.run("extra").endswith("NameError: name 'extra' is not defined")  # ... added ones gone
-    assert sb.run("import os\nos.getpid()") == pid  # same worker: reset did not restart it
+    assert "Cell In[4], line 1" in sb.run("1 / 0")  # its cells count from 1 again
+    assert sb.run("import os\nos.getpid()") != pid  # a new worker ...
+    assert sb.run(TEMPLATE) == template  # ... forked by the same template
 
 
 def test_reset_after_a_kill_needs_no_note(sb):
@@ -552,6 +787,7 @@ def test_cli():
     r = subprocess.run([sys.executable, script, "-c", "x = 20\nx + 22"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and r.stdout == "42\n"
-    r = subprocess.run([sys.executable, script, "--isolation", "none"], input="a = 2\n\na ** 10\n",
-                       capture_output=True, text=True, timeout=60)
-    assert "1024" in r.stdout and "sandbox: isolation 'none'" in r.stderr
+    fallback = "uid" if ROOT else "none"  # (root: "none" is refused)
+    r = subprocess.run([sys.executable, script, "--isolation", fallback],
+                       input="a = 2\n\na ** 10\n", capture_output=True, text=True, timeout=60)
+    assert "1024" in r.stdout and f"sandbox: isolation '{fallback}'" in r.stderr
