@@ -137,14 +137,7 @@ def done_keys(path, key="id"):
         if len(keep) != len(data):
             with open(file, "r+b") as f:
                 f.truncate(len(keep))
-        # split at "\n" only: str.splitlines would also split a record at a U+2028 in its text
-        for n, line in enumerate(decode_utf8(keep, file).split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{file}:{n}: invalid JSON ({e.msg})") from None
+        for n, record in numbered_jsonl(file):   # lines split at "\n" only (not at U+2028)
             if not isinstance(record, dict) or key not in record:
                 raise ValueError(f"{file}:{n}: no field {key!r}")
             keys.add(record[key])
