@@ -23,13 +23,13 @@ import re
 import sys
 import time
 
-import html_views
+from plumbing import html_views
 import lce_data
 from grader import verdicts
-from server_client import ServerError
-from storage import (append_jsonl, atomic_write, check_run, checkpoint_fingerprint, done_keys,
-                     file_digest, merge_parts, numbered_jsonl, part_path, read_json, read_jsonl,
-                     write_json, write_jsonl)
+from plumbing.server_client import ServerError
+from plumbing.storage import (append_jsonl, atomic_write, check_run, checkpoint_fingerprint,
+                              done_keys, file_digest, merge_parts, numbered_jsonl, part_path,
+                              read_json, read_jsonl, write_json, write_jsonl)
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "eval")  # from any cwd
 
@@ -270,7 +270,7 @@ def run_identity(args, cfg):
 def run(args):
     import infer                     # imported only when generating: scoring needs no model code
     from model import Transformer
-    from parallel import follow, init_ranks
+    from plumbing.parallel import follow, init_ranks
     from sandbox import SandboxPool, default_isolation
     from tokenizer import Tokenizer
     cfg = infer.config_from_args(args)   # the generation flags (infer.add_generation_args)
@@ -317,7 +317,7 @@ def run_served(args, cfg, problems):
     next run."""
     import infer
     from sandbox import SandboxPool, default_isolation
-    from server_client import server_from_args
+    from plumbing.server_client import server_from_args
     from tokenizer import Tokenizer
     if not args.tokenizer:
         raise ValueError("--server needs --tokenizer CKPT_DIR (the served checkpoint's tokenizer)")

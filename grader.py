@@ -17,15 +17,16 @@ calls 0.333 equal to 1/3 and 100.004 equal to 100), reading answers as mathemati
      "y \\leq 5", "-2x < 6" is "x > -3"), an equation up to a nonzero factor; a one-variable
      inequality or chain is the set it describes ("-1 < t < 4" is "(-1, 4)"); "x \\le 5" is not
      "x < 5";
-  6. each scalar: LaTeX -> SymPy (latex_sympy.py), then exact comparison, expressions through
-     expand, then simplify (trigonometric identities: "\\cot^2\\theta + 1" is "\\csc^2\\theta")
-     bounded by the time limit. A decimal counts as equal to an exact value only when it is that
-     value correctly rounded to the places written AND carries about four significant figures
-     (0.3333333 == 1/3, 0.333 != 1/3). Every SymPy call runs under a time limit.
+  6. each scalar: LaTeX -> SymPy (plumbing/latex_sympy.py), then exact comparison, expressions
+     through expand, then simplify (trigonometric identities: "\\cot^2\\theta + 1" is
+     "\\csc^2\\theta") bounded by the time limit. A decimal counts as equal to an exact value
+     only when it is that value correctly rounded to the places written AND carries about four
+     significant figures (0.3333333 == 1/3, 0.333 != 1/3). Every SymPy call runs under a time limit.
 Strict where strictness is right: a set is not one of its members, "x = 1 or x = 2" is not 1, a
 decimal comma is not a decimal point ("1,5" is a list, "1,500" a thousands group).
 paper protocol: the authors' grader (their src/evaluate.py and src/utils.py), the one behind the
-paper's numbers, rewritten in authors_grader.py; `_grade_authors` below picks the text it reads.
+paper's numbers, rewritten in plumbing/authors_grader.py; `_grade_authors` below picks the text
+it reads.
 
 No answer can crash or stall grading: grade() returns a verdict within about GRADE_TIME_LIMIT
 whatever the strings (answers over MAX_ANSWER_CHARS are compared as plain strings; every SymPy call
@@ -45,8 +46,8 @@ from fractions import Fraction
 
 import sympy
 
-import authors_grader
-from latex_sympy import MAX_ANSWER_CHARS, braced, deadline, timed, to_sympy
+from plumbing import authors_grader
+from plumbing.latex_sympy import MAX_ANSWER_CHARS, braced, deadline, timed, to_sympy
 
 GRADE_TIME_LIMIT = 10.0   # seconds for one grade() call, all its SymPy calls together
 REL_TOL = 1e-4            # a rounded decimal must be this close (relatively) to count as equal

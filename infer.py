@@ -49,11 +49,11 @@ import torch
 
 import lce_data
 import sandbox
-import storage
+from plumbing import storage
 from lce_data import DEFAULT_SYSTEM
 from model import Transformer
-from parallel import follow, init_ranks
-from server_client import ServerError, add_server_args, server_from_args
+from plumbing.parallel import follow, init_ranks
+from plumbing.server_client import ServerError, add_server_args, server_from_args
 from tokenizer import SPECIAL_TOKENS, Tokenizer
 
 

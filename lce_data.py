@@ -15,8 +15,8 @@ and user messages and every execution block (written by the interpreter at infer
 label -100 (IGNORE).
 
 Records come in the messages schema (MathCodeInstruct) or the authors' output format
-(`debug_result`); debug_result_messages is the one reader of the latter (eval.py and replay.py
-use it too).
+(`debug_result`); debug_result_messages is the one reader of the latter (eval.py and
+plumbing/replay.py use it too).
 
     python lce_data.py stats data.jsonl --tokenizer tok.model    # records, tokens, loss, lengths
     python lce_data.py show data.jsonl --index 3 --html conv.html  # the loss mask, token by token
@@ -24,8 +24,8 @@ use it too).
 import argparse, bisect, json, os, re, sys, time
 from collections import Counter
 
-import html_views
-import storage
+from plumbing import html_views
+from plumbing import storage
 from tokenizer import Tokenizer
 
 # The system text of the paper's numbers: every released solution and every test record in
@@ -128,8 +128,8 @@ def debug_result_messages(rec, where="<record>") -> list[dict]:
     "execution", "content"} and sets `completion` to the last block's content; their released runs
     key them "role" too and append the extracted answer as one more text item equal to
     `completion`: that is not something the model wrote, so it is dropped. The one reader of this
-    format: eval.py grades it and replay.py runs its code through it. A bad item raises DataError
-    naming `where` and the field."""
+    format: eval.py grades it and plumbing/replay.py runs its code through it. A bad item raises
+    DataError naming `where` and the field."""
     def need(ok, field, problem):
         if not ok:
             raise DataError(f"{where}, field {field}: {problem}")
@@ -254,7 +254,7 @@ def encode_records(records, tokenizer, max_len, train_on_execution=False, overfl
 def pad_batch(examples, pad_id) -> dict:
     """Right-pad (input_ids, labels) pairs to the longest; pads carry label -100. With causal
     attention a real token never looks at the pads after it, so no attention mask is needed."""
-    import torch   # here, not at the top: reading records (eval.py, replay.py) needs no torch
+    import torch   # here, not at the top: reading records (eval.py, replay) needs no torch
     T = max(len(ids) for ids, _ in examples)
     pad = lambda xs, value: list(xs) + [value] * (T - len(xs))
     return {"input_ids": torch.tensor([pad(ids, pad_id) for ids, _ in examples]),

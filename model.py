@@ -7,7 +7,7 @@ Read top to bottom:
      attention, SwiGLU, the Transformer
   2. checkpoints: a model built from a Hugging Face or Meta checkpoint (optionally one
      tensor-parallel rank's shard of it) and saved as one. The files themselves are
-     checkpoint.py's concern, the split over ranks parallel.py's.
+     plumbing/checkpoint.py's concern, the split over ranks plumbing/parallel.py's.
   3. greedy decoding and a tiny CLI: `python model.py CKPT --prompt-ids 1,2,3` (greedy
      continuation), `--save OUT` (convert), `torchrun --nproc_per_node=2 model.py CKPT --tp 2
      --prompt-ids 1,2,3`.
@@ -23,8 +23,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-import checkpoint
-from parallel import check_tensor_parallel, follow, init_ranks, tensor_parallel
+from plumbing import checkpoint
+from plumbing.parallel import check_tensor_parallel, follow, init_ranks, tensor_parallel
 
 
 @dataclass

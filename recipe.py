@@ -15,7 +15,7 @@ The released models train on D0 + D1 (about 49k + 31k solutions, recalled).
 problems below (family_problems: easy and hard); synthetic_interpolator plays GPT-4's part, a
 program that writes the new problem from the two examples it finds in the prompt.
 
-With a real teacher behind an OpenAI-compatible server (server_client.py; docs/serving.md):
+With a real teacher behind an OpenAI-compatible server (plumbing/server_client.py; docs/serving.md):
 
     python recipe.py teach --server URL --model NAME --data train.jsonl --out d0.jsonl
     python recipe.py interpolate --server URL --model NAME --easy gsm8k_train.jsonl \
@@ -46,8 +46,8 @@ import grader
 import infer
 import lce_data
 import sandbox
-import storage
-from server_client import ServerError, add_server_args, server_from_args
+from plumbing import storage
+from plumbing.server_client import ServerError, add_server_args, server_from_args
 
 INTERPOLATION_PROMPT = (  # the paper's prompt to GPT-4 (Appendix), recalled: not verbatim
     'Please create a new problem, following the given "Example 1" and "Example 2". "Example 1" is '

@@ -3,8 +3,8 @@
 The authors' src/inference.py (docs/method.md §4) runs each problem's code blocks in one Jupyter
 kernel: variables persist from block to block, and what the cell shows (stdout/stderr, then
 IPython's display of the last expression or its traceback, or "<empty_execution>") goes back into
-the model's context; notebook.py reproduces that display by hand. Here, without Jupyter: one worker
-process per Sandbox, spoken to over a socket with one JSON object per line.
+the model's context; plumbing/notebook.py reproduces that display by hand. Here, without Jupyter:
+one worker process per Sandbox, spoken to over a socket with one JSON object per line.
 
     with Sandbox(timeout=6) as sb:
         sb.run("x = 6 * 7")       # -> "<empty_execution>"
@@ -89,7 +89,8 @@ GRACE = 1.0               # seconds from the soft TimeoutError to the hard kill
 STARTUP_TIMEOUT = 60.0    # seconds a new template may take to import the preload and fork a worker
 RESTART_NOTE = ("[The Python session was restarted: variables and imports from earlier cells "
                 "are lost.]")
-WORKER_FILES = ("sandbox.py", "notebook.py", "pretty.py")  # what the template imports from here
+WORKER_FILES = ("sandbox.py", "plumbing/__init__.py", "plumbing/notebook.py",  # what the template
+                "plumbing/pretty.py")                                      # imports from here
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # sh, libc, ...
 
 
@@ -428,7 +429,7 @@ def _template(cfg):
             __import__(module)
     global notebook
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run with -P: not on the path
-    import notebook  # what a cell shows (the authors' IPython display), preloaded like the rest
+    from plumbing import notebook  # what a cell shows (the authors' IPython display), preloaded
     del sys.path[0]
     control = socket.socket(fileno=0)
     pid = None

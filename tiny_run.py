@@ -48,10 +48,10 @@ import time
 import torch
 
 import eval as evaluation
-import html_views
+from plumbing import html_views
 import lce_data
 import recipe
-import storage
+from plumbing import storage
 from grader import grade, is_equiv
 from infer import GenConfig, solve
 from model import Transformer

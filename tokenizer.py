@@ -29,7 +29,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from storage import atomic_write, read_json, write_json
+from plumbing.storage import atomic_write, read_json, write_json
 
 SPECIAL_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|text|>", "<|code|>",
                   "<|execution|>", "<|endofblock|>", "<|endofmessage|>"]

@@ -54,12 +54,12 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.checkpoint import checkpoint
 
-import checkpoint as ckpt_files
-import html_views
+from plumbing import checkpoint as ckpt_files
+from plumbing import html_views
 import lce_data
 from lce_data import IGNORE
 from model import ModelArgs, Transformer, grow_rows, read_checkpoint
-from storage import append_jsonl, atomic_write, write_json
+from plumbing.storage import append_jsonl, atomic_write, write_json
 from tokenizer import Tokenizer
 
 

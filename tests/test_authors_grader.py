@@ -1,8 +1,8 @@
-"""Tests for authors_grader.py: the authors' grader (their src/utils.py), rewritten, and beside the
+"""Tests for plumbing/authors_grader.py: the authors' grader (their src/utils.py), rewritten, and beside the
 strict one in grader.grade."""
 import pytest
 
-import authors_grader as A
+from plumbing import authors_grader as A
 import grader as G
 
 

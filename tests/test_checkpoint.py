@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from checkpoint import hf_name, open_checkpoint
+from plumbing.checkpoint import hf_name, open_checkpoint
 from model import ModelArgs, Transformer
 from test_model import FIX, split_meta
 
@@ -93,7 +93,7 @@ def test_truncated_safetensors_is_an_error_naming_the_tensor(tmp_path):
 def test_stored_dtype_and_config_without_weights(tmp_path):
     """stored_dtype reads the dtype from the safetensors header or a memory-mapped shard;
     read_config needs only config.json (no weights: what train.py --plan sizes from)."""
-    from checkpoint import read_config, stored_dtype
+    from plumbing.checkpoint import read_config, stored_dtype
     for name, dtype in [("llama2-mha", torch.float32), ("codellama-gqa", torch.bfloat16)]:
         for layout in ("hf", "meta"):
             assert stored_dtype(FIX / name / layout) == dtype
@@ -108,7 +108,7 @@ def test_write_hf_stream_takes_one_tensor_at_a_time(tmp_path):
     """write_hf_stream lays out shards from the specs, then writes each tensor as the stream yields
     it (the stream is consumed in step with the writing: never drawn ahead); the files read back
     as write_hf's would, and a stream out of order is an error naming the file."""
-    from checkpoint import write_hf, write_hf_stream
+    from plumbing.checkpoint import write_hf, write_hf_stream
     torch.manual_seed(0)
     model = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, hidden_dim=64, vocab_size=50))
     state = model.state_dict()

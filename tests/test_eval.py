@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-import authors_grader
+from plumbing import authors_grader
 import eval as E
 import grader
 
@@ -359,9 +359,9 @@ def test_run_errors_name_the_file(tmp_path, monkeypatch):
     if not os.path.exists("/dev/full"):
         pytest.skip("needs /dev/full (Linux) for a full disk")
     import builtins
-    import storage
+    from plumbing import storage
 
-    def full_disk(file, mode="r", **kwargs):   # every write of storage.py lands on /dev/full
+    def full_disk(file, mode="r", **kwargs):   # every write of plumbing/storage.py lands on /dev/full
         return builtins.open("/dev/full" if set(mode) & set("wa") else file, mode, **kwargs)
     monkeypatch.setattr(storage, "open", full_disk, raising=False)
     regraded = tmp_path / "regraded.jsonl"

@@ -9,7 +9,7 @@ import pytest
 
 import eval as E
 import grader as G
-import latex_sympy
+from plumbing import latex_sympy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "data", "eval")

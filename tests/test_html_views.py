@@ -13,7 +13,7 @@ from html.parser import HTMLParser
 import pytest
 
 import eval as E
-import html_views as H
+from plumbing import html_views as H
 import lce_data as D
 from tokenizer import Tokenizer
 
@@ -174,7 +174,7 @@ def test_loss_svg_has_a_point_per_step_that_reads_back_as_the_log(tmp_path):
            for s in range(1, 38)]
     path = tmp_path / "log.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in log))
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "html_views.py"), "loss", str(path)],
+    p = subprocess.run([sys.executable, "-m", "plumbing.html_views", "loss", str(path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     root = parse((tmp_path / "loss.svg").read_text(), standalone_svg=True)
@@ -197,7 +197,7 @@ def test_loss_svg_has_a_point_per_step_that_reads_back_as_the_log(tmp_path):
 def test_loss_svg_bad_log_is_one_line(tmp_path):
     path = tmp_path / "log.jsonl"
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2}\n')
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "html_views.py"), "loss", str(path)],
+    p = subprocess.run([sys.executable, "-m", "plumbing.html_views", "loss", str(path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and p.stderr.strip() == f"error: {path}:2: field loss: missing or " \
                                                      "not a number"

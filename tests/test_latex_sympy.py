@@ -1,4 +1,4 @@
-"""Tests for latex_sympy.py: LaTeX read as SymPy (against values worked out by hand), the decimal
+"""Tests for plumbing/latex_sympy.py: LaTeX read as SymPy (against values worked out by hand), the decimal
 places it reports, what it refuses to read, and the time limits every SymPy call runs under."""
 import threading
 import time
@@ -6,7 +6,7 @@ import time
 import pytest
 import sympy
 
-import latex_sympy as L
+from plumbing import latex_sympy as L
 
 x, y, r = sympy.symbols("x y r")
 

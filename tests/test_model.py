@@ -1,4 +1,4 @@
-"""model.py (and checkpoint.py beneath it) against the reference outputs in tests/fixtures/models
+"""model.py (and plumbing/checkpoint.py beneath it) against the reference outputs in tests/fixtures/models
 (HF transformers' LlamaForCausalLM, fp32)."""
 import json, os, shutil, struct, subprocess, sys
 from pathlib import Path

@@ -1,8 +1,8 @@
-"""Tests for notebook.py: the display of the authors' IPython kernel, checked on their released runs
+"""Tests for plumbing/notebook.py: the display of the authors' IPython kernel, checked on their released runs
 
 Expected strings are copied from the released solutions (data/official_outs/, cited by file, record
 and cell) or written by hand from IPython's documented behaviour (IPython.lib.pretty, ultratb's
-Context mode); none is notebook.py's own output. The values' display: tests/test_pretty.py; all
+Context mode); none is plumbing/notebook.py's own output. The values' display: tests/test_pretty.py; all
 released cells at once: tests/test_replay.py.
 """
 import os
@@ -10,9 +10,9 @@ import re
 
 import pytest
 
-import notebook
-import replay
-from notebook import TIMEOUT
+from plumbing import notebook
+from plumbing import replay
+from plumbing.notebook import TIMEOUT
 from sandbox import EMPTY, Sandbox
 
 OUTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",

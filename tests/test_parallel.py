@@ -83,7 +83,7 @@ def worker(work):
     import eval as E
     import infer
     import model as M
-    import parallel as P
+    from plumbing import parallel as P
     import sandbox
     import test_infer
     import train
@@ -307,7 +307,7 @@ def test_model_cli_tp2_prints_the_one_process_continuation(launched):
 
 def test_tp_refuses_heads_that_do_not_divide(tmp_path):
     from model import ModelArgs
-    from parallel import check_tensor_parallel, init_ranks
+    from plumbing.parallel import check_tensor_parallel, init_ranks
     with pytest.raises(ValueError, match="2 key/value heads do not divide by 4 .*whole KV heads"):
         check_tensor_parallel(ModelArgs(dim=64, n_heads=8, n_kv_heads=2, hidden_dim=64), 4)
     with pytest.raises(ValueError, match="--tp 2 needs torchrun"):
@@ -375,7 +375,7 @@ def test_fsdp_from_checkpoint_equals_one_process(launched):
     """torchrun train.py --init CKPT: the model is built on the meta device, sharded, and filled
     tensor by tensor (the 8 new vocabulary rows too): the losses are the one-process run's. Both
     export in the init checkpoint's dtype (bf16 here), the same tensors."""
-    import checkpoint
+    from plumbing import checkpoint
     import train
     work, _ = launched
     one = train.train(fsdp_config(work, "fsdp-one"))
@@ -416,7 +416,7 @@ def slow_replica_worker(work):
     really in force: rank 1 alone in an all-reduce of its replica's model group times out."""
     import time
     import model as M
-    import parallel as P
+    from plumbing import parallel as P
     ranks = P.init_ranks(2, P.Timeouts(call=SLOW["call"], wait=120.0))
     torch.manual_seed(0)
     m = M.Transformer(M.ModelArgs(dim=32, n_layers=1, n_heads=4, hidden_dim=64, vocab_size=64))

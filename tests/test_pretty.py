@@ -1,16 +1,16 @@
-"""Tests for pretty.py: IPython's text/plain display, checked on the authors' released runs
+"""Tests for plumbing/pretty.py: IPython's text/plain display, checked on the authors' released runs
 
 Expected strings are copied from the released solutions (data/official_outs/, cited by file, record
 and cell) or written by hand from IPython's documented behaviour (IPython.lib.pretty); none is
-pretty.py's own output.
+plumbing/pretty.py's own output.
 """
 import collections
 import fractions
 import os
 import re
 
-import replay
-from pretty import pretty
+from plumbing import replay
+from plumbing.pretty import pretty
 
 OUTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
                     "official_outs")

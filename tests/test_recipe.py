@@ -15,7 +15,7 @@ import pytest
 import lce_data
 import recipe
 import sandbox
-from server_client import Server
+from plumbing.server_client import Server
 from test_server import KEY, StubServer
 from tokenizer import Tokenizer
 

@@ -1,4 +1,4 @@
-"""Tests for replay.py: all 4,347 released solutions (10,299 code cells, data/official_outs/) run
+"""Tests for plumbing/replay.py: all 4,347 released solutions (10,299 code cells, data/official_outs/) run
 through a SandboxPool, each execution block compared with the released one. About 30 s of 2 cores.
 """
 import collections
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import replay
+from plumbing import replay
 from sandbox import SandboxPool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +63,7 @@ def test_replay_matches_the_released_runs(replayed):
 def test_bad_input_is_one_line(tmp_path):
     path = tmp_path / "run.jsonl"
     path.write_text('{"debug_result": [{"role": "code", "content": "1"}]}\n{"messages": []}\n')
-    r = subprocess.run([sys.executable, os.path.join(REPO, "replay.py"), str(path), "--workers",
-                        "1"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "plumbing.replay", str(path), "--workers",
+                        "1"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.splitlines()[-1] == f"error: {path}:2, field debug_result: missing"

@@ -26,7 +26,7 @@ import uuid
 import pytest
 
 import sandbox
-from notebook import TIMEOUT
+from plumbing.notebook import TIMEOUT
 from sandbox import EMPTY, RESTART_NOTE, Sandbox, SandboxPool
 
 ROOT = os.geteuid() == 0

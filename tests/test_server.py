@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from server_client import Server, ServerError
+from plumbing.server_client import Server, ServerError
 
 KEY = "sk-test-9f2c41d7e0b3a6c8"       # what a test exports as the API key
 
@@ -122,7 +122,7 @@ def test_429_and_500_are_retried_then_answered():
 
 
 def test_retry_after_is_honoured(monkeypatch):
-    import server_client
+    from plumbing import server_client
     slept = []
     monkeypatch.setattr(server_client.time, "sleep", slept.append)
     answers = scripted((429, {}, {"Retry-After": "2"}), (200, completion("ok")))

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-import storage
+from plumbing import storage
 
 
 def test_atomic_open_replaces_only_on_success(tmp_path):

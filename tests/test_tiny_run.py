@@ -10,7 +10,7 @@ import lce_data
 import tiny_run
 from grader import extract_answer, is_equiv
 from sandbox import Sandbox
-from storage import read_jsonl
+from plumbing.storage import read_jsonl
 
 
 def test_tiny_run_shrunken(tmp_path):

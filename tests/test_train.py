@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-import checkpoint
+from plumbing import checkpoint
 import lce_data
 import train
 from model import ModelArgs, Transformer

@@ -38,7 +38,7 @@ it drops its privileges.
 """
 import ast, collections, inspect, io, linecache, os, re, sys, textwrap, tokenize, types, zlib
 
-from pretty import pretty
+from plumbing.pretty import pretty
 
 RULE = "-" * 75         # ultratb's rule: min(75, terminal width)
 # What the authors' run_code() returned on jupyter_client's TimeoutError (src/inference.py).
@@ -264,8 +264,10 @@ def _safe_str(obj):
 def _is_ours(code):
     """Frames of this file, the printer and the sandbox around the cell (IPython drops its own
     run_code)."""
-    return (os.path.dirname(code.co_filename) == os.path.dirname(__file__)
-            and os.path.basename(code.co_filename) in ("notebook.py", "pretty.py", "sandbox.py"))
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.abspath(code.co_filename) in (os.path.join(here, "notebook.py"),
+                                                 os.path.join(here, "pretty.py"),
+                                                 os.path.join(os.path.dirname(here), "sandbox.py"))
 
 
 def _walk_tb(tb):

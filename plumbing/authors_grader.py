@@ -22,7 +22,7 @@ import re
 
 import sympy
 
-from latex_sympy import MAX_ANSWER_CHARS, timed, to_sympy
+from plumbing.latex_sympy import MAX_ANSWER_CHARS, timed, to_sympy
 
 # Their strip_units list, in their order. A missing comma in their source fuses 'kb/h' and 'slices',
 # and the empty unit '' removes every '^2' and '^3' from an answer ("x^2" -> "x").

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from parallel import split_dim
-from storage import atomic_open, read_json, write_json
+from plumbing.parallel import split_dim
+from plumbing.storage import atomic_open, read_json, write_json
 
 # ------------------------------------------------------------------------------------ safetensors
 _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}

@@ -7,7 +7,7 @@ data/official_outs/ (4,347 solutions, 10,299 code cells). Each solution's code b
 in a fresh sandbox, and each produced block is compared with the released one,
 whitespace-normalised and to the character.
 
-    python replay.py data/official_outs/*.jsonl     # the table in README.md; ~30 s on 2 cores
+    python -m plumbing.replay data/official_outs/*.jsonl  # the table in README.md; ~30 s on 2 cores
 
 Not compared: a released timeout and every later cell of its solution (their kernel was still
 busy with the timed-out cell, so those blocks say nothing about display; see notebook.TIMEOUT),
@@ -23,9 +23,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from lce_data import debug_result_messages
-from notebook import ANSI, RULE, TIMEOUT
+from plumbing.notebook import ANSI, RULE, TIMEOUT
 from sandbox import MODES, SandboxPool
-from storage import numbered_jsonl, write_jsonl
+from plumbing.storage import numbered_jsonl, write_jsonl
 
 
 def released_cells(path):

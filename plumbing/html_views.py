@@ -7,8 +7,8 @@ so every other module may use it:
 
     python lce_data.py show FILE --index 0 --html conv.html   # the loss mask, token by token
     python eval.py report RUN_DIR                 # RUN_DIR/report.html: every problem, each block
-    python html_views.py loss OUT/log.jsonl       # OUT/loss.svg: loss and learning rate per step
-    python html_views.py tiny out/tiny            # out/tiny/report.html (tiny_run.py writes it too)
+    python -m plumbing.html_views loss OUT/log.jsonl  # OUT/loss.svg: loss and learning rate a step
+    python -m plumbing.html_views tiny out/tiny  # out/tiny/report.html (tiny_run.py writes it too)
 
 Every piece of model or data text goes through esc(): solutions contain '<', '&', '</script>'. The
 scripts read only the page's own elements (no data inside <script>), so text cannot become code.
@@ -20,7 +20,7 @@ import os
 import re
 import sys
 
-from storage import atomic_write, read_json, read_jsonl
+from plumbing.storage import atomic_write, read_json, read_jsonl
 
 # the background of each part of a conversation (token view) and of each solution block
 BLOCK_COLOURS = {"system": "#e6e0f3", "user": "#d9ebfb", "text": "#dcf2dc", "code": "#fdebc8",

@@ -3,15 +3,15 @@
 Speed claims live here, not in timed tests. Each subcommand prints a small table and, with --write,
 replaces its own section of BENCHMARKS.md (machine, exact command, date, load average, figures).
 
-    .venv/bin/python bench.py decode    # batched solve at batch 1, 16, 64 vs the bytes-read bound
-    .venv/bin/python bench.py sandbox   # sandbox round trip, new problem; vs a cold start
-    .venv/bin/python bench.py grade     # answer grading on MATH vs string compare and SymPy-only
-    .venv/bin/python bench.py infer     # batched solve() (code runs while others decode) vs 1 by 1
-    .venv/bin/python bench.py tp        # peak host memory per rank: loading with --tp 2 vs TP=1
-    .venv/bin/python bench.py all --write    # the CPU benchmarks, BENCHMARKS.md updated
-    .venv/bin/python bench.py gpu --write    # CUDA only: 7B-shape bf16 solve at batch 64 vs the
-                                             # bytes-read bound, SDPA kernels, training-step MFU
-    .venv/bin/python bench.py gpu --tiny     # the same code at a tiny shape, CPU too (a check)
+    python -m plumbing.bench decode    # batched solve at batch 1, 16, 64 vs the bytes-read bound
+    python -m plumbing.bench sandbox   # sandbox round trip, new problem; vs a cold start
+    python -m plumbing.bench grade     # answer grading on MATH vs string compare and SymPy-only
+    python -m plumbing.bench infer     # batched solve() (code runs while others decode) vs 1 by 1
+    python -m plumbing.bench tp        # peak host memory per rank: loading with --tp 2 vs TP=1
+    python -m plumbing.bench all --write    # the CPU benchmarks, BENCHMARKS.md updated
+    python -m plumbing.bench gpu --write    # CUDA only: 7B-shape bf16 solve at batch 64 vs the
+                                            # bytes-read bound, SDPA kernels, training-step MFU
+    python -m plumbing.bench gpu --tiny     # the same code at a tiny shape, CPU too (a check)
 Every benchmark checks that the fast path and its baseline compute the same thing before timing
 counts.
 """
@@ -40,10 +40,10 @@ import model as M
 import sandbox
 import train
 from eval import load_dataset
-from storage import atomic_write
+from plumbing.storage import atomic_write
 from tokenizer import Tokenizer
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repo
 LLAMA_TOKENIZER = os.path.join(ROOT, "tests/fixtures/tokenizer/llama2-tokenizer.model")
 
 
@@ -93,11 +93,11 @@ def report(name, title, rows, notes, write, load_before, device="cpu"):
     load = f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after (1 min)"
     if load_before[0] > ncpu:     # more runnable work than CPUs before we even started: other jobs
         load += f" on {ncpu} CPUs: **the machine was shared with other jobs, figures are noisy**"
-    command = shlex.join(["bench.py", *sys.argv[1:]])
+    command = shlex.join(["python", "-m", "plumbing.bench", *sys.argv[1:]])
     head = ["measured", "value", "baseline (same run)", "baseline value", "ratio"]
     lines = [f"## {title}", "",
              f"- machine: {machine(device)}",
-             f"- command: `cd {ROOT} && .venv/bin/python {command}`",
+             f"- command (from the repo root): `{command}`",
              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; {load}",
              "",
              "| " + " | ".join(head) + " |",
@@ -421,7 +421,8 @@ def bench_infer(opts):
 # ------------------------------------------------------------- tp: peak memory per rank, TP=2 vs 1
 PEAK_RSS_SCRIPT = """
 import ctypes, gc, json, os, sys, torch
-import model, parallel
+import model
+from plumbing import parallel
 ranks = parallel.init_ranks(int(sys.argv[2]))
 def kib(field):
     return int(next(ln for ln in open("/proc/self/status") if ln.startswith(field)).split()[1])
