@@ -77,8 +77,10 @@ def apply_rope(x, cos, sin):
     return (xf * cos + torch.cat([-x2, x1], dim=-1) * sin).type_as(x)
 
 
-READ_BUCKET = 128  # a decode step reads its rows' slots up to a multiple of this: never the whole
-#                    cache, and the shapes SDPA sees change only once every 128 tokens
+READ_BUCKET = 32  # a ragged decode step reads its rows' slots up to a multiple of this past the
+#                   longest row: never the whole cache, 16 padding slots per row on average, and
+#                   the shapes SDPA sees change once every 32 tokens (nothing here is compiled or
+#                   captured per shape: eager kernels take any length)
 
 
 class KVCache:
@@ -183,15 +185,31 @@ def grouped_attention(q, k, v, mask):
     mask None or additive [B, 1, T, L] (T = 1: a decode step). The G = n_heads / n_kv_heads query
     heads that share a KV head are read as G * T queries of that head: K and V are read once per
     KV head (no repeat), in a plain multi-head SDPA call. CUDA: with a mask the memory-efficient
-    kernel (flash takes none), without one (one row, one query each) flash."""
+    kernel (flash takes none), without one (one row, one query each) flash. CPU, decode step: two
+    batched matrix products instead (cpu_attention)."""
     B, T, H, D = q.shape
     kv_heads = k.shape[1]
     G = H // kv_heads
     q = q.view(B, T, kv_heads, G, D).permute(0, 2, 3, 1, 4).reshape(B, kv_heads, G * T, D)
     if mask is not None and T > 1:  # each of the G heads' queries: the same rows of the mask
         mask = mask[:, :, None].expand(B, 1, G, T, mask.shape[-1]).reshape(B, 1, G * T, -1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if q.device.type == "cpu" and T == 1:
+        out = cpu_attention(q, k, v, mask)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.view(B, kv_heads, G, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, H, D)
+
+
+def cpu_attention(q, k, v, mask):
+    """softmax(q k^T / sqrt(head_dim) + mask) v, as SDPA's math, for a decode step's G queries per
+    KV head (q [B, kv_heads, G, head_dim]). The CPU's flash kernel is made for long query blocks:
+    with G = 2 it read a ragged decode step's cache ~10% slower than these two products (the
+    2-core AMD EPYC of BENCHMARKS.md). The scores [B, kv_heads, G, L] are small; softmax in
+    float32."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
+    if mask is not None:
+        scores += mask
+    return torch.matmul(torch.softmax(scores, -1, dtype=torch.float32).to(v.dtype), v)
 
 
 def attention_mask(positions, doc_ids=None):
@@ -243,6 +261,26 @@ class FeedForward(nn.Module):  # SwiGLU: w2(silu(w1 x) * w3 x)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
+class VocabProjection(nn.Linear):
+    """The output layer: logits = x @ weight.T (no bias). When decoding on the CPU (float32, no
+    autograd) it multiplies by a copy of the weight that oneDNN has laid out once in its blocked
+    format: its AVX-512 kernels ran the 32,008-row projection of 16 rows 1.7x faster than the
+    default sgemm (MKL) on the AMD EPYC of BENCHMARKS.md. The copy is not a parameter (the
+    checkpoint keeps `output.weight`) and is made again whenever the weight changes."""
+
+    packed = None  # (the weight's identity and version, its oneDNN copy)
+
+    def forward(self, x):
+        w = self.weight
+        if (x.device.type != "cpu" or w.dtype != torch.float32 or torch.is_grad_enabled()
+                or not torch.backends.mkldnn.is_available()):
+            return super().forward(x)
+        key = (w.data_ptr(), w._version, tuple(w.shape))
+        if self.packed is None or self.packed[0] != key:
+            self.packed = (key, w.detach().to_mkldnn())
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed[1], None, "none", [], "")
+
+
 class TransformerBlock(nn.Module):  # pre-norm residual block
     def __init__(self, args: ModelArgs, layer_id: int):
         super().__init__()
@@ -263,7 +301,7 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
-        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.output = VocabProjection(args.dim, args.vocab_size, bias=False)
         for p in self.parameters():  # from-scratch init (GPT-2 style); a no-op on the meta device
             if p.dim() == 2:
                 nn.init.normal_(p, std=0.02)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import KVCache, ModelArgs, Transformer, attention_mask, greedy
+from model import READ_BUCKET, KVCache, ModelArgs, Transformer, attention_mask, greedy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -354,7 +354,8 @@ def test_attention_mask_by_hand():
     cache.place(None, torch.tensor([[2], [0]]))
     [group] = cache.groups                   # consecutive rows: one batch, read in place
     mask = group["mask"][:, 0, 0]
-    assert mask.shape == (2, 128)            # slots read: a multiple of 128, not the whole cache
+    assert mask.shape == (2, READ_BUCKET)    # slots read: a multiple of READ_BUCKET, not the
+    assert READ_BUCKET < 200                 # whole cache
     assert (mask[0, :3] == 0).all() and (mask[0, 3:] == float("-inf")).all()
     assert (mask[1, :1] == 0).all() and (mask[1, 1:] == float("-inf")).all()
 
@@ -444,3 +445,27 @@ def test_decode_step_allocates_a_small_fraction_of_the_cache():
     allocated = sum(e.nbytes() for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]" and e.nbytes() > 0)
     assert 0 < allocated < 0.10 * cache_bytes, (allocated, cache_bytes)
+
+
+def test_vocab_projection_follows_every_change_of_the_weight():
+    """Decoding on the CPU multiplies by a prepacked copy of output.weight: after the weight is
+    changed in place, or replaced (grow_vocab), the logits are those of the new weight (h @ W.T)."""
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=64, n_layers=1, n_heads=4, vocab_size=300,
+                                  hidden_dim=96)).eval()
+    tokens = torch.randint(0, 300, (3, 5))
+
+    def by_hand():  # the last hidden state (the output layer's input) times the weight
+        seen = []
+        hook = model.output.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+        logits = model(tokens)
+        hook.remove()
+        return logits, seen[0] @ model.output.weight.T
+    with torch.no_grad():
+        for change in (None, lambda: model.output.weight[7].fill_(3.0),
+                       lambda: model.grow_vocab(308)):
+            if change:
+                change()
+            logits, expected = by_hand()
+            torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+        assert logits.shape[-1] == 308 and (logits[..., 7] != 0).all()
