@@ -223,6 +223,25 @@ def attention_mask(positions, doc_ids=None):
     return None
 
 
+class Linear(nn.Linear):
+    """nn.Linear; on the CPU without autograd (decoding, float32), a large product goes through
+    oneDNN's AVX-512 matrix kernels instead of MKL's sgemm (torch's default there), with the weight
+    as it is: on the AMD EPYC of BENCHMARKS.md they ran the 32,008-row output layer 1.8x faster at
+    1 to 32 rows and a 512 x 1344 FFN weight 1.7x faster at 16 rows, but cost ~12 us more per call,
+    so small products (under 2^22 multiply-adds) stay with MKL."""
+
+    def forward(self, x):
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and ONEDNN_LINEAR
+                and self.bias is None and not torch.is_grad_enabled()
+                and x.numel() * self.out_features >= 1 << 22):
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
+        return super().forward(x)
+
+
+ONEDNN_LINEAR = (torch.backends.mkldnn.is_available()
+                 and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs, layer_id: int):
         super().__init__()
@@ -230,10 +249,10 @@ class Attention(nn.Module):
         self.n_heads = args.n_heads         # (tensor_parallel divides the heads over the ranks)
         self.n_kv_heads = args.n_kv_heads
         self.head_dim = args.head_dim
-        self.wq = nn.Linear(args.dim, self.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(self.n_heads * self.head_dim, args.dim, bias=False)
+        self.wq = Linear(args.dim, self.n_heads * self.head_dim, bias=False)
+        self.wk = Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = Linear(self.n_heads * self.head_dim, args.dim, bias=False)
 
     def forward(self, x, cos, sin, mask, cache=None):
         B, T, _ = x.shape
@@ -253,32 +272,12 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):  # SwiGLU: w2(silu(w1 x) * w3 x)
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
-        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
-        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w1 = Linear(dim, hidden_dim, bias=False)
+        self.w2 = Linear(hidden_dim, dim, bias=False)
+        self.w3 = Linear(dim, hidden_dim, bias=False)
 
     def forward(self, x):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-
-class VocabProjection(nn.Linear):
-    """The output layer: logits = x @ weight.T (no bias). When decoding on the CPU (float32, no
-    autograd) it multiplies by a copy of the weight that oneDNN has laid out once in its blocked
-    format: its AVX-512 kernels ran the 32,008-row projection of 16 rows 1.7x faster than the
-    default sgemm (MKL) on the AMD EPYC of BENCHMARKS.md. The copy is not a parameter (the
-    checkpoint keeps `output.weight`) and is made again whenever the weight changes."""
-
-    packed = None  # (the weight's identity and version, its oneDNN copy)
-
-    def forward(self, x):
-        w = self.weight
-        if (x.device.type != "cpu" or w.dtype != torch.float32 or torch.is_grad_enabled()
-                or not torch.backends.mkldnn.is_available()):
-            return super().forward(x)
-        key = (w.data_ptr(), w._version, tuple(w.shape))
-        if self.packed is None or self.packed[0] != key:
-            self.packed = (key, w.detach().to_mkldnn())
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed[1], None, "none", [], "")
 
 
 class TransformerBlock(nn.Module):  # pre-norm residual block
@@ -301,7 +300,7 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
-        self.output = VocabProjection(args.dim, args.vocab_size, bias=False)
+        self.output = Linear(args.dim, args.vocab_size, bias=False)
         for p in self.parameters():  # from-scratch init (GPT-2 style); a no-op on the meta device
             if p.dim() == 2:
                 nn.init.normal_(p, std=0.02)
