@@ -92,8 +92,12 @@ class KVCache:
     into their slots and reads each row in place (views of the cache, never a copy of it)."""
 
     def __init__(self, n_layers: int, shape, device, dtype):
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        # Not zeroed up front (at batch 32 x 2,048 slots a small model's cache is ~0.5 GB to write,
+        # most of it never read), but as far as calls reach (`clean`): the slots a ragged decode
+        # step reads past a row's last one are masked, and must hold finite numbers (0 * NaN).
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.cleaned = 0  # slots 0 .. cleaned - 1 of every row: zeros, or keys and values written
         self.groups = []  # this call's plan: see place()
 
     @property
@@ -126,7 +130,16 @@ class KVCache:
             self.groups.append(self.plan_group(b, end, rows[b], [p[0] for p in pos[b:end]],
                                                counts[b], device))
             b = end
+        self.clean(max(g["length"] for g in self.groups))
         return counts
+
+    def clean(self, length: int):
+        """Zero slots cleaned .. length - 1 of every row: before this call writes or reads them,
+        so nothing written is ever zeroed (at most once every READ_BUCKET slots when decoding)."""
+        if length > self.cleaned:
+            for t in self.k + self.v:
+                t[:, :, self.cleaned:length].zero_()
+            self.cleaned = length
 
     def plan_group(self, b0, b1, row, starts, n, device):
         """Group b0..b1-1 in rows row.. : what its attention reads and which mask it needs."""

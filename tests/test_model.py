@@ -298,10 +298,11 @@ def test_fresh_model_forward_and_cache_shapes():
     with torch.no_grad():
         logits = model(tokens, cache=cache, rows=torch.tensor([2, 0]))
     assert logits.shape == (2, 5, 50) and logits.dtype == torch.float32
-    # K/V went to rows 2 and 0, positions 0..4; row 1 and later positions are untouched
+    # K/V went to rows 2 and 0, positions 0..4; row 1 there is zeroed (KVCache.clean), the slots
+    # past the call's reach are left as allocated
     for i in (2, 0):
         assert cache.k[0][i, :, :5].abs().sum() > 0 and cache.v[1][i, :, :5].abs().sum() > 0
-    assert cache.k[0][1].abs().sum() == 0 and cache.k[0][:, :, 5:].abs().sum() == 0
+    assert cache.k[0][1, :, :5].abs().sum() == 0 and cache.cleaned == 5
     with pytest.raises(ValueError, match="max_len"):
         model(torch.zeros(1, 17, dtype=torch.long), cache=cache)
     with pytest.raises(ValueError, match="cannot be combined"):
@@ -310,17 +311,22 @@ def test_fresh_model_forward_and_cache_shapes():
 
 def test_cache_writes_each_row_at_its_positions_and_attends_to_its_own_slots():
     """Two sequences in rows 2 and 0 of a 3-row cache, at positions 0-1 and 3-4 (row 0 holds 0 in
-    slots 0-2): written there, nothing else touched. With zero queries attention is the plain mean
-    of the values a query sees: its own row, slots 0 .. its position."""
+    slots 0-2: slots as far as a call reaches are zeroed first): written there, nothing else
+    touched. With zero queries attention is the plain mean of the values a query sees: its own
+    row, slots 0 .. its position."""
     cache = KVCache(n_layers=2, shape=(3, 1, 6, 1), device="cpu", dtype=torch.float32)
+    for t in cache.k + cache.v:
+        t.fill_(9.0)                                        # what the allocation held
     cache.place(torch.tensor([2, 0]), torch.tensor([[0, 1], [3, 4]]))
     k = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(2, 2, 1, 1)
     out = cache.attend(1, torch.zeros(2, 2, 1, 1), k, -k)
     want = torch.zeros(3, 6)
+    want[:, 5] = 9.0                                        # beyond the call's reach
     want[2, 0:2] = torch.tensor([1.0, 2.0])
     want[0, 3:5] = torch.tensor([3.0, 4.0])
-    assert torch.equal(cache.k[1].view(3, 6), want) and torch.equal(cache.v[1].view(3, 6), -want)
-    assert cache.k[0].abs().sum() == 0                      # another layer: untouched
+    assert torch.equal(cache.k[1].view(3, 6), want)
+    assert torch.equal(cache.v[1].view(3, 6)[:, :5], -want[:, :5])
+    assert torch.equal(cache.k[0].view(3, 6), (want == 9.0) * 9.0)  # another layer: only zeroed
     by_hand = torch.tensor([[-1.0, -(1 + 2) / 2], [-3 / 4, -(3 + 4) / 5]])
     torch.testing.assert_close(out.view(2, 2), by_hand)
 
@@ -338,7 +344,7 @@ def test_padding_is_neither_written_nor_read():
         last = model(tokens, positions, cache=cache, last_only=True)
         alone = model(torch.tensor([[9, 10]]))[0, -1]
     torch.testing.assert_close(last[1, 0], alone, atol=1e-5, rtol=1e-5)
-    assert cache.k[0][1, :, 2:].abs().sum() == 0 and cache.k[0][0, :, 3].abs().sum() > 0
+    assert cache.k[0][1, :, 2:4].abs().sum() == 0 and cache.k[0][0, :, 3].abs().sum() > 0
 
 
 def test_attention_mask_by_hand():
@@ -416,6 +422,7 @@ def test_decode_step_on_ragged_rows_equals_each_row_alone(models, name):
         cache = model.new_cache(6, 200)
         for c in cache.k + cache.v:
             c.normal_()                                         # junk a previous batch left behind
+        cache.cleaned = cache.max_len                           # (in every slot: none is zeroed)
         first = model(tokens, positions, cache=cache, rows=torch.tensor(rows), last_only=True)
         step = model(torch.tensor([[s[-1]] for s in seqs]), torch.tensor([[n] for n in lengths]),
                      cache=cache, rows=torch.tensor(rows))
@@ -459,3 +466,24 @@ def test_linear_when_decoding_on_the_cpu_equals_the_plain_product():
             fast = layer(x)
         torch.testing.assert_close(fast, expected, atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(fast, layer(x).detach(), atol=1e-4, rtol=1e-5)
+
+
+def test_slots_read_past_a_rows_end_are_zeroed_before_use():
+    """The cache is allocated without zeroing (it may hold NaN): a ragged decode step reads the
+    shorter rows past their last slot (masked), which must then hold zeros, not what the
+    allocation held; each row's logits equal the row alone."""
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50,
+                                  hidden_dim=64)).eval()
+    seqs = [[3, 4, 5, 6, 7, 8, 9, 10, 11], [12, 13]]
+    with torch.no_grad():
+        cache = model.new_cache(2, 64)
+        for t in cache.k + cache.v:
+            t.fill_(float("nan"))
+        for row, s in enumerate(seqs):      # one row at a time: each reaches only its own slots
+            model(torch.tensor([s[:-1]]), cache=cache, rows=torch.tensor([row]))
+        step = model(torch.tensor([[s[-1]] for s in seqs]),
+                     torch.tensor([[len(s) - 1] for s in seqs]), cache=cache)
+        for b, s in enumerate(seqs):
+            torch.testing.assert_close(step[b, 0], model(torch.tensor([s]))[0, -1],
+                                       atol=1e-5, rtol=1e-5)
