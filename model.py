@@ -236,6 +236,10 @@ def attention_mask(positions, doc_ids=None):
     return None
 
 
+ONEDNN_LINEAR = (torch.backends.mkldnn.is_available()
+                 and hasattr(torch.ops.mkldnn, "_linear_pointwise"))  # (see Linear)
+
+
 class Linear(nn.Linear):
     """nn.Linear; on the CPU without autograd (decoding, float32), a large product goes through
     oneDNN's AVX-512 matrix kernels instead of MKL's sgemm (torch's default there), with the weight
@@ -249,10 +253,6 @@ class Linear(nn.Linear):
                 and x.numel() * self.out_features >= 1 << 22):
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
         return super().forward(x)
-
-
-ONEDNN_LINEAR = (torch.backends.mkldnn.is_available()
-                 and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 class Attention(nn.Module):
