@@ -48,6 +48,7 @@ import sympy
 
 from plumbing import authors_grader
 from plumbing.latex_sympy import MAX_ANSWER_CHARS, braced, deadline, timed, to_sympy
+from tokenizer import SPECIAL_RE
 
 GRADE_TIME_LIMIT = 10.0   # seconds for one grade() call, all its SymPy calls together
 REL_TOL = 1e-4            # a rounded decimal must be this close (relatively) to count as equal
@@ -57,8 +58,6 @@ FAST_PATH = True          # string / plain-number equality before SymPy (False o
 
 _BARE_BOX = re.compile(r"[^\s$]*")
 _NON_SPACE = re.compile(r"\S")
-_BLOCK_MARK = re.compile(
-    r"<\|(?:text|code|execution|endofblock|endofmessage|system|user|assistant)\|>")
 
 
 def _box_spans(text):
@@ -90,15 +89,11 @@ def _box(text, span):
 
 def _first_box_of_last_boxed_block(text):
     """The first \\boxed{} of the last LCE block that has one, or None."""
-    for block in reversed(_BLOCK_MARK.split(text)):
+    for block in reversed(SPECIAL_RE.split(text)[::2]):   # every other piece is a marker
         spans = _box_spans(block)
         if spans:
             return _box(block, spans[0])
     return None
-
-
-_LCE_TOKEN = re.compile(
-    r"(<\|(?:text|code|execution|endofblock|endofmessage|system|user|assistant)\|>)")
 
 
 def model_text(solution):
@@ -116,8 +111,8 @@ def model_text(solution):
         return solution
     kept = []
     kind = "text"
-    for piece in _LCE_TOKEN.split(solution):
-        if piece.startswith("<|") and _LCE_TOKEN.fullmatch(piece):
+    for piece in SPECIAL_RE.split(solution):
+        if piece.startswith("<|") and SPECIAL_RE.fullmatch(piece):
             opens = piece in ("<|text|>", "<|code|>", "<|execution|>")
             kind = piece[2:-2] if opens else "text"
         elif kind == "text" and piece:
@@ -631,7 +626,7 @@ def _grade_authors(solution, reference, dataset):
         solution = "".join(f"<|{kind}|>{content}<|endofblock|>" for kind, content in solution)
     completion = _first_box_of_last_boxed_block(str(solution))
     if completion is None:
-        blocks = [b for b in _BLOCK_MARK.split(str(solution)) if b.strip()]
+        blocks = [b for b in SPECIAL_RE.split(str(solution))[::2] if b.strip()]
         completion = blocks[-1] if blocks else ""
     pred = authors_grader.find_math_answer(completion)
     if dataset == "gsm8k":
