@@ -21,10 +21,11 @@ def source(name):
 # Who may import whom: a module imports only modules of LOWER layers (imports inside functions too).
 P = SUPPORT + "."
 LAYERS = [
-    [P + "storage", P + "pretty", P + "parallel", P + "latex_sympy", P + "server_client"],
+    [P + "storage", P + "pretty", P + "parallel", P + "latex_sympy", P + "server_client",
+     P + "cli"],
     [P + "checkpoint", "tokenizer", P + "notebook", P + "html_views", P + "authors_grader"],
     ["model", "sandbox", "grader"],
-    ["lce_data"],
+    ["lce_data", P + "memory_plan", P + "train_checkpoint"],
     ["train", "infer"],
     ["eval", P + "replay", "recipe"],
     ["tiny_run", P + "bench"],                               # the drivers
