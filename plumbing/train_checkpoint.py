@@ -3,9 +3,10 @@ by the same run (at any world size), and the trained model exported in the Huggi
 docs/scaling.md sizes them for 34B and 70B.
 
 Read top to bottom: a pretrained checkpoint read straight into FSDP's shards; what makes two runs
-the same run (the fingerprint a resume must match); the sharded training checkpoint (what it holds, its save, its check, its load); the log cut back to a
-resumed step; the export, one whole tensor at a time. plumbing/checkpoint.py knows the Hugging Face
-and Meta files themselves; this file knows the training state around them.
+the same run (the fingerprint a resume must match); the sharded training checkpoint (what it
+holds, its save, its check, its load); the log cut back to a resumed step; the export, one whole
+tensor at a time. plumbing/checkpoint.py knows the Hugging Face and Meta files themselves; this
+file knows the training state around them.
 """
 import dataclasses
 import hashlib
