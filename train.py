@@ -22,12 +22,17 @@ Defaults follow the paper: 3 epochs, lr 2e-5, global batch 128, sequence length 
     python train.py ... --resume    # after a crash or kill: same losses, any number of processes
     python train.py --plan --init /ckpt/Llama-2-70b-hf/config.json --gpus 32   # memory per GPU
 
+Read top to bottom: the config (every field a flag), the data (rows, each step's micro-batches),
+the schedule, the loss and its gradient, the model (FSDP2 under torchrun), the run. What serves it
+is one folder down: the checks of the flags before anything is built (plumbing/train_checks.py),
+the memory plan (plumbing/memory_plan.py), the checkpoints, resume and export
+(plumbing/train_checkpoint.py), what the run reports (plumbing/train_log.py).
+
 Writes OUT/config.json (the flags, the data's sha256, the model's shape, the memory plan),
 OUT/log.jsonl (one line per step), OUT/checkpoints/step-N/ (sharded: each rank writes its own
 part; every --save-every steps and at the end), OUT/final/ (Hugging Face layout, written one
 whole tensor at a time, + tokenizer.save), OUT/summary.json, and OUT/loss.svg (loss and learning
-rate per step, redrawn at each checkpoint): plumbing/train_checkpoint.py. docs/scaling.md: 34B
-and 70B.
+rate per step, redrawn at each checkpoint). docs/scaling.md: 34B and 70B.
 """
 import argparse
 import dataclasses
@@ -48,14 +53,14 @@ from torch.utils.checkpoint import checkpoint
 import lce_data
 from lce_data import IGNORE
 from model import Transformer
-from plumbing import html_views
 from plumbing.cli import add_flags, flag, from_flags
-from plumbing.memory_plan import format_plan, memory_plan, plan_args, plan_verdict, print_plan
+from plumbing.memory_plan import plan_args, plan_run, print_plan
 from plumbing.parallel import Timeouts, init_ranks
-from plumbing.storage import append_jsonl, write_json
-from plumbing.train_checkpoint import (check_resume, complete_checkpoints, cut_log, export_dtype,
-                                       export_final, load_checkpoint, load_into_shards,
-                                       run_fingerprint, save_checkpoint)
+from plumbing.train_checkpoint import (check_resume, checkpoints_dir, complete_checkpoints,
+                                       export_dtype, export_final, load_checkpoint,
+                                       load_into_shards, run_fingerprint, save_checkpoint)
+from plumbing.train_checks import check_config
+from plumbing.train_log import TrainLog
 from tokenizer import Tokenizer
 
 
@@ -125,57 +130,6 @@ def parse_args(argv=None) -> TrainConfig:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_flags(parser, TrainConfig)
     return from_flags(TrainConfig, parser.parse_args(argv))
-
-
-def check_config(cfg: TrainConfig, world: int) -> str:
-    """Every check that needs no model: fail in seconds, before any GPU memory is taken. Returns the
-    tokenizer's path."""
-    def bad(msg):
-        raise ValueError(f"train.py: {msg}")
-    if not cfg.data or not os.path.isfile(cfg.data):
-        bad(f"--data {cfg.data!r}: file not found")
-    if not cfg.out:
-        bad("--out is required")
-    if cfg.init is not None and not os.path.isdir(cfg.init):
-        bad(f"--init {cfg.init!r}: checkpoint directory not found")
-    tokenizer_path = cfg.tokenizer
-    if tokenizer_path is None and cfg.init:
-        tokenizer_path = os.path.join(cfg.init, "tokenizer.model")
-    if tokenizer_path is None or not os.path.isfile(tokenizer_path):
-        bad(f"tokenizer {tokenizer_path!r} not found (give --tokenizer TOK.model, or --init DIR "
-            "holding tokenizer.model)")
-    for name in ("epochs", "batch_size", "micro_batch_size", "seq_len", "save_every", "log_every",
-                 "max_steps", "warmup_steps", "dim", "n_layers", "n_heads", "n_kv_heads",
-                 "hidden_dim"):
-        value = getattr(cfg, name)
-        low = 0 if name == "warmup_steps" else 1
-        if value is not None and value < low:
-            bad(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-    if not (cfg.lr > 0 and 0 <= cfg.min_lr <= cfg.lr and 0 <= cfg.warmup_ratio < 1
-            and cfg.grad_clip >= 0):
-        bad("need lr > 0, 0 <= min-lr <= lr, 0 <= warmup-ratio < 1, grad-clip >= 0")
-    if cfg.batch_size % (world * cfg.micro_batch_size):
-        bad(f"--batch-size {cfg.batch_size} must be a multiple of world size {world} x "
-            f"--micro-batch-size {cfg.micro_batch_size}")
-    n_kv_heads = cfg.n_kv_heads or cfg.n_heads
-    if cfg.init is None and (cfg.dim % cfg.n_heads or cfg.n_heads % n_kv_heads):
-        bad(f"--dim {cfg.dim} must divide by --n-heads {cfg.n_heads}, which must divide by "
-            "--n-kv-heads")
-    if cfg.precision not in ("auto", "bf16", "fp32"):
-        bad("--precision is auto|bf16|fp32")
-    if cfg.export_dtype not in ("auto", "float32", "bfloat16", "float16"):
-        bad("--export-dtype is auto|float32|bfloat16|float16")
-    if cfg.reduce_dtype not in ("fp32", "bf16"):
-        bad("--reduce-dtype is fp32|bf16")
-    if not cfg.timeout_minutes > 0:
-        bad(f"--timeout-minutes must be > 0, got {cfg.timeout_minutes}")
-    if cfg.resume and not complete_checkpoints(checkpoints_dir(cfg)):
-        bad(f"--resume: no complete checkpoint in {checkpoints_dir(cfg)}")
-    return tokenizer_path
-
-
-def checkpoints_dir(cfg):
-    return os.path.join(cfg.out, "checkpoints")
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -335,9 +289,7 @@ def train(cfg: TrainConfig) -> dict:
     ranks = init_ranks(timeouts=Timeouts(call=60 * cfg.timeout_minutes))
     rank, world, device = ranks.rank, ranks.world, ranks.device
 
-    def log(msg):
-        if rank == 0 and not cfg.quiet:
-            print(f"[train] {msg}", flush=True)
+    log = TrainLog(cfg.out, rank, world, cfg.quiet, device.type == "cuda", cfg.peak_tflops)
 
     # 1. everything that can fail cheaply, before a model or its memory exists
     tokenizer_path = check_config(cfg, world)
@@ -350,18 +302,15 @@ def train(cfg: TrainConfig) -> dict:
     total = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
     args = plan_args(cfg, tokenizer)
     fingerprint = run_fingerprint(cfg, len(rows), total, args)   # data, model, hyper-parameters
+    saves = checkpoints_dir(cfg.out)
     if cfg.resume:     # refuse another run's (or a damaged) checkpoint before building anything
-        check_resume(complete_checkpoints(checkpoints_dir(cfg))[-1], fingerprint)
+        check_resume(complete_checkpoints(saves)[-1], fingerprint)
 
-    # 2. the memory plan, the model and its optimizer
+    # 2. the memory plan (activation checkpointing on if needed), the model and its optimizer
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     gpu_gb = (torch.cuda.get_device_properties(device).total_memory / 1e9
               if device.type == "cuda" else cfg.gpu_memory_gb)
-    plan = memory_plan(args, world, cfg.micro_batch_size, cfg.seq_len, bf16, cfg.reduce_dtype,
-                       sharded=dist.is_initialized())
-    checkpointing, verdict = plan_verdict(plan, gpu_gb, cfg.grad_checkpoint, cfg, args, bf16)
-    log(format_plan(plan))
-    log(verdict)
+    plan, checkpointing = plan_run(cfg, args, world, gpu_gb, bf16, dist.is_initialized(), log)
     cfg = dataclasses.replace(cfg, grad_checkpoint=checkpointing)
     os.makedirs(cfg.out, exist_ok=True)
     model = build_model(cfg, args, device, world, bf16, log)
@@ -380,23 +329,18 @@ def train(cfg: TrainConfig) -> dict:
     n_matmul = sum(p.numel() for n, p in model.named_parameters() if "tok_embeddings" not in n)
 
     # 3. where to start: step 0, or the checkpoint's step (the log cut back to it)
-    log_path = os.path.join(cfg.out, "log.jsonl")
     start = 0
     if cfg.resume:
-        start, resumed_from = load_checkpoint(checkpoints_dir(cfg), model, opt, fingerprint)
+        start, resumed_from = load_checkpoint(saves, model, opt, fingerprint)
         log(f"resumed from {resumed_from} at step {start}")
-    if rank == 0:
-        write_json(os.path.join(cfg.out, "config.json"),
-                   {**dataclasses.asdict(cfg), "data_sha256": fingerprint["data_sha256"],
-                    "model": dataclasses.asdict(args), "memory_plan": plan})
-        cut_log(log_path, start)
+    log.begin(start, total, {**dataclasses.asdict(cfg), "data_sha256": fingerprint["data_sha256"],
+                             "model": dataclasses.asdict(args), "memory_plan": plan})
 
     # 4. the loop
     accumulation = cfg.batch_size // (world * cfg.micro_batch_size)
     log(f"{len(rows)} rows, {steps_per_epoch} steps/epoch, {total} steps, global batch "
         f"{cfg.batch_size} = {world} ranks x {accumulation} micro-batches x {cfg.micro_batch_size}")
     model.train()
-    t_start = time.time()
     losses = []
     for step in range(start, total):
         t0 = time.time()
@@ -414,44 +358,22 @@ def train(cfg: TrainConfig) -> dict:
 
         # reading the figures waits for the GPU: dt is the real step time
         figures = {name: value.item() for name, value in totals.items()}
-        dt = time.time() - t0
         loss = figures["loss_sum"] / max(figures["loss_tokens"], 1)
         losses.append(loss)
-        record = dict(step=step + 1, epoch=step // steps_per_epoch, loss=round(loss, 6), lr=lr,
-                      grad_norm=round(grad_norm.item(), 6), loss_tokens=int(figures["loss_tokens"]),
-                      padded_tokens=int(figures["padded_tokens"]),
-                      tokens_per_s=round(figures["tokens"] / dt, 1), step_s=round(dt, 4),
-                      tflops_per_rank=round(figures["flops"] / dt / world / 1e12, 6))
-        if device.type == "cuda":
-            record["mfu"] = round(figures["flops"] / dt / (cfg.peak_tflops * 1e12 * world), 4)
-        if rank == 0:
-            with open(log_path, "a", encoding="utf-8") as f:
-                append_jsonl(f, record)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-            done = step + 1 - start
-            elapsed = time.time() - t_start
-            eta = elapsed / done * (total - step - 1)
-            mfu = f" mfu {record['mfu']:.1%}" if "mfu" in record else ""
-            log(f"step {step + 1}/{total} loss {loss:.4f} lr {lr:.2e} gnorm "
-                f"{record['grad_norm']:.3f} {record['tokens_per_s']:,.0f} tok/s{mfu} | "
-                f"{done / elapsed:.2f} steps/s, eta {eta / 60:.1f} min")
+        log.step(step + 1, step // steps_per_epoch, loss, lr, grad_norm.item(), figures,
+                 time.time() - t0, cfg.log_every)
         if not cfg.no_save and ((step + 1) % cfg.save_every == 0 or step + 1 == total):
-            saved = save_checkpoint(checkpoints_dir(cfg), model, opt, step + 1, fingerprint,
-                                    rank)
+            saved = save_checkpoint(saves, model, opt, step + 1, fingerprint, rank)
             log(f"checkpoint at step {step + 1} -> {saved}")
-            if rank == 0:                           # the curve so far: loss and lr per step
-                html_views.write_loss_svg(log_path, os.path.join(cfg.out, "loss.svg"))
+            log.curve()                             # loss.svg: the curve so far
 
     final = None if cfg.no_save else export_final(cfg.out, model, tokenizer, export_dtype(cfg),
                                                   rank)
-    last = complete_checkpoints(checkpoints_dir(cfg))
+    last = complete_checkpoints(saves)
     result = dict(final_loss=losses[-1] if losses else None, losses=losses, steps=total,
                   final=final, checkpoint=str(last[-1]) if last else None,
-                  seconds=round(time.time() - t_start, 2))
-    if rank == 0:
-        write_json(os.path.join(cfg.out, "summary.json"),
-                   {key: value for key, value in result.items() if key != "losses"})
-        log(f"done: final loss {result['final_loss']}, model in {final}")
+                  seconds=round(time.time() - log.t_start, 2))
+    log.summary(result)
     return result
 
 

@@ -4,7 +4,8 @@ itself before anything is allocated. docs/scaling.md works it out for 34B and 70
 
 Read top to bottom: the bytes per GPU of each part of a step (memory_plan), the verdict against a
 GPU's memory (plan_verdict: fits, fits with checkpointing, or the flags that would fit), the
-model's shape from a checkpoint or config without its weights (plan_args), and the --plan report.
+model's shape from a checkpoint or config without its weights (plan_args), the plan as train.py
+logs it (plan_run) and the --plan report.
 """
 import os
 
@@ -130,17 +131,25 @@ def format_plan(plan: dict) -> str:
     return "\n".join([head] + [f"  {name:<28} {gb:9.2f}" for name, gb in rows])
 
 
+def plan_run(cfg, args: ModelArgs, world: int, gpu_gb: float, bf16: bool, sharded: bool,
+             log=print) -> tuple:
+    """What train.py does before it builds the model: the plan for this run, logged with its
+    verdict. Returns (plan, activation checkpointing on?); raises ValueError if it cannot fit."""
+    plan = memory_plan(args, world, cfg.micro_batch_size, cfg.seq_len, bf16, cfg.reduce_dtype,
+                       sharded)
+    log(format_plan(plan))
+    checkpointing, verdict = plan_verdict(plan, gpu_gb, cfg.grad_checkpoint, cfg, args, bf16)
+    log(verdict)
+    return plan, checkpointing
+
+
 def print_plan(cfg):
     """train.py --plan: the plan for --gpus GPUs of --gpu-memory-gb, what train.py would do."""
     world = cfg.gpus or int(os.environ.get("WORLD_SIZE", 1))
     tokenizer = Tokenizer(cfg.tokenizer) if cfg.tokenizer else None
     args = plan_args(cfg, tokenizer)
     bf16 = cfg.precision != "fp32"             # --plan sizes GPUs: auto means bf16 there
-    plan = memory_plan(args, world, cfg.micro_batch_size, cfg.seq_len, bf16, cfg.reduce_dtype)
-    print(format_plan(plan))
     try:
-        print(plan_verdict(plan, cfg.gpu_memory_gb, cfg.grad_checkpoint, cfg, args, bf16)[1])
+        plan_run(cfg, args, world, cfg.gpu_memory_gb, bf16, sharded=True)
     except ValueError as e:
         print(str(e).removeprefix("train.py: "))
-    return plan
-

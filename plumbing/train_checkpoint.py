@@ -4,9 +4,9 @@ docs/scaling.md sizes them for 34B and 70B.
 
 Read top to bottom: a pretrained checkpoint read straight into FSDP's shards; what makes two runs
 the same run (the fingerprint a resume must match); the sharded training checkpoint (what it
-holds, its save, its check, its load); the log cut back to a resumed step; the export, one whole
-tensor at a time. plumbing/checkpoint.py knows the Hugging Face and Meta files themselves; this
-file knows the training state around them.
+holds, its save, its check, its load); the export, one whole tensor at a time.
+plumbing/checkpoint.py knows the Hugging Face and Meta files themselves; this file knows the
+training state around them.
 """
 import dataclasses
 import hashlib
@@ -30,7 +30,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from model import grow_rows, read_checkpoint
 from plumbing import checkpoint
-from plumbing.storage import atomic_write, read_json, write_json
+from plumbing.storage import read_json, write_json
 
 # ------------------------------------------------------------------ a pretrained model, sharded
 @torch.no_grad()
@@ -95,6 +95,11 @@ def fingerprint_diff(old: dict, new: dict) -> list:
 # crash mid-save leaves a .tmp folder that no one reads (and the next save sweeps) beside the
 # previous checkpoint. DCP needs one file system that every rank sees (a cluster's shared disk).
 DONE = "done.json"
+
+
+def checkpoints_dir(out) -> str:
+    """Where a run writing into OUT keeps its checkpoints: OUT/checkpoints."""
+    return os.path.join(out, "checkpoints")
 
 
 def complete_checkpoints(folder) -> list:
@@ -222,16 +227,6 @@ def read_shards(path, state: dict):
         raise ValueError(f"{path}: unreadable training checkpoint ({cause})") from None
     finally:
         quiet.setLevel(level)
-
-
-def cut_log(log_path, step):
-    """Line k of OUT/log.jsonl is step k. A crash leaves lines past the checkpoint (the last one
-    maybe torn in half), and those steps run again: keep the first `step` lines only."""
-    kept = []
-    if step and os.path.isfile(log_path):
-        with open(log_path, encoding="utf-8") as f:
-            kept = f.readlines()[:step]
-    atomic_write(log_path, "".join(kept))
 
 
 # ------------------------------------------------------------------------------------- the export

@@ -24,8 +24,9 @@ LAYERS = [
     [P + "storage", P + "pretty", P + "parallel", P + "latex_sympy", P + "server_client",
      P + "cli"],
     [P + "checkpoint", "tokenizer", P + "notebook", P + "html_views", P + "authors_grader"],
-    ["model", "sandbox", "grader"],
+    ["model", "sandbox", "grader", P + "train_log"],
     ["lce_data", P + "memory_plan", P + "train_checkpoint"],
+    [P + "train_checks"],
     ["train", "infer"],
     ["eval", P + "replay", "recipe"],
     ["tiny_run", P + "bench"],                               # the drivers

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from plumbing import checkpoint, memory_plan, train_checkpoint
+from plumbing import checkpoint, memory_plan, storage, train_checkpoint, train_log
 import lce_data
 import train
 from model import ModelArgs, Transformer
@@ -426,6 +426,19 @@ def test_export_loads_and_matches_checkpoint(tiny, full_run):
     assert loaded.tok_embeddings.weight.shape[0] == tok.vocab_size
 
 
+def test_every_config_field_is_a_flag():
+    """TrainConfig's fields are train.py's flags (plumbing/cli.py, which infer.py's GenConfig uses
+    too), with TrainConfig's defaults: a config written out as flags parses back to itself
+    (switches, int | None, str | None, floats), and a flag of the wrong type is refused."""
+    assert train.parse_args([]) == train.TrainConfig()
+    cfg = train.TrainConfig(data="d.jsonl", out="o", tokenizer="t.model", n_kv_heads=2,
+                            warmup_steps=0, lr=3e-4, pack=True, resume=True, precision="bf16",
+                            max_steps=7, timeout_minutes=2.5)
+    assert train.parse_args(cli(cfg)) == cfg
+    with pytest.raises(SystemExit):
+        train.parse_args(["--max-steps", "seven"])
+
+
 def test_bad_input_fails_before_model(tiny, tmp_path, monkeypatch):
     d, tok = tiny
     monkeypatch.setattr(train, "build_model",
@@ -627,15 +640,15 @@ if __name__ == "__main__":
             largest = max(p.numel() * p.element_size() for p in model.parameters())  # global
             growth = peak_rss_growth(lambda: save(folder, model, opt, *args))
             seen.append([growth, shard, largest])
-            train.write_json(Path(folder).parent / f"rss.rank{rank}.json", seen)
+            storage.write_json(Path(folder).parent / f"rss.rank{rank}.json", seen)
         train.save_checkpoint = measured_save
     else:
         kill_after = int(mode)
-        append_jsonl = train.append_jsonl
+        append_jsonl = train_log.append_jsonl
 
         def append_then_die(f, record):
             append_jsonl(f, record)
             if record["step"] == kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
-        train.append_jsonl = append_then_die
+        train_log.append_jsonl = append_then_die
     train.main(sys.argv[1:])
