@@ -23,8 +23,10 @@ P = SUPPORT + "."
 LAYERS = [
     [P + "storage", P + "pretty", P + "parallel", P + "latex_sympy", P + "server_client"],
     [P + "checkpoint", "tokenizer", P + "notebook", P + "html_views", P + "authors_grader"],
-    ["model", "sandbox", "grader"],
+    ["model", "sandbox", "grader", P + "terminal"],
     ["lce_data"],
+    [P + "question_files", P + "result_files"],
+    [P + "serving"],
     ["train", "infer"],
     ["eval", P + "replay", "recipe"],
     ["tiny_run", P + "bench"],                               # the drivers

@@ -17,6 +17,10 @@ LIBRARIES = ["grader.py",                  # how an answer is graded, below eval
              "plumbing/checkpoint.py",     # checkpoint files, below model.py
              "plumbing/parallel.py",       # tensor parallelism and replicas
              "plumbing/server_client.py",  # HTTP to OpenAI-compatible servers
+             "plumbing/serving.py",        # infer.py's loop with the model behind a server
+             "plumbing/terminal.py",       # infer.py's solutions shown on a terminal
+             "plumbing/question_files.py",  # infer.py --file: questions in, results out
+             "plumbing/result_files.py",   # eval.py's files: both result formats, summary.md
              "plumbing/authors_grader.py",  # the authors' grader, rewritten: below grader.py
              "plumbing/latex_sympy.py"]     # LaTeX -> SymPy under a time limit: below both graders
 

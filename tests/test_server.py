@@ -1,7 +1,9 @@
 """server_client.py against a stub OpenAI-compatible server on 127.0.0.1 (started here, in a
 thread; nothing leaves the machine): JSON in and out, the key only in the Authorization header of
 the URL given, retries on 429 / 5xx / a hung request, then one line; an unreachable server is one
-line. StubServer is also the teacher's and the server engine's stand-in in other tests."""
+line. Then the server engine (plumbing/serving.py): the loop behind the stub gives the local
+engine's solutions, and eval.py run / infer.py take --server. StubServer is also the teacher's
+stand-in in other tests."""
 import http.server
 import json
 import socket
@@ -202,7 +204,7 @@ def test_a_reply_that_is_not_json_is_one_line():
 
 
 # --------------------------------------------------------------------------------------------------
-# The inference loop against a server (infer.solve_served): the stub serves a local model
+# The inference loop against a server (serving.solve_served): the stub serves a local model
 import torch
 
 import eval as evaluation
@@ -210,8 +212,9 @@ import infer
 import lce_data
 import sandbox
 from infer import GenConfig
+from helpers import FIX, ROOT, CharTokenizer, Steered
 from model import Transformer
-from test_infer import FIX, ROOT, CharTokenizer, Steered
+from plumbing import serving
 from tokenizer import Tokenizer
 
 
@@ -258,7 +261,7 @@ def model_server(model, tok):
                                                        ("window", True, "text")])
 def test_the_server_engine_gives_the_local_engines_solutions(pool, context, execute, prompt_as):
     """The fixture model, steered to write code that runs (tests/test_infer.py), solves four
-    problems locally (infer.solve) and behind the stub (infer.solve_served, 3 in flight): the
+    problems locally (infer.solve) and behind the stub (serving.solve_served, 3 in flight): the
     same solutions, messages, token counts, rounds, executions and stops, the window sliding."""
     tok = CharTokenizer()
     model = Steered(Transformer.from_pretrained(FIX / "models/llama2-mha/hf"), tok)
@@ -270,9 +273,10 @@ def test_the_server_engine_gives_the_local_engines_solutions(pool, context, exec
     local = infer.solve(model, tok, qs, "", cfg, pool=pool)
     finished = []
     with StubServer(model_server(model, tok)) as stub:
-        served = infer.solve_served(fast(stub.url), tok, qs, "", cfg, pool,
-                                    on_result=lambda i, r: finished.append(i), concurrency=3,
-                                    prompt_as=prompt_as)
+        steps = [infer.solution_steps(tok, q, "", cfg) for q in qs]   # the same loop
+        served = serving.solve_served(fast(stub.url), tok, steps, cfg, infer.run_code, pool,
+                                      on_result=lambda i, r: finished.append(i), concurrency=3,
+                                      prompt_as=prompt_as)
     assert served == local
     assert sorted(finished) == [0, 1, 2, 3]
     # not vacuous: code ran (or the model wrote its output), the window slid, rounds went on
@@ -392,9 +396,9 @@ def test_a_reply_continues_a_cut_block_without_a_space_coming_in_between():
     prompt = tok.encode(lce_data.prompt_text("Q?"), bos=True)
     cut = prompt + tok.encode("<|text|>The answer is some")
     for reply in ("thing", " thing.<|endofblock|>", "\n\nx = 1.5", "<|endofblock|>"):
-        ids = infer.continuation_ids(tok, cut, reply)
+        ids = serving.continuation_ids(tok, cut, reply)
         assert tok.decode(cut + ids).endswith("<|text|>The answer is some" + reply)
     fresh = prompt                                    # after <|assistant|>: a new block
-    assert infer.continuation_ids(tok, fresh, "<|code|>x = 1<|endofblock|>") == tok.encode(
+    assert serving.continuation_ids(tok, fresh, "<|code|>x = 1<|endofblock|>") == tok.encode(
         "<|code|>x = 1<|endofblock|>")
-    assert infer.continuation_ids(tok, fresh, "Hi", eos=True) == tok.encode("Hi") + [tok.eos_id]
+    assert serving.continuation_ids(tok, fresh, "Hi", eos=True) == tok.encode("Hi") + [tok.eos_id]
