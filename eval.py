@@ -18,7 +18,6 @@ Each result line holds the problem, the solution and both verdicts (grader.verdi
 grading itself failed. summary.json and summary.md give both accuracies beside the paper's numbers.
 """
 import argparse
-import contextlib
 import functools
 import os
 import re
@@ -219,43 +218,26 @@ def run_identity(args, cfg):
 
 
 def run(args):
-    """eval.py run: the model (--model; --server: plumbing/serving.py) on the data set's problems
-    through infer.py's loop, each graded as it finishes (run_loop)."""
+    """eval.py run: the model (--model, or --server: plumbing/serving.py) on the data set's
+    problems through infer.py's loop, each graded as it finishes (run_loop)."""
     import infer                     # imported only when generating: scoring needs no model code
-    from model import Transformer
-    from plumbing import serving
-    from plumbing.parallel import follow, init_ranks
-    from plumbing.server_client import server_from_args
+    from plumbing.parallel import init_ranks
     from sandbox import SandboxPool, default_isolation
-    from tokenizer import Tokenizer
-    cfg = infer.config_from_args(args)   # the generation flags (infer.add_generation_args)
+    cfg = infer.config_from_args(args)   # the generation flags (infer.add_model_args)
     problems = load_dataset(args.dataset, args.data_dir, args.subject, args.level)
     problems = problems[:args.limit or None]
-    if args.server and not args.tokenizer:
-        raise ValueError("--server needs --tokenizer CKPT_DIR (the served checkpoint's tokenizer)")
-    tok = Tokenizer.from_checkpoint(args.tokenizer if args.server else args.model)
     ranks = init_ranks(1 if args.server else args.tp)  # torchrun: W / tp replicas share problems
     if ranks.leader:              # another run's results in --out: refused before the model loads
         check_run(os.path.join(args.out, "run.json"), run_identity(args, cfg),
                   [os.path.join(args.out, name) for name in RUN_FILES], args.force_new,
                   write=ranks.replica == 0)
         ranks.wait_for_all()      # replica 0 has deleted old results (--force-new) before any reads
-    info = {"sandbox_isolation": default_isolation()}
-    if args.server:   # the same loop; a problem the server failed on is left for the next run
-        model = server_from_args(args)
-        solver = serving.served_solver(args, infer.solution_steps, infer.run_code,
-                                       {p["question"]: p["id"] for p in problems})
-        name = args.served_model or os.path.basename(os.path.normpath(args.tokenizer))
-        info["server"] = model.base
-        rows, lockstep = args.concurrency, contextlib.nullcontext(model)
-    else:
-        device = args.device or ranks.device
-        dtype = infer.model_dtype(args.dtype, device)
-        model = Transformer.from_pretrained(args.model, device, dtype, ranks.tp_group).eval()
-        if not ranks.leader:             # another shard of a tensor-parallel replica
-            return follow(model, ranks.tp_group)
-        solver, name = infer.solve, os.path.basename(os.path.normpath(args.model))
-        rows, lockstep = cfg.batch_size, ranks.lockstep(model)  # each model call announced (TP)
+    opened = infer.open_model(args, ranks, {p["question"]: p["id"] for p in problems})
+    if opened is None:               # another shard of a tensor-parallel replica, done
+        return
+    tok, model, solver = opened
+    checkpoint = args.tokenizer if args.server else args.model   # the run is named after it
+    name = (args.server and args.served_model) or os.path.basename(os.path.normpath(checkpoint))
     # the prompt's system text: --system, else each record's own (the paper's, docs/method.md §4)
     system_of = {p["question"]: p["system"] for p in problems}
 
@@ -264,13 +246,15 @@ def run(args):
             return args.system
         return system_of[question] if system_of[question] is not None else infer.DEFAULT_SYSTEM
 
-    with SandboxPool(max(1, rows)) as pool, lockstep as model:   # workers start once
+    rows = args.concurrency if args.server else cfg.batch_size   # problems in flight
+    with SandboxPool(max(1, rows)) as pool, model as model:       # workers start once
+        info = {"sandbox_isolation": default_isolation(),
+                **({"server": model.base} if args.server else {})}
 
-        def solve_fn(questions, on_result):
+        def solve_fn(questions, on_result):  # a problem a server failed on: left for the next run
             return solver(model, tok, questions, [system(q) for q in questions], cfg, pool,
                           on_result)
-        return run_loop(problems, args.out, solve_fn, args.dataset,
-                        model_name=name, info=info,
+        return run_loop(problems, args.out, solve_fn, args.dataset, model_name=name, info=info,
                         replica=ranks.replica, n_replicas=ranks.n_replicas, wait=ranks.wait_for_all,
                         finish=ranks.finish)
 
@@ -320,8 +304,6 @@ def main(argv=None):
                             "(default: from summary.json or the file name)")
     report_cmd.add_argument("--data-dir", default=DATA_DIR)
     run_cmd = sub.add_parser("run", help="generate with a checkpoint and grade (resumable)")
-    run_cmd.add_argument("--model", help="checkpoint directory (HF layout + tokenizer.model); "
-                         "or --server")
     run_cmd.add_argument("--dataset", required=True)
     run_cmd.add_argument("--out", required=True,
                          help="output directory: results.jsonl, summary.json/.md")
@@ -330,24 +312,17 @@ def main(argv=None):
     run_cmd.add_argument("--level", type=int, help="MATH only: 1-5")
     run_cmd.add_argument("--system",
                          help="system text of every prompt (default: each record's own)")
-    run_cmd.add_argument("--device",
-                         help="default: cuda (this rank's GPU) when available, else cpu")
-    run_cmd.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per model "
-                         "replica (torchrun --nproc_per_node=W: W / tp replicas share out the "
-                         "problems)")
     run_cmd.add_argument("--data-dir", default=DATA_DIR)
     run_cmd.add_argument("--force-new", action="store_true", help="delete the results in --out "
                          "and start over (a resumed run must be the same run: run.json)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:   # infer imports torch: only `run` needs it
         import infer
-        infer.add_generation_args(run_cmd)
-        infer.add_dtype_arg(run_cmd)
-        from plumbing.serving import add_serving_args
-        add_serving_args(run_cmd)
+        infer.add_model_args(run_cmd)   # --model (or --server), --device, --dtype, --tp, GenConfig
     args = ap.parse_args(argv)
-    if args.cmd == "run" and bool(args.model) == bool(args.server):
-        ap.error("run: give either --model or --server (with --tokenizer)")
+    if args.cmd == "run" and (bool(args.model) == bool(args.server)
+                              or args.server and not args.tokenizer):
+        ap.error("run: give either --model or --server with --tokenizer (the served checkpoint)")
     try:
         if args.cmd == "score":
             score(args.results, args.dataset, args.out, args.data_dir)

@@ -35,6 +35,7 @@ Where both differ from the authors' loop:
     python infer.py --model CKPT --file data/eval/GSM8K_test_post.jsonl --out results.jsonl
 """
 import argparse
+import contextlib
 import re
 import sys
 from collections import deque
@@ -462,11 +463,21 @@ def add_generation_args(parser):
                            help=f.metadata["help"] + shown)
 
 
-def add_dtype_arg(parser):
-    """--dtype of infer.py and eval.py run."""
+def add_model_args(parser):
+    """The flags of infer.py and eval.py run alike: the model (--model, or --server), where and in
+    what dtype it runs, and how to generate (GenConfig's fields)."""
+    parser.add_argument("--model", help="checkpoint directory (weights + tokenizer.model "
+                        "[+ added_tokens.json]), or --server")
+    parser.add_argument("--device",
+                        help="default: cuda (this rank's GPU) when available, else cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="weights and KV cache (default: bfloat16 on CUDA, half the bytes a "
                         "step reads; float32 on the CPU)")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per model "
+                        "replica (torchrun --nproc_per_node=W: W / tp replicas share out the "
+                        "problems)")
+    add_generation_args(parser)
+    add_serving_args(parser)
 
 
 def model_dtype(name: str | None, device) -> torch.dtype:
@@ -481,6 +492,25 @@ def config_from_args(args) -> GenConfig:
     return GenConfig(**{f.name: getattr(args, f.name) for f in fields(GenConfig)})
 
 
+def open_model(args, ranks, name_of=None):
+    """The model of --model (this rank's shard under --tp, in --dtype) or of --server, for the
+    loop: (tokenizer, model, solver: solve or serving.served_solver's). Leaving `with model`
+    releases a tensor-parallel replica's followers. On a follower: None, once it has made its
+    leader's model calls. name_of: question -> how a server's error lines name it."""
+    if args.server:  # the same loop, the model behind a server (plumbing/serving.py)
+        solver = served_solver(args, solution_steps, run_code, name_of)
+        return (Tokenizer.from_checkpoint(args.tokenizer),
+                contextlib.nullcontext(server_from_args(args)), solver)
+    tokenizer = Tokenizer.from_checkpoint(args.model)
+    device = args.device or ranks.device
+    model = Transformer.from_pretrained(args.model, device, model_dtype(args.dtype, device),
+                                        ranks.tp_group).eval()
+    if model.args.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"{args.model}: model vocab {model.args.vocab_size} < tokenizer vocab "
+                         f"{tokenizer.vocab_size}")
+    if not ranks.leader:  # another shard of a tensor-parallel replica: make the leader's calls
+        return follow(model, ranks.tp_group)
+    return tokenizer, ranks.lockstep(model), solve
 
 
 def main():
@@ -489,60 +519,36 @@ def main():
                                      "continuous batching).")
     parser.add_argument("questions", nargs="*",
                         help="question(s) to solve; one question is streamed")
-    parser.add_argument("--model",
-                        help="checkpoint dir (weights + tokenizer.model [+ added_tokens.json])")
     add_file_args(parser)  # --file, --out, --limit, --force-new
     parser.add_argument("--system", help="system text (default: a --file record's own, else the "
                         f"paper's: {DEFAULT_SYSTEM!r})")
     parser.add_argument("--timeout", type=float,
                         help="seconds per code block (default: sandbox.py's)")
-    parser.add_argument("--device",
-                        help="default: cuda (this rank's GPU) when available, else cpu")
-    add_dtype_arg(parser)
-    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per model "
-                        "replica (torchrun --nproc_per_node=W: W / tp replicas share out --file)")
-    add_generation_args(parser)
-    add_serving_args(parser)
+    add_model_args(parser)
     args = parser.parse_args()
     if bool(args.questions) == bool(args.file):
         parser.error("give either question(s) or --file")
-    if bool(args.model) == bool(args.server):
-        parser.error("give either --model or --server (with --tokenizer)")
+    if bool(args.model) == bool(args.server) or args.server and not args.tokenizer:
+        parser.error("give either --model or --server with --tokenizer (the served checkpoint)")
     cfg = config_from_args(args)  # a bad combination fails here, before the model loads
-    if args.server and not args.tokenizer:
-        sys.exit("error: --server needs --tokenizer CKPT_DIR (the served checkpoint's tokenizer)")
-    tokenizer = Tokenizer.from_checkpoint(args.tokenizer if args.server else args.model)
     ranks = init_ranks(1 if args.server else args.tp)
     if args.questions and ranks.n_replicas > 1:
         parser.error("several model replicas (--nproc_per_node > --tp) need --file")
     if args.file and ranks.leader:  # another run's results: refused before the model loads
         check_file_run(args, cfg, ranks)
-    if args.server:  # the same loop, the model behind a server (plumbing/serving.py)
-        model, solver = server_from_args(args), served_solver(args, solution_steps, run_code)
-    else:
-        device = args.device or ranks.device
-        dtype, solver = model_dtype(args.dtype, device), solve
-        model = Transformer.from_pretrained(args.model, device, dtype, ranks.tp_group)
-        if model.args.vocab_size < tokenizer.vocab_size:
-            sys.exit(f"{args.model}: model vocab {model.args.vocab_size} < tokenizer vocab "
-                     f"{tokenizer.vocab_size}")
-        if not ranks.leader:  # another shard of a tensor-parallel replica: make the leader's calls
-            return follow(model, ranks.tp_group)
-        model = ranks.lockstep(model)  # released (the followers return) in the `finally` below
+    opened = open_model(args, ranks)
+    if opened is None:  # a tensor-parallel follower, done
+        return
+    tokenizer, model, solver = opened
     limits = {"timeout": args.timeout} if args.timeout else {}
     rows = args.concurrency if args.server else cfg.batch_size  # problems in flight
-    pool = sandbox.SandboxPool(max(1, rows), **limits) if cfg.execute else None
-    try:
+    pool = sandbox.SandboxPool(max(1, rows), **limits) if cfg.execute else contextlib.nullcontext()
+    with model as model, pool as pool:
         if args.questions:
             system = DEFAULT_SYSTEM if args.system is None else args.system
             show_solutions(solver, model, tokenizer, args.questions, system, cfg, pool)
         else:
             solve_file(solver, model, tokenizer, args, cfg, pool, ranks)
-    finally:
-        if pool is not None:
-            pool.close()
-        if not args.server:
-            model.release()
 
 
 if __name__ == "__main__":
