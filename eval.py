@@ -252,8 +252,8 @@ def run(args):
                 **({"server": model.base} if args.server else {})}
 
         def solve_fn(questions, on_result):  # a problem a server failed on: left for the next run
-            return solver(model, tok, questions, [system(q) for q in questions], cfg, pool,
-                          on_result)
+            return solver(model, tok, questions, [system(q) for q in questions], cfg=cfg,
+                          pool=pool, on_result=on_result)
         return run_loop(problems, args.out, solve_fn, args.dataset, model_name=name, info=info,
                         replica=ranks.replica, n_replicas=ranks.n_replicas, wait=ranks.wait_for_all,
                         finish=ranks.finish)

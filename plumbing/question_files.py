@@ -99,8 +99,8 @@ def solve_file(solver, model, tokenizer, args, cfg, pool, ranks):
                   f"{stats['tokens'] / seconds:.0f} tok/s  "
                   f"ETA {(len(todo) - n) * seconds / n:.0f}s   ", end="", file=sys.stderr,
                   flush=True)
-        solver(model, tokenizer, [records[i]["question"] for i in todo], systems, cfg, pool,
-               on_result)
+        solver(model, tokenizer, [records[i]["question"] for i in todo], systems, cfg=cfg,
+               pool=pool, on_result=on_result)
     seconds = time.time() - start
     replicas = ranks.finish((stats, seconds))  # followers released; replica 0 sums up
     if ranks.replica != 0:

@@ -74,5 +74,5 @@ def show_solutions(solver, model, tokenizer, questions, system, cfg, pool):
         def show_result(i, outcome):
             print(f"\n=== question {i + 1}: {outcome['question']}")
             show(outcome["solution"])
-        solver(model, tokenizer, questions, system, cfg, pool, show_result)
+        solver(model, tokenizer, questions, system, cfg, pool, on_result=show_result)
     print()
