@@ -3,6 +3,8 @@
 Checkpoint formats (checkpoint), multi-GPU plumbing (parallel), atomic files and run records
 (storage), the authors' Jupyter display rebuilt by hand (notebook, pretty), the authors' own grader
 (authors_grader) and LaTeX reading (latex_sympy), HTML views (html_views), the replay of released
-solutions (replay), the HTTP client for a served model (server_client) and the benchmarks (bench).
+solutions (replay), the HTTP client for a served model (server_client) and the inference loop
+driven through it (serving), infer.py's terminal view and question files (terminal, question_files),
+eval.py's result files (result_files) and the benchmarks (bench).
 Scripts here run from the repo root as modules: `python -m plumbing.bench decode`.
 """
