@@ -1,12 +1,16 @@
-"""Stand-ins shared by the tests of infer.py and plumbing/serving.py (test_infer, test_server):
-the fixture files, a tokenizer for the fixture model, and the fixture model steered to write LCE
-whose code runs."""
+"""Stand-ins shared by several test files: the fixture files, a tokenizer for the fixture model,
+the fixture model steered to write LCE whose code runs (test_infer, test_serving), and a scripted
+OpenAI-compatible server on 127.0.0.1 (test_server, test_serving, test_recipe)."""
+import http.server
+import json
 import re
+import threading
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from plumbing.server_client import Server
 from tokenizer import SPECIAL_TOKENS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,3 +72,74 @@ class Steered(nn.Module):
             return logits + self.bias[tokens]
         n = (positions >= 0).sum(1) if positions is not None else tokens.shape[1]  # -1: padding
         return logits + self.bias[tokens[torch.arange(len(tokens)), n - 1]][:, None]
+
+
+KEY = "sk-test-9f2c41d7e0b3a6c8"       # what a test exports as the API key
+
+
+class StubServer:
+    """A scripted server. respond(path, body) -> (status, reply object) or "hang" (no reply until
+    the stub is closed). Every request is recorded: requests = [(path, headers, body), ...]."""
+
+    def __init__(self, respond):
+        self.respond = respond
+        self.requests = []
+        self.released = threading.Event()
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.requests.append((self.path, dict(self.headers), body))
+                answer = stub.respond(self.path, body)
+                if answer == "hang":
+                    stub.released.wait(10)     # bounded: the client has long given up
+                    return
+                status, reply = answer[:2]
+                headers = answer[2] if len(answer) > 2 else {}
+                data = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.released.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def scripted(*answers):
+    """respond() that gives the answers in turn, the last one again and again."""
+    calls = []
+
+    def respond(path, body):
+        calls.append(path)
+        return answers[min(len(calls), len(answers)) - 1]
+    return respond
+
+
+def completion(text, finish="stop"):
+    return {"choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+
+
+def fast(url, **settings):        # short waits: tests stay fast
+    return Server(url, **{"backoff": 0.01, "timeout": 5, "retries": 3, **settings})

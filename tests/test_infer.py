@@ -36,13 +36,6 @@ def tok():
     return Tokenizer(str(LLAMA_TOK))
 
 
-@pytest.fixture(scope="module")
-def pool():
-    p = sandbox.SandboxPool(2, timeout=2)
-    yield p
-    p.close()
-
-
 class ScriptedModel(nn.Module):
     """The k-th sequence started in the cache (a feed from position 0 that ends with <|assistant|>,
     i.e. a prompt; a feed from 1 is the same sequence read through a new window) gets
