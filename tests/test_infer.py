@@ -564,6 +564,20 @@ def test_cli(tmp_path, tok):
     assert p.returncode == 0 and len(out.read_text().splitlines()) == 3
 
 
+def test_a_checkpoint_smaller_than_its_tokenizer_is_refused(tmp_path, tok, monkeypatch):
+    """infer.py and eval.py run load the model through infer.open_model: a checkpoint whose
+    vocabulary lacks some of its tokenizer's ids (the 8 LCE tokens never added) is refused with
+    one line naming it, before anything is generated."""
+    m = Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=32000, hidden_dim=32))
+    ckpt = tmp_path / "ckpt"
+    m.save_pretrained(ckpt)
+    tok.save(ckpt)                                            # 32,008 ids
+    monkeypatch.setattr(sys, "argv", ["infer.py", "--model", str(ckpt), "--no-execute", "1+1?"])
+    with pytest.raises(ValueError, match=f"{re.escape(str(ckpt))}: model vocab 32000 < "
+                                         "tokenizer vocab 32008"):
+        infer.main()
+
+
 def test_file_resumes_only_the_same_question_file(tmp_path, tok, monkeypatch):
     """--file into results of another question file is refused in one line naming what differs;
     --force-new starts over with the new file's questions."""
