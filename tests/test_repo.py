@@ -22,9 +22,10 @@ def source(name):
 P = SUPPORT + "."
 LAYERS = [
     [P + "storage", P + "pretty", P + "parallel", P + "latex_sympy", P + "server_client"],
-    [P + "checkpoint", "tokenizer", P + "notebook", P + "html_views", P + "authors_grader"],
-    ["model", "sandbox", "grader", P + "terminal"],
-    ["lce_data"],
+    [P + "checkpoint", "tokenizer", P + "notebook", P + "html_views", P + "authors_grader",
+     P + "answer_forms"],
+    ["model", "sandbox", P + "normalisation", P + "terminal"],
+    ["lce_data", "grader"],
     [P + "question_files", P + "result_files"],
     [P + "serving"],
     ["train", "infer"],

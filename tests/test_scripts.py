@@ -22,7 +22,9 @@ LIBRARIES = ["grader.py",                  # how an answer is graded, below eval
              "plumbing/question_files.py",  # infer.py --file: questions in, results out
              "plumbing/result_files.py",   # eval.py's files: both result formats, summary.md
              "plumbing/authors_grader.py",  # the authors' grader, rewritten: below grader.py
-             "plumbing/latex_sympy.py"]     # LaTeX -> SymPy under a time limit: below both graders
+             "plumbing/latex_sympy.py",     # LaTeX -> SymPy under a time limit: below both graders
+             "plumbing/normalisation.py",   # an answer's canonical string: below grader.py
+             "plumbing/answer_forms.py"]    # tuples, sets, relations, intervals: below grader.py
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
