@@ -46,6 +46,7 @@ def read_questions(path: str) -> list[dict]:
 
 
 def results_path(args) -> str:
+    """--out, else the question file's name with .results.jsonl (q.jsonl -> q.results.jsonl)."""
     return args.out or re.sub(r"(\.jsonl)?$", ".results.jsonl", args.file, count=1)
 
 
