@@ -5,10 +5,9 @@ calls it as it goes); `Renderer` shows LCE text, code cyan and execution output 
 Markdown fences otherwise; `show_solutions` streams one question, or shows several whole as each
 finishes.
 """
-import re
 import sys
 
-from tokenizer import SPECIAL_TOKENS
+from tokenizer import SPECIAL_RE
 
 
 class Stream:
@@ -34,9 +33,6 @@ class Stream:
         self.restart([], "")
 
 
-_SPECIAL = re.compile("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")")  # keeps separators
-
-
 class Renderer:
     """Show LCE text on a terminal: code cyan and execution yellow on a tty, Markdown fences
     otherwise."""
@@ -49,7 +45,7 @@ class Renderer:
         self.kind = None  # the block being shown
 
     def __call__(self, text: str):
-        for piece in _SPECIAL.split(text):
+        for piece in SPECIAL_RE.split(text):
             if piece in ("<|text|>", "<|code|>", "<|execution|>"):
                 self.kind = piece
                 self.out.write(self.OPEN[self.mode].get(piece, ""))
@@ -59,7 +55,7 @@ class Renderer:
                 elif piece == "<|endofblock|>":
                     self.out.write("\n")
                 self.kind = None
-            elif not _SPECIAL.fullmatch(piece):
+            elif not SPECIAL_RE.fullmatch(piece):
                 self.out.write(piece)
         self.out.flush()
 

@@ -3,7 +3,6 @@ the fixture model steered to write LCE whose code runs (test_infer, test_serving
 OpenAI-compatible server on 127.0.0.1 (test_server, test_serving, test_recipe)."""
 import http.server
 import json
-import re
 import threading
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from plumbing.server_client import Server
-from tokenizer import SPECIAL_TOKENS
+from tokenizer import SPECIAL_RE, SPECIAL_TOKENS
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests/fixtures"
@@ -32,7 +31,7 @@ class CharTokenizer:
 
     def encode(self, text, bos=False, special=True):
         ids = [1] if bos else []
-        for piece in re.split("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")", text):
+        for piece in SPECIAL_RE.split(text):
             if piece in self.special and special:
                 ids.append(self.special[piece])
             else:
