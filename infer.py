@@ -55,6 +55,7 @@ from plumbing.serving import add_serving_args, served_solver
 from plumbing.terminal import Stream, show_solutions
 from tokenizer import Tokenizer
 
+
 def option(default, help, **argparse_options):
     """A GenConfig field that is also a command-line flag (add_generation_args)."""
     return field(default=default, metadata={"help": help, **argparse_options})
