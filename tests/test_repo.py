@@ -25,9 +25,10 @@ LAYERS = [
      P + "cli"],
     [P + "checkpoint", "tokenizer", P + "notebook", P + "html_views", P + "authors_grader",
      P + "answer_forms"],
-    ["model", "sandbox", P + "normalisation", P + "train_log"],
+    ["model", "sandbox", P + "normalisation", P + "train_log", P + "terminal"],
     ["lce_data", "grader", P + "memory_plan", P + "train_checkpoint"],
-    [P + "train_checks"],
+    [P + "train_checks", P + "question_files", P + "result_files"],
+    [P + "serving"],
     ["train", "infer"],
     ["eval", P + "replay", "recipe"],
     ["tiny_run", P + "bench"],                               # the drivers

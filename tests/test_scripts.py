@@ -22,6 +22,10 @@ LIBRARIES = ["grader.py",                  # how an answer is graded, below eval
              "plumbing/train_log.py",      # what train.py reports: log.jsonl, progress, summary
              "plumbing/train_checks.py",   # train.py's flags checked before anything is built
              "plumbing/server_client.py",  # HTTP to OpenAI-compatible servers
+             "plumbing/serving.py",        # infer.py's loop with the model behind a server
+             "plumbing/terminal.py",       # infer.py's solutions shown on a terminal
+             "plumbing/question_files.py",  # infer.py --file: questions in, results out
+             "plumbing/result_files.py",   # eval.py's files: both result formats, summary.md
              "plumbing/authors_grader.py",  # the authors' grader, rewritten: below grader.py
              "plumbing/latex_sympy.py",     # LaTeX -> SymPy under a time limit: below both graders
              "plumbing/normalisation.py",   # an answer's canonical string: below grader.py
