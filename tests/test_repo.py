@@ -21,8 +21,10 @@ def source(name):
 # Who may import whom: a module imports only modules of LOWER layers (imports inside functions too).
 P = SUPPORT + "."
 LAYERS = [
-    [P + "storage", P + "pretty", P + "parallel", P + "latex_sympy", P + "server_client"],
+    [P + "storage", P + "pretty", P + "parallel", P + "latex_sympy", P + "server_client",
+     P + "isolation"],
     [P + "checkpoint", "tokenizer", P + "notebook", P + "html_views", P + "authors_grader"],
+    [P + "worker"],                                          # below sandbox.py: its processes
     ["model", "sandbox", "grader"],
     ["lce_data"],
     ["train", "infer"],

@@ -26,6 +26,7 @@ import uuid
 import pytest
 
 import sandbox
+from plumbing import isolation
 from plumbing.notebook import TIMEOUT
 from sandbox import EMPTY, RESTART_NOTE, Sandbox, SandboxPool
 
@@ -453,6 +454,8 @@ def run_in_private_checkout(tmp_path, source, modes):
     for name in os.listdir(source):
         if name.endswith(".py"):
             shutil.copy(os.path.join(source, name), repo)
+    shutil.copytree(os.path.join(source, "plumbing"), repo / "plumbing",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     venv = private / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     # Instead of installing numpy and sympy again (minutes), the venv's site-packages is a symlink
@@ -513,7 +516,7 @@ def checkout_as_seen():
     """What the sandbox may see of the checkout: the worker's files, and the top folder of a
     virtual environment made inside it (as the README's quick start makes .venv), which the
     interpreter needs."""
-    seen = set(sandbox.WORKER_FILES)
+    seen = {name.split("/")[0] for name in isolation.WORKER_FILES}  # "plumbing/...": "plumbing"
     prefix = os.path.relpath(os.path.realpath(sys.prefix), os.path.realpath(REPO))
     if not prefix.startswith(os.pardir):
         seen.add(prefix.split(os.sep)[0])
@@ -525,9 +528,9 @@ def test_a_checkout_inside_a_visible_directory_stays_hidden(guarded, monkeypatch
     the checkout's parent as if it were a system directory. The parent shows, the checkout holds
     only the worker's files."""
     parent = os.path.dirname(REPO)
-    if sandbox._under(tempfile.gettempdir(), parent):   # a clone in /tmp: the sandboxes' own folders
+    if isolation._under(tempfile.gettempdir(), parent):   # a clone in /tmp: the sandboxes' own folders
         pytest.skip(f"the checkout's parent {parent} holds the sandboxes' work directories")
-    monkeypatch.setattr(sandbox, "SYSTEM_DIRS", sandbox.SYSTEM_DIRS + (parent,))
+    monkeypatch.setattr(isolation, "SYSTEM_DIRS", isolation.SYSTEM_DIRS + (parent,))
     reference = os.path.join(REPO, "data", "eval", "GSM8K_test_post.jsonl")
     with Sandbox(timeout=5, preload=(), isolation=guarded) as sb:
         assert sb.run(f"import os\nprint(sorted(os.listdir({parent!r})))") == str(
