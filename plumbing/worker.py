@@ -14,8 +14,9 @@ carries an id that its reply must repeat, alone on its line; a reply that does n
 cell's code wrote onto the worker's socket), or anything waiting on the socket before a request
 (pending), makes sandbox.py replace the worker.
 
-Top to bottom: the wire protocol; the parent's side (start_template, fork, kill, stop); the
-template; the worker and what it does after each cell (the processes and threads the cell left).
+Top to bottom: the wire protocol; the parent's side (start_template, fork, wait_hello, call, kill,
+restart, stop); the template; the worker, and what it does after each cell (the processes and
+threads the cell left).
 """
 import builtins, contextlib, ctypes, json, os, resource, select, signal, socket, subprocess, sys
 import tempfile, time, traceback
@@ -106,16 +107,6 @@ def fork(server):
     server.update(worker=ours, ready=False)
 
 
-def kill(server):
-    """Have the template kill the worker and all it started. The worker's exit code (negative: the
-    signal that killed it) or None; OSError or ValueError if the template does not answer."""
-    server["control"].settimeout(10)
-    server["control"].send(b"kill")
-    exit_code = json.loads(server["control"].recv(64))
-    server.pop("worker").close()
-    return exit_code
-
-
 def wait_hello(server):
     """Wait for a new worker's hello; its uid (None: the caller's). The server is stopped and
     RuntimeError raised if it does not come."""
@@ -155,6 +146,16 @@ def why_replaced(reply, exit_code, timeout):
     else:  # not JSON, not one line, or not the reply to this request (the code wrote it)
         why = "the Python process sent a malformed reply"
     return f"{why}; the session was restarted and all variables are lost."
+
+
+def kill(server):
+    """Have the template kill the worker and all it started. The worker's exit code (negative: the
+    signal that killed it) or None; OSError or ValueError if the template does not answer."""
+    server["control"].settimeout(10)
+    server["control"].send(b"kill")
+    exit_code = json.loads(server["control"].recv(64))
+    server.pop("worker").close()
+    return exit_code
 
 
 def restart(server):

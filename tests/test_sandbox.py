@@ -1,12 +1,14 @@
-"""Tests for sandbox.py: notebook-like output, state, and every limit (each followed by a working
-call), in every isolation mode this machine offers; the namespace boundary; the fork server; a
-checkout in a mode-700 directory; what the code cannot reach (the answers it is graded against,
-other files, capabilities, the parent); what cannot leak from one problem to the next; a forged
-reply on the worker's socket; stale work directories.
+"""Tests for sandbox.py (and the plumbing/worker.py and plumbing/isolation.py it runs on):
+notebook-like output, state, and every limit (each followed by a working call), in every isolation
+mode this machine offers; the namespace boundary; the fork server; a checkout in a mode-700
+directory; what the code cannot reach (the answers it is graded against, other files,
+capabilities, the parent); what cannot leak from one problem to the next; a forged reply on the
+worker's socket; stale work directories.
 
 Expected strings are written by hand from what CPython prints (tracebacks, reprs). Process checks
-read /proc directly, never through sandbox.py's helpers: from this process where pids are the
-machine's, from a cell where they are the sandbox's own (namespace mode has its own PID namespace).
+read /proc directly, never through plumbing/isolation.py's helpers: from this process where pids
+are the machine's, from a cell where they are the sandbox's own (namespace mode has its own PID
+namespace).
 Timeouts are 1 s; the file takes 30-60 s on 2 busy cores with three modes. Nothing asserts on speed.
 """
 import concurrent.futures
@@ -528,7 +530,7 @@ def test_a_checkout_inside_a_visible_directory_stays_hidden(guarded, monkeypatch
     the checkout's parent as if it were a system directory. The parent shows, the checkout holds
     only the worker's files."""
     parent = os.path.dirname(REPO)
-    if isolation._under(tempfile.gettempdir(), parent):   # a clone in /tmp: the sandboxes' own folders
+    if isolation._under(tempfile.gettempdir(), parent):  # a clone in /tmp: the sandboxes' folders
         pytest.skip(f"the checkout's parent {parent} holds the sandboxes' work directories")
     monkeypatch.setattr(isolation, "SYSTEM_DIRS", isolation.SYSTEM_DIRS + (parent,))
     reference = os.path.join(REPO, "data", "eval", "GSM8K_test_post.jsonl")
