@@ -38,9 +38,9 @@ in a VM. Linux is the tested platform (/proc, rlimits, setuid, capabilities, mou
 only "none".
 
 Top to bottom: what a sandbox's root holds (root_mounts) and how it is made (bwrap_argv for
-"namespaces", enter_private_root for "uid"); the worker's privileges (drop_privileges, the audit
-hook _guard); finding and killing processes, emptying directories; uids, and work directories
-left behind.
+"namespaces", enter_private_root for "uid"); which modes this machine offers (why_unavailable);
+the worker's privileges (drop_privileges, the audit hook _guard); finding and killing processes,
+emptying directories; uids, and work directories left behind.
 """
 import contextlib, ctypes, dataclasses, importlib.util, itertools, os, pwd, re, shutil, signal
 import subprocess, sys, sysconfig, tempfile, threading
@@ -214,6 +214,7 @@ def enter_private_root(cfg):
     mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
+# ---------------------------------------------------------------------------------- which modes
 _why_not = {}  # isolation mode -> None where this machine offers it, else why not
 _announced = set()  # the modes this process has said it uses
 
