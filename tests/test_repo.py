@@ -23,10 +23,11 @@ P = SUPPORT + "."
 LAYERS = [
     [P + "storage", P + "pretty", P + "parallel", P + "latex_sympy", P + "server_client",
      P + "isolation"],
-    [P + "checkpoint", "tokenizer", P + "notebook", P + "html_views", P + "authors_grader"],
+    [P + "checkpoint", "tokenizer", P + "notebook", P + "html_views", P + "authors_grader",
+     P + "answer_forms"],
     [P + "worker"],                                          # below sandbox.py: its processes
-    ["model", "sandbox", "grader"],
-    ["lce_data"],
+    ["model", "sandbox", P + "normalisation"],
+    ["lce_data", "grader"],
     ["train", "infer"],
     ["eval", P + "replay", "recipe"],
     ["tiny_run", P + "bench"],                               # the drivers

@@ -20,7 +20,9 @@ LIBRARIES = ["grader.py",                  # how an answer is graded, below eval
              "plumbing/parallel.py",       # tensor parallelism and replicas
              "plumbing/server_client.py",  # HTTP to OpenAI-compatible servers
              "plumbing/authors_grader.py",  # the authors' grader, rewritten: below grader.py
-             "plumbing/latex_sympy.py"]     # LaTeX -> SymPy under a time limit: below both graders
+             "plumbing/latex_sympy.py",     # LaTeX -> SymPy under a time limit: below both graders
+             "plumbing/normalisation.py",   # an answer's canonical string: below grader.py
+             "plumbing/answer_forms.py"]    # tuples, sets, relations, intervals: below grader.py
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
