@@ -12,6 +12,8 @@ SCRIPTS = ["model.py", "tokenizer.py", "lce_data.py", "train.py", "sandbox.py", 
 LIBRARIES = ["grader.py",                  # how an answer is graded, below eval.py and recipe.py
              "plumbing/__init__.py",       # what the folder holds: skip it on a first read
              "plumbing/notebook.py",       # below sandbox.py: what a cell shows (replay checks it)
+             "plumbing/worker.py",         # below sandbox.py: its template and worker processes
+             "plumbing/isolation.py",      # below worker.py: what keeps the code from the rest
              "plumbing/pretty.py",         # below notebook.py: IPython's display of a value
              "plumbing/storage.py",        # atomic writes and JSONL, used by every module
              "plumbing/checkpoint.py",     # checkpoint files, below model.py
