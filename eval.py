@@ -1,8 +1,9 @@
 """
 Run and re-score the paper's five benchmarks. How one answer is graded (the two verdicts, each data
-set's protocol) is grader.py; this file is the plumbing around it: the test sets in data/eval/
-(docs/method.md §5), the paper's table (§6), re-grading result files, the resumable run loop with
-data-parallel replicas, and an HTML page per run.
+set's protocol) is grader.py; this file runs it: the test sets in data/eval/ (docs/method.md §5),
+the paper's table (§6), re-grading result files, the resumable run loop with data-parallel
+replicas, and an HTML page per run. The files around grading (the authors' result format,
+summary.md, the page's rows) are plumbing/result_files.py; a served model, plumbing/serving.py.
 
     python eval.py score out/run/results.jsonl       # re-grade a results file, ours or the authors'
     python eval.py run --model CKPT --dataset GSM8K --out out/gsm8k --limit 50
@@ -23,13 +24,14 @@ import re
 import sys
 import time
 
-from plumbing import html_views
 import lce_data
 from grader import verdicts
+from plumbing import html_views
+from plumbing.result_files import math_table, record_parts, report_rows, write_summary
 from plumbing.server_client import ServerError
 from plumbing.storage import (append_jsonl, atomic_write, check_run, checkpoint_fingerprint,
                               done_keys, file_digest, merge_parts, numbered_jsonl, part_path,
-                              read_json, read_jsonl, write_json, write_jsonl)
+                              read_json, read_jsonl, write_jsonl)
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "eval")  # from any cwd
 
@@ -87,24 +89,6 @@ def load_dataset(name, data_dir=DATA_DIR, subject=None, level=None):
 
 # ------------------------------------------------------------------------------------------ scoring
 
-def _record_parts(rec, where):
-    """(solution as an LCE string, reference, id) from our results or the authors' output format
-    (`debug_result`, read by lce_data.debug_result_messages: a bad item is an error naming `where`
-    and the field)."""
-    if "debug_result" in rec:
-        turn = [block for message in lce_data.debug_result_messages(rec, where)
-                if message["role"] == "assistant" for block in message["content"]]
-        solution = "".join(f"<|{b['type']}|>{b['content']}<|endofblock|>" for b in turn)
-        reference = (rec.get("ground_truth") or {}).get("answer")
-    else:
-        solution = rec.get("solution")
-        reference = rec.get("reference", (rec.get("ground_truth") or {}).get("answer"))
-    if solution is None or reference is None:
-        raise ValueError(f"{where}: needs solution+reference (ours) or "
-                         "debug_result+ground_truth.answer")
-    return solution, reference, rec.get("id")
-
-
 def _summary(dataset, recs):
     """Accuracy of graded records under both protocols."""
     n = len(recs)
@@ -120,24 +104,6 @@ def _summary_line(s):
             f"paper protocol {s['correct_authors']}/{s['n']} = {100 * s['accuracy_authors']:.2f}%")
 
 
-def math_table(rows):
-    """Markdown subject x level accuracy table for MATH rows [(subject, level, correct)]."""
-    cells = {}                       # (subject, level) -> [correct, n]; "all" for either
-    for subject, level, correct in rows:
-        for key in [(subject, level), (subject, "all"), ("all", level), ("all", "all")]:
-            cell = cells.setdefault(key, [0, 0])
-            cell[0] += correct
-            cell[1] += 1
-    columns = [1, 2, 3, 4, 5, "all"]
-    lines = ["| subject | " + " | ".join(f"L{c}" if c != "all" else "all" for c in columns) + " |",
-             "|---" * (len(columns) + 1) + "|"]
-    for subject in sorted({key[0] for key in cells} - {"all"}) + ["all"]:
-        values = [f"{100 * cells[(subject, c)][0] / cells[(subject, c)][1]:.1f}"
-                  if (subject, c) in cells else "-" for c in columns]
-        lines.append(f"| {subject} | " + " | ".join(values) + " |")
-    return "\n".join(lines)
-
-
 def score(path, dataset=None, out=None, data_dir=DATA_DIR):
     """Re-grade every record of a results file; returns the summary dict."""
     if dataset is None:   # guess from the file name (authors: SVAMP_test_result-...jsonl)
@@ -146,7 +112,7 @@ def score(path, dataset=None, out=None, data_dir=DATA_DIR):
     graded = []
     math_rows = []
     for line, rec in numbered_jsonl(path):
-        solution, reference, pid = _record_parts(rec, f"{path}:{line}")
+        solution, reference, pid = record_parts(rec, f"{path}:{line}")
         graded.append({**rec, "reference": reference, **verdicts(solution, reference, dataset)})
         if pid and str(pid).startswith("test/"):
             level = _math_levels(data_dir).get(pid)
@@ -211,8 +177,9 @@ def run_loop(problems, out_dir, solve_fn, dataset, model_name="this run", info=N
             print(f"[eval] {len(written)}/{len(todo)}  {rate:.2f} problems/s  "
                   f"ETA {(len(todo) - len(written)) / rate / 60:.1f} min", file=sys.stderr)
         results = solve_fn([p["question"] for p in todo], on_result)
-        for i, result in enumerate(results):   # solvers that do not stream
-            on_result(i, result)
+        for i, result in enumerate(results):   # solvers that do not stream (None: a problem
+            if result is not None:             # the server failed on, left for the next run)
+                on_result(i, result)
     if finish or wait:
         (finish or wait)()   # every replica is done
     if replica != 0:
@@ -224,26 +191,9 @@ def run_loop(problems, out_dir, solve_fn, dataset, model_name="this run", info=N
         if "correct_authors" not in r:
             r.update(verdicts(graded_form(r), r["reference"], dataset))
     summary = {**_summary(dataset, recs), **(info or {})}
-    _write_summary(out_dir, summary, recs, model_name)
+    write_summary(out_dir, summary, recs, model_name, PAPER)
     print(f"[eval] {dataset}: {_summary_line(summary)}", file=sys.stderr)
     return summary
-
-
-def _write_summary(out_dir, summary, recs, model_name):
-    """summary.json, and summary.md: both accuracies beside the paper's, MATH by subject and level.
-    The paper's numbers were graded by the authors' protocol: they sit in that column."""
-    write_json(os.path.join(out_dir, "summary.json"), summary)
-    dataset = summary["dataset"]
-    lines = [f"{dataset} accuracy %: strict (exact equivalence) and paper protocol "
-             "(the authors' grader)", "",
-             "| model | strict | paper protocol |", "|---|---|---|",
-             f"| {model_name} (n={len(recs)}) | {100 * summary['accuracy']:.1f} | "
-             f"{100 * summary['accuracy_authors']:.1f} |"]
-    lines += [f"| {m} (paper) | - | {v.get(dataset.lower(), '-')} |" for m, v in PAPER.items()]
-    math_rows = [(r["subject"], r.get("level"), r["correct"]) for r in recs if r.get("subject")]
-    if math_rows:
-        lines += ["", "strict accuracy by subject and level:", "", math_table(math_rows)]
-    atomic_write(os.path.join(out_dir, "summary.md"), "\n".join(lines) + "\n")
 
 
 # What a run writes in its --out (and results.jsonl's part files); run.json says which run they
@@ -268,28 +218,26 @@ def run_identity(args, cfg):
 
 
 def run(args):
+    """eval.py run: the model (--model, or --server: plumbing/serving.py) on the data set's
+    problems through infer.py's loop, each graded as it finishes (run_loop)."""
     import infer                     # imported only when generating: scoring needs no model code
-    from model import Transformer
-    from plumbing.parallel import follow, init_ranks
+    from plumbing.parallel import init_ranks
     from sandbox import SandboxPool, default_isolation
-    from tokenizer import Tokenizer
-    cfg = infer.config_from_args(args)   # the generation flags (infer.add_generation_args)
+    cfg = infer.config_from_args(args)   # the generation flags (infer.add_model_args)
     problems = load_dataset(args.dataset, args.data_dir, args.subject, args.level)
     problems = problems[:args.limit or None]
-    if args.server:
-        return run_served(args, cfg, problems)
-    tok = Tokenizer.from_checkpoint(args.model)
-    ranks = init_ranks(args.tp)   # under torchrun: W / tp replicas share out the problems
+    ranks = init_ranks(1 if args.server else args.tp)  # torchrun: W / tp replicas share problems
     if ranks.leader:              # another run's results in --out: refused before the model loads
         check_run(os.path.join(args.out, "run.json"), run_identity(args, cfg),
                   [os.path.join(args.out, name) for name in RUN_FILES], args.force_new,
                   write=ranks.replica == 0)
         ranks.wait_for_all()      # replica 0 has deleted old results (--force-new) before any reads
-    device = args.device or ranks.device
-    model = Transformer.from_pretrained(args.model, device, infer.model_dtype(args.dtype, device),
-                                        tp_group=ranks.tp_group).eval()
-    if not ranks.leader:             # another shard of a tensor-parallel replica
-        return follow(model, ranks.tp_group)
+    opened = infer.open_model(args, ranks, {p["question"]: p["id"] for p in problems})
+    if opened is None:               # another shard of a tensor-parallel replica, done
+        return
+    tok, model, solver = opened
+    checkpoint = args.tokenizer if args.server else args.model   # the run is named after it
+    name = (args.server and args.served_model) or os.path.basename(os.path.normpath(checkpoint))
     # the prompt's system text: --system, else each record's own (the paper's, docs/method.md §4)
     system_of = {p["question"]: p["system"] for p in problems}
 
@@ -298,67 +246,25 @@ def run(args):
             return args.system
         return system_of[question] if system_of[question] is not None else infer.DEFAULT_SYSTEM
 
-    # one pool for the whole run (workers start once); under TP each model call is announced
-    with SandboxPool(cfg.batch_size) as pool, ranks.lockstep(model) as model:
+    rows = args.concurrency if args.server else cfg.batch_size   # problems in flight
+    with SandboxPool(max(1, rows)) as pool, model as model:       # workers start once
+        info = {"sandbox_isolation": default_isolation(),
+                **({"server": model.base} if args.server else {})}
 
-        def solve_fn(questions, on_result):
-            return infer.solve(model, tok, questions, [system(q) for q in questions], cfg=cfg,
-                               pool=pool, on_result=on_result)
-        return run_loop(problems, args.out, solve_fn, args.dataset,
-                        model_name=os.path.basename(os.path.normpath(args.model)),
-                        info={"sandbox_isolation": default_isolation()},
+        def solve_fn(questions, on_result):  # a problem a server failed on: left for the next run
+            return solver(model, tok, questions, [system(q) for q in questions], cfg=cfg,
+                          pool=pool, on_result=on_result)
+        return run_loop(problems, args.out, solve_fn, args.dataset, model_name=name, info=info,
                         replica=ranks.replica, n_replicas=ranks.n_replicas, wait=ranks.wait_for_all,
                         finish=ranks.finish)
 
 
-def run_served(args, cfg, problems):
-    """eval.py run --server: the same loop, results, resume and summary, the model behind an
-    OpenAI-compatible server (infer.solve_served); a problem the server failed on is left for the
-    next run."""
-    import infer
-    from sandbox import SandboxPool, default_isolation
-    from plumbing.server_client import server_from_args
-    from tokenizer import Tokenizer
-    if not args.tokenizer:
-        raise ValueError("--server needs --tokenizer CKPT_DIR (the served checkpoint's tokenizer)")
-    tok = Tokenizer.from_checkpoint(args.tokenizer)
-    server = server_from_args(args)
-    check_run(os.path.join(args.out, "run.json"), run_identity(args, cfg),
-              [os.path.join(args.out, name) for name in RUN_FILES], args.force_new)
-    by_question = {p["question"]: p for p in problems}
-
-    def system(question):
-        if args.system is not None:
-            return args.system
-        own = by_question[question]["system"]
-        return own if own is not None else infer.DEFAULT_SYSTEM
-
-    with SandboxPool(max(1, args.concurrency)) as pool:
-
-        def solve_fn(questions, on_result):
-            names = [f"problem {by_question[q]['id']}" for q in questions]
-            infer.solve_served(server, tok, questions, [system(q) for q in questions], cfg, pool,
-                               on_result, args.concurrency, args.prompt_as, args.served_model,
-                               names)
-            return []   # every result went through on_result; the failed ones are left out
-        name = args.served_model or os.path.basename(os.path.normpath(args.tokenizer))
-        return run_loop(problems, args.out, solve_fn, args.dataset, model_name=name,
-                        info={"sandbox_isolation": default_isolation(), "server": server.base})
-
-
 # ------------------------------------------------------------------------------------------- report
-
-REPORT_VERDICTS = {"correct": "strict (ours)", "correct_authors": "paper protocol"}
-REPORT_ANSWERS = {"pred": "extracted (ours)", "pred_authors": "extracted (paper protocol)",
-                  "model_answer": "extracted (authors' file)", "grade_error": "grading failed"}
-
 
 def report(paths, out=None, dataset=None, data_dir=DATA_DIR):
     """A page to browse a run (html_views.report_page): RUN_DIR/report.html from its results.jsonl
     and summary.json, or one page for result files, ours or the authors' released format
-    (debug_result). Records without verdicts are graded here as `score` does (strict and paper
-    protocol); a file named *-correct / *-wrong (as in data/official_outs/) also gives the official
-    verdict. Returns the page's path."""
+    (debug_result; graded here as `score` does: result_files.report_rows). Returns its path."""
     run_dir = paths[0] if len(paths) == 1 and os.path.isdir(paths[0]) else None
     files = [os.path.join(run_dir, "results.jsonl")] if run_dir else list(paths)
     summary = None
@@ -368,28 +274,8 @@ def report(paths, out=None, dataset=None, data_dir=DATA_DIR):
     out = out or (os.path.join(run_dir, "report.html") if run_dir else stem + ".html")
     dataset = dataset or (summary or {}).get("dataset") or next(
         (w for w in re.split(r"[_.-]", stem.lower()) if w in DATASETS), None)
-    rows = []
-    for path in files:
-        official = {"correct": True, "wrong": False}.get(path[:-len(".jsonl")].rsplit("-", 1)[-1])
-        for line, rec in numbered_jsonl(path):
-            solution, reference, pid = _record_parts(rec, f"{path}:{line}")   # LCE, both formats
-            if "correct" not in rec:            # the authors' files: graded here, both protocols
-                rec = {**rec, **verdicts(solution, reference, dataset)}
-            turn = [(b["type"], b["content"]) for m in rec.get("messages") or []
-                    if m["role"] == "assistant" for b in m["content"]]
-            row = {"id": pid if pid is not None else f"{os.path.basename(path)}:{line}",
-                   "question": rec.get("question") or lce_data.message_text(rec, "user") or "",
-                   "blocks": turn or lce_data.parse_assistant(solution) or [("text", solution)],
-                   "answers": {label: rec[k] for k, label in REPORT_ANSWERS.items() if k in rec},
-                   "reference": reference,
-                   "verdicts": {label: bool(rec[k]) for k, label in REPORT_VERDICTS.items()
-                                if k in rec}}
-            if official is not None:
-                row["verdicts"]["official (file name)"] = official
-            if rec.get("subject") or str(pid).startswith("test/"):      # MATH
-                row["subject"] = rec.get("subject") or str(pid).split("/")[1]
-                row["level"] = rec.get("level") or _math_levels(data_dir).get(pid)
-            rows.append(row)
+    rows = [row for path in files
+            for row in report_rows(path, dataset, lambda pid: _math_levels(data_dir).get(pid))]
     paper = [(m, v[dataset], m.lower() in stem.lower()) for m, v in PAPER.items() if dataset in v]
     page = html_views.report_page(f"{run_dir or stem}: {dataset}", rows, summary, paper)
     atomic_write(out, page)
@@ -418,8 +304,6 @@ def main(argv=None):
                             "(default: from summary.json or the file name)")
     report_cmd.add_argument("--data-dir", default=DATA_DIR)
     run_cmd = sub.add_parser("run", help="generate with a checkpoint and grade (resumable)")
-    run_cmd.add_argument("--model", help="checkpoint directory (HF layout + tokenizer.model); "
-                         "or --server")
     run_cmd.add_argument("--dataset", required=True)
     run_cmd.add_argument("--out", required=True,
                          help="output directory: results.jsonl, summary.json/.md")
@@ -428,23 +312,17 @@ def main(argv=None):
     run_cmd.add_argument("--level", type=int, help="MATH only: 1-5")
     run_cmd.add_argument("--system",
                          help="system text of every prompt (default: each record's own)")
-    run_cmd.add_argument("--device",
-                         help="default: cuda (this rank's GPU) when available, else cpu")
-    run_cmd.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per model "
-                         "replica (torchrun --nproc_per_node=W: W / tp replicas share out the "
-                         "problems)")
     run_cmd.add_argument("--data-dir", default=DATA_DIR)
     run_cmd.add_argument("--force-new", action="store_true", help="delete the results in --out "
                          "and start over (a resumed run must be the same run: run.json)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:   # infer imports torch: only `run` needs it
         import infer
-        infer.add_generation_args(run_cmd)
-        infer.add_dtype_arg(run_cmd)
-        infer.add_serving_args(run_cmd)
+        infer.add_model_args(run_cmd)   # --model (or --server), --device, --dtype, --tp, GenConfig
     args = ap.parse_args(argv)
-    if args.cmd == "run" and bool(args.model) == bool(args.server):
-        ap.error("run: give either --model or --server (with --tokenizer)")
+    if args.cmd == "run" and (bool(args.model) == bool(args.server)
+                              or args.server and not args.tokenizer):
+        ap.error("run: give either --model or --server with --tokenizer (the served checkpoint)")
     try:
         if args.cmd == "score":
             score(args.results, args.dataset, args.out, args.data_dir)

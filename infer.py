@@ -13,7 +13,7 @@ server cut every round's input to BOS + the conversation's last 1535 tokens, rea
 ids") and Execute ("run this code") and is sent the answers. `solve_one` drives one plainly (a fresh
 prefill every round); `solve` drives many on one static KV cache (`Engine`), code running in a
 sandbox pool while the other rows decode. tests/test_infer.py checks they agree problem by problem.
-`solve_served` drives it with the model behind an OpenAI-compatible server (--server;
+plumbing/serving.py drives it with the model behind an OpenAI-compatible server (--server;
 docs/serving.md).
 Where both differ from the authors' loop:
   * the window is cut in ids; their server decoded the cut ids and encoded the text again.
@@ -35,55 +35,50 @@ Where both differ from the authors' loop:
     python infer.py --model CKPT --file data/eval/GSM8K_test_post.jsonl --out results.jsonl
 """
 import argparse
-import json
-import os
+import contextlib
 import re
 import sys
-import threading
-import time
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 
 import lce_data
 import sandbox
-from plumbing import storage
 from lce_data import DEFAULT_SYSTEM
 from model import Transformer
+from plumbing.cli import add_flags, flag, from_flags
 from plumbing.parallel import follow, init_ranks
-from plumbing.server_client import ServerError, add_server_args, server_from_args
-from tokenizer import SPECIAL_TOKENS, Tokenizer
-
-
-def option(default, help, **argparse_options):
-    """A GenConfig field that is also a command-line flag (add_generation_args)."""
-    return field(default=default, metadata={"help": help, **argparse_options})
+from plumbing.question_files import add_file_args, check_file_run, solve_file
+from plumbing.server_client import ServerError, server_from_args
+from plumbing.serving import add_serving_args, served_solver
+from plumbing.terminal import Stream, show_solutions
+from tokenizer import Tokenizer
 
 
 @dataclass
 class GenConfig:
     """How to generate; the defaults are the authors' (docs/method.md §4). Each field is also a
     flag of `infer.py` and `eval.py run` (max_new_tokens: --max-new-tokens)."""
-    max_new_tokens: int = option(512, "tokens per round (one block)")
-    max_total_tokens: int = option(2048, "a cache row: the window + one round (context stop: the "
-                                   "whole context)")
-    max_prompt_tokens: int | None = option(None, "the window: the model reads at most this many "
-                                           "tokens when a round starts (default: max-total-tokens "
-                                           "- max-new-tokens, at most 1536)")
-    context: str = option("window", "window: the authors' sliding window; stop: cut the prompt "
-                          "only, stop a problem once its context reaches max-total-tokens",
-                          choices=("window", "stop"))
-    max_rounds: int = option(16, "blocks per solution at most")
-    temperature: float = option(0.0, "0: greedy (the paper's numbers); > 0: sampling "
-                                "(self-distillation)")
-    top_p: float = option(1.0, "nucleus sampling: keep the most likely tokens up to this mass")
-    batch_size: int = option(16, "rows of the KV cache = problems decoded together")
-    execute: bool = option(True, "run the code; --no-execute: <|execution|> is opened and the "
-                           "model writes the output itself (ablation: can it compute without "
-                           "the interpreter?)")
-    seed: int = option(0, "sampling: problem i draws from its own generator (seed, i)")
+    max_new_tokens: int = flag(512, "tokens per round (one block)")
+    max_total_tokens: int = flag(2048, "a cache row: the window + one round (context stop: the "
+                                 "whole context)")
+    max_prompt_tokens: int | None = flag(None, "the window: the model reads at most this many "
+                                         "tokens when a round starts (default: max-total-tokens "
+                                         "- max-new-tokens, at most 1536)")
+    context: str = flag("window", "window: the authors' sliding window; stop: cut the prompt "
+                        "only, stop a problem once its context reaches max-total-tokens",
+                        choices=("window", "stop"))
+    max_rounds: int = flag(16, "blocks per solution at most")
+    temperature: float = flag(0.0, "0: greedy (the paper's numbers); > 0: sampling "
+                              "(self-distillation)")
+    top_p: float = flag(1.0, "nucleus sampling: keep the most likely tokens up to this mass")
+    batch_size: int = flag(16, "rows of the KV cache = problems decoded together")
+    execute: bool = flag(True, "run the code; --no-execute: <|execution|> is opened and the "
+                         "model writes the output itself (ablation: can it compute without "
+                         "the interpreter?)")
+    seed: int = flag(0, "sampling: problem i draws from its own generator (seed, i)")
 
     def __post_init__(self):
         if self.max_prompt_tokens is None:  # the authors' 1536 where a round fits beside it
@@ -173,29 +168,6 @@ def solution_steps(tokenizer, question: str, system: str, cfg, show=None):
             stop = "max_total_tokens"
             break
     return result(tokenizer, question, system, ids[n_prompt:], stop, n_new, rounds, n_exec)
-
-
-class Stream:
-    """show(text) with each new piece of one problem's text: the text since the last special token
-    is decoded again at each token (a half-decoded UTF-8 character can change)."""
-
-    def __init__(self, tokenizer, show):
-        self.tokenizer, self.show, self.ids, self.shown = tokenizer, show, [], ""
-
-    def restart(self, ids, shown):  # the text since the last special token is now `ids`
-        self.ids, self.shown = list(ids), shown
-
-    def token(self, token):
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        if text.startswith(self.shown):
-            self.show(text[len(self.shown):])
-            self.shown = text
-
-    def piece(self, text):
-        if self.show:
-            self.show(text)
-        self.restart([], "")
 
 
 _DECIMAL = re.compile(r"\d+\.\d+")
@@ -472,167 +444,27 @@ def solve(model, tokenizer, questions: list[str], system: str | list[str] = DEFA
     return results
 
 
-# ------------------------------------------------ the same loop against an OpenAI-compatible server
-STOP_STRINGS = ["<|endofblock|>", "<|endofmessage|>"]
-
-
-def served_round(server, tokenizer, window, max_tokens, cfg, index, prompt_as="ids",
-                 served_model=None, what="problem"):
-    """One Generate on a /v1/completions endpoint (server_client.Server): the window (BOS first)
-    continued until a stop token or max_tokens. prompt_as "ids": the window's token ids as the
-    prompt (vLLM and llama.cpp accept a list of ints; nothing is re-tokenised); "text": the window
-    decoded, without BOS, which the server adds (TGI; its tokenizer reads the text again, as the
-    authors' server did). Returns (text, eos, n_tokens): the new text, stop string included;
-    whether the model ended on EOS (which the text does not show); the tokens it generated as the
-    server counts them (usage.completion_tokens; None if not reported)."""
-    special = tokenizer.special
-    payload = {"prompt": window if prompt_as == "ids" else tokenizer.decode(window[1:]),
-               "max_tokens": max_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
-               "seed": cfg.seed * 1_000_003 + index, "stop": STOP_STRINGS,
-               # vLLM's names: the special tokens stay in the text, unspaced, the stop one too
-               "skip_special_tokens": False, "spaces_between_special_tokens": False,
-               "include_stop_str_in_output": True}
-    if served_model:
-        payload["model"] = served_model
-    reply = server.complete(payload, what)
-    try:
-        choice = reply["choices"][0]
-        text = choice["text"]
-        finish = choice.get("finish_reason")
-        n_tokens = (reply.get("usage") or {}).get("completion_tokens")
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise ServerError(f"{what}: the completion reply has no choices[0].text") from None
-    eos = False
-    if finish == "stop" and not text.endswith(tuple(STOP_STRINGS)):
-        reason = choice.get("stop_reason")   # vLLM: the stop string or token that ended it
-        if reason in STOP_STRINGS or reason in (special[t] for t in STOP_STRINGS):
-            text += reason if isinstance(reason, str) else tokenizer.id_to_special[reason]
-        else:
-            eos = True                        # no stop string: the model's own EOS
-    if not text and not eos:
-        raise ServerError(f"{what}: the server returned no text (finish_reason {finish!r})")
-    return text, eos, n_tokens if isinstance(n_tokens, int) else None
-
-
-def continuation_ids(tokenizer, window, text, eos=False) -> list:
-    """Ids that continue `window` by `text`, the server's reply, so that the window's text since
-    its last special token, decoded with these ids after it, reads that text followed by `text`.
-    A block cut by max_new_tokens goes on mid-word: SentencePiece's dummy-prefix space must not
-    come in between, so the text is encoded after a newline (its own byte piece, which never
-    merges) and the newline's pieces are dropped. solution_steps then rounds and re-tokenises the
-    block, as it does with a local model's own ids. eos: the model ended on EOS (not in text)."""
-    specials = set(tokenizer.special.values()) | {tokenizer.bos_id}
-    cut_block = bool(window) and window[-1] not in specials
-    if cut_block:
-        anchor = len(tokenizer.encode("\n"))
-        ids = tokenizer.encode("\n" + text)[anchor:]
-    else:
-        ids = tokenizer.encode(text)
-    return ids + [tokenizer.eos_id] * eos
-
-
-def serve_one(server, tokenizer, question, system=DEFAULT_SYSTEM, cfg=None, pool=None, index=0,
-              prompt_as="ids", served_model=None, what="problem") -> dict:
-    """solution_steps driven by a server: each Generate is one /v1/completions request (its window,
-    cut on the checkpoint's token ids, and its max_new), each Execute runs in a sandbox from
-    `pool`, taken at the problem's first code block. The same loop as solve_one's, so the same
-    rounding, re-tokenising and execution. Returns what solve returns for the problem; n_tokens
-    is the server's count where every reply gave one (a token that decodes to no text, such as
-    EOS, is invisible in the reply's text)."""
-    cfg = cfg or GenConfig()
-    steps = solution_steps(tokenizer, question, system, cfg)
-    session = None
-    answer = None
-    counted = []   # the server's count of each round's tokens
-    try:
-        while True:
-            try:
-                request = steps.send(answer)
-            except StopIteration as done:
-                outcome = done.value
-                if counted and None not in counted:
-                    outcome["n_tokens"] = sum(counted)
-                return outcome
-            if isinstance(request, Execute):
-                if session is None:
-                    session = pool.acquire()
-                answer = run_code(session, request.code)
-                continue
-            text, eos, n_tokens = served_round(server, tokenizer, request.window,
-                                               request.max_new, cfg, index, prompt_as,
-                                               served_model, what)
-            counted.append(n_tokens)
-            answer = continuation_ids(tokenizer, request.window, text, eos)
-    finally:
-        if session is not None:
-            pool.release(session)
-
-
-def solve_served(server, tokenizer, questions, system=DEFAULT_SYSTEM, cfg=None, pool=None,
-                 on_result=None, concurrency=16, prompt_as="ids", served_model=None, names=None):
-    """solve's contract with the model behind a server: serve_one for every question, `concurrency`
-    of them in flight. A problem the server failed on (after server_client's retries) gets None
-    and one line on stderr; a fatal failure (no server, a bad key) stops the run, raised.
-    names[i]: how error lines name problem i (default "problem i")."""
-    cfg = cfg or GenConfig()
-    systems = [system] * len(questions) if isinstance(system, str) else list(system)
-    results = [None] * len(questions)
-    lock = threading.Lock()
-    stop = threading.Event()
-    own_pool = pool is None and cfg.execute and bool(questions)
-    if own_pool:
-        pool = sandbox.SandboxPool(max(1, min(concurrency, len(questions))))
-
-    def one(i):
-        if stop.is_set():
-            return
-        what = names[i] if names else f"problem {i}"
-        try:
-            results[i] = serve_one(server, tokenizer, questions[i], systems[i], cfg, pool, i,
-                                   prompt_as, served_model, what)
-        except ServerError as e:
-            if e.fatal:
-                stop.set()
-                raise
-            print(f"\n{e}", file=sys.stderr, flush=True)
-            return
-        if on_result:
-            with lock:
-                on_result(i, results[i])
-    try:
-        with ThreadPoolExecutor(max(1, concurrency)) as executor:
-            futures = [executor.submit(one, i) for i in range(len(questions))]
-            for future in futures:
-                if future.exception():
-                    executor.shutdown(wait=True, cancel_futures=True)
-                    raise future.exception()
-    finally:
-        if own_pool:
-            pool.close()
-    return results
-
-
 # ---------------------------------------------------------------------------------------------- CLI
 def add_generation_args(parser):
     """GenConfig's fields as flags of `parser` (infer.py and eval.py run declare them here only)."""
-    group = parser.add_argument_group("generation (GenConfig)")
-    for f in fields(GenConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool:  # --execute / --no-execute
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                               help=f.metadata["help"])
-            continue
-        kind = f.type if f.type in (int, float, str) else int  # int | None: None = derived
-        shown = "" if f.default is None else " (default: %(default)s)"
-        group.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"),
-                           help=f.metadata["help"] + shown)
+    add_flags(parser.add_argument_group("generation (GenConfig)"), GenConfig)
 
 
-def add_dtype_arg(parser):
-    """--dtype of infer.py and eval.py run."""
+def add_model_args(parser):
+    """The flags of infer.py and eval.py run alike: the model (--model, or --server), where and in
+    what dtype it runs, and how to generate (GenConfig's fields)."""
+    parser.add_argument("--model", help="checkpoint directory (weights + tokenizer.model "
+                        "[+ added_tokens.json]), or --server")
+    parser.add_argument("--device",
+                        help="default: cuda (this rank's GPU) when available, else cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="weights and KV cache (default: bfloat16 on CUDA, half the bytes a "
                         "step reads; float32 on the CPU)")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per model "
+                        "replica (torchrun --nproc_per_node=W: W / tp replicas share out the "
+                        "problems)")
+    add_generation_args(parser)
+    add_serving_args(parser)
 
 
 def model_dtype(name: str | None, device) -> torch.dtype:
@@ -644,139 +476,28 @@ def model_dtype(name: str | None, device) -> torch.dtype:
 
 def config_from_args(args) -> GenConfig:
     """The GenConfig of parsed flags (a bad combination raises ValueError, naming it)."""
-    return GenConfig(**{f.name: getattr(args, f.name) for f in fields(GenConfig)})
+    return from_flags(GenConfig, args)
 
 
-_SPECIAL = re.compile("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")")  # keeps separators
-
-
-class Renderer:
-    """Show LCE text on a terminal: code cyan and execution yellow on a tty, Markdown fences
-    otherwise."""
-    OPEN = {"tty": {"<|code|>": "\n\033[36m", "<|execution|>": "\033[33m"},
-            "plain": {"<|code|>": "\n```python\n", "<|execution|>": "```output\n"}}
-
-    def __init__(self, out=sys.stdout):
-        self.out = out
-        self.mode = "tty" if out.isatty() else "plain"
-        self.kind = None  # the block being shown
-
-    def __call__(self, text: str):
-        for piece in _SPECIAL.split(text):
-            if piece in ("<|text|>", "<|code|>", "<|execution|>"):
-                self.kind = piece
-                self.out.write(self.OPEN[self.mode].get(piece, ""))
-            elif piece in ("<|endofblock|>", "<|endofmessage|>"):
-                if self.kind in ("<|code|>", "<|execution|>"):
-                    self.out.write("\033[0m\n" if self.mode == "tty" else "\n```\n")
-                elif piece == "<|endofblock|>":
-                    self.out.write("\n")
-                self.kind = None
-            elif not _SPECIAL.fullmatch(piece):
-                self.out.write(piece)
-        self.out.flush()
-
-
-def read_questions(path: str) -> list[dict]:
-    """JSONL: the eval-set schema (question = the user message's text; system = the system
-    message's, if any) or {"question": ... [, "system": ...]}."""
-    records = []
-    for n, record in storage.numbered_jsonl(path):
-        try:  # AttributeError / KeyError / TypeError: no question
-            question = record.get("question") or lce_data.message_text(record, "user")
-            system = (record["system"] if "system" in record
-                      else lce_data.message_text(record, "system"))
-            has_text = isinstance(question, str) and question
-            if not has_text or not isinstance(system, (str, type(None))):
-                raise TypeError
-        except (AttributeError, KeyError, TypeError):
-            raise ValueError(f"{path}:{n}: no 'question' field and no user message "
-                             "(messages[].content[].content) with text") from None
-        records.append({**record, "question": question, "system": system})
-    return records
-
-
-def show_solutions(model, tokenizer, questions, system, cfg, pool, solver=None):
-    """Questions from the command line: one is streamed as it is decoded; several are each shown
-    whole as they finish. solver: solve's signature (default solve; a server's: served_solver)."""
-    solver = solver or solve
-    show = Renderer()
-    if len(questions) == 1:
-        solver(model, tokenizer, questions, system, cfg, pool, on_stream=lambda i, text: show(text))
-    else:
-        def show_result(i, outcome):
-            print(f"\n=== question {i + 1}: {outcome['question']}")
-            show(outcome["solution"])
-        solver(model, tokenizer, questions, system, cfg, pool, show_result)
-    print()
-
-
-def check_file_run(args, cfg, ranks):
-    """--file resumes only the same run: OUT.run.json records the model, the question file's
-    content, the system text and how to generate (--limit and --batch-size may change); another
-    run's results in OUT are refused, naming what differs (--force-new deletes them)."""
-    out_path = args.out or re.sub(r"(\.jsonl)?$", ".results.jsonl", args.file, count=1)
-    identity = {**({"served_model": args.served_model,  # not the URL: a server may move
-                    "tokenizer_files": storage.checkpoint_fingerprint(args.tokenizer)}
-                   if args.server else {"model": os.path.abspath(args.model),
-                                        "model_files": storage.checkpoint_fingerprint(args.model)}),
-                "question_file": os.path.abspath(args.file),
-                "questions": storage.file_digest(args.file), "system": args.system,
-                "generation": {k: v for k, v in vars(cfg).items() if k != "batch_size"},
-                "dtype": args.dtype, "timeout": args.timeout}
-    storage.check_run(out_path + ".run.json", identity, [out_path, out_path + ".summary.json"],
-                      args.force_new, write=ranks.replica == 0)
-    ranks.wait_for_all()  # replica 0 has deleted old results (--force-new) before any reads them
-
-
-def solve_file(model, tokenizer, args, cfg, pool, ranks, solver=None):
-    """--file: solve every question not yet in the results file (resumable), appending one line
-    per problem; data-parallel replicas each take every n-th problem into a part file of their
-    own, and replica 0 merges them and writes the summary. solver: as for show_solutions."""
-    solver = solver or solve
-    records = read_questions(args.file)[:args.limit]
-    out_path = args.out or re.sub(r"(\.jsonl)?$", ".results.jsonl", args.file, count=1)
-    done = storage.done_keys(out_path, key="index")  # replicas' parts too; torn lines cut off
-    todo = [i for i in range(len(records)) if i not in done][ranks.replica::ranks.n_replicas]
-    ranks.wait_for_all()  # every replica has read the files before any writes to them
-    print(f"{args.file}: {len(records)} questions, {len(done)} already in {out_path}, "
-          f"solving {len(todo)}", file=sys.stderr)
-    mine = out_path if ranks.n_replicas == 1 else storage.part_path(out_path, ranks.replica)
-    start = time.time()
-    stats = Counter()
-
-    def system_of(record):  # --system, else the record's own (the paper's prompt), else default
-        if args.system is not None:
-            return args.system
-        return DEFAULT_SYSTEM if record["system"] is None else record["system"]
-    systems = [system_of(records[i]) for i in todo]
-    with open(mine, "a", encoding="utf-8") as out:
-
-        def on_result(j, outcome):
-            storage.append_jsonl(out, {**records[todo[j]], **outcome, "index": todo[j]})
-            stats.update(n=1, tokens=outcome["n_tokens"], rounds=outcome["n_rounds"],
-                         exec=outcome["n_exec"])
-            seconds = time.time() - start
-            n = stats["n"]
-            print(f"\r{n}/{len(todo)} problems  {n / seconds:.2f}/s  "
-                  f"{stats['tokens'] / seconds:.0f} tok/s  "
-                  f"ETA {(len(todo) - n) * seconds / n:.0f}s   ", end="", file=sys.stderr,
-                  flush=True)
-        solver(model, tokenizer, [records[i]["question"] for i in todo], systems, cfg, pool,
-               on_result)
-    seconds = time.time() - start
-    replicas = ranks.finish((stats, seconds))  # followers released; replica 0 sums up
-    if ranks.replica != 0:
-        return
-    stats = sum((replica_stats for replica_stats, _ in replicas), Counter())
-    seconds = max(replica_seconds for _, replica_seconds in replicas)
-    storage.merge_parts(out_path, "index", range(len(records)))
-    summary = {"file": args.file, "out": out_path, "solved": stats["n"],
-               "seconds": round(seconds, 1), "problems_per_s": stats["n"] / max(seconds, 1e-9),
-               "tokens_per_s": stats["tokens"] / max(seconds, 1e-9),
-               "mean_rounds": stats["rounds"] / max(stats["n"], 1), "executions": stats["exec"]}
-    storage.write_json(out_path + ".summary.json", summary)
-    print("\n" + json.dumps(summary), file=sys.stderr)
+def open_model(args, ranks, name_of=None):
+    """The model of --model (this rank's shard under --tp, in --dtype) or of --server, for the
+    loop: (tokenizer, model, solver: solve or serving.served_solver's). Leaving `with model`
+    releases a tensor-parallel replica's followers. On a follower: None, once it has made its
+    leader's model calls. name_of: question -> how a server's error lines name it."""
+    if args.server:  # the same loop, the model behind a server (plumbing/serving.py)
+        solver = served_solver(args, solution_steps, run_code, name_of)
+        return (Tokenizer.from_checkpoint(args.tokenizer),
+                contextlib.nullcontext(server_from_args(args)), solver)
+    tokenizer = Tokenizer.from_checkpoint(args.model)
+    device = args.device or ranks.device
+    model = Transformer.from_pretrained(args.model, device, model_dtype(args.dtype, device),
+                                        ranks.tp_group).eval()
+    if model.args.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"{args.model}: model vocab {model.args.vocab_size} < tokenizer vocab "
+                         f"{tokenizer.vocab_size}")
+    if not ranks.leader:  # another shard of a tensor-parallel replica: make the leader's calls
+        return follow(model, ranks.tp_group)
+    return tokenizer, ranks.lockstep(model), solve
 
 
 def main():
@@ -785,117 +506,36 @@ def main():
                                      "continuous batching).")
     parser.add_argument("questions", nargs="*",
                         help="question(s) to solve; one question is streamed")
-    parser.add_argument("--model",
-                        help="checkpoint dir (weights + tokenizer.model [+ added_tokens.json])")
-    parser.add_argument("--file",
-                        help="JSONL of questions (eval-set schema or {\"question\": ...})")
-    parser.add_argument("--out", help="results JSONL for --file (default: FILE.results.jsonl); "
-                        "resumes if present")
-    parser.add_argument("--limit", type=int, help="only the first N questions of --file")
-    parser.add_argument("--force-new", action="store_true", help="delete the results in --out "
-                        "and start over (a resumed --file run must be the same run: OUT.run.json)")
+    add_file_args(parser)  # --file, --out, --limit, --force-new
     parser.add_argument("--system", help="system text (default: a --file record's own, else the "
                         f"paper's: {DEFAULT_SYSTEM!r})")
     parser.add_argument("--timeout", type=float,
                         help="seconds per code block (default: sandbox.py's)")
-    parser.add_argument("--device",
-                        help="default: cuda (this rank's GPU) when available, else cpu")
-    add_dtype_arg(parser)
-    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per model "
-                        "replica (torchrun --nproc_per_node=W: W / tp replicas share out --file)")
-    add_generation_args(parser)
-    add_serving_args(parser)
+    add_model_args(parser)
     args = parser.parse_args()
     if bool(args.questions) == bool(args.file):
         parser.error("give either question(s) or --file")
-    if bool(args.model) == bool(args.server):
-        parser.error("give either --model or --server (with --tokenizer)")
+    if bool(args.model) == bool(args.server) or args.server and not args.tokenizer:
+        parser.error("give either --model or --server with --tokenizer (the served checkpoint)")
     cfg = config_from_args(args)  # a bad combination fails here, before the model loads
-    if args.server:
-        return main_served(args, cfg)
-    tokenizer = Tokenizer.from_checkpoint(args.model)
-    ranks = init_ranks(args.tp)
+    ranks = init_ranks(1 if args.server else args.tp)
     if args.questions and ranks.n_replicas > 1:
         parser.error("several model replicas (--nproc_per_node > --tp) need --file")
     if args.file and ranks.leader:  # another run's results: refused before the model loads
         check_file_run(args, cfg, ranks)
-    device = args.device or ranks.device
-    model = Transformer.from_pretrained(args.model, device, model_dtype(args.dtype, device),
-                                        ranks.tp_group)
-    if model.args.vocab_size < tokenizer.vocab_size:
-        sys.exit(f"{args.model}: model vocab {model.args.vocab_size} < tokenizer vocab "
-                 f"{tokenizer.vocab_size}")
-    if not ranks.leader:  # another shard of a tensor-parallel replica: make the leader's calls
-        return follow(model, ranks.tp_group)
-    model = ranks.lockstep(model)  # released (the followers return) in the `finally` below
-    pool = None
-    if cfg.execute:
-        limits = {"timeout": args.timeout} if args.timeout else {}
-        pool = sandbox.SandboxPool(max(1, cfg.batch_size), **limits)
-    try:
-        if args.questions:
-            system = DEFAULT_SYSTEM if args.system is None else args.system
-            show_solutions(model, tokenizer, args.questions, system, cfg, pool)
-        else:
-            solve_file(model, tokenizer, args, cfg, pool, ranks)
-    finally:
-        if pool is not None:
-            pool.close()
-        model.release()
-
-
-def add_serving_args(parser):
-    """--server and its settings (infer.py and eval.py run)."""
-    group = parser.add_argument_group("a model behind an OpenAI-compatible server (--server)")
-    group.add_argument("--server", help="base URL of a /v1/completions endpoint (vLLM, TGI, "
-                       "llama.cpp), in place of --model")
-    group.add_argument("--tokenizer", help="with --server: the served checkpoint's directory "
-                       "(tokenizer.model [+ added_tokens.json]): the window is cut on its ids")
-    group.add_argument("--served-model", help="the model's name on the server (default: none "
-                       "sent, the server's only model)")
-    group.add_argument("--concurrency", type=int, default=16, help="problems in flight")
-    group.add_argument("--prompt-as", choices=("ids", "text"), default="ids",
-                       help="ids: the window's token ids (vLLM, llama.cpp); text: decoded (TGI)")
-    add_server_args(group)
-
-
-def served_solver(args, index_of=None):
-    """A solver with solve's signature for show_solutions / solve_file, over args.server.
-    index_of: question -> how error lines name it."""
-    def solver(server, tokenizer, questions, system, cfg, pool, on_result=None, on_stream=None):
-        if on_stream:   # no streaming from the server: a problem is shown whole when done
-            on_result = lambda i, outcome: on_stream(i, outcome["solution"])
-        names = [f"problem {index_of.get(q, i) if index_of else i}"
-                 for i, q in enumerate(questions)]
-        return solve_served(server, tokenizer, questions, system, cfg, pool, on_result,
-                            args.concurrency, args.prompt_as, args.served_model, names)
-    return solver
-
-
-def main_served(args, cfg):
-    """infer.py --server: the same loop, results and resume, with the model behind a server."""
-    if not args.tokenizer:
-        sys.exit("error: --server needs --tokenizer CKPT_DIR (the served checkpoint's tokenizer)")
-    tokenizer = Tokenizer.from_checkpoint(args.tokenizer)
-    server = server_from_args(args)
-    index_of = {}
-    if args.file:
-        for i, record in enumerate(read_questions(args.file)[:args.limit]):
-            index_of.setdefault(record["question"], i)
+    opened = open_model(args, ranks)
+    if opened is None:  # a tensor-parallel follower, done
+        return
+    tokenizer, model, solver = opened
     limits = {"timeout": args.timeout} if args.timeout else {}
-    pool = sandbox.SandboxPool(max(1, args.concurrency), **limits) if cfg.execute else None
-    try:
+    rows = args.concurrency if args.server else cfg.batch_size  # problems in flight
+    pool = sandbox.SandboxPool(max(1, rows), **limits) if cfg.execute else contextlib.nullcontext()
+    with model as model, pool as pool:
         if args.questions:
             system = DEFAULT_SYSTEM if args.system is None else args.system
-            show_solutions(server, tokenizer, args.questions, system, cfg, pool,
-                           served_solver(args))
+            show_solutions(solver, model, tokenizer, args.questions, system, cfg, pool)
         else:
-            ranks = init_ranks(1)
-            check_file_run(args, cfg, ranks)
-            solve_file(server, tokenizer, args, cfg, pool, ranks, served_solver(args, index_of))
-    finally:
-        if pool is not None:
-            pool.close()
+            solve_file(solver, model, tokenizer, args, cfg, pool, ranks)
 
 
 if __name__ == "__main__":

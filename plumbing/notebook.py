@@ -262,12 +262,13 @@ def _safe_str(obj):
 
 
 def _is_ours(code):
-    """Frames of this file, the printer and the sandbox around the cell (IPython drops its own
-    run_code)."""
+    """Frames of this file, the printer and the sandbox around the cell: sandbox.py, its worker and
+    its audit hook (IPython drops its own run_code)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    return os.path.abspath(code.co_filename) in (os.path.join(here, "notebook.py"),
-                                                 os.path.join(here, "pretty.py"),
-                                                 os.path.join(os.path.dirname(here), "sandbox.py"))
+    ours = ("notebook.py", "pretty.py", "worker.py", "isolation.py",
+            os.path.join(os.pardir, "sandbox.py"))
+    return os.path.abspath(code.co_filename) in {os.path.normpath(os.path.join(here, name))
+                                                 for name in ours}
 
 
 def _walk_tb(tb):

@@ -2,10 +2,10 @@
 and the generate -> execute -> continue loop runs real code, keeps state, stops on time and survives
 bad code.
 
-Two stand-ins: CharTokenizer (the fixture model's vocabulary is only 320 ids, so the Llama tokenizer
-cannot drive it) and ScriptedModel (emits a fixed LCE solution whatever it reads, like a trained
-MathCoder that always writes the same thing; it honours the forward/cache contract and logs every
-token it is fed)."""
+Stand-ins: CharTokenizer and Steered (tests/helpers.py: the fixture model's vocabulary is only 320
+ids, so the Llama tokenizer cannot drive it) and ScriptedModel (emits a fixed LCE solution whatever
+it reads, like a trained MathCoder that always writes the same thing; it honours the forward/cache
+contract and logs every token it is fed)."""
 import argparse, dataclasses, io, json, os, re, subprocess, sys, time
 from collections import deque
 from pathlib import Path
@@ -19,12 +19,11 @@ import infer
 import lce_data
 import sandbox
 from infer import GenConfig
+from helpers import FIX, LLAMA_TOK, ROOT, CharTokenizer, Steered
 from model import ModelArgs, Transformer
-from tokenizer import SPECIAL_TOKENS, Tokenizer
+from plumbing import terminal
+from tokenizer import Tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
-FIX = ROOT / "tests/fixtures"
-LLAMA_TOK = FIX / "tokenizer/llama2-tokenizer.model"
 
 
 @pytest.fixture(scope="module")
@@ -35,38 +34,6 @@ def fixture_model():
 @pytest.fixture(scope="module")
 def tok():
     return Tokenizer(str(LLAMA_TOK))
-
-
-@pytest.fixture(scope="module")
-def pool():
-    p = sandbox.SandboxPool(2, timeout=2)
-    yield p
-    p.close()
-
-
-class CharTokenizer:
-    """One character per id for the 320-id fixture model: 0 unk, 1 BOS, 2 EOS, 3..311 characters,
-    312..319 the 8 LCE tokens."""
-    def __init__(self):
-        chars = [chr(c) for c in range(32, 127)] + ["\n"]
-        chars += [chr(0x100 + k) for k in range(309 - len(chars))]
-        self.id_of = {c: 3 + k for k, c in enumerate(chars)}
-        self.char_of = {i: c for c, i in self.id_of.items()}
-        self.special = {t: 312 + k for k, t in enumerate(SPECIAL_TOKENS)}
-        self.id_to_special = {i: t for t, i in self.special.items()}
-        self.bos_id, self.eos_id, self.pad_id, self.vocab_size = 1, 2, 0, 320
-
-    def encode(self, text, bos=False, special=True):
-        ids = [1] if bos else []
-        for piece in re.split("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")", text):
-            if piece in self.special and special:
-                ids.append(self.special[piece])
-            else:
-                ids += [self.id_of.get(c, 0) for c in piece]
-        return ids
-
-    def decode(self, ids):
-        return "".join(self.id_to_special.get(i, self.char_of.get(i, "")) for i in ids)
 
 
 class ScriptedModel(nn.Module):
@@ -206,36 +173,6 @@ def test_solve_batched_equals_alone_on_fixture_model(fixture_model, context):
     alone = [infer.solve(fixture_model, tok, [q], "", one_row)[0] for q in qs]
     assert [r["solution"] for r in batched] == [r["solution"] for r in alone]
     assert all(r["n_tokens"] > 0 for r in batched)
-
-
-class Steered(nn.Module):
-    """The fixture model with a fixed bias on the next token's logits that depends only on the
-    token just read (so every grouping of the same calls gives the same logits): after a block it
-    opens <|code|> or <|text|>, code is digits and + or *, and the model's own logits pick among
-    the favoured tokens. It writes LCE whose code runs ("89+55555555" -> 55555644)."""
-    def __init__(self, inner, tok):
-        super().__init__()
-        self.inner = inner
-        special = tok.special
-        digits = [tok.id_of[d] for d in "0123456789"]
-        ops = [tok.id_of[c] for c in "+*"]
-        self.bias = torch.zeros(tok.vocab_size, tok.vocab_size)   # [token read, next token]
-        for read in (special["<|assistant|>"], special["<|endofblock|>"]):
-            self.bias[read, [special["<|code|>"], special["<|text|>"]]] = 6.0
-        for read in [special["<|code|>"], special["<|execution|>"], *ops]:
-            self.bias[read, digits] = 6.0
-        for read in digits:
-            self.bias[read, digits + ops + [special["<|endofblock|>"]]] = 6.0
-
-    def new_cache(self, *args, **kwargs):
-        return self.inner.new_cache(*args, **kwargs)
-
-    def forward(self, tokens, positions=None, doc_ids=None, cache=None, rows=None, last_only=False):
-        logits = self.inner(tokens, positions, doc_ids, cache, rows, last_only)
-        if logits.shape[1] == tokens.shape[1]:
-            return logits + self.bias[tokens]
-        n = (positions >= 0).sum(1) if positions is not None else tokens.shape[1]  # -1: padding
-        return logits + self.bias[tokens[torch.arange(len(tokens)), n - 1]][:, None]
 
 
 @pytest.mark.parametrize("context,execute", [("window", True), ("window", False), ("stop", True),
@@ -584,7 +521,7 @@ def test_blocks_of():
 def test_renderer_plain():
     """Off a terminal, code and execution blocks become Markdown fences."""
     out = io.StringIO()
-    infer.Renderer(out)("<|text|>Hi<|endofblock|><|code|>print(1)<|endofblock|>"
+    terminal.Renderer(out)("<|text|>Hi<|endofblock|><|code|>print(1)<|endofblock|>"
                         "<|execution|>1<|endofblock|><|endofmessage|>")
     assert out.getvalue() == "Hi\n\n```python\nprint(1)\n```\n```output\n1\n```\n"
 
@@ -625,6 +562,20 @@ def test_cli(tmp_path, tok):
     assert json.loads((tmp_path / "r.jsonl.summary.json").read_text())["solved"] == 3
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)  # resume: nothing left to do
     assert p.returncode == 0 and len(out.read_text().splitlines()) == 3
+
+
+def test_a_checkpoint_smaller_than_its_tokenizer_is_refused(tmp_path, tok, monkeypatch):
+    """infer.py and eval.py run load the model through infer.open_model: a checkpoint whose
+    vocabulary lacks some of its tokenizer's ids (the 8 LCE tokens never added) is refused with
+    one line naming it, before anything is generated."""
+    m = Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=32000, hidden_dim=32))
+    ckpt = tmp_path / "ckpt"
+    m.save_pretrained(ckpt)
+    tok.save(ckpt)                                            # 32,008 ids
+    monkeypatch.setattr(sys, "argv", ["infer.py", "--model", str(ckpt), "--no-execute", "1+1?"])
+    with pytest.raises(ValueError, match=f"{re.escape(str(ckpt))}: model vocab 32000 < "
+                                         "tokenizer vocab 32008"):
+        infer.main()
 
 
 def test_file_resumes_only_the_same_question_file(tmp_path, tok, monkeypatch):

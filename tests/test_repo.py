@@ -21,10 +21,15 @@ def source(name):
 # Who may import whom: a module imports only modules of LOWER layers (imports inside functions too).
 P = SUPPORT + "."
 LAYERS = [
-    [P + "storage", P + "pretty", P + "parallel", P + "latex_sympy", P + "server_client"],
-    [P + "checkpoint", "tokenizer", P + "notebook", P + "html_views", P + "authors_grader"],
-    ["model", "sandbox", "grader"],
-    ["lce_data"],
+    [P + "storage", P + "pretty", P + "parallel", P + "latex_sympy", P + "server_client",
+     P + "cli", P + "isolation"],
+    [P + "checkpoint", "tokenizer", P + "notebook", P + "html_views", P + "authors_grader",
+     P + "answer_forms"],
+    [P + "worker"],                                          # below sandbox.py: its processes
+    ["model", "sandbox", P + "normalisation", P + "train_log", P + "terminal"],
+    ["lce_data", "grader", P + "memory_plan", P + "train_checkpoint"],
+    [P + "train_checks", P + "question_files", P + "result_files"],
+    [P + "serving"],
     ["train", "infer"],
     ["eval", P + "replay", "recipe"],
     ["tiny_run", P + "bench"],                               # the drivers

@@ -1,12 +1,14 @@
-"""Tests for sandbox.py: notebook-like output, state, and every limit (each followed by a working
-call), in every isolation mode this machine offers; the namespace boundary; the fork server; a
-checkout in a mode-700 directory; what the code cannot reach (the answers it is graded against,
-other files, capabilities, the parent); what cannot leak from one problem to the next; a forged
-reply on the worker's socket; stale work directories.
+"""Tests for sandbox.py (and the plumbing/worker.py and plumbing/isolation.py it runs on):
+notebook-like output, state, and every limit (each followed by a working call), in every isolation
+mode this machine offers; the namespace boundary; the fork server; a checkout in a mode-700
+directory; what the code cannot reach (the answers it is graded against, other files,
+capabilities, the parent); what cannot leak from one problem to the next; a forged reply on the
+worker's socket; stale work directories.
 
 Expected strings are written by hand from what CPython prints (tracebacks, reprs). Process checks
-read /proc directly, never through sandbox.py's helpers: from this process where pids are the
-machine's, from a cell where they are the sandbox's own (namespace mode has its own PID namespace).
+read /proc directly, never through plumbing/isolation.py's helpers: from this process where pids
+are the machine's, from a cell where they are the sandbox's own (namespace mode has its own PID
+namespace).
 Timeouts are 1 s; the file takes 30-60 s on 2 busy cores with three modes. Nothing asserts on speed.
 """
 import concurrent.futures
@@ -26,6 +28,7 @@ import uuid
 import pytest
 
 import sandbox
+from plumbing import isolation
 from plumbing.notebook import TIMEOUT
 from sandbox import EMPTY, RESTART_NOTE, Sandbox, SandboxPool
 
@@ -508,7 +511,7 @@ def test_reference_answers_and_private_files_cannot_be_read(guarded, tmp_path):
             assert not out.startswith("0 "), (path, out)
         # What is left of the project: the worker's own files only; no home directories.
         assert sb.run(f"import os\nsorted(os.listdir({REPO!r}))") == str(checkout_as_seen())
-        down = sorted(f.split("/")[1] for f in sandbox.WORKER_FILES if "/" in f)
+        down = sorted(f.split("/")[1] for f in isolation.WORKER_FILES if "/" in f)
         assert sb.run(f"sorted(os.listdir({REPO + '/plumbing'!r}))") == str(down)
         assert sb.run("os.path.exists('/home'), os.path.exists('/etc')") == "(False, False)"
 
@@ -517,7 +520,7 @@ def checkout_as_seen():
     """What the sandbox may see of the checkout: the worker's files, and the top folder of a
     virtual environment made inside it (as the README's quick start makes .venv), which the
     interpreter needs."""
-    seen = {name.split("/")[0] for name in sandbox.WORKER_FILES}  # plumbing/notebook.py: plumbing
+    seen = {name.split("/")[0] for name in isolation.WORKER_FILES}  # plumbing/notebook.py: plumbing
     prefix = os.path.relpath(os.path.realpath(sys.prefix), os.path.realpath(REPO))
     if not prefix.startswith(os.pardir):
         seen.add(prefix.split(os.sep)[0])
@@ -529,9 +532,9 @@ def test_a_checkout_inside_a_visible_directory_stays_hidden(guarded, monkeypatch
     the checkout's parent as if it were a system directory. The parent shows, the checkout holds
     only the worker's files."""
     parent = os.path.dirname(REPO)
-    if sandbox._under(tempfile.gettempdir(), parent):   # a clone in /tmp: the sandboxes' own folders
+    if isolation._under(tempfile.gettempdir(), parent):  # a clone in /tmp: the sandboxes' folders
         pytest.skip(f"the checkout's parent {parent} holds the sandboxes' work directories")
-    monkeypatch.setattr(sandbox, "SYSTEM_DIRS", sandbox.SYSTEM_DIRS + (parent,))
+    monkeypatch.setattr(isolation, "SYSTEM_DIRS", isolation.SYSTEM_DIRS + (parent,))
     reference = os.path.join(REPO, "data", "eval", "GSM8K_test_post.jsonl")
     with Sandbox(timeout=5, preload=(), isolation=guarded) as sb:
         assert sb.run(f"import os\nprint(sorted(os.listdir({parent!r})))") == str(

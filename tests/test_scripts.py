@@ -12,13 +12,26 @@ SCRIPTS = ["model.py", "tokenizer.py", "lce_data.py", "train.py", "sandbox.py", 
 LIBRARIES = ["grader.py",                  # how an answer is graded, below eval.py and recipe.py
              "plumbing/__init__.py",       # what the folder holds: skip it on a first read
              "plumbing/notebook.py",       # below sandbox.py: what a cell shows (replay checks it)
+             "plumbing/worker.py",         # below sandbox.py: its template and worker processes
+             "plumbing/isolation.py",      # below worker.py: what keeps the code from the rest
              "plumbing/pretty.py",         # below notebook.py: IPython's display of a value
              "plumbing/storage.py",        # atomic writes and JSONL, used by every module
              "plumbing/checkpoint.py",     # checkpoint files, below model.py
              "plumbing/parallel.py",       # tensor parallelism and replicas
+             "plumbing/cli.py",            # a config dataclass as flags (train.py, infer.py)
+             "plumbing/memory_plan.py",    # GPU memory of a training step (train.py --plan)
+             "plumbing/train_checkpoint.py",  # train.py's sharded checkpoints, resume, export
+             "plumbing/train_log.py",      # what train.py reports: log.jsonl, progress, summary
+             "plumbing/train_checks.py",   # train.py's flags checked before anything is built
              "plumbing/server_client.py",  # HTTP to OpenAI-compatible servers
+             "plumbing/serving.py",        # infer.py's loop with the model behind a server
+             "plumbing/terminal.py",       # infer.py's solutions shown on a terminal
+             "plumbing/question_files.py",  # infer.py --file: questions in, results out
+             "plumbing/result_files.py",   # eval.py's files: both result formats, summary.md
              "plumbing/authors_grader.py",  # the authors' grader, rewritten: below grader.py
-             "plumbing/latex_sympy.py"]     # LaTeX -> SymPy under a time limit: below both graders
+             "plumbing/latex_sympy.py",     # LaTeX -> SymPy under a time limit: below both graders
+             "plumbing/normalisation.py",   # an answer's canonical string: below grader.py
+             "plumbing/answer_forms.py"]    # tuples, sets, relations, intervals: below grader.py
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
