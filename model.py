@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from plumbing import checkpoint
+from plumbing.cpu_kernels import Linear, cpu_attention  # nn.Linear, SDPA: faster CPU kernels
 from plumbing.parallel import check_tensor_parallel, follow, init_ranks, tensor_parallel
 
 
@@ -214,18 +215,6 @@ def grouped_attention(q, k, v, mask):
     return out.view(B, kv_heads, G, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, H, D)
 
 
-def cpu_attention(q, k, v, mask):
-    """softmax(q k^T / sqrt(head_dim) + mask) v, as SDPA's math, for a decode step's G queries per
-    KV head (q [B, kv_heads, G, head_dim]). The CPU's flash kernel is made for long query blocks:
-    with G = 2 it read a ragged decode step's cache ~10% slower than these two products (the
-    2-core AMD EPYC of BENCHMARKS.md). The scores [B, kv_heads, G, L] are small; softmax in
-    float32."""
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
-    if mask is not None:
-        scores += mask
-    return torch.matmul(torch.softmax(scores, -1, dtype=torch.float32).to(v.dtype), v)
-
-
 def attention_mask(positions, doc_ids=None):
     """Which keys each query may see without a cache, [B, 1, T, T] (True: sees it), or None: plain
     causal (lets SDPA pick its fastest kernel). Packed documents (doc_ids [B, T], training):
@@ -235,25 +224,6 @@ def attention_mask(positions, doc_ids=None):
         causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
         return (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
     return None
-
-
-ONEDNN_LINEAR = (torch.backends.mkldnn.is_available()
-                 and hasattr(torch.ops.mkldnn, "_linear_pointwise"))  # (see Linear)
-
-
-class Linear(nn.Linear):
-    """nn.Linear; on the CPU without autograd (decoding, float32), a large product goes through
-    oneDNN's AVX-512 matrix kernels instead of MKL's sgemm (torch's default there), with the weight
-    as it is: on the AMD EPYC of BENCHMARKS.md they ran the 32,008-row output layer 1.8x faster at
-    1 to 32 rows and a 512 x 1344 FFN weight 1.7x faster at 16 rows, but cost ~12 us more per call,
-    so small products (under 2^22 multiply-adds) stay with MKL."""
-
-    def forward(self, x):
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and ONEDNN_LINEAR
-                and self.bias is None and not torch.is_grad_enabled()
-                and x.numel() * self.out_features >= 1 << 22):
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
-        return super().forward(x)
 
 
 class Attention(nn.Module):

@@ -12,6 +12,7 @@ Running at scale
   memory_plan        what a training run needs per GPU, computed on the meta device
   train_checks       train.py's flags checked against each other and the world size
   cli                a config dataclass as command-line flags
+  cpu_kernels        faster CPU kernels for model.py's decode step (same results, other kernels)
 The sandbox underneath
   worker             sandbox.py's processes: a fork server, one worker a problem, the wire protocol
   isolation          what model-written code may see and do: its own root, no privileges, cleanup

@@ -455,7 +455,7 @@ def test_decode_step_allocates_a_small_fraction_of_the_cache():
 
 
 def test_linear_when_decoding_on_the_cpu_equals_the_plain_product():
-    """model.Linear without autograd (large products through oneDNN, small ones through the
+    """model.Linear (plumbing/cpu_kernels.py) without autograd (large products through oneDNN, small ones through the
     default) gives x @ W.T, as with autograd on (the default kernel), for 1 to 64 rows."""
     torch.manual_seed(0)
     layer = Linear(512, 4000, bias=False)

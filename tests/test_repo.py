@@ -22,7 +22,7 @@ def source(name):
 P = SUPPORT + "."
 LAYERS = [
     [P + "storage", P + "pretty", P + "parallel", P + "latex_sympy", P + "server_client",
-     P + "cli", P + "isolation"],
+     P + "cli", P + "isolation", P + "cpu_kernels"],
     [P + "checkpoint", "tokenizer", P + "notebook", P + "html_views", P + "authors_grader",
      P + "answer_forms"],
     [P + "worker"],                                          # below sandbox.py: its processes

@@ -15,6 +15,7 @@ LIBRARIES = ["grader.py",                  # how an answer is graded, below eval
              "plumbing/worker.py",         # below sandbox.py: its template and worker processes
              "plumbing/isolation.py",      # below worker.py: what keeps the code from the rest
              "plumbing/pretty.py",         # below notebook.py: IPython's display of a value
+             "plumbing/cpu_kernels.py",    # faster CPU kernels for model.py's decode step
              "plumbing/storage.py",        # atomic writes and JSONL, used by every module
              "plumbing/checkpoint.py",     # checkpoint files, below model.py
              "plumbing/parallel.py",       # tensor parallelism and replicas
