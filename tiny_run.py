@@ -131,7 +131,7 @@ def make_data(train_p, test_p, data):
     sandbox, in data/train.jsonl; the held-out problems in data/test.jsonl; the text for the
     tokenizer in data/corpus.txt. Returns (train.jsonl, corpus.txt)."""
     with Sandbox() as sb:
-        records = lce_data.synthetic_records(train_p, sandbox=sb, system=SYSTEM)
+        records = recipe.synthetic_records(train_p, sandbox=sb, system=SYSTEM)
     storage.write_jsonl(os.path.join(data, "train.jsonl"), records)
     storage.write_jsonl(os.path.join(data, "test.jsonl"),
                         [{k: p[k] for k in FIELDS if k in p} for p in test_p])

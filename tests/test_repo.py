@@ -26,7 +26,8 @@ LAYERS = [
     ["model", "sandbox", "grader"],
     ["lce_data"],
     ["train", "infer"],
-    ["eval", P + "replay", "recipe"],
+    ["eval", P + "replay", P + "teacher"],
+    ["recipe"],
     ["tiny_run", P + "bench"],                               # the drivers
 ]
 LAYER = {name: depth for depth, names in enumerate(LAYERS) for name in names}

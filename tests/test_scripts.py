@@ -18,7 +18,8 @@ LIBRARIES = ["grader.py",                  # how an answer is graded, below eval
              "plumbing/parallel.py",       # tensor parallelism and replicas
              "plumbing/server_client.py",  # HTTP to OpenAI-compatible servers
              "plumbing/authors_grader.py",  # the authors' grader, rewritten: below grader.py
-             "plumbing/latex_sympy.py"]     # LaTeX -> SymPy under a time limit: below both graders
+             "plumbing/latex_sympy.py",     # LaTeX -> SymPy under a time limit: below both graders
+             "plumbing/teacher.py"]         # recipe.py's teacher behind a server, its command line
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
