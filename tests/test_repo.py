@@ -23,7 +23,7 @@ P = SUPPORT + "."
 LAYERS = [
     [P + "storage", P + "pretty", P + "parallel", P + "latex_sympy", P + "server_client"],
     [P + "checkpoint", "tokenizer", P + "notebook", P + "html_views", P + "authors_grader"],
-    ["model", "sandbox", "grader"],
+    ["model", "sandbox", "grader", P + "tiny_report"],
     ["lce_data"],
     ["train", "infer"],
     ["eval", P + "replay", P + "teacher"],
@@ -124,7 +124,7 @@ def _top_level_names(name):
     return names
 
 
-FILE_SUFFIXES = {"py", "md", "model", "pt", "json", "jsonl", "html", "svg"}  # tokenizer.model
+FILE_SUFFIXES = {"py", "md", "model", "pt", "json", "jsonl", "html", "svg", "png"}  # tokenizer.model
 
 
 def test_every_cited_module_name_exists():
