@@ -112,19 +112,16 @@ def recipe_html(r: dict) -> str:
     solution is right, against every sample unfiltered."""
     seed = r.get("seed_families", {})
     run = r.get("final_training", {})
-    d0, d1_records, steps = run.get("d0_records"), run.get("d1_records"), run.get("steps")
-    final_on = "D0 + D1" + (f" ({d0} + {d1_records} records)" if d0 is not None
-                            and d1_records is not None else "")
-    control_on = "D0 alone, as many records"
-    more = f", {steps} more steps" if steps is not None else ", as many more steps"
+    d0, d1_records = run.get("d0_records"), run.get("d1_records")
+    counted = d0 is not None and d1_records is not None
     rows = [("MathCoder-Initial", "D0", "initial"),
-            ("final", final_on + more + " from MathCoder-Initial", "final")]
+            ("final", "D0 + D1" + (f" ({d0} + {d1_records})" if counted else ""), "final")]
     if "control_accuracy" in r:
-        rows.append(("control", control_on + more + " from MathCoder-Initial", "control"))
+        rows.append(("control", "D0 alone, as many", "control"))
     head = ("<table><tr><th>model</th><th>trained on</th><th colspan=2>held-out intermediate"
             "</th><th colspan=2>seed problems: easy</th><th colspan=2>hard</th></tr>")
     body = "".join(
-        f"<tr><td>{name}</td><td>{esc(trained)}</td>"
+        f'<tr><td style="white-space:nowrap">{name}</td><td>{esc(trained)}</td>'
         + _accuracy_cell(r.get(f"{key}_accuracy"), r.get(f"{key}_correct"), r.get("n_test"))
         + _accuracy_cell(seed.get(f"{key}_accuracy_easy"))
         + _accuracy_cell(seed.get(f"{key}_accuracy_hard")) + "</tr>"
@@ -135,12 +132,17 @@ def recipe_html(r: dict) -> str:
     if all(isinstance(x, (int, float)) for x in figures):
         initial, final, n = figures
         control = r.get("control_accuracy")
-        versus = (f"; the control: {pct(control)}" if isinstance(control, (int, float)) else "")
+        has_control = isinstance(control, (int, float))
+        steps = f"{run['steps']} steps" if "steps" in run else "a few steps"
         parts.append(f'<p class="note">On {esc(n)} held-out problems of the intermediate shape (no '
                      f"D0 problem has it): the final model {pct(final)} against MathCoder-Initial "
-                     f"{pct(initial)} ({100 * (final - initial):+.1f} points){versus}. The final "
-                     "model learnt that shape only from MathCoder-Initial's own agreeing answers: "
-                     "no reference answer was read to build D1.</p>")
+                     f"{pct(initial)} ({100 * (final - initial):+.1f} points)"
+                     + (f"; the control {pct(control)}" if has_control else "")
+                     + f". The final model continues MathCoder-Initial for {esc(steps)} on D0 + D1"
+                     + (", the control as many steps on as many records of D0 alone"
+                        if has_control else "")
+                     + ". It learnt the new shape only from MathCoder-Initial's own agreeing "
+                     "answers: no reference answer was read to build D1.</p>")
     d1 = r.get("d1", {})
     if d1:
         generated = d1.get("generated") or 0
