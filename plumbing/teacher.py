@@ -32,8 +32,6 @@ import sandbox
 from plumbing import storage
 from plumbing.server_client import ServerError, add_server_args
 
-# D0 with a teacher: a model behind an OpenAI-compatible chat endpoint, with a `python` tool
-
 # --------------------------------------------------------------------------------------------------
 # The teacher: a model behind a chat endpoint, with a `python` tool
 TEACHER_SYSTEM = (  # what the teacher is told; the LCE record keeps lce_data.DEFAULT_SYSTEM

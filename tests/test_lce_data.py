@@ -1,7 +1,6 @@
 """lce_data.py: which tokens carry loss, batching/packing, validation, the authors' format."""
 import json
 import os
-import re
 import subprocess
 import sys
 

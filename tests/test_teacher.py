@@ -4,7 +4,6 @@ stopping the run, replies cached so no prompt is asked twice, tool calls read as
 and no test question entering the new problems. A stub on 127.0.0.1 plays the server
 (tests/test_server.py); the helpers that script it are tests/test_recipe.py's."""
 import json
-import os
 import socket
 import subprocess
 import sys
