@@ -276,9 +276,7 @@ def family_split(n_train, n_test, seed=0):
 
 
 # --------------------------------------------------------------------------------------------------
-# The tiny run's stand-ins for GPT-4 Code Interpreter (D0) and for GPT-4 (interpolation). The
-# arithmetic is hard to do "in the head", but the code is trivial: exactly where MathCoder's idea
-# pays off.
+# The tiny run's stand-ins: programs playing GPT-4 Code Interpreter (D0) and GPT-4 (interpolation)
 def synthetic_records(problems, sandbox=None, run_code=None,
                       system=lce_data.DEFAULT_SYSTEM) -> list[dict]:
     """A STAND-IN FOR GPT-4 CODE INTERPRETER in D0: LCE solutions of problems {"id", "question",
