@@ -9,14 +9,15 @@ calls 0.333 equal to 1/3 and 100.004 equal to 100), reading answers as mathemati
   2. normalise both strings (LaTeX decoration, units, degrees, percent, dollars, thousands
      separators, a "\\text{label} =" or "label:" before the value) and keep the value a labelled
      or chained answer names: "x = 3", "(a,b) = (4,1)", "g(x) = 2", "|PQ| = 2", "S_1:S_2 = 3:8",
-     "x = 2 + 3 = 5" (the last member), "r = \\frac13 \\approx 0.33" (not the \\approx one);
+     "x = 2 + 3 = 5" (the last member), "r = \\frac13 \\approx 0.33" (not the \\approx one); a
+     table of named rules, each with its example, in plumbing/normalisation.py;
   3. plain string / number equality (fast path, no SymPy);
   4. structure: tuples and intervals in order, sets and lists of solutions in any order ("\\pm",
-     "\\text{or}", "\\quad" between solutions), matrices by entry;
+     "\\text{or}", "\\quad" between solutions), matrices by entry (plumbing/answer_forms.py);
   5. relations: the same relation once moved to one side, up to a positive factor ("5 \\geq y" is
      "y \\leq 5", "-2x < 6" is "x > -3"), an equation up to a nonzero factor; a one-variable
      inequality or chain is the set it describes ("-1 < t < 4" is "(-1, 4)"); "x \\le 5" is not
-     "x < 5";
+     "x < 5" (plumbing/answer_forms.py);
   6. each scalar: LaTeX -> SymPy (plumbing/latex_sympy.py), then exact comparison, expressions
      through expand, then simplify (trigonometric identities: "\\cot^2\\theta + 1" is
      "\\csc^2\\theta") bounded by the time limit. A decimal counts as equal to an exact value
@@ -47,7 +48,10 @@ from fractions import Fraction
 import sympy
 
 from plumbing import authors_grader
-from plumbing.latex_sympy import MAX_ANSWER_CHARS, braced, deadline, timed, to_sympy
+from plumbing.answer_forms import RELATION, expand_pm, relations_equal, structure
+from plumbing.latex_sympy import MAX_ANSWER_CHARS, deadline, timed, to_sympy
+from plumbing.normalisation import named_value, normal_form, strip_lhs
+from tokenizer import SPECIAL_RE
 
 GRADE_TIME_LIMIT = 10.0   # seconds for one grade() call, all its SymPy calls together
 REL_TOL = 1e-4            # a rounded decimal must be this close (relatively) to count as equal
@@ -57,8 +61,6 @@ FAST_PATH = True          # string / plain-number equality before SymPy (False o
 
 _BARE_BOX = re.compile(r"[^\s$]*")
 _NON_SPACE = re.compile(r"\S")
-_BLOCK_MARK = re.compile(
-    r"<\|(?:text|code|execution|endofblock|endofmessage|system|user|assistant)\|>")
 
 
 def _box_spans(text):
@@ -90,15 +92,11 @@ def _box(text, span):
 
 def _first_box_of_last_boxed_block(text):
     """The first \\boxed{} of the last LCE block that has one, or None."""
-    for block in reversed(_BLOCK_MARK.split(text)):
+    for block in reversed(SPECIAL_RE.split(text)[::2]):   # every other piece is a marker
         spans = _box_spans(block)
         if spans:
             return _box(block, spans[0])
     return None
-
-
-_LCE_TOKEN = re.compile(
-    r"(<\|(?:text|code|execution|endofblock|endofmessage|system|user|assistant)\|>)")
 
 
 def model_text(solution):
@@ -116,8 +114,8 @@ def model_text(solution):
         return solution
     kept = []
     kind = "text"
-    for piece in _LCE_TOKEN.split(solution):
-        if piece.startswith("<|") and _LCE_TOKEN.fullmatch(piece):
+    for piece in SPECIAL_RE.split(solution):
+        if piece.startswith("<|") and SPECIAL_RE.fullmatch(piece):
             opens = piece in ("<|text|>", "<|code|>", "<|execution|>")
             kind = piece[2:-2] if opens else "text"
         elif kind == "text" and piece:
@@ -148,178 +146,92 @@ def extract_answer(text, dataset=None):
     m = re.findall(r"####\s*([^\n]+)", text)                # GSM8K reference solutions
     return m[-1].strip() if m else None
 
-# ------------------------------------------------------------------------------------ normalisation
-
-def _unwrap(s, cmd):
-    """\\cmd{X} -> X for every occurrence (nested braces handled)."""
-    while True:
-        i = s.find(cmd + "{")
-        if i < 0:
-            return s
-        inner, end = braced(s, i + len(cmd))
-        if inner is None:
-            return s
-        s = s[:i] + inner + s[end:]
-
-
-def _strip_lhs(s):
-    """'x=3' -> '3', 'x\\in[2,5)' -> '[2,5)': a lone variable on the left names the answer."""
-    return re.sub(r"^(?:[a-zA-Z]|\\[a-z]+)(?:_\{?\w+\}?)?\s*(?:=|\\in)\s*(?=\S)", "", s)
-
-
-_NAME = r"(?:[A-Za-z]+|\\[a-zA-Z]+)(?:_\{?\w+\}?)?'*"      # x, AC, \theta, S_1, a_{10}, f'
-_ARGUMENT = rf"(?:{_NAME}|[-+]?\d+)"
-# What may stand before "=" as the answer's name, not part of it (spaces removed):
-_LABEL = re.compile("|".join([
-    _NAME,                                                 # x, AC, \theta
-    rf"\({_NAME}(?:,{_NAME})+\)",                          # a tuple of names: (a,b)
-    rf"{_NAME}\({_ARGUMENT}(?:,{_ARGUMENT})*\)",           # a function of the variable: g(x), f(3)
-    rf"\|{_NAME}\|",                                       # an absolute value or length: |PQ|
-    rf"{_NAME}(?::{_NAME})+",                              # a ratio of names: S_1:S_2
-    r"\\overline\{[A-Z]+\}", r"m?\\angle[A-Z]+"]))         # \overline{AB}, \angle ABC
-
-
-_ARITHMETIC = re.compile(r"(?:[\d\s.+\-*/()^{}]|\\(?:frac|sqrt|cdot|times|div))+")
-
-
-def _chain(s):
-    """s split at the '=' and '\\approx' outside brackets: [(separator, member), ...], the first
-    separator ''. '<=' and '>=' are relations, not chains."""
-    members = [["", ""]]
-    depth = 0
-    i = 0
-    while i < len(s):
-        c = s[i]
-        depth += 1 if c in "([{" else -1 if c in ")]}" else 0
-        if depth == 0 and s.startswith("\\approx", i):
-            members.append(["approx", ""])
-            i += len("\\approx")
-            continue
-        if depth == 0 and c == "=" and s[i - 1:i] not in ("<", ">", "!"):
-            members.append(["=", ""])
-        else:
-            members[-1][1] += c
-        i += 1
-    return [(sep, member.strip()) for sep, member in members]
-
-
-def _drop_label(s):
-    """The value an answer names, in a chain the last member: 'x = 3' -> '3', '(a,b)=(4,1)' ->
-    '(4,1)', 'g(x)=2' -> '2', 'S_1:S_2=3:8' -> '3:8', 'x = 2+3 = 5' -> '5', 'x\\in[2,5)' ->
-    '[2,5)'. An '\\approx' member is not the answer, the one before it is ('r = \\frac13 \\approx
-    0.33' -> '\\frac13'), unless that one is a name ('x \\approx 0.33' -> '0.33'). An equation
-    whose left side is not a name stays whole ('x - 2y + 3 = 0'); so does a list ('x=1, x=2':
-    each item is read on its own)."""
-    if "=" not in s and "\\approx" not in s and "\\in" not in s:
-        return s
-    if len(_split_top(s, ",;")) > 1:   # "x = 8,000": a thousands separator or a list
-        return _strip_lhs(s)
-    s = re.sub(r"^(?:[a-zA-Z]|\\[a-z]+)(?:_\{?\w+\}?)?\s*\\in\s*(?=\S)", "", s)
-    members = _chain(s)
-    while len(members) > 2 and members[-1][0] == "approx":
-        members.pop()
-    if len(members) == 1:
-        return s
-    first = members[0][1]
-    named = first == "" or _LABEL.fullmatch(first.replace(" ", "")) is not None
-    if members[1][0] == "=" and _ARITHMETIC.fullmatch(first):
-        named = True                                   # "2 + 3 = 5": a computation, not an equation
-    if len(members) == 2 and members[1][0] == "approx":
-        return members[1][1] if named else first
-    return members[-1][1] if named or len(members) > 2 else s
-
+# ----------------------------------------------------------------------------------------- is_equiv
 
 def _normalize(s):
     """A canonical string for an answer: the LaTeX decoration that never changes its value
-    removed, and the value a labelled or chained answer names (_drop_label)."""
-    return _canonical(s, drop_label=True)
+    removed, and the value a labelled or chained answer names (plumbing/normalisation.py: a table
+    of named rules, each with its example)."""
+    return normal_form(s, drop_label=True)
 
 
-# LaTeX decoration that never changes a value, replaced as plain text first
-_DECORATION = [("\n", " "), ("\\!", ""), ("\\sqrt{}", "\\sqrt"), ("{,}", ","), ("∞", "\\infty"),
-               ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"), ("\\left", ""),
-               ("\\right", ""), ("\\displaystyle", ""), ("\\bigl", ""), ("\\bigr", ""),
-               ("bmatrix", "pmatrix"), ("\\mbox{", "\\text{"), ("\\$", ""), ("$", ""),
-               ("\\%", ""), ("%", ""), ("\\,", " "), ("\\;", " "), ("\\:", " "), ("\\ ", " "),
-               ("~", " ")]
+_THOUSANDS = re.compile(r"^([-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?)$")   # 10,080 or 1,000.5
 
 
-def _rule(name, needs, pattern, replacement, example, want):
-    """One rewriting rule of _canonical: it runs only when one of `needs` occurs in the answer
-    (a substring test, so most answers skip most rules); (example, want) documents it and is
-    checked by tests/test_grader.py."""
-    return {"name": name, "needs": needs, "regex": re.compile(pattern), "to": replacement,
-            "example": (example, want)}
+def is_equiv(pred, ref):
+    """True when the answer `pred` equals the reference `ref` (strings or numbers)."""
+    if pred is None or ref is None or str(pred).strip() == "":
+        return False
+    if max(len(str(pred)), len(str(ref))) > MAX_ANSWER_CHARS:   # no answer is that long: no SymPy
+        return str(pred).strip() == str(ref).strip()
+    if FAST_PATH and str(pred).strip() == str(ref).strip():      # the same text: nothing to read
+        return True
+    a = _normalize(pred)
+    b = _normalize(ref)
+    if _equiv_norm(a, b):
+        return True
+    # "10,080" is a number with a thousands separator or a list of two; the released references
+    # dropped every space, so "45,135" may be the list. Try the number reading second.
+    a_number = _THOUSANDS.sub(lambda m: m.group(1).replace(",", ""), a)
+    b_number = _THOUSANDS.sub(lambda m: m.group(1).replace(",", ""), b)
+    if (a_number, b_number) != (a, b) and _equiv_norm(a_number, b_number):
+        return True
+    # an equation read whole, its left side kept: "y = \frac12 x + \frac32" is "x - 2y + 3 = 0"
+    a_whole = normal_form(pred, drop_label=False)
+    b_whole = normal_form(ref, drop_label=False)
+    return ((a_whole, b_whole) != (a, b) and "=" in a_whole and "=" in b_whole
+            and _equiv_norm(a_whole, b_whole))
 
 
-def _apply(rule, s):
-    for needed in rule["needs"]:
-        if needed in s:
-            return rule["regex"].sub(rule["to"], s)
-    return s
+def _equiv_norm(a, b):
+    """Two normalised answers: equal as text, as structures item by item (plumbing/answer_forms.py:
+    tuples in order, sets in any order), as relations or sets of reals, or as single values."""
+    if FAST_PATH and a.lower() == b.lower():   # text answers ("Navin", "(C)") ignore case
+        return True
+    structure_a = structure(a)
+    structure_b = structure(b)
+    relation = RELATION.search(a) or RELATION.search(b)
+    if structure_a is None and structure_b is None:
+        return bool(timed(relations_equal, a, b)) if relation else _scalar_equiv(a, b)
+    if structure_a is None or structure_b is None:
+        # "-1 < t < 4" and "(-1, 4)": a relation and the interval it describes
+        plain = a if structure_a is None else b
+        return bool(RELATION.search(plain) and timed(relations_equal, a, b))
+    kind_a, brackets_a, items_a = structure_a
+    kind_b, brackets_b, items_b = structure_b
+    if (kind_a, brackets_a) != (kind_b, brackets_b):
+        return False
+    items_a = [named_value(x) for x in items_a]
+    items_b = [named_value(x) for x in items_b]
+    if kind_a != "set":                 # in order
+        return len(items_a) == len(items_b) and all(map(_equiv_norm, items_a, items_b))
+    items_a = expand_pm(items_a)        # a set: any order, every item matched once
+    unmatched = expand_pm(items_b)
+    if len(items_a) != len(unmatched):
+        return False
+    for x in items_a:
+        j = next((j for j, y in enumerate(unmatched) if _equiv_norm(x, y)), None)
+        if j is None:
+            return False
+        unmatched.pop(j)
+    return True
 
+# ------------------------------------------------------------------------------- one value, exactly
 
-_DEGREES = _rule("degrees", ("circ", "°"), r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ", "",
-                 "30^{\\circ}", "30")
-_TEXT_LABEL = _rule("a \\text{label} =", ("\\text",), r"^\\text\s*\{[^{}]*\}\s*=\s*", "",
-                    "\\text{Cost of a taco} = 0.90", "0.90")
-_AND_OR = _rule("and / or between solutions", ("and", "or"),
-                r"\\text\s*\{\s*(and|or)\s*\}|\s+and\s+", ", ", "1\\text{ or }2", "1, 2")
-_QUAD_ENDS = _rule("\\quad at either end", ("quad",),
-                   r"^(?:\s*\\q?quad(?![a-zA-Z]))+\s*|(?:\s*\\q?quad(?![a-zA-Z]))+\s*$", "",
-                   "\\quad 5 \\qquad", "5")
-_QUAD = _rule("\\quad between solutions", ("quad",), r"(?:\s*\\q?quad(?![a-zA-Z]))+\s*", ", ",
-              "x = 3 \\quad x = -3", "x = 3, x = -3")
-_LOST_SPACE = _rule("a '\\ ' space that lost its blank", ("\\",), r"\\(?=[\d+\-(])", " ",
-                    "2,\\1", "2, 1")
-_NAME_COLON = _rule("label: before a value", (":",), r"^[A-Za-z][A-Za-z ]*:\s*(?=[-+\d.])", "",
-                    "Number of rooms: 64", "64")
-_UNIT_WORDS = _rule("unit words after a number", (" ",),
-                    r"^([-+]?[\d.,/]+)(?:\s+(?!pi\b)[a-zA-Z]{2,}\.?(?:\^\{?\d\}?)?)+$", r"\1",
-                    "10 square feet", "10")
-_SUBSCRIPT = _rule("braces around a subscript", ("_{",), r"_\{(\w+)\}", r"_\1",
-                   "4210_{7}", "4210_7")
-# spaces go, except after a command ("\pi r"), marked by \0 first
-_COMMAND_SPACE = _rule("the space after a command", (" ",), r"(\\[a-zA-Z]+) +(?=[a-zA-Z])",
-                       "\\1\0", "\\pi r", "\\pi\0r")
-RULES = [_DEGREES, _TEXT_LABEL, _AND_OR, _QUAD_ENDS, _QUAD, _LOST_SPACE, _NAME_COLON, _UNIT_WORDS,
-         _SUBSCRIPT, _COMMAND_SPACE]   # (all of them: tests check each example)
-_TEXT_UNIT = re.compile(r"\\text\{[^{}]*\}(\^\{?\d\}?)?")
-_DIGIT = re.compile(r"\d")
+def _scalar_equiv(a, b):
+    """Two single values: plain numbers compared as fractions without SymPy (the fast path), else
+    both read into SymPy (plumbing/latex_sympy.py) and compared by _sympy_equal, each call timed."""
+    number_a = _fast_number(a) if FAST_PATH else None
+    number_b = _fast_number(b) if FAST_PATH else None
+    if number_a and number_b:
+        scale = max(abs(number_a[0]), abs(number_b[0]))
+        if scale > 10 ** 300:                         # beyond floats: equal only when exactly equal
+            return number_a[0] == number_b[0]
+        return _close(float(abs(number_a[0] - number_b[0])), float(scale), number_a[1], number_b[1])
+    expr_a = timed(to_sympy, a)
+    expr_b = timed(to_sympy, b) if expr_a else None
+    return bool(expr_a and expr_b and timed(_sympy_equal, expr_a, expr_b))
 
-
-def _canonical(s, drop_label):
-    """_normalize; drop_label=False keeps an equation's left side ("y = 2x + 3")."""
-    s = str(s).strip()
-    for a, b in _DECORATION:
-        s = s.replace(a, b)
-    s = _apply(_DEGREES, s)
-    for cmd in ("\\mathrm", "\\mathbf", "\\boldsymbol", "\\textbf"):
-        s = _unwrap(s, cmd)
-    s = _apply(_TEXT_LABEL, s)
-    s = _apply(_AND_OR, s)
-    # \text{...}: units after a number are dropped ("10\text{ cm}^2"), a text-only answer is kept
-    if "\\text" in s:
-        s = re.sub(r"\\text\s*\{", "\\\\text{", s)
-        bare = _TEXT_UNIT.sub("", s).strip()
-        s = bare if _DIGIT.search(bare) and "\\text{" not in bare else _unwrap(s, "\\text")
-    s = _apply(_QUAD, _apply(_QUAD_ENDS, s))
-    if "matrix" not in s:
-        s = _apply(_LOST_SPACE, s)
-    s = " ".join(s.split()).rstrip(".").strip()
-    s = _apply(_NAME_COLON, s)
-    if drop_label:
-        s = _drop_label(s)                                        # "x = 3" -> "3"
-    if "=" not in s:
-        s = _apply(_UNIT_WORDS, s)
-    s = _apply(_SUBSCRIPT, s)
-    s = _apply(_COMMAND_SPACE, s).replace(" ", "").replace("\0", " ")
-    if len(s) == 3 and s[0] == "(" and s[2] == ")" and s[1].isascii() and s[1].isalpha():
-        s = s[1]                                                  # (C) -> C
-    return s
-
-
-# ----------------------------------------------------------------------------------------- equality
 
 _NUM = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
 
@@ -369,240 +281,6 @@ def _sympy_equal(a, b):
     scale = max(abs(sympy.N(expr_a, 30)), abs(sympy.N(expr_b, 30)))
     return bool(_close(diff, scale, places_a, places_b))
 
-
-def _scalar_equiv(a, b):
-    number_a = _fast_number(a) if FAST_PATH else None
-    number_b = _fast_number(b) if FAST_PATH else None
-    if number_a and number_b:
-        scale = max(abs(number_a[0]), abs(number_b[0]))
-        if scale > 10 ** 300:                         # beyond floats: equal only when exactly equal
-            return number_a[0] == number_b[0]
-        return _close(float(abs(number_a[0] - number_b[0])), float(scale), number_a[1], number_b[1])
-    expr_a = timed(to_sympy, a)
-    expr_b = timed(to_sympy, b) if expr_a else None
-    return bool(expr_a and expr_b and timed(_sympy_equal, expr_a, expr_b))
-
-
-# ---------------------------------------------------------------------------------------- relations
-
-_RELATION = re.compile(
-    r"<=|>=|!=|\\(?:leqslant|geqslant|leq|geq|neq|le|ge|lt|gt|ne)(?![a-zA-Z])|[<>=≤≥≠]")
-_OPERATOR = {"<": "<", "\\lt": "<", ">": ">", "\\gt": ">", "=": "=", "<=": "<=", "\\le": "<=",
-             "\\leq": "<=", "\\leqslant": "<=", "≤": "<=", ">=": ">=", "\\ge": ">=",
-             "\\geq": ">=", "\\geqslant": ">=", "≥": ">=", "!=": "!=", "\\ne": "!=",
-             "\\neq": "!=", "≠": "!="}
-_SYMPY_RELATION = {"<": sympy.Lt, "<=": sympy.Le, ">": sympy.Gt, ">=": sympy.Ge, "!=": sympy.Ne}
-
-
-def _relation(s):
-    """'-1<t\\le4' -> ([-1, t, 4] as SymPy, ['<', '<=']); None when s holds no relation. Raises
-    when a member is not math we read (callers run under timed)."""
-    pieces = re.split(f"({_RELATION.pattern})", s)
-    if len(pieces) < 3:
-        return None
-    return [to_sympy(m)[0] for m in pieces[::2]], [_OPERATOR[op] for op in pieces[1::2]]
-
-
-def _one_side(relation):
-    """A single relation moved to one side: 'a > b' -> (b - a, '<'), 'a = b' -> (a - b, '=')."""
-    (left, right), (op,) = relation
-    if op in (">", ">="):
-        return right - left, op.replace(">", "<")
-    return left - right, op
-
-
-def _same_relation(relation_a, relation_b):
-    """The same relation once everything is on one side, up to a positive factor (a negative one
-    flips an inequality: '-2x < 6' is 'x > -3'), an equation up to a nonzero factor
-    ('y = \\frac12 x + \\frac32' is 'x - 2y + 3 = 0'). Without unknowns: the same two sides."""
-    (difference_a, op_a), (difference_b, op_b) = map(_one_side, (relation_a, relation_b))
-    if op_a != op_b:
-        return False                                     # x <= 5 is not x < 5
-    if not difference_a.free_symbols or not difference_b.free_symbols:   # 2^{10} > 10^3
-        sides_a, sides_b = relation_a[0], relation_b[0]
-        orders = [sides_b[::-1]] if relation_a[1] != relation_b[1] else [sides_b]
-        if op_a in ("=", "!="):                          # either way round
-            orders = [sides_b, sides_b[::-1]]
-        return any(all(sympy.simplify(x - y) == 0 for x, y in zip(sides_a, order))
-                   for order in orders)
-    ratio = sympy.cancel(difference_a / difference_b)
-    if ratio.free_symbols:
-        ratio = sympy.simplify(ratio)
-    if ratio.free_symbols or not ratio.is_finite:
-        return False
-    return bool(ratio.is_positive) if op_a in ("<", "<=") else ratio != 0
-
-
-def _real_set(s, relation):
-    """The set of reals an answer describes, or None: a one-variable inequality or chain ('t \\ge
-    2', '-1 < t < 4', 'x \\ne 2') by solving it; an interval or a union of them ('[2, \\infty)',
-    '(-\\infty, 0) \\cup (1, \\infty)') as written. Equations are not sets here."""
-    if relation:
-        members, ops = relation
-        unknowns = set().union(*(m.free_symbols for m in members))
-        if "=" in ops or len(unknowns) != 1:
-            return None
-        unknown = unknowns.pop()
-        out = sympy.S.Reals
-        for left, op, right in zip(members, ops, members[1:]):
-            out = out & sympy.solveset(_SYMPY_RELATION[op](left, right), unknown, sympy.S.Reals)
-        return out
-    out = sympy.S.EmptySet
-    for piece in s.split("\\cup"):
-        ends = _split_top(piece[1:-1]) if len(piece) > 2 and _wraps(piece) else []
-        if piece[:1] not in "([" or piece[-1:] not in ")]" or len(ends) != 2:
-            return None
-        low, high = (to_sympy(e)[0] for e in ends)
-        if not (low.is_extended_real and high.is_extended_real):
-            return None
-        out = out | sympy.Interval(low, high, piece[0] == "(", piece[-1] == ")")
-    return out
-
-
-def _relations_equal(a, b):
-    """a or b holds a relation: the same relation (_same_relation), or the same set of reals
-    (_real_set: '-1 < t < 4' is '(-1, 4)', 't \\ge 2' is '[2, \\infty)'). Call it through timed:
-    a member that is not math we read raises."""
-    relation_a, relation_b = _relation(a), _relation(b)
-    if relation_a and relation_b and len(relation_a[1]) == len(relation_b[1]) == 1:
-        if _same_relation(relation_a, relation_b):
-            return True
-    set_a = _real_set(a, relation_a)
-    set_b = _real_set(b, relation_b) if set_a is not None else None
-    if set_a is None or set_b is None:
-        return False
-    if set_a.is_empty is not False:   # "f(2)<f(1)<f(4)" read as 2f < f < 4f: no set of reals
-        return False
-    return set_a == set_b or bool((set_a - set_b).is_empty and (set_b - set_a).is_empty)
-
-# ------------------------------------------------------------------------------------- structures
-
-def _split_top(s, seps=","):
-    """Split on separators that sit outside every bracket: '(1,2),3' -> ['(1,2)', '3']."""
-    parts = []
-    current = ""
-    depth = 0
-    i = 0
-    while i < len(s):
-        c = s[i]
-        if s.startswith("\\{", i) or s.startswith("\\}", i):
-            depth += 1 if s[i + 1] == "{" else -1
-            current += s[i:i + 2]
-            i += 2
-            continue
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        if depth == 0 and c in seps:
-            parts.append(current.strip())
-            current = ""
-        else:
-            current += c
-        i += 1
-    parts.append(current.strip())
-    return [p for p in parts if p]
-
-
-def _wraps(s):
-    """True when the bracket opening s closes at its very end: '(1,2)' yes, '(1)+(2)' no."""
-    depth = 0
-    for k, c in enumerate(s):
-        depth += 1 if c in "([{" else -1 if c in ")]}" else 0
-        if depth == 0 and k < len(s) - 1:
-            return False
-    return depth == 0
-
-
-def _structure(s):
-    """(kind, open+close brackets, items) for compound answers, else None. "1 \\pm \\sqrt2" is the
-    set of its two values (expanded by _expand_pm when compared)."""
-    m = re.fullmatch(r"\\begin\{pmatrix\}(.*)\\end\{pmatrix\}", s)
-    if m:   # rows split by \\ (the released references have "\" only), entries by &
-        rows = [r for r in re.split(r"\\\\|\\(?![a-zA-Z{}])", m.group(1)) if r]
-        cells = [r.split("&") for r in rows]
-        shape = f"{len(cells)}x{len(cells[0]) if cells else 0}"
-        return "matrix", shape, [e for r in cells for e in r]
-    if s.startswith("\\{") and s.endswith("\\}"):
-        return "set", "", _split_top(s[2:-2])
-    if "\\cup" in s:
-        return "set", "", s.split("\\cup")
-    if (len(s) > 2 and s[0] in "([" and s[-1] in ")]" and _wraps(s)
-            and len(_split_top(s[1:-1])) >= 2):
-        return "seq", s[0] + s[-1], _split_top(s[1:-1])
-    parts = _split_top(s, ",;")
-    return ("set", "", parts) if len(parts) >= 2 or "\\pm" in s else None
-
-
-def _expand_pm(items):
-    out = []
-    for item in items:
-        if item.count("\\pm") == 1:
-            out += [item.replace("\\pm", "+", 1), item.replace("\\pm", "-", 1)]
-        else:
-            out.append(item)
-    return out
-
-
-def _equiv_norm(a, b):
-    if FAST_PATH and a.lower() == b.lower():   # text answers ("Navin", "(C)") ignore case
-        return True
-    structure_a = _structure(a)
-    structure_b = _structure(b)
-    relation = _RELATION.search(a) or _RELATION.search(b)
-    if structure_a is None and structure_b is None:
-        return bool(timed(_relations_equal, a, b)) if relation else _scalar_equiv(a, b)
-    if structure_a is None or structure_b is None:
-        # "-1 < t < 4" and "(-1, 4)": a relation and the interval it describes
-        plain = a if structure_a is None else b
-        return bool(_RELATION.search(plain) and timed(_relations_equal, a, b))
-    kind_a, brackets_a, items_a = structure_a
-    kind_b, brackets_b, items_b = structure_b
-    if (kind_a, brackets_a) != (kind_b, brackets_b):
-        return False
-    items_a = [_drop_label(x) for x in items_a]
-    items_b = [_drop_label(x) for x in items_b]
-    if kind_a != "set":                 # in order
-        return len(items_a) == len(items_b) and all(map(_equiv_norm, items_a, items_b))
-    items_a = _expand_pm(items_a)       # a set: any order, every item matched once
-    unmatched = _expand_pm(items_b)
-    if len(items_a) != len(unmatched):
-        return False
-    for x in items_a:
-        j = next((j for j, y in enumerate(unmatched) if _equiv_norm(x, y)), None)
-        if j is None:
-            return False
-        unmatched.pop(j)
-    return True
-
-
-_THOUSANDS = re.compile(r"^([-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?)$")   # 10,080 or 1,000.5
-
-
-def is_equiv(pred, ref):
-    """True when the answer `pred` equals the reference `ref` (strings or numbers)."""
-    if pred is None or ref is None or str(pred).strip() == "":
-        return False
-    if max(len(str(pred)), len(str(ref))) > MAX_ANSWER_CHARS:   # no answer is that long: no SymPy
-        return str(pred).strip() == str(ref).strip()
-    if FAST_PATH and str(pred).strip() == str(ref).strip():      # the same text: nothing to read
-        return True
-    a = _normalize(pred)
-    b = _normalize(ref)
-    if _equiv_norm(a, b):
-        return True
-    # "10,080" is a number with a thousands separator or a list of two; the released references
-    # dropped every space, so "45,135" may be the list. Try the number reading second.
-    a_number = _THOUSANDS.sub(lambda m: m.group(1).replace(",", ""), a)
-    b_number = _THOUSANDS.sub(lambda m: m.group(1).replace(",", ""), b)
-    if (a_number, b_number) != (a, b) and _equiv_norm(a_number, b_number):
-        return True
-    # an equation read whole, its left side kept: "y = \frac12 x + \frac32" is "x - 2y + 3 = 0"
-    a_whole = _canonical(pred, drop_label=False)
-    b_whole = _canonical(ref, drop_label=False)
-    return ((a_whole, b_whole) != (a, b) and "=" in a_whole and "=" in b_whole
-            and _equiv_norm(a_whole, b_whole))
-
 # ------------------------------------------------------------------- each data set's protocol, both
 
 def _grade_strict(solution, reference, dataset):
@@ -614,7 +292,7 @@ def _grade_strict(solution, reference, dataset):
             pred = pred[1:-1]
     if dataset == "gsm8k" and pred and "\\" not in pred:
         # answers are numbers: the authors drop letters; a left-hand side goes first ("x = 160")
-        pred = re.sub(r"[a-zA-Z]", "", _strip_lhs(pred.strip()))
+        pred = re.sub(r"[a-zA-Z]", "", strip_lhs(pred.strip()))
     return pred, is_equiv(pred, ref)
 
 
@@ -631,7 +309,7 @@ def _grade_authors(solution, reference, dataset):
         solution = "".join(f"<|{kind}|>{content}<|endofblock|>" for kind, content in solution)
     completion = _first_box_of_last_boxed_block(str(solution))
     if completion is None:
-        blocks = [b for b in _BLOCK_MARK.split(str(solution)) if b.strip()]
+        blocks = [b for b in SPECIAL_RE.split(str(solution))[::2] if b.strip()]
         completion = blocks[-1] if blocks else ""
     pred = authors_grader.find_math_answer(completion)
     if dataset == "gsm8k":

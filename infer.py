@@ -43,7 +43,7 @@ import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 
@@ -52,38 +52,34 @@ import sandbox
 from plumbing import storage
 from lce_data import DEFAULT_SYSTEM
 from model import Transformer
+from plumbing.cli import add_flags, flag, from_flags
 from plumbing.parallel import follow, init_ranks
 from plumbing.server_client import ServerError, add_server_args, server_from_args
 from tokenizer import SPECIAL_TOKENS, Tokenizer
-
-
-def option(default, help, **argparse_options):
-    """A GenConfig field that is also a command-line flag (add_generation_args)."""
-    return field(default=default, metadata={"help": help, **argparse_options})
 
 
 @dataclass
 class GenConfig:
     """How to generate; the defaults are the authors' (docs/method.md §4). Each field is also a
     flag of `infer.py` and `eval.py run` (max_new_tokens: --max-new-tokens)."""
-    max_new_tokens: int = option(512, "tokens per round (one block)")
-    max_total_tokens: int = option(2048, "a cache row: the window + one round (context stop: the "
-                                   "whole context)")
-    max_prompt_tokens: int | None = option(None, "the window: the model reads at most this many "
-                                           "tokens when a round starts (default: max-total-tokens "
-                                           "- max-new-tokens, at most 1536)")
-    context: str = option("window", "window: the authors' sliding window; stop: cut the prompt "
-                          "only, stop a problem once its context reaches max-total-tokens",
-                          choices=("window", "stop"))
-    max_rounds: int = option(16, "blocks per solution at most")
-    temperature: float = option(0.0, "0: greedy (the paper's numbers); > 0: sampling "
-                                "(self-distillation)")
-    top_p: float = option(1.0, "nucleus sampling: keep the most likely tokens up to this mass")
-    batch_size: int = option(16, "rows of the KV cache = problems decoded together")
-    execute: bool = option(True, "run the code; --no-execute: <|execution|> is opened and the "
-                           "model writes the output itself (ablation: can it compute without "
-                           "the interpreter?)")
-    seed: int = option(0, "sampling: problem i draws from its own generator (seed, i)")
+    max_new_tokens: int = flag(512, "tokens per round (one block)")
+    max_total_tokens: int = flag(2048, "a cache row: the window + one round (context stop: the "
+                                 "whole context)")
+    max_prompt_tokens: int | None = flag(None, "the window: the model reads at most this many "
+                                         "tokens when a round starts (default: max-total-tokens "
+                                         "- max-new-tokens, at most 1536)")
+    context: str = flag("window", "window: the authors' sliding window; stop: cut the prompt "
+                        "only, stop a problem once its context reaches max-total-tokens",
+                        choices=("window", "stop"))
+    max_rounds: int = flag(16, "blocks per solution at most")
+    temperature: float = flag(0.0, "0: greedy (the paper's numbers); > 0: sampling "
+                              "(self-distillation)")
+    top_p: float = flag(1.0, "nucleus sampling: keep the most likely tokens up to this mass")
+    batch_size: int = flag(16, "rows of the KV cache = problems decoded together")
+    execute: bool = flag(True, "run the code; --no-execute: <|execution|> is opened and the "
+                         "model writes the output itself (ablation: can it compute without "
+                         "the interpreter?)")
+    seed: int = flag(0, "sampling: problem i draws from its own generator (seed, i)")
 
     def __post_init__(self):
         if self.max_prompt_tokens is None:  # the authors' 1536 where a round fits beside it
@@ -615,17 +611,7 @@ def solve_served(server, tokenizer, questions, system=DEFAULT_SYSTEM, cfg=None, 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_generation_args(parser):
     """GenConfig's fields as flags of `parser` (infer.py and eval.py run declare them here only)."""
-    group = parser.add_argument_group("generation (GenConfig)")
-    for f in fields(GenConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool:  # --execute / --no-execute
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                               help=f.metadata["help"])
-            continue
-        kind = f.type if f.type in (int, float, str) else int  # int | None: None = derived
-        shown = "" if f.default is None else " (default: %(default)s)"
-        group.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"),
-                           help=f.metadata["help"] + shown)
+    add_flags(parser.add_argument_group("generation (GenConfig)"), GenConfig)
 
 
 def add_dtype_arg(parser):
@@ -644,7 +630,7 @@ def model_dtype(name: str | None, device) -> torch.dtype:
 
 def config_from_args(args) -> GenConfig:
     """The GenConfig of parsed flags (a bad combination raises ValueError, naming it)."""
-    return GenConfig(**{f.name: getattr(args, f.name) for f in fields(GenConfig)})
+    return from_flags(GenConfig, args)
 
 
 _SPECIAL = re.compile("(" + "|".join(map(re.escape, SPECIAL_TOKENS)) + ")")  # keeps separators

@@ -33,9 +33,9 @@ from plumbing.storage import atomic_write, read_json, write_json
 
 SPECIAL_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|text|>", "<|code|>",
                   "<|execution|>", "<|endofblock|>", "<|endofmessage|>"]
-# one regex that finds any special string; the capturing group keeps the separators in re.split's
-# output
-_SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
+# The one regex for the special strings (grader.py and infer.py use it too): its capturing group
+# keeps them in re.split's output, ["", "<|text|>", "Hi", "<|endofblock|>", ""]
+SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
 
 
 class Tokenizer:
@@ -79,7 +79,7 @@ class Tokenizer:
         ids = [self.bos_id] if bos else []
         if not special:
             return ids + (self.sentencepiece.encode(text) if text else [])
-        for piece in _SPECIAL_RE.split(text):  # e.g. ["", "<|text|>", "Hi", "<|endofblock|>", ""]
+        for piece in SPECIAL_RE.split(text):
             if piece in self.special:
                 ids.append(self.special[piece])
             elif piece:
@@ -166,7 +166,7 @@ def train_sentencepiece(text_file: str, model_prefix: str, vocab_size: int) -> s
     if not os.path.isfile(text_file):
         raise FileNotFoundError(f"{text_file}: training text not found")
     with open(text_file, encoding="utf-8") as f:
-        text = _SPECIAL_RE.sub("\n", f.read())
+        text = SPECIAL_RE.sub("\n", f.read())
     lines = [ln for ln in text.split("\n") if ln.strip()]
     if not lines:
         raise ValueError(f"{text_file}: no text to train a tokenizer on")

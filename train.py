@@ -11,8 +11,8 @@ The whole recipe in one loop:
             grads and optimizer state are sharded over the ranks (the paper's DeepSpeed ZeRO-3)
     numbers bf16 compute with float32 master weights on GPU; float32 on CPU; rotary tables float32
             in training as at inference; the gradient reduction's dtype is --reduce-dtype
-    memory  a plan per GPU computed before anything is allocated (`memory_plan`): activation
-            checkpointing turns on by itself when the run would not fit without it
+    memory  a plan per GPU computed before the model is built (plumbing/memory_plan.py):
+            activation checkpointing turns on by itself when the run would not fit without it
 Defaults follow the paper: 3 epochs, lr 2e-5, global batch 128, sequence length 2048.
 
     python train.py --data train.jsonl --out out/sft --init /ckpt/Llama-2-7b-hf          # 1 process
@@ -22,22 +22,23 @@ Defaults follow the paper: 3 epochs, lr 2e-5, global batch 128, sequence length 
     python train.py ... --resume    # after a crash or kill: same losses, any number of processes
     python train.py --plan --init /ckpt/Llama-2-70b-hf/config.json --gpus 32   # memory per GPU
 
+Read top to bottom: the config (every field a flag), the data (rows, each step's micro-batches),
+the schedule, the loss and its gradient, the model (FSDP2 under torchrun), the run. What serves it
+is one folder down: the checks of the flags before anything is built (plumbing/train_checks.py),
+the memory plan (plumbing/memory_plan.py), the checkpoints, resume and export
+(plumbing/train_checkpoint.py), what the run reports (plumbing/train_log.py).
+
 Writes OUT/config.json (the flags, the data's sha256, the model's shape, the memory plan),
 OUT/log.jsonl (one line per step), OUT/checkpoints/step-N/ (sharded: each rank writes its own
-part; every --save-every steps and at the end; checkpoint.save_training), OUT/final/ (Hugging Face
-layout, written one whole tensor at a time, + tokenizer.save), OUT/summary.json, and OUT/loss.svg
-(loss and learning rate per step, redrawn at each checkpoint). docs/scaling.md: 34B and 70B.
+part; every --save-every steps and at the end), OUT/final/ (Hugging Face layout, written one
+whole tensor at a time, + tokenizer.save), OUT/summary.json, and OUT/loss.svg (loss and learning
+rate per step, redrawn at each checkpoint). docs/scaling.md: 34B and 70B.
 """
 import argparse
 import dataclasses
-import datetime
 import functools
-import hashlib
-import json
 import math
 import os
-import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -45,147 +46,90 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import (get_model_state_dict,
-                                                     get_optimizer_state_dict,
-                                                     set_model_state_dict,
-                                                     set_optimizer_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.checkpoint import checkpoint
 
-from plumbing import checkpoint as ckpt_files
-from plumbing import html_views
 import lce_data
 from lce_data import IGNORE
-from model import ModelArgs, Transformer, grow_rows, read_checkpoint
-from plumbing.storage import append_jsonl, atomic_write, write_json
+from model import Transformer
+from plumbing.cli import add_flags, flag, from_flags
+from plumbing.memory_plan import plan_args, plan_run, print_plan
+from plumbing.parallel import Timeouts, init_ranks
+from plumbing.train_checkpoint import (check_resume, checkpoints_dir, complete_checkpoints,
+                                       export_dtype, export_final, load_checkpoint,
+                                       load_into_shards, run_fingerprint, save_checkpoint)
+from plumbing.train_checks import check_config
+from plumbing.train_log import TrainLog
 from tokenizer import Tokenizer
-
-
-def arg(default, help):
-    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
-    data: str = arg("", "training records, JSONL (messages or debug_result schema) [required]")
-    out: str = arg("", "output directory [required]")
-    init: str | None = arg(None, "pretrained checkpoint (HF or Meta layout); none: from scratch")
-    tokenizer: str | None = arg(None, "SentencePiece .model (default: INIT's, with added tokens)")
-    dim: int = arg(64, "from scratch: model width (ignored with --init)")
-    n_layers: int = arg(2, "from scratch: transformer blocks")
-    n_heads: int = arg(4, "from scratch: attention heads")
-    n_kv_heads: int | None = arg(None, "from scratch: key/value heads (GQA); default = n_heads")
-    hidden_dim: int = arg(172, "from scratch: SwiGLU FFN width")
-    epochs: int = arg(3, "passes over the data (paper: 3)")
-    lr: float = arg(2e-5, "peak learning rate (paper: 2e-5)")
-    min_lr: float = arg(0.0, "learning rate at the end of the cosine decay")
-    warmup_ratio: float = arg(0.03, "linear warmup over this fraction of all steps ...")
-    warmup_steps: int | None = arg(None, "... or over exactly this many steps")
-    weight_decay: float = arg(0.0, "AdamW weight decay (matrices only, not norm gains)")
-    beta1: float = arg(0.9, "AdamW beta1")
-    beta2: float = arg(0.999, "AdamW beta2")
-    grad_clip: float = arg(1.0, "clip the global gradient norm to this (0: no clipping)")
-    batch_size: int = arg(128, "GLOBAL batch in sequences, all ranks and micro-batches (paper 128)")
-    micro_batch_size: int = arg(4, "sequences per forward/backward per rank; accumulation = "
-                                   "batch / (world * this)")
-    seq_len: int = arg(2048, "examples are truncated to this many tokens (paper: 2048)")
-    pack: bool = arg(False, "pack examples in seq_len rows, document-masked (paper: one per row)")
-    train_on_execution: bool = arg(False, "ablation: also put loss on execution blocks (paper: no)")
-    precision: str = arg("auto", "auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32; weights stay fp32")
-    reduce_dtype: str = arg("fp32", "dtype of FSDP's gradient reduce-scatter: fp32 sums the ranks' "
-                            "bf16 gradients without further rounding but moves twice the bytes; "
-                            "bf16 halves that traffic (a 70B run over several nodes is "
-                            "communication-bound) at the cost of rounding each partial sum to 8 "
-                            "bits of mantissa: fp32 | bf16")
-    grad_checkpoint: bool = arg(False, "activation checkpointing: recompute each block in backward "
-                                "(turned on by itself when the memory plan says it is needed)")
-    plan: bool = arg(False, "print the memory plan per GPU and exit: no data, no weights needed "
-                            "(--init may be a Hugging Face config.json or its folder)")
-    gpus: int | None = arg(None, "GPUs (ranks) to plan for with --plan (default: this run's)")
-    gpu_memory_gb: float = arg(80.0, "memory of one GPU for the plan (on CUDA: the device's own)")
-    timeout_minutes: float = arg(30.0, "timeout of every collective (a step's all-reduces, a "
-                                       "checkpoint's barrier: each rank writes only its own "
-                                       "shard, so none waits for a whole-model write)")
-    seed: int = arg(0, "seed for the init and the data order")
-    max_steps: int | None = arg(None, "stop after this many steps (the schedule ends there too)")
-    save_every: int = arg(500, "checkpoint every N steps (and at the end)")
-    no_save: bool = arg(False, "write no checkpoint and no OUT/final (benchmarks)")
-    resume: bool = arg(False, "continue from the newest complete checkpoint in OUT/checkpoints/ "
-                              "(refused if the data, the model or a hyper-parameter differs)")
-    export_dtype: str = arg("auto", "dtype of the OUT/final weights: auto (the --init "
-                                    "checkpoint's; float32 from scratch) | float32 | bfloat16 | "
-                                    "float16")
-    peak_tflops: float = arg(989.0, "dense bf16 TFLOP/s of a GPU, for MFU (H100 SXM 989, A100 312)")
-    log_every: int = arg(1, "print the progress line every N steps (log.jsonl gets every step)")
-    quiet: bool = arg(False, "no progress lines")
+    data: str = flag("", "training records, JSONL (messages or debug_result schema) [required]")
+    out: str = flag("", "output directory [required]")
+    init: str | None = flag(None, "pretrained checkpoint (HF or Meta layout); none: from scratch")
+    tokenizer: str | None = flag(None, "SentencePiece .model (default: INIT's, with added tokens)")
+    dim: int = flag(64, "from scratch: model width (ignored with --init)")
+    n_layers: int = flag(2, "from scratch: transformer blocks")
+    n_heads: int = flag(4, "from scratch: attention heads")
+    n_kv_heads: int | None = flag(None, "from scratch: key/value heads (GQA); default = n_heads")
+    hidden_dim: int = flag(172, "from scratch: SwiGLU FFN width")
+    epochs: int = flag(3, "passes over the data (paper: 3)")
+    lr: float = flag(2e-5, "peak learning rate (paper: 2e-5)")
+    min_lr: float = flag(0.0, "learning rate at the end of the cosine decay")
+    warmup_ratio: float = flag(0.03, "linear warmup over this fraction of all steps ...")
+    warmup_steps: int | None = flag(None, "... or over exactly this many steps")
+    weight_decay: float = flag(0.0, "AdamW weight decay (matrices only, not norm gains)")
+    beta1: float = flag(0.9, "AdamW beta1")
+    beta2: float = flag(0.999, "AdamW beta2")
+    grad_clip: float = flag(1.0, "clip the global gradient norm to this (0: no clipping)")
+    batch_size: int = flag(128, "GLOBAL batch in sequences, all ranks and micro-batches "
+                                "(paper: 128)")
+    micro_batch_size: int = flag(4, "sequences per forward/backward per rank; accumulation = "
+                                    "batch / (world * this)")
+    seq_len: int = flag(2048, "examples are truncated to this many tokens (paper: 2048)")
+    pack: bool = flag(False, "pack examples in seq_len rows, document-masked (paper: one per "
+                             "row)")
+    train_on_execution: bool = flag(False, "ablation: also put loss on execution blocks (paper: "
+                                           "no)")
+    precision: str = flag("auto", "auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32; weights stay "
+                                  "fp32")
+    reduce_dtype: str = flag("fp32", "dtype of FSDP's gradient reduce-scatter: fp32 sums the "
+                             "ranks' bf16 gradients without further rounding but moves twice "
+                             "the bytes; bf16 halves that traffic (a 70B run over several nodes "
+                             "is communication-bound) at the cost of rounding each partial sum "
+                             "to 8 bits of mantissa: fp32 | bf16")
+    grad_checkpoint: bool = flag(False, "activation checkpointing: recompute each block in "
+                                 "backward (turned on by itself when the memory plan says it is "
+                                 "needed)")
+    plan: bool = flag(False, "print the memory plan per GPU and exit: no data, no weights needed "
+                             "(--init may be a Hugging Face config.json or its folder)")
+    gpus: int | None = flag(None, "GPUs (ranks) to plan for with --plan (default: this run's)")
+    gpu_memory_gb: float = flag(80.0, "memory of one GPU for the plan (on CUDA: the device's own)")
+    timeout_minutes: float = flag(30.0, "timeout of every collective (a step's all-reduces, a "
+                                        "checkpoint's barrier: each rank writes only its own "
+                                        "shard, so none waits for a whole-model write)")
+    seed: int = flag(0, "seed for the init and the data order")
+    max_steps: int | None = flag(None, "stop after this many steps (the schedule ends there too)")
+    save_every: int = flag(500, "checkpoint every N steps (and at the end)")
+    no_save: bool = flag(False, "write no checkpoint and no OUT/final (benchmarks)")
+    resume: bool = flag(False, "continue from the newest complete checkpoint in OUT/checkpoints/ "
+                               "(refused if the data, the model or a hyper-parameter differs)")
+    export_dtype: str = flag("auto", "dtype of the OUT/final weights: auto (the --init "
+                                     "checkpoint's; float32 from scratch) | float32 | bfloat16 | "
+                                     "float16")
+    peak_tflops: float = flag(989.0, "dense bf16 TFLOP/s of a GPU, for MFU (H100 SXM 989, A100 "
+                                     "312)")
+    log_every: int = flag(1, "print the progress line every N steps (log.jsonl gets every step)")
+    quiet: bool = flag(False, "no progress lines")
 
 
 def parse_args(argv=None) -> TrainConfig:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        if field.default is False:
-            parser.add_argument(flag, action="store_true", help=field.metadata["help"])
-            continue
-        kind = str(field.type)
-        parse = int if "int" in kind else float if "float" in kind else str
-        parser.add_argument(flag, type=parse, default=field.default,
-                            help=field.metadata["help"] + " (%(default)s)")
-    return TrainConfig(**vars(parser.parse_args(argv)))
-
-
-def check_config(cfg: TrainConfig, world: int) -> str:
-    """Every check that needs no model: fail in seconds, before any GPU memory is taken. Returns the
-    tokenizer's path."""
-    def bad(msg):
-        raise ValueError(f"train.py: {msg}")
-    if not cfg.data or not os.path.isfile(cfg.data):
-        bad(f"--data {cfg.data!r}: file not found")
-    if not cfg.out:
-        bad("--out is required")
-    if cfg.init is not None and not os.path.isdir(cfg.init):
-        bad(f"--init {cfg.init!r}: checkpoint directory not found")
-    tokenizer_path = cfg.tokenizer
-    if tokenizer_path is None and cfg.init:
-        tokenizer_path = os.path.join(cfg.init, "tokenizer.model")
-    if tokenizer_path is None or not os.path.isfile(tokenizer_path):
-        bad(f"tokenizer {tokenizer_path!r} not found (give --tokenizer TOK.model, or --init DIR "
-            "holding tokenizer.model)")
-    for name in ("epochs", "batch_size", "micro_batch_size", "seq_len", "save_every", "log_every",
-                 "max_steps", "warmup_steps", "dim", "n_layers", "n_heads", "n_kv_heads",
-                 "hidden_dim"):
-        value = getattr(cfg, name)
-        low = 0 if name == "warmup_steps" else 1
-        if value is not None and value < low:
-            bad(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-    if not (cfg.lr > 0 and 0 <= cfg.min_lr <= cfg.lr and 0 <= cfg.warmup_ratio < 1
-            and cfg.grad_clip >= 0):
-        bad("need lr > 0, 0 <= min-lr <= lr, 0 <= warmup-ratio < 1, grad-clip >= 0")
-    if cfg.batch_size % (world * cfg.micro_batch_size):
-        bad(f"--batch-size {cfg.batch_size} must be a multiple of world size {world} x "
-            f"--micro-batch-size {cfg.micro_batch_size}")
-    n_kv_heads = cfg.n_kv_heads or cfg.n_heads
-    if cfg.init is None and (cfg.dim % cfg.n_heads or cfg.n_heads % n_kv_heads):
-        bad(f"--dim {cfg.dim} must divide by --n-heads {cfg.n_heads}, which must divide by "
-            "--n-kv-heads")
-    if cfg.precision not in ("auto", "bf16", "fp32"):
-        bad("--precision is auto|bf16|fp32")
-    if cfg.export_dtype not in ("auto", "float32", "bfloat16", "float16"):
-        bad("--export-dtype is auto|float32|bfloat16|float16")
-    if cfg.reduce_dtype not in ("fp32", "bf16"):
-        bad("--reduce-dtype is fp32|bf16")
-    if not cfg.timeout_minutes > 0:
-        bad(f"--timeout-minutes must be > 0, got {cfg.timeout_minutes}")
-    if cfg.resume and not ckpt_files.complete_checkpoints(checkpoints_dir(cfg)):
-        bad(f"--resume: no complete checkpoint in {checkpoints_dir(cfg)}")
-    return tokenizer_path
-
-
-def checkpoints_dir(cfg):
-    return os.path.join(cfg.out, "checkpoints")
+    add_flags(parser, TrainConfig)
+    return from_flags(TrainConfig, parser.parse_args(argv))
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -293,28 +237,24 @@ def apply_grad_checkpoint(model):
 
 
 # ----------------------------------------------------------------------------------------- model
-def build_model(cfg, tokenizer, device, world, log):
+def build_model(cfg, args, device, world, bf16, log):
+    """The model of shape `args` (the vocabulary grown to the tokenizer's) in float32 master
+    weights, --init's or a seeded random init; under torchrun, sharded by FSDP2."""
     torch.manual_seed(cfg.seed)                    # same random init on every rank
     streamed = cfg.init and dist.is_initialized()  # FSDP from a checkpoint: no whole copy per rank
     if streamed:
-        args, tensors = read_checkpoint(cfg.init)  # the config now, the tensors one by one below
-        args.vocab_size = max(args.vocab_size, tokenizer.vocab_size)    # + the 8 LCE tokens
-        with torch.device("meta"):                 # shapes only, no memory
+        with torch.device("meta"):                 # shapes only, no memory: filled once sharded
             model = Transformer(args)
     elif cfg.init:
         model = Transformer.from_pretrained(cfg.init, dtype=torch.float32)  # float32 master weights
         rows = model.tok_embeddings.weight.shape[0]
-        if rows < tokenizer.vocab_size:
-            log(f"growing vocab {rows} -> {tokenizer.vocab_size} (8 LCE tokens)")
-            model.grow_vocab(tokenizer.vocab_size)  # new rows = mean of old rows
+        if rows < args.vocab_size:
+            log(f"growing vocab {rows} -> {args.vocab_size} (8 LCE tokens)")
+            model.grow_vocab(args.vocab_size)      # new rows = mean of old rows
     else:
-        model = Transformer(ModelArgs(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-                                      n_kv_heads=cfg.n_kv_heads, hidden_dim=cfg.hidden_dim,
-                                      vocab_size=tokenizer.vocab_size,
-                                      max_seq_len=max(cfg.seq_len, 2048)))
+        model = Transformer(args)
     if cfg.grad_checkpoint:
         apply_grad_checkpoint(model)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     if dist.is_initialized():                      # under torchrun
         # FSDP2: each block is one all-gather unit (gathered just before use, freed after); the
         # root holds the embeddings, final norm and output. Params stay float32 shards; compute
@@ -335,291 +275,23 @@ def build_model(cfg, tokenizer, device, world, log):
         model.to(device)
     if streamed:
         model.to_empty(device=device)              # this rank's shards, not yet filled
-        load_sharded(model, tensors)
+        load_into_shards(model, cfg.init)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f}M parameters, {'bf16' if bf16 else 'fp32'} compute, "
         f"world {world}")
-    return model, bf16
-
-
-@torch.no_grad()
-def load_sharded(model, tensors):
-    """Fill a model that fully_shard has split (built on the meta device, then to_empty) from a
-    checkpoint, one tensor at a time: each rank reads the tensor (from the page cache, after the
-    first), keeps its rows of it (FSDP shards dim 0) and drops the rest. Host memory per rank stays
-    near its shard plus one tensor, per node near one copy of the weights (loading the whole model
-    first takes one copy per rank). New vocabulary rows get the mean of the old rows, as grow_vocab
-    gives them."""
-    params = dict(model.named_parameters())
-    for key, tensor in tensors:                     # our names; read_checkpoint checked each shape
-        param = params[key]
-        tensor = tensor.to(torch.float32)           # float32 master weights
-        if tensor.shape[0] < param.shape[0]:        # tok_embeddings / output: the LCE tokens' rows
-            tensor = grow_rows(tensor, param.shape[0])
-        param.copy_(distribute_tensor(tensor, param.device_mesh, param.placements,
-                                      src_data_rank=None))
-
-
-# ---------------------------------------------------------------------------- checkpoints, export
-def train_state(model, opt) -> dict:
-    """What a checkpoint holds, as torch.distributed.checkpoint's state dict: under FSDP the
-    model's and the optimizer's tensors are this rank's shards (DTensors), never gathered; the
-    torch RNG (every rank's is seeded alike). The step (= the data position: the batch order is a
-    function of the seed and the step) and Python's RNG go in done.json."""
-    state = dict(model=get_model_state_dict(model),        # (a fresh optimizer's moments are made
-                 optim=get_optimizer_state_dict(model, opt),  # here, for resume to fill)
-                 rng=torch.get_rng_state())
-    if torch.cuda.is_available():
-        state["cuda_rng"] = torch.cuda.get_rng_state()
-    return state
-
-
-def save_checkpoint(cfg, model, opt, step, fingerprint, rank):
-    """Every rank writes its own shards (checkpoint.save_training: complete or absent)."""
-    info = dict(fingerprint=fingerprint, python_rng=random.getstate(),
-                world=dist.get_world_size() if dist.is_initialized() else 1)
-    return ckpt_files.save_training(checkpoints_dir(cfg), step, train_state(model, opt), info,
-                                    rank)
-
-
-def fingerprint_diff(old: dict, new: dict) -> list:
-    """What differs between two run fingerprints, as 'name X there, Y here'."""
-    short = lambda v: (v[:12] + "...") if isinstance(v, str) and len(v) > 16 else v
-    return [f"{key} {short(old.get(key))} there, {short(value)} here"
-            for key, value in new.items() if old.get(key) != value]
-
-
-def load_checkpoint(cfg, model, opt, fingerprint):
-    """The newest complete checkpoint into this run's shards (any old world size). Refuses, in
-    one line naming the checkpoint, one of another run or one that is damaged."""
-    path = ckpt_files.complete_checkpoints(checkpoints_dir(cfg))[-1]
-    info = check_resume(path, fingerprint)
-    state = train_state(model, opt)
-    ckpt_files.load_training(path, state)
-    set_model_state_dict(model, state["model"])
-    set_optimizer_state_dict(model, opt, state["optim"])
-    torch.set_rng_state(state["rng"])
-    if "cuda_rng" in state:
-        torch.cuda.set_rng_state(state["cuda_rng"])
-    version, inner, gauss = info["python_rng"]
-    random.setstate((version, tuple(inner), gauss))
-    return info["step"], path
-
-
-def check_resume(path, fingerprint) -> dict:
-    """The checkpoint's done.json, if it is whole and of this run (same data content, model and
-    hyper-parameters); else ValueError in one line."""
-    info = ckpt_files.check_training(path)
-    fingerprint = json.loads(json.dumps(fingerprint))       # as stored: lists, not tuples
-    if diffs := fingerprint_diff(info.get("fingerprint", {}), fingerprint):
-        raise ValueError(f"--resume: {path} is another run's checkpoint: {'; '.join(diffs)} "
-                         "(give another --out to start a new run)")
-    return info
-
-
-def export_dtype(cfg) -> torch.dtype:
-    """--export-dtype auto: the init checkpoint's dtype (bf16 for Meta's Llama-2 and CodeLlama),
-    float32 for a model trained from scratch."""
-    if cfg.export_dtype != "auto":
-        return getattr(torch, cfg.export_dtype)
-    return ckpt_files.stored_dtype(cfg.init) if cfg.init else torch.float32
-
-
-def export_final(out_dir, model, tokenizer, dtype, rank):
-    """Write OUT/final/ (Hugging Face layout) one whole tensor at a time: every rank all-gathers
-    tensor k (DTensor.full_tensor), rank 0 converts it to `dtype`, writes it into its safetensors
-    shard and drops it before tensor k+1. No rank ever holds the whole model."""
-    params = model.state_dict()                 # under FSDP: this rank's shards, nothing gathered
-    specs = {key: (list(t.shape), dtype) for key, t in params.items()}   # global shapes
-
-    def whole_tensors():                        # a collective per tensor: every rank iterates
-        for key, t in params.items():
-            full = t.full_tensor() if isinstance(t, DTensor) else t
-            yield key, full.detach().to("cpu", dtype)
-    final = os.path.join(out_dir, "final")
-    if rank == 0:
-        tmp = final + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        ckpt_files.write_hf_stream(tmp, dataclasses.asdict(model.args), specs, whole_tensors())
-        tokenizer.save(tmp)
-        shutil.rmtree(final, ignore_errors=True)  # a folder cannot be os.replace'd over a full one
-        os.replace(tmp, final)
-    else:
-        for _ in whole_tensors():
-            pass
-    if dist.is_initialized():
-        dist.barrier()
-    return final
-
-
-def cut_log(log_path, step):
-    """Line k of OUT/log.jsonl is step k. A crash leaves lines past the checkpoint (the last one
-    maybe torn in half), and those steps run again: keep the first `step` lines only."""
-    kept = []
-    if step and os.path.isfile(log_path):
-        with open(log_path, encoding="utf-8") as f:
-            kept = f.readlines()[:step]
-    atomic_write(log_path, "".join(kept))
-
-
-# ---------------------------------------------------------------------------------- memory plan
-USABLE = 0.9    # of a GPU's memory: the rest for the CUDA context, NCCL buffers, fragmentation
-
-
-def memory_plan(args: ModelArgs, world: int, micro_batch_size: int, seq_len: int, bf16: bool,
-                reduce_dtype: str = "fp32", sharded: bool = True) -> dict:
-    """Bytes per GPU of a training step, from the model's shape alone (built on the meta device:
-    no memory) and the run's world size, micro-batch, sequence length and precision. The worst
-    micro-batch is a full one: micro_batch_size rows padded to seq_len. Counted:
-      params, grads, optimizer  float32 shards: 4 + 4 + 8 (Adam's two moments) bytes a parameter,
-                                divided over the ranks (FSDP; sharded=False: one process, whole)
-      working                   FSDP's unsharded compute copies: the root (embeddings, output)
-                                for the whole step, two blocks (one in use, one prefetched) and
-                                one block's unsharded gradients; one process in bf16: autocast's
-                                bf16 copy of every weight
-      activations               what backward keeps, per token and layer (a = 2 bf16, 4 fp32
-                                bytes; d = dim, kv = KV width, h = FFN width): the two RMSNorms
-                                (a float32 copy 4d and the output a*d each), rotary q and k (their
-                                float32 copies, 8(d + kv)), attention's q, k, v and output
-                                (a(2d + 2kv); a fused kernel: no T x T scores), wo's input (a*d),
-                                SwiGLU's four h-wide tensors (4ah); plus one block's worth again
-                                for the gradients backward makes of them. With checkpointing: each
-                                block's input (a*d), one block recomputed, and its gradients
-      logits                    tokens x vocab: the model's output, its float32 copy, the shifted
-                                copy, log-softmax, and in backward their gradients (a + 20 bytes
-                                an entry)
-    Checked on the CPU (float32, one process) against the measured peak (tests/test_train.py)."""
-    with torch.device("meta"):
-        model = Transformer(args)
-    n = sum(p.numel() for p in model.parameters())
-    block = sum(p.numel() for p in model.layers[0].parameters())
-    root = n - args.n_layers * block
-    a = 2 if bf16 else 4
-    r = 4 if reduce_dtype == "fp32" else 2
-    tokens = micro_batch_size * seq_len
-    d, kv, h = args.dim, args.n_kv_heads * args.head_dim, args.hidden_dim
-    per_token_layer = 8 * d + 2 * a * d + 8 * (d + kv) + a * (2 * d + 2 * kv) + a * d + 4 * a * h
-    share = world if sharded else 1
-    if sharded:
-        working = (root + 2 * block) * a + block * (a + r)
-    else:
-        working = 2 * n if bf16 else 0
-    plan = dict(params=4 * n / share, grads=4 * n / share, optimizer=8 * n / share,
-                working=working,
-                activations=(args.n_layers + 1) * per_token_layer * tokens,
-                activations_checkpointed=(args.n_layers * a * d + 2 * per_token_layer) * tokens,
-                logits=tokens * args.vocab_size * (a + 20))
-    fixed = sum(plan[k] for k in ("params", "grads", "optimizer", "working", "logits"))
-    plan.update(total=fixed + plan["activations"],
-                total_checkpointed=fixed + plan["activations_checkpointed"])
-    plan = {key: round(value / 1e9, 3) for key, value in plan.items()}     # GB
-    plan.update(n_params=n, world=world, sharded=sharded, micro_batch_size=micro_batch_size,
-                seq_len=seq_len, compute="bf16" if bf16 else "fp32", reduce_dtype=reduce_dtype)
-    return plan
-
-
-def plan_verdict(plan: dict, gpu_gb: float, grad_checkpoint: bool, cfg, args, bf16) -> tuple:
-    """(checkpointing on?, one line saying so). Turns checkpointing on when the run fits only with
-    it; raises ValueError naming flags that fit when it does not fit even so."""
-    usable = USABLE * gpu_gb
-    head = f"memory plan: {plan['total']:.1f} GB per GPU, {plan['total_checkpointed']:.1f} GB " \
-           f"with --grad-checkpoint; {usable:.0f} GB usable ({USABLE:.0%} of {gpu_gb:g} GB)"
-    if not grad_checkpoint and plan["total"] <= usable:
-        return False, f"{head}: fits"
-    if plan["total_checkpointed"] <= usable:
-        turned = "" if grad_checkpoint else ": turning activation checkpointing on"
-        return True, f"{head}{turned}"
-    # does not fit: the largest micro-batch that does, else the fewest GPUs
-    fits = [m for m in range(cfg.micro_batch_size - 1, 0, -1)
-            if cfg.batch_size % (plan["world"] * m) == 0
-            and memory_plan(args, plan["world"], m, cfg.seq_len, bf16, cfg.reduce_dtype,
-                            plan["sharded"])["total_checkpointed"] <= usable]
-    if fits:
-        hint = f"--micro-batch-size {fits[0]} --grad-checkpoint fits"
-    else:       # more GPUs (a power of 2), the largest micro-batch that then fits
-        more = next(((w, m) for w in (2 ** k for k in range(1, 12)) if w > plan["world"]
-                     for m in range(cfg.micro_batch_size, 0, -1) if cfg.batch_size % (w * m) == 0
-                     and memory_plan(args, w, m, cfg.seq_len, bf16, cfg.reduce_dtype)
-                     ["total_checkpointed"] <= usable), None)
-        hint = (f"--micro-batch-size {more[1]} --grad-checkpoint on {more[0]} GPUs fits" if more
-                else "no GPU count up to 2048 fits: shorten --seq-len")
-    raise ValueError(f"train.py: does not fit: {head}; {hint}")
-
-
-def plan_args(cfg, tokenizer=None) -> ModelArgs:
-    """The model's shape without its weights: --init's config (a Hugging Face config.json, its
-    folder, or a Meta checkpoint), else the from-scratch flags; the vocabulary grown to the
-    tokenizer's."""
-    if cfg.init and os.path.isdir(cfg.init) and not os.path.isfile(
-            os.path.join(cfg.init, "config.json")):
-        args, _ = read_checkpoint(cfg.init)     # Meta layout: params.json + the shards, mmap-ed
-    elif cfg.init:
-        args = ModelArgs(**ckpt_files.read_config(cfg.init))
-    else:
-        args = ModelArgs(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-                         n_kv_heads=cfg.n_kv_heads, hidden_dim=cfg.hidden_dim,
-                         vocab_size=tokenizer.vocab_size if tokenizer else 32008,
-                         max_seq_len=max(cfg.seq_len, 2048))
-    if tokenizer is not None:
-        args.vocab_size = max(args.vocab_size, tokenizer.vocab_size)
-    return args
-
-
-def format_plan(plan: dict) -> str:
-    rows = [("parameters (fp32 shards)", plan["params"]), ("gradients (fp32 shards)",
-            plan["grads"]), ("AdamW moments (fp32 shards)", plan["optimizer"]),
-            ("unsharded working copies", plan["working"]),
-            ("activations", plan["activations"]),
-            ("activations, checkpointed", plan["activations_checkpointed"]),
-            ("logits and loss", plan["logits"]), ("total", plan["total"]),
-            ("total, checkpointed", plan["total_checkpointed"])]
-    head = (f"{plan['n_params'] / 1e9:.2f}B parameters on {plan['world']} GPU(s), micro-batch "
-            f"{plan['micro_batch_size']} x {plan['seq_len']} tokens, {plan['compute']} compute, "
-            f"{plan['reduce_dtype']} reduction; GB per GPU:")
-    return "\n".join([head] + [f"  {name:<28} {gb:9.2f}" for name, gb in rows])
-
-
-def print_plan(cfg):
-    """train.py --plan: the plan for --gpus GPUs of --gpu-memory-gb, what train.py would do."""
-    world = cfg.gpus or int(os.environ.get("WORLD_SIZE", 1))
-    tokenizer = Tokenizer(cfg.tokenizer) if cfg.tokenizer else None
-    args = plan_args(cfg, tokenizer)
-    bf16 = cfg.precision != "fp32"             # --plan sizes GPUs: auto means bf16 there
-    plan = memory_plan(args, world, cfg.micro_batch_size, cfg.seq_len, bf16, cfg.reduce_dtype)
-    print(format_plan(plan))
-    try:
-        print(plan_verdict(plan, cfg.gpu_memory_gb, cfg.grad_checkpoint, cfg, args, bf16)[1])
-    except ValueError as e:
-        print(str(e).removeprefix("train.py: "))
-    return plan
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# What makes two runs the same run: resuming with any of these changed is refused. (The world
-# size and micro-batch are not among them: the loss is normalised over the global batch.)
-RUN_KEYS = ("init", "epochs", "max_steps", "lr", "min_lr", "warmup_ratio", "warmup_steps",
-            "weight_decay", "beta1", "beta2", "grad_clip", "batch_size", "seq_len", "pack",
-            "train_on_execution", "seed", "precision", "reduce_dtype")
+    return model
 
 
 # ----------------------------------------------------------------------------------------- train
 def train(cfg: TrainConfig) -> dict:
-    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ      # launched by torchrun
-    world = int(os.environ["WORLD_SIZE"]) if distributed else 1
-    rank = int(os.environ["RANK"]) if distributed else 0
+    # 0. where this process sits: one of torchrun's ranks (the process group up, every
+    # collective's timeout explicit: NCCL's default is 10 min) or the only process
+    ranks = init_ranks(timeouts=Timeouts(call=60 * cfg.timeout_minutes))
+    rank, world, device = ranks.rank, ranks.world, ranks.device
 
-    def log(msg):
-        if rank == 0 and not cfg.quiet:
-            print(f"[train] {msg}", flush=True)
+    log = TrainLog(cfg.out, rank, world, cfg.quiet, device.type == "cuda", cfg.peak_tflops)
 
-    # 1. everything that can fail cheaply, before a process group, a model or GPU memory exists
+    # 1. everything that can fail cheaply, before a model or its memory exists
     tokenizer_path = check_config(cfg, world)
     if cfg.init and not cfg.tokenizer:
         tokenizer = Tokenizer.from_checkpoint(cfg.init)
@@ -629,35 +301,19 @@ def train(cfg: TrainConfig) -> dict:
     steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
     total = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
     args = plan_args(cfg, tokenizer)
-    data_sha256 = file_sha256(cfg.data)
-    # the run's identity: the data's content, the model's shape, the hyper-parameters
-    fingerprint = dict(data_sha256=data_sha256, rows=len(rows), total=total,
-                       model=dataclasses.asdict(args),
-                       **{key: getattr(cfg, key) for key in RUN_KEYS})
+    fingerprint = run_fingerprint(cfg, len(rows), total, args)   # data, model, hyper-parameters
+    saves = checkpoints_dir(cfg.out)
     if cfg.resume:     # refuse another run's (or a damaged) checkpoint before building anything
-        check_resume(ckpt_files.complete_checkpoints(checkpoints_dir(cfg))[-1], fingerprint)
+        check_resume(complete_checkpoints(saves)[-1], fingerprint)
 
-    # 2. devices, the memory plan, processes, the model and its optimizer
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-        gpu_gb = torch.cuda.get_device_properties(device).total_memory / 1e9
-    else:
-        device = torch.device("cpu")
-        gpu_gb = cfg.gpu_memory_gb
+    # 2. the memory plan (activation checkpointing on if needed), the model and its optimizer
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    plan = memory_plan(args, world, cfg.micro_batch_size, cfg.seq_len, bf16, cfg.reduce_dtype,
-                       sharded=distributed)
-    checkpointing, verdict = plan_verdict(plan, gpu_gb, cfg.grad_checkpoint, cfg, args, bf16)
-    log(format_plan(plan))
-    log(verdict)
+    gpu_gb = (torch.cuda.get_device_properties(device).total_memory / 1e9
+              if device.type == "cuda" else cfg.gpu_memory_gb)
+    plan, checkpointing = plan_run(cfg, args, world, gpu_gb, bf16, dist.is_initialized(), log)
     cfg = dataclasses.replace(cfg, grad_checkpoint=checkpointing)
-    own_group = distributed and not dist.is_initialized()   # a caller's group stays the caller's
-    if own_group:      # every collective's timeout, explicit (the default would be NCCL's 10 min)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=cfg.timeout_minutes))
     os.makedirs(cfg.out, exist_ok=True)
-    model, bf16 = build_model(cfg, tokenizer, device, world, log)
+    model = build_model(cfg, args, device, world, bf16, log)
     decay = [p for p in model.parameters() if p.dim() >= 2]          # no weight decay on norm gains
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -673,23 +329,18 @@ def train(cfg: TrainConfig) -> dict:
     n_matmul = sum(p.numel() for n, p in model.named_parameters() if "tok_embeddings" not in n)
 
     # 3. where to start: step 0, or the checkpoint's step (the log cut back to it)
-    log_path = os.path.join(cfg.out, "log.jsonl")
     start = 0
     if cfg.resume:
-        start, resumed_from = load_checkpoint(cfg, model, opt, fingerprint)
+        start, resumed_from = load_checkpoint(saves, model, opt, fingerprint)
         log(f"resumed from {resumed_from} at step {start}")
-    if rank == 0:
-        write_json(os.path.join(cfg.out, "config.json"),
-                   {**dataclasses.asdict(cfg), "data_sha256": data_sha256,
-                    "model": dataclasses.asdict(args), "memory_plan": plan})
-        cut_log(log_path, start)
+    log.begin(start, total, {**dataclasses.asdict(cfg), "data_sha256": fingerprint["data_sha256"],
+                             "model": dataclasses.asdict(args), "memory_plan": plan})
 
     # 4. the loop
     accumulation = cfg.batch_size // (world * cfg.micro_batch_size)
     log(f"{len(rows)} rows, {steps_per_epoch} steps/epoch, {total} steps, global batch "
         f"{cfg.batch_size} = {world} ranks x {accumulation} micro-batches x {cfg.micro_batch_size}")
     model.train()
-    t_start = time.time()
     losses = []
     for step in range(start, total):
         t0 = time.time()
@@ -707,45 +358,22 @@ def train(cfg: TrainConfig) -> dict:
 
         # reading the figures waits for the GPU: dt is the real step time
         figures = {name: value.item() for name, value in totals.items()}
-        dt = time.time() - t0
         loss = figures["loss_sum"] / max(figures["loss_tokens"], 1)
         losses.append(loss)
-        record = dict(step=step + 1, epoch=step // steps_per_epoch, loss=round(loss, 6), lr=lr,
-                      grad_norm=round(grad_norm.item(), 6), loss_tokens=int(figures["loss_tokens"]),
-                      padded_tokens=int(figures["padded_tokens"]),
-                      tokens_per_s=round(figures["tokens"] / dt, 1), step_s=round(dt, 4),
-                      tflops_per_rank=round(figures["flops"] / dt / world / 1e12, 6))
-        if device.type == "cuda":
-            record["mfu"] = round(figures["flops"] / dt / (cfg.peak_tflops * 1e12 * world), 4)
-        if rank == 0:
-            with open(log_path, "a", encoding="utf-8") as f:
-                append_jsonl(f, record)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-            done = step + 1 - start
-            elapsed = time.time() - t_start
-            eta = elapsed / done * (total - step - 1)
-            mfu = f" mfu {record['mfu']:.1%}" if "mfu" in record else ""
-            log(f"step {step + 1}/{total} loss {loss:.4f} lr {lr:.2e} gnorm "
-                f"{record['grad_norm']:.3f} {record['tokens_per_s']:,.0f} tok/s{mfu} | "
-                f"{done / elapsed:.2f} steps/s, eta {eta / 60:.1f} min")
+        log.step(step + 1, step // steps_per_epoch, loss, lr, grad_norm.item(), figures,
+                 time.time() - t0, cfg.log_every)
         if not cfg.no_save and ((step + 1) % cfg.save_every == 0 or step + 1 == total):
-            saved = save_checkpoint(cfg, model, opt, step + 1, fingerprint, rank)
+            saved = save_checkpoint(saves, model, opt, step + 1, fingerprint, rank)
             log(f"checkpoint at step {step + 1} -> {saved}")
-            if rank == 0:                           # the curve so far: loss and lr per step
-                html_views.write_loss_svg(log_path, os.path.join(cfg.out, "loss.svg"))
+            log.curve()                             # loss.svg: the curve so far
 
     final = None if cfg.no_save else export_final(cfg.out, model, tokenizer, export_dtype(cfg),
                                                   rank)
-    last = ckpt_files.complete_checkpoints(checkpoints_dir(cfg))
+    last = complete_checkpoints(saves)
     result = dict(final_loss=losses[-1] if losses else None, losses=losses, steps=total,
                   final=final, checkpoint=str(last[-1]) if last else None,
-                  seconds=round(time.time() - t_start, 2))
-    if rank == 0:
-        write_json(os.path.join(cfg.out, "summary.json"),
-                   {key: value for key, value in result.items() if key != "losses"})
-        log(f"done: final loss {result['final_loss']}, model in {final}")
-    if own_group:
-        dist.destroy_process_group()
+                  seconds=round(time.time() - log.t_start, 2))
+    log.summary(result)
     return result
 
 

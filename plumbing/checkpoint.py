@@ -11,20 +11,16 @@ Read top to bottom: a small safetensors reader/writer; the name map and the ONE 
 rows are permuted; each layout's config as plain fields (ModelArgs's names) and its tensors as
 (file, name, shape, read) without reading them; open_checkpoint, whose `tensors` reads them one at
 a time, whole or only one tensor-parallel rank's rows or columns; write_hf and write_hf_stream
-(one tensor at a time); then training checkpoints, sharded over the ranks that write them
-(torch.distributed.checkpoint), complete or absent.
+(one tensor at a time). (Training checkpoints, sharded over the ranks that write them:
+plumbing/train_checkpoint.py.)
 This file knows the files, not the model: model.py builds the model from the fields and gives the
 shapes every tensor must have (model.load_pretrained, model.save_pretrained).
 """
 import functools
 import json
-import logging
 import math
 import os
-import re
-import shutil
 import struct
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -258,7 +254,18 @@ def _meta_source(path, rank=0, world=1):
     if [f.name for f in files] != [f"consolidated.{i:02d}.pth" for i in range(n_files)]:
         raise FileNotFoundError(f"{path}: model-parallel shards are not consolidated.00 .. "
                                 f"{n_files - 1:02d}.pth")
-    first = rank * n_files // world               # the shards holding this rank's rows
+    # The shards holding this rank's rows: rank r of `world` wants the r-th world-th of each split
+    # tensor, which lies in shards floor(r * M / world) .. ceil((r + 1) * M / world) - 1.
+    # Worked example: Llama-2-13B (M = 2 shards, dim 5120, 40 heads of 128) at tensor parallelism
+    # world = 4, rank 1. Merged wq is [5120, 5120]; consolidated.00 holds its rows 0..2559,
+    # consolidated.01 rows 2560..5119. Rank 1 wants rows 1280..2559 (5120 / 4 = 1280 rows: heads
+    # 10..19): first = 1 * 2 // 4 = 0, last = ceil(2 * 2 / 4) = 1, so it opens consolidated.00
+    # alone; its parts begin at offset 0 * 2560 = 0 (_meta_slice), and it reads that file's rows
+    # 1280..2559, its second half. Rank 2 opens consolidated.01 alone (first = 1, last = 2; offset
+    # 2560) and reads its rows 0..1279. wo and w2 (split by columns) take columns the same way.
+    # With 8 ranks over the 2 shards, rank 5 opens consolidated.01 and reads its rows 640..1279.
+    # (A rank whose rows straddle two shards would open both; _meta_slice concatenates them.)
+    first = rank * n_files // world
     last = -(-(rank + 1) * n_files // world)
     mine = files[first:last]
     # mmap: opening a shard costs no memory; only the slices read below are touched
@@ -464,110 +471,3 @@ def write_hf_stream(path, fields: dict, specs: dict, tensors, max_shard_bytes: i
 
 def _nbytes(shape, dtype):
     return math.prod(shape) * dtype.itemsize
-
-
-# ------------------------------------------------------------- training checkpoints, sharded
-# A training checkpoint holds float32 weights and both Adam moments, 16 bytes a parameter (70B:
-# 1.1 TB). It is never gathered: each rank writes its own shards with torch.distributed.checkpoint
-# (DCP), one file per rank, and on resume each rank reads the pieces of its new shards, whatever
-# the old world size was (DCP reshards). Layout, one folder per checkpoint:
-#     OUT/checkpoints/step-000004/__0_0.distcp .. __{W-1}_0.distcp   each rank's shards
-#                                 .metadata                        which piece lies where
-#                                 done.json                        step, run fingerprint, files
-# A checkpoint is complete or absent: it is written as step-000004.tmp/, done.json (with every
-# file's size) goes in last, then one rename publishes it; only then are older ones deleted. A
-# crash mid-save leaves a .tmp folder that no one reads (and the next save sweeps) beside the
-# previous checkpoint. DCP needs one file system that every rank sees (a cluster's shared disk).
-DONE = "done.json"
-
-
-def complete_checkpoints(folder) -> list:
-    """The published checkpoints under `folder`, oldest first."""
-    folder = Path(folder)
-    found = folder.glob("step-*") if folder.is_dir() else []
-    return sorted(p for p in found if p.suffix != ".tmp" and (p / DONE).is_file())
-
-
-def save_training(folder, step: int, state: dict, info: dict, rank: int) -> Path:
-    """Every rank: write `state` (a DCP state dict: this rank's shards) as the checkpoint of
-    `step`, with `info` (JSON: the run's fingerprint ...) in its done.json. Returns its folder."""
-    import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
-    folder = Path(folder)
-    final = folder / f"step-{step:06d}"
-    tmp = folder / f"step-{step:06d}.tmp"
-    if rank == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob("step-*.tmp"):     # a save that a crash cut short
-            shutil.rmtree(stale)
-        tmp.mkdir()
-    if dist.is_initialized():
-        dist.barrier()
-    # collective: each rank writes its file; rank 0 then writes .metadata once all have written
-    dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp), no_dist=not dist.is_initialized())
-    if rank == 0:
-        files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir())}
-        write_json(tmp / DONE, {**info, "step": step, "files": files})
-        publish(tmp, final)
-        for old in complete_checkpoints(folder):
-            if old != final:
-                shutil.rmtree(old)
-    if dist.is_initialized():
-        dist.barrier()
-    return final
-
-
-def publish(tmp: Path, final: Path):
-    """The one rename that makes a written checkpoint visible (then synced to disk)."""
-    if final.exists():                               # the same step saved again
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def check_training(path) -> dict:
-    """A checkpoint's done.json, once its files are all there at the sizes written; else one
-    error naming the path."""
-    path = Path(path)
-    try:
-        info = read_json(path / DONE)
-        files = info["files"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path / DONE}: not a training checkpoint's record ({e})") from None
-    for name, size in files.items():
-        file = path / name
-        if not file.is_file():
-            raise ValueError(f"{file}: missing (the checkpoint lists it)")
-        if file.stat().st_size != size:
-            raise ValueError(f"{file}: {file.stat().st_size} bytes, the checkpoint wrote {size} "
-                             "(truncated or overwritten)")
-    return info
-
-
-def load_training(path, state: dict):
-    """Every rank: fill `state` (a DCP state dict shaped for THIS run's ranks) from the checkpoint
-    at `path`, resharded from however many ranks wrote it."""
-    import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.api import CheckpointException   # (a BaseException)
-    quiet = logging.getLogger("torch.distributed.checkpoint")  # it logs each rank's traceback
-    level = quiet.level
-    try:
-        quiet.setLevel(logging.CRITICAL)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reader = dcp.FileSystemReader(path)
-            reader.read_metadata()                             # which piece lies where
-            dcp.load(state, storage_reader=reader, no_dist=not dist.is_initialized())
-    except (Exception, CheckpointException) as e:
-        # DCP's errors hold every rank's traceback: keep the last "SomeError: ..." line
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        errors = [line for line in lines if re.match(r"[\w.]*(Error|Exception):", line)]
-        cause = (errors or lines or [type(e).__name__])[-1].split(". ")[0][:300]  # (no advice)
-        raise ValueError(f"{path}: unreadable training checkpoint ({cause})") from None
-    finally:
-        quiet.setLevel(level)

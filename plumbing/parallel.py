@@ -137,6 +137,10 @@ class Ranks:
     active: object = None     # the leader's Lockstep, until it is released
 
     @property
+    def world(self) -> int:   # all ranks of the run
+        return self.tp * self.n_replicas
+
+    @property
     def leader(self) -> bool:  # runs the loop and writes the results for its replica
         return self.rank % self.tp == 0
 

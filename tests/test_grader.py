@@ -200,12 +200,6 @@ def test_written_forms_through_grade():
     assert not G.grade("\\boxed{x \\le 5}", "x<5", "math")[1]
 
 
-@pytest.mark.parametrize("rule", G.RULES, ids=lambda rule: rule["name"])
-def test_normalisation_rule_does_what_its_example_says(rule):
-    example, want = rule["example"]
-    assert G._apply(rule, example) == want
-
-
 @pytest.mark.parametrize("pred,ref", EQUAL)
 def test_equal(pred, ref):
     assert G.is_equiv(pred, ref)

@@ -87,6 +87,7 @@ def worker(work):
     import sandbox
     import test_infer
     import train
+    from plumbing.memory_plan import plan_args
     ranks = P.init_ranks(2)                       # one replica of 2 ranks: tensor parallelism
     rank, group, seen = ranks.rank, ranks.tp_group, {}
 
@@ -101,8 +102,9 @@ def worker(work):
         load = lambda: forward(M.load_pretrained(work / f"big-{layout}", tp_group=group), ids)
         seen[f"rss_tp_{layout}"] = peak_rss_growth(load)[1]
     cfg = train.TrainConfig(init=str(work / "big-hf"), seed=0)
-    tok = types.SimpleNamespace(vocab_size=4000)    # all build_model needs of a tokenizer
-    build = lambda: train.build_model(cfg, tok, torch.device("cpu"), 2, lambda msg: None)
+    tok = types.SimpleNamespace(vocab_size=4000)    # all plan_args needs of a tokenizer
+    args = plan_args(cfg, tok)
+    build = lambda: train.build_model(cfg, args, torch.device("cpu"), 2, False, lambda msg: None)
     seen["rss_fsdp"] = peak_rss_growth(build)[1]
 
     # 2. logits and greedy continuations under TP=2, HF and Meta (2 shards: one file per rank)

@@ -21,10 +21,13 @@ def source(name):
 # Who may import whom: a module imports only modules of LOWER layers (imports inside functions too).
 P = SUPPORT + "."
 LAYERS = [
-    [P + "storage", P + "pretty", P + "parallel", P + "latex_sympy", P + "server_client"],
-    [P + "checkpoint", "tokenizer", P + "notebook", P + "html_views", P + "authors_grader"],
-    ["model", "sandbox", "grader", P + "tiny_report"],
-    ["lce_data"],
+    [P + "storage", P + "pretty", P + "parallel", P + "latex_sympy", P + "server_client",
+     P + "cli"],
+    [P + "checkpoint", "tokenizer", P + "notebook", P + "html_views", P + "authors_grader",
+     P + "answer_forms"],
+    ["model", "sandbox", P + "normalisation", P + "train_log", P + "tiny_report"],
+    ["lce_data", "grader", P + "memory_plan", P + "train_checkpoint"],
+    [P + "train_checks"],
     ["train", "infer"],
     ["eval", P + "replay", P + "teacher"],
     ["recipe"],

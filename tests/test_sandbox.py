@@ -450,9 +450,11 @@ def run_in_private_checkout(tmp_path, source, modes):
     private.mkdir(mode=0o700)
     repo = private / "repo"
     repo.mkdir()
-    for name in os.listdir(source):
-        if name.endswith(".py"):
-            shutil.copy(os.path.join(source, name), repo)
+    for folder in ("", "plumbing"):  # the modules, and those one folder down
+        os.makedirs(repo / folder, exist_ok=True)
+        for name in os.listdir(os.path.join(source, folder)):
+            if name.endswith(".py"):
+                shutil.copy(os.path.join(source, folder, name), repo / folder)
     venv = private / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     # Instead of installing numpy and sympy again (minutes), the venv's site-packages is a symlink
@@ -506,6 +508,8 @@ def test_reference_answers_and_private_files_cannot_be_read(guarded, tmp_path):
             assert not out.startswith("0 "), (path, out)
         # What is left of the project: the worker's own files only; no home directories.
         assert sb.run(f"import os\nsorted(os.listdir({REPO!r}))") == str(checkout_as_seen())
+        down = sorted(f.split("/")[1] for f in sandbox.WORKER_FILES if "/" in f)
+        assert sb.run(f"sorted(os.listdir({REPO + '/plumbing'!r}))") == str(down)
         assert sb.run("os.path.exists('/home'), os.path.exists('/etc')") == "(False, False)"
 
 
@@ -513,7 +517,7 @@ def checkout_as_seen():
     """What the sandbox may see of the checkout: the worker's files, and the top folder of a
     virtual environment made inside it (as the README's quick start makes .venv), which the
     interpreter needs."""
-    seen = set(sandbox.WORKER_FILES)
+    seen = {name.split("/")[0] for name in sandbox.WORKER_FILES}  # plumbing/notebook.py: plumbing
     prefix = os.path.relpath(os.path.realpath(sys.prefix), os.path.realpath(REPO))
     if not prefix.startswith(os.pardir):
         seen.add(prefix.split(os.sep)[0])

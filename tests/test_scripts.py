@@ -17,9 +17,16 @@ LIBRARIES = ["grader.py",                  # how an answer is graded, below eval
              "plumbing/storage.py",        # atomic writes and JSONL, used by every module
              "plumbing/checkpoint.py",     # checkpoint files, below model.py
              "plumbing/parallel.py",       # tensor parallelism and replicas
+             "plumbing/cli.py",            # a config dataclass as flags (train.py, infer.py)
+             "plumbing/memory_plan.py",    # GPU memory of a training step (train.py --plan)
+             "plumbing/train_checkpoint.py",  # train.py's sharded checkpoints, resume, export
+             "plumbing/train_log.py",      # what train.py reports: log.jsonl, progress, summary
+             "plumbing/train_checks.py",   # train.py's flags checked before anything is built
              "plumbing/server_client.py",  # HTTP to OpenAI-compatible servers
              "plumbing/authors_grader.py",  # the authors' grader, rewritten: below grader.py
              "plumbing/latex_sympy.py",     # LaTeX -> SymPy under a time limit: below both graders
+             "plumbing/normalisation.py",   # an answer's canonical string: below grader.py
+             "plumbing/answer_forms.py",    # tuples, sets, relations, intervals: below grader.py
              "plumbing/teacher.py"]         # recipe.py's teacher behind a server, its command line
 
 

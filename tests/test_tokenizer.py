@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tokenizer import SPECIAL_TOKENS, Tokenizer, train_sentencepiece
+from tokenizer import SPECIAL_RE, SPECIAL_TOKENS, Tokenizer, train_sentencepiece
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "tokenizer")
 MODEL = os.path.join(FIX, "llama2-tokenizer.model")
@@ -62,6 +62,17 @@ def test_lookalikes_are_text(tok):
     assert ids == tok.sentencepiece.encode(text)           # exactly plain SentencePiece
     # a special string inside a longer look-alike is still split out
     assert 32003 in tok.encode("<<|text|>>")
+
+
+def test_special_re_splits_out_the_eight_strings_only():
+    """The one regex for the special strings (the grader and the terminal renderer split with it):
+    separators kept, every marker at an odd index, look-alikes left in the text."""
+    text = "<|system|>S<|user|>Q<|assistant|><|text|>a <|token|><|code|>b<|endofblock|>" \
+           "<|execution|><|text| c<|endofmessage|>"
+    assert SPECIAL_RE.split(text) == [
+        "", "<|system|>", "S", "<|user|>", "Q", "<|assistant|>", "", "<|text|>", "a <|token|>",
+        "<|code|>", "b", "<|endofblock|>", "", "<|execution|>", "<|text| c", "<|endofmessage|>", ""]
+    assert sorted(SPECIAL_RE.findall("".join(SPECIAL_TOKENS))) == sorted(SPECIAL_TOKENS)
 
 
 def test_decode_ignores_ids_past_vocab(tok):

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from plumbing import checkpoint
+from plumbing import checkpoint, memory_plan, storage, train_checkpoint, train_log
 import lce_data
 import train
 from model import ModelArgs, Transformer
@@ -105,7 +105,7 @@ def run_and_kill(launcher, args, after_step, check=False):
 def checkpoints(out):
     """{step: folder} of the complete checkpoints in OUT."""
     return {json.loads((p / "done.json").read_text())["step"]: p
-            for p in checkpoint.complete_checkpoints(Path(out) / "checkpoints")}
+            for p in train_checkpoint.complete_checkpoints(Path(out) / "checkpoints")}
 
 
 def load_weights(folder, model):
@@ -426,6 +426,19 @@ def test_export_loads_and_matches_checkpoint(tiny, full_run):
     assert loaded.tok_embeddings.weight.shape[0] == tok.vocab_size
 
 
+def test_every_config_field_is_a_flag():
+    """TrainConfig's fields are train.py's flags (plumbing/cli.py, which infer.py's GenConfig uses
+    too), with TrainConfig's defaults: a config written out as flags parses back to itself
+    (switches, int | None, str | None, floats), and a flag of the wrong type is refused."""
+    assert train.parse_args([]) == train.TrainConfig()
+    cfg = train.TrainConfig(data="d.jsonl", out="o", tokenizer="t.model", n_kv_heads=2,
+                            warmup_steps=0, lr=3e-4, pack=True, resume=True, precision="bf16",
+                            max_steps=7, timeout_minutes=2.5)
+    assert train.parse_args(cli(cfg)) == cfg
+    with pytest.raises(SystemExit):
+        train.parse_args(["--max-steps", "seven"])
+
+
 def test_bad_input_fails_before_model(tiny, tmp_path, monkeypatch):
     d, tok = tiny
     monkeypatch.setattr(train, "build_model",
@@ -511,9 +524,8 @@ def test_fsdp_bf16_keeps_rotary_tables_fp32(tiny, tmp_path, monkeypatch):
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
         cfg = config(d, tok, "x", precision="bf16")
-        model, bf16 = train.build_model(cfg, Tokenizer(str(tok)), torch.device("cpu"), 1,
-                                        lambda msg: None)
-        assert bf16
+        args = memory_plan.plan_args(cfg, Tokenizer(str(tok)))
+        model = train.build_model(cfg, args, torch.device("cpu"), 1, True, lambda msg: None)
         model(torch.tensor([[1, 5, 9, 4]]))
     finally:
         dist.destroy_process_group()
@@ -541,7 +553,7 @@ def _plan_and_peak(checkpointing):
         opt.zero_grad(set_to_none=True)
     step()                        # Adam's moments now exist; the grads are freed
     growth = max(peak_rss_growth(step) for _ in range(2))
-    plan = train.memory_plan(args, 1, B, T, bf16=False, sharded=False)
+    plan = memory_plan.memory_plan(args, 1, B, T, bf16=False, sharded=False)
     acts = plan["activations_checkpointed" if checkpointing else "activations"]
     return (plan["grads"] + acts + plan["logits"]) * 1e9, growth
 
@@ -582,15 +594,15 @@ def test_plan_flags_70b_on_32_gpus_without_checkpointing():
     assert "68.98B parameters on 32 GPU(s)" in p.stdout
     assert "turning activation checkpointing on" in p.stdout, p.stdout
     args = ModelArgs(**fields)
-    plan = train.memory_plan(args, 32, 4, 2048, bf16=True)
+    plan = memory_plan.memory_plan(args, 32, 4, 2048, bf16=True)
     sharded = plan["params"] + plan["grads"] + plan["optimizer"]
     assert 16 * 68.98e9 / 32 / 1e9 == pytest.approx(sharded, rel=1e-3)
     assert plan["total"] > 0.9 * 80 > plan["total_checkpointed"]
     with pytest.raises(ValueError, match="does not fit.*--micro-batch-size 4 --grad-checkpoint on "
                                          "32 GPUs fits"):
-        train.plan_verdict(train.memory_plan(args, 16, 4, 2048, bf16=True), 80, False,
-                           train.TrainConfig(micro_batch_size=4, seq_len=2048, batch_size=128),
-                           args, True)
+        memory_plan.plan_verdict(memory_plan.memory_plan(args, 16, 4, 2048, bf16=True), 80,
+                                 False, train.TrainConfig(micro_batch_size=4, seq_len=2048,
+                                                          batch_size=128), args, True)
 
 
 def peak_rss_growth(fn):
@@ -610,33 +622,33 @@ if __name__ == "__main__":
     rank = int(os.environ.get("RANK", 0))
     if mode.startswith("save:"):
         kill_in = int(mode.split(":")[1])
-        publish = checkpoint.publish
+        publish = train_checkpoint.publish
 
         def publish_or_die(tmp, final):
             if rank == 0 and final.name == f"step-{kill_in:06d}":
                 os.kill(os.getpid(), signal.SIGKILL)
             publish(tmp, final)
-        checkpoint.publish = publish_or_die
+        train_checkpoint.publish = publish_or_die
     elif mode.startswith("rss:"):
         save, seen = train.save_checkpoint, []
 
-        def measured_save(cfg, model, opt, *args):
+        def measured_save(folder, model, opt, *args):
             moments = [v for s in opt.state.values() for v in s.values()]
             local = [t.to_local() if hasattr(t, "to_local") else t
                      for t in [*model.state_dict().values(), *moments]]
             shard = sum(t.numel() * t.element_size() for t in local if t.dim() > 0)
             largest = max(p.numel() * p.element_size() for p in model.parameters())  # global
-            growth = peak_rss_growth(lambda: save(cfg, model, opt, *args))
+            growth = peak_rss_growth(lambda: save(folder, model, opt, *args))
             seen.append([growth, shard, largest])
-            train.write_json(os.path.join(cfg.out, f"rss.rank{rank}.json"), seen)
+            storage.write_json(Path(folder).parent / f"rss.rank{rank}.json", seen)
         train.save_checkpoint = measured_save
     else:
         kill_after = int(mode)
-        append_jsonl = train.append_jsonl
+        append_jsonl = train_log.append_jsonl
 
         def append_then_die(f, record):
             append_jsonl(f, record)
             if record["step"] == kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
-        train.append_jsonl = append_then_die
+        train_log.append_jsonl = append_then_die
     train.main(sys.argv[1:])
