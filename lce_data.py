@@ -9,7 +9,7 @@ Execution output:
     <|endofmessage|><|assistant|><|text|>...<|endofblock|><|code|>...<|endofblock|><|execution|>...
     <|endofblock|><|text|>... \\boxed{42}<|endofblock|><|endofmessage|>
 
-§3 of the paper: the loss is on what the model must learn to WRITE: the assistant's text and code
+The loss (docs/method.md §3) is on what the model must learn to WRITE: the assistant's text and code
 blocks (their opening token and <|endofblock|> included) and the final <|endofmessage|>. The system
 and user messages and every execution block (written by the interpreter at inference time) get
 label -100 (IGNORE).
@@ -21,7 +21,7 @@ plumbing/replay.py use it too).
     python lce_data.py stats data.jsonl --tokenizer tok.model    # records, tokens, loss, lengths
     python lce_data.py show data.jsonl --index 3 --html conv.html  # the loss mask, token by token
 """
-import argparse, bisect, json, os, re, sys, time
+import argparse, bisect, json, os, re, sys
 from collections import Counter
 
 from plumbing import html_views
@@ -311,43 +311,6 @@ def parse_assistant(solution: str) -> list[tuple[str, str]]:
     """'<|text|>a<|endofblock|><|code|>b<|endofblock|>...' -> [("text", "a"), ("code", "b"),
     ...]."""
     return re.findall(r"<\|(text|code|execution)\|>(.*?)<\|endofblock\|>", solution, flags=re.S)
-
-
-# --------------------------------------------------------------------------------------------------
-# LCE solutions of synthetic problems (recipe.py's easy and hard families, for the tiny run): the
-# arithmetic is hard to do "in the head", but the code is trivial: exactly where MathCoder's idea
-# pays off.
-def synthetic_records(problems, sandbox=None, run_code=None, progress=False,
-                      system=DEFAULT_SYSTEM) -> list[dict]:
-    """LCE solutions of problems {"id", "question", "answer", "code"} (recipe.family_problems):
-    text, code, execution (the code's real output in the sandbox), final text with \\boxed{}.
-    Short and regular, so a tiny model can learn them in minutes. run_code(code) -> str may replace
-    the sandbox (tests); with neither, a sandbox.Sandbox is opened here."""
-    if run_code is None:
-        if sandbox is None:     # open one for this call (lazy import: only needed to build data)
-            from sandbox import Sandbox
-            with Sandbox() as sb:
-                return synthetic_records(problems, sb, progress=progress, system=system)
-
-        def run_code(code):
-            sandbox.reset()                   # each problem starts from a fresh interpreter state
-            return sandbox.run(code)
-    out = []
-    t0 = time.time()
-    for i, p in enumerate(problems):
-        output = run_code(p["code"])
-        if output.strip() != p["answer"]:
-            raise RuntimeError(f"problem {p['id']}: code printed {output!r}, "
-                               f"expected {p['answer']}")
-        blocks = [("text", "Let's compute it with Python."), ("code", p["code"]),
-                  ("execution", output), ("text", f"The answer is \\boxed{{{output.strip()}}}.")]
-        out.append(make_record(p["question"], blocks, system=system, answer=p["answer"],
-                               id=p["id"]))
-        if progress and ((i + 1) % 200 == 0 or i + 1 == len(problems)):
-            rate = (i + 1) / (time.time() - t0)
-            print(f"synth: {i + 1}/{len(problems)} problems, {rate:.0f}/s, "
-                  f"ETA {(len(problems) - i - 1) / rate:.0f}s", file=sys.stderr)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -4,22 +4,24 @@ MathCoder in miniature: the whole method, start to finish, on a laptop CPU in ab
     python tiny_run.py                 # writes everything under out/tiny/ and prints the tables
 
 Every stage is the project's real code, only smaller:
-  1. data       D0, the seed data, in two families as GSM8K and MATH are in the paper (§2;
-                recipe.family_split): word problems, easy (no change to a count, or one change
+  1. data       D0, the seed data, in two families as GSM8K and MATH are in D0 (docs/method.md
+                §2; recipe.family_split): word problems, easy (no change to a count, or one change
                 and "how many now?") and hard (two or three changes), whose arithmetic is hard to
-                do "in the head" (multi-digit products, remainders) but whose code is trivial; each
-                LCE solution's execution block is the real output of its code run in sandbox.py.
+                do "in the head" (multi-digit products, remainders) but whose code is trivial.
+                recipe.synthetic_records stands in for GPT-4 Code Interpreter: each LCE solution's
+                execution block is the real output of its code run in sandbox.py.
   2. tokenizer  tokenizer.train_sentencepiece: a small Llama-style BPE model + the 8 LCE tokens.
   3. train      train.train: a small Llama from scratch, masked loss (no loss on execution blocks,
-                §3). Trained on D0 only, it is the paper's MathCoder-Initial.
+                docs/method.md §3). Trained on D0 only, it is the paper's MathCoder-Initial.
   4. solve      infer.solve: generate, execute, continue, on held-out problems of both families (no
                 question is shared with the training set); then again with execution withheld, so
                 the model must write its own <|execution|> numbers.
   5. grade      eval.run_loop: results.jsonl per mode, graded with grader.py's SymPy equivalence.
-  6. ablation   with --ablation (about 5 minutes more), the paper's ablation: the same recipe with
-                loss on execution output too, so the model learns to predict the numbers itself;
-                graded with and without real execution. Its "without" row is arithmetic in its head.
-  7. recipe     how the paper built the rest of its data (§2; skip with --no-recipe). Problem
+  6. ablation   with --ablation (about 5 minutes more), the paper's ablation (docs/method.md §3):
+                the same recipe with loss on execution output too, so the model learns to predict
+                the numbers itself; graded with and without real execution. Its "without" row is
+                arithmetic in its head.
+  7. recipe     how the paper built D1 (docs/method.md §2; skip with --no-recipe). Problem
                 interpolation: recipe.synthetic_interpolator, a program standing in for GPT-4, reads
                 the paper's prompt holding one easy and one hard D0 problem and writes one between
                 them (one change, then a grouping question: a shape no D0 problem has).
@@ -41,27 +43,25 @@ all of it, and OUT/<mode>/report.html every problem (open them in a browser).
 import argparse
 import os
 import random
-import shutil
 import sys
 import time
 
 import torch
 
 import eval as evaluation
-from plumbing import html_views
 import lce_data
 import recipe
-from plumbing import storage
 from grader import grade, is_equiv
 from infer import GenConfig, solve
 from model import Transformer
 from sandbox import Sandbox
 from tokenizer import Tokenizer, train_sentencepiece
 from train import TrainConfig, train
+from plumbing import storage
+from plumbing.tiny_report import fresh_dir, stage, write_report
 
 SYSTEM = ""   # the authors' script defaults to an empty system text (docs/method.md §4; their
               # numbers used the standard one): every token saved is CPU time saved here
-MARKER = ".tiny_run"   # OUT is wiped at the start only if this file says tiny_run.py made it
 D0_SHARE = 49 / 80     # MathCodeInstruct: about 49k solutions from D0 and 31k from D1 (recalled)
 FIELDS = ("id", "question", "answer", "template", "family")   # of a held-out problem
 
@@ -104,34 +104,13 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def fresh_dir(out):
-    """Running twice reuses nothing stale: wipe OUT, but only if it is empty or we made it."""
-    if os.path.isdir(out) and os.listdir(out):
-        if not os.path.isfile(os.path.join(out, MARKER)):
-            sys.exit(f"error: {out} exists and was not made by tiny_run.py; choose another --out")
-        shutil.rmtree(out)
-    os.makedirs(out)
-    open(os.path.join(out, MARKER), "w").close()
-
-
-def stage(name, times):
-    """Print the stage's title; returns done(), which prints and records its wall seconds."""
-    print(f"\n== {name}", flush=True)
-    t0 = time.time()
-
-    def done():
-        times[name.split(":")[0]] = round(time.time() - t0, 1)
-        print(f"   {time.time() - t0:.1f}s", flush=True)
-    return done
-
-
 # ------------------------------------------------------------------------------ stages 1 to 6
 def make_data(train_p, test_p, data):
     """Stage 1: LCE solutions of the training problems, whose execution blocks come from the
     sandbox, in data/train.jsonl; the held-out problems in data/test.jsonl; the text for the
     tokenizer in data/corpus.txt. Returns (train.jsonl, corpus.txt)."""
     with Sandbox() as sb:
-        records = lce_data.synthetic_records(train_p, sandbox=sb, system=SYSTEM)
+        records = recipe.synthetic_records(train_p, sandbox=sb, system=SYSTEM)
     storage.write_jsonl(os.path.join(data, "train.jsonl"), records)
     storage.write_jsonl(os.path.join(data, "test.jsonl"),
                         [{k: p[k] for k in FIELDS if k in p} for p in test_p])
@@ -190,10 +169,10 @@ def solve_and_grade(args, ckpt, tests, name, execute):
 
 # ------------------------------------------------------------------ stage 7: the data recipe
 def interpolate(args, train_p, test_p):
-    """Problem interpolation (§2): D1's new problems from pairs of D0 problems; the held-out
-    intermediate problems the same way from the held-out seed problems, leaving out any question
-    D1 holds. Returns (D1's questions, the held-out problems, the generator's key: question ->
-    problem with its answer, which D1's construction never reads)."""
+    """Problem interpolation (docs/method.md §2): D1's new problems from pairs of D0 problems;
+    the held-out intermediate problems the same way from the held-out seed problems, leaving out
+    any question D1 holds. Returns (D1's questions, the held-out problems, the generator's key:
+    question -> problem with its answer, which D1's construction never reads)."""
     generate, key = recipe.synthetic_interpolator(train_p + test_p)
 
     def new_problems(problems, n, seed):    # Example 1: an easy problem (GSM8K), 2: a hard one
@@ -273,12 +252,12 @@ def data_recipe(args, times, initial, d0_path, train_p, test_p, initial_seed):
     of stage 3 (`initial`, trained on D0 = `d0_path`); it and the final model are graded on
     held-out intermediate problems, and the final model on stage 4's held-out seed problems too
     (`initial_seed`: MathCoder-Initial's grades there)."""
-    done = stage("7a. interpolation: a stand-in for GPT-4 writes problems between easy and hard",
-                 times)
+    done = stage("7a. problem interpolation: a stand-in for GPT-4 writes problems between easy "
+                 "and hard", times)
     questions, tests, key = interpolate(args, train_p, test_p)
     done()
-    done = stage(f"7b. self-distillation: MathCoder-Initial samples {args.samples} solutions "
-                 "of each new problem", times)
+    done = stage(f"7b. self-distillation into D1: MathCoder-Initial samples {args.samples} "
+                 "solutions of each new problem", times)
     d1, stats, samples = self_distillation(args, initial, questions)
     scored = distillation_precision(args, questions, d1, samples, key)
     print(f"precision: {scored['kept_right']}/{scored['kept']} kept solutions are right; "
@@ -287,14 +266,14 @@ def data_recipe(args, times, initial, d0_path, train_p, test_p, initial_seed):
     # The paper trained its released models from the base model on D0 + D1. Here the final model
     # continues from MathCoder-Initial (which has learnt D0) for fewer steps, on D1 and a sample
     # of D0 in the paper's proportion: training from scratch again would double the time.
-    done = stage("7c. final model: continues from MathCoder-Initial on D0 + D1", times)
+    done = stage("7c. training the final model: from MathCoder-Initial, on D0 + D1", times)
     data, n_d0 = d0_and_d1(args, d0_path, d1, tests + test_p)
     final = train_model(args, data, os.path.join("recipe", "train_final"), init=initial,
                         steps=args.recipe_steps, lr=args.recipe_lr)
     done()
     models = [("initial", initial), ("final", final)]
     if args.control:   # the same continuation without D1: is the gain D1's or more training's?
-        done = stage("7c'. control: the same continuation on D0 alone", times)
+        done = stage("7c'. training the control: the same continuation on D0 alone", times)
         d0 = lce_data.read_jsonl_records(d0_path)
         control_data = os.path.join(args.out, "recipe", "d0_only.jsonl")
         storage.write_jsonl(control_data, random.Random(args.seed + 1).sample(
@@ -304,8 +283,8 @@ def data_recipe(args, times, initial, d0_path, train_p, test_p, initial_seed):
                                                init=initial, steps=args.recipe_steps,
                                                lr=args.recipe_lr)))
         done()
-    done = stage("7d. grade: both models on held-out intermediate problems, the final one on the "
-                 "seed problems too", times)
+    done = stage("7d. grading MathCoder-Initial and the final model: on held-out intermediate "
+                 "problems, the final one on the seed problems too", times)
     graded = {name: solve_and_grade(args, model, tests, os.path.join("recipe", name), True)
               for name, model in models}
     seed_tests = [{k: p[k] for k in FIELDS} for p in test_p]
@@ -332,44 +311,6 @@ def data_recipe(args, times, initial, d0_path, train_p, test_p, initial_seed):
                               for family in ("easy", "hard")}}
 
 
-# ---------------------------------------------------------------------------------- the tables
-def tables(results) -> str:
-    pct = lambda x: f"{100 * x:.1f}%"   # noqa: E731
-    lines = ["| model | execution | accuracy | correct / n |", "|---|---|---|---|"]
-    for name, r in results.items():
-        if name.endswith("execution"):
-            trained = "loss on execution too" if name.startswith("loss_on") else "masked (paper)"
-            how = "withheld: model writes it" if name.endswith("without_execution") \
-                else "real (sandbox)"
-            lines.append(f"| {trained} | {how} | {pct(r['accuracy'])} | "
-                         f"{r['correct']} / {r['n']} |")
-    if "data_recipe" in results:
-        r = results["data_recipe"]
-        d1 = r["d1"]
-        sd = r["self_distillation"]
-        seed = r["seed_families"]
-        lines += ["", f"Data recipe (§2): {d1['generated']} interpolated problems, "
-                  f"{d1['samples_per_problem']} samples each at temperature {d1['temperature']}; "
-                  f"D1 keeps {d1['kept']} (rejected: {d1['rejected_disagree']} disagree, "
-                  f"{d1['unfinished']} unfinished, {d1['no_answer']} without an answer). "
-                  f"Self-distillation precision {pct(sd['precision'])} ({sd['kept_right']} / "
-                  f"{sd['kept']} kept solutions right) vs {pct(sd['unfiltered_accuracy'])} of all "
-                  f"{sd['samples']} samples.", "",
-                  "| model | trained on | held-out intermediate | seed problems: easy | hard |",
-                  "|---|---|---|---|---|",
-                  f"| MathCoder-Initial | D0 | {pct(r['initial_accuracy'])} "
-                  f"({r['initial_correct']} / {r['n_test']}) | "
-                  f"{pct(seed['initial_accuracy_easy'])} | {pct(seed['initial_accuracy_hard'])} |",
-                  f"| final | D0 + D1 | {pct(r['final_accuracy'])} ({r['final_correct']} / "
-                  f"{r['n_test']}) | {pct(seed['final_accuracy_easy'])} | "
-                  f"{pct(seed['final_accuracy_hard'])} |"]
-        if "control_accuracy" in r:
-            lines.append(f"| control: the final model's steps on D0 alone | D0 | "
-                         f"{pct(r['control_accuracy'])} ({r['control_correct']} / "
-                         f"{r['n_test']}) | | |")
-    return "\n".join(lines)
-
-
 def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
@@ -377,7 +318,8 @@ def main(argv=None):
     times = {}
     fresh_dir(args.out)
 
-    done = stage("1. data: D0, easy and hard problems, solutions executed in the sandbox", times)
+    done = stage("1. D0, the seed data: easy and hard problems, solutions run in the sandbox",
+                 times)
     train_p, test_p = recipe.family_split(args.n_train, args.n_test, seed=args.seed)
     data, corpus = make_data(train_p, test_p, os.path.join(args.out, "data"))
     done()
@@ -387,20 +329,20 @@ def main(argv=None):
     print(f"{tok_path}, {Tokenizer(tok_path).vocab_size} ids")
     done()
 
-    done = stage("3. train: MathCoder-Initial, masked loss, no loss on execution blocks (§3)",
-                 times)
+    done = stage("3. training MathCoder-Initial: on D0, no loss on execution blocks "
+                 "(docs/method.md §3)", times)
     ckpt = train_model(args, data, "train", tok_path)
     done()
 
     tests = [{k: p[k] for k in FIELDS} for p in test_p]
     results = {}
     for name, execute in (("with_execution", True), ("without_execution", False)):
-        done = stage(f"4-5. solve + grade, {name.replace('_', ' ')}", times)
+        done = stage(f"4-5. solving + grading, {name.replace('_', ' ')}", times)
         results[name] = solve_and_grade(args, ckpt, tests, name, execute)
         done()
 
     if args.ablation:
-        done = stage("6. ablation: train with loss on execution output too", times)
+        done = stage("6. ablation: training with loss on execution output too", times)
         ckpt_ab = train_model(args, data, "train_loss_on_execution", tok_path,
                               train_on_execution=True)
         for name, execute in (("loss_on_execution_with_execution", True),
@@ -414,10 +356,7 @@ def main(argv=None):
 
     results["seconds"] = round(time.time() - t_all, 1)
     results["stage_seconds"] = times
-    table = tables(results)
-    storage.write_json(os.path.join(args.out, "summary.json"), results)
-    storage.atomic_write(os.path.join(args.out, "summary.md"), table + "\n")
-    storage.atomic_write(os.path.join(args.out, "report.html"), html_views.tiny_run_page(args.out))
+    table = write_report(args.out, results)   # summary.json, summary.md, report.html
     print(f"\n== result on {args.n_test} held-out problems ({results['seconds']:.0f}s in all)\n"
           f"{table}")
     print(f"\nEach stage's output is under {args.out}/ (summary.json, */results.jsonl, "

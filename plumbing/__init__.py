@@ -28,6 +28,8 @@ Looking, checking, measuring, serving
   replay             the authors' released solutions rerun through our sandbox
   server_client      HTTP to an OpenAI-compatible server (a teacher, a served checkpoint)
   serving            infer.py's loop driven through such a server instead of a local model
+  teacher            recipe.py's teacher behind a server: tool calls, resumable runs, its flags
+  tiny_report        tiny_run.py's folder, stage times, tables (summary.md) and page (report.html)
   bench              the benchmarks behind BENCHMARKS.md
 
 Scripts here run from the repo root as modules: `python -m plumbing.bench decode`.

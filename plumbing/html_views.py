@@ -8,7 +8,7 @@ so every other module may use it:
     python lce_data.py show FILE --index 0 --html conv.html   # the loss mask, token by token
     python eval.py report RUN_DIR                 # RUN_DIR/report.html: every problem, each block
     python -m plumbing.html_views loss OUT/log.jsonl  # OUT/loss.svg: loss and learning rate a step
-    python -m plumbing.html_views tiny out/tiny  # out/tiny/report.html (tiny_run.py writes it too)
+    python -m plumbing.tiny_report out/tiny       # out/tiny/report.html (tiny_run.py writes it too)
 
 Every piece of model or data text goes through esc(): solutions contain '<', '&', '</script>'. The
 scripts read only the page's own elements (no data inside <script>), so text cannot become code.
@@ -20,7 +20,7 @@ import os
 import re
 import sys
 
-from plumbing.storage import atomic_write, read_json, read_jsonl
+from plumbing.storage import atomic_write, read_jsonl
 
 # the background of each part of a conversation (token view) and of each solution block
 BLOCK_COLOURS = {"system": "#e6e0f3", "user": "#d9ebfb", "text": "#dcf2dc", "code": "#fdebc8",
@@ -453,174 +453,6 @@ def report_page(title, rows, summary=None, paper=(), note="") -> str:
     return page(title, "\n".join(parts), REPORT_JS)
 
 
-# -------------------------------------------------------------------------------------------------
-# tiny_run.py's page: accuracy table, both models' loss curves, problems with and without execution
-def _tiny_mode(name):
-    """tiny_run's folder name -> (model, execution) in words."""
-    model = "loss on execution too" if name.startswith("loss_on_execution") else "masked (paper)"
-    how = "withheld: model writes it" if name.endswith("without_execution") else "real (sandbox)"
-    return model, how
-
-
-def _assistant_blocks(rec):
-    msgs = rec.get("messages") or []
-    turn = msgs[-1]["content"] if msgs and msgs[-1].get("role") == "assistant" else []
-    return [(b["type"], b["content"]) for b in turn]
-
-
-def _accuracy_cell(x, right=None, n=None) -> str:
-    if not isinstance(x, (int, float)):
-        return "<td></td><td></td>"
-    count = f" ({esc(right)} / {esc(n)})" if right is not None and n is not None else ""
-    return f"<td>{bar(x)}</td><td class=num>{pct(x)}{count}</td>"
-
-
-def recipe_html(r: dict) -> str:
-    """The paper's data-recipe claim (§2) as the tiny run measured it: MathCoder-Initial (trained
-    on D0) against the final model (D0 + D1) and, where it ran, the control (D0 alone, as many
-    steps), on held-out problems of the new intermediate shape and of each seed family; then
-    what self-distillation kept of D1 and how often the kept solutions were right."""
-    seed = r.get("seed_families", {})
-    rows = [("MathCoder-Initial", "D0", "initial"), ("final", "D0 + D1", "final")]
-    if "control_accuracy" in r:
-        rows.append(("control", "D0 alone, the final model's steps", "control"))
-    head = ("<table><tr><th>model</th><th>trained on</th><th colspan=2>held-out intermediate"
-            "</th><th colspan=2>seed problems: easy</th><th colspan=2>hard</th></tr>")
-    body = "".join(
-        f"<tr><td>{name}</td><td>{trained}</td>"
-        + _accuracy_cell(r.get(f"{key}_accuracy"), r.get(f"{key}_correct"), r.get("n_test"))
-        + _accuracy_cell(seed.get(f"{key}_accuracy_easy"))
-        + _accuracy_cell(seed.get(f"{key}_accuracy_hard")) + "</tr>"
-        for name, trained, key in rows)
-    parts = ["<h2>The data recipe: MathCoder-Initial, then the final model</h2>",
-             head + body + "</table>"]
-    d1 = r.get("d1", {})
-    if d1:
-        generated = d1.get("generated") or 0
-        counts = [("kept in D1: the samples agree", d1.get("kept")),
-                  ("dropped: the samples disagree", d1.get("rejected_disagree")),
-                  ("dropped: a sample did not finish", d1.get("unfinished")),
-                  ("dropped: a sample has no answer", d1.get("no_answer"))]
-        rows = "".join(f"<tr><td>{what}</td><td>{bar(n / generated if generated else 0)}</td>"
-                       f"<td class=num>{esc(n)}</td></tr>"
-                       for what, n in counts if n is not None)
-        parts.append(f"<h3>Self-distillation: {esc(generated)} new problems, "
-                     f"{esc(d1.get('samples_per_problem', '?'))} samples each at temperature "
-                     f"{esc(d1.get('temperature', '?'))}</h3><table>{rows}</table>")
-    sd = r.get("self_distillation", {})
-    if "precision" in sd:
-        kept = _accuracy_cell(sd["precision"], sd.get("kept_right"), sd.get("kept"))
-        every = _accuracy_cell(sd.get("unfiltered_accuracy"), sd.get("samples_right"),
-                               sd.get("samples"))
-        parts.append("<table><tr><th>solutions</th><th colspan=2>right (the reference answer is "
-                     "read only after D1 is built)</th></tr>"
-                     f"<tr><td>kept in D1</td>{kept}</tr>"
-                     f"<tr><td>every sample, unfiltered</td>{every}</tr></table>")
-    return "\n".join(parts)
-
-
-def stages_html(seconds: dict, whole=None) -> str:
-    """tiny_run's stage times: one row a stage, its title as printed by the run."""
-    total = sum(v for v in seconds.values() if isinstance(v, (int, float))) or 1
-    rows = "".join(f"<tr><td>{esc(title)}</td><td>{bar(s / total)}</td>"
-                   f"<td class=num>{s:.0f} s</td></tr>" for title, s in seconds.items()
-                   if isinstance(s, (int, float)))
-    took = f" (the whole run: {whole / 60:.0f} min)" if isinstance(whole, (int, float)) else ""
-    return f"<h2>Where the time went{took}</h2><table>{rows}</table>"
-
-
-def tiny_run_page(out_dir, n_examples=4) -> str:
-    """out/tiny/report.html from what tiny_run.py left in out_dir: summary.json (the graded modes
-    as a table, any other entry as it is), every */log.jsonl on one plot, a few held-out problems
-    solved with and without execution side by side, links to the per-run pages."""
-    def path(*names):
-        return os.path.join(out_dir, *names)
-
-    def load(*names):
-        return read_json(path(*names)) if os.path.isfile(path(*names)) else {}
-    parts = ["<h1>MathCoder in miniature: the tiny run</h1>",
-             '<p class="note">A small Llama trained from scratch on synthetic LCE solutions (text, '
-             "code, execution output) solves held-out problems with the generate-execute-continue "
-             "loop: once with real execution (its code runs in the sandbox and the output is fed "
-             "back), once with execution withheld (it must write the numbers itself). With "
-             "--ablation, a second model is the paper's ablation: trained with loss on the "
-             "execution output too. Below the table: the paper's data recipe (§2), run from "
-             "this model as MathCoder-Initial.</p>",
-             "<h2>Accuracy on the held-out problems</h2>",
-             "<table><tr><th>model</th><th>execution</th><th colspan=2>accuracy</th>"
-             "<th>right / n</th><th>every problem</th></tr>"]
-    others = []
-    summary = load("summary.json")
-    for name, graded in summary.items():
-        if not (isinstance(graded, dict) and {"accuracy", "n", "correct"} <= set(graded)):
-            others.append((name, graded))
-            continue
-        model, how = _tiny_mode(name)
-        link = (f'<a href="{esc(name)}/report.html" title="{esc(name)}/report.html">'
-                f"{esc(graded['n'])} problems</a>" if os.path.isfile(path(name, "report.html"))
-                else esc(name))
-        parts.append(f"<tr><td>{model}</td><td>{how}</td><td>{bar(graded['accuracy'])}</td>"
-                     f"<td class=num>{pct(graded['accuracy'])}</td><td class=num>"
-                     f"{esc(graded['correct'])} / {esc(graded['n'])}</td><td>{link}</td></tr>")
-    parts.append("</table>")
-    for name, value in others:
-        if name == "data_recipe" and isinstance(value, dict):
-            parts.append(recipe_html(value))
-        elif name == "stage_seconds" and isinstance(value, dict):
-            parts.append(stages_html(value, summary.get("seconds")))
-        elif name == "seconds":       # shown with the stage table where there is one
-            if "stage_seconds" not in summary:
-                parts.append(f"<p>The whole run took {value / 60:.0f} min.</p>")
-        else:                     # anything else tiny_run may add later: shown as it is
-            parts.append(f"<p>{esc(name)}: {esc(value)}</p>")
-    # the training curves: every folder with a log.jsonl, on one plot
-    series = []
-    links = []
-    for run in sorted(os.listdir(out_dir)) + [os.path.join("recipe", "train_final"),
-                                              os.path.join("recipe", "train_control")]:
-        if not os.path.isfile(path(run, "log.jsonl")):
-            continue
-        on_execution = load(run, "config.json").get("train_on_execution")
-        how = "loss on execution too" if on_execution else "masked"
-        log = read_jsonl(path(run, "log.jsonl"))
-        series.append((f"{run}/ ({how})", [(r["step"], r["loss"]) for r in log]))
-        if os.path.isfile(path(run, "loss.svg")):
-            links.append(f'<a href="{esc(run)}/loss.svg">{esc(run)}/loss.svg</a>')
-    if series:
-        parts.append("<h2>Training loss</h2>" + line_chart(
-            series, "optimizer step", "loss per loss-carrying token (nats)", log_y=True,
-            width=900) + '<p class="note">Each model\'s loss is averaged over its own '
-            "loss-carrying tokens: the masked model's over text and code, the other's over the "
-            "execution output too, whose digits it must guess."
-            + (" Loss and learning rate per run: " + ", ".join(links) if links else "") + "</p>")
-    # the same held-out problems, solved with and without execution
-    pairs = []
-    if all(os.path.isfile(path(mode, "results.jsonl"))
-           for mode in ("with_execution", "without_execution")):
-        without = {r["id"]: r for r in read_jsonl(path("without_execution", "results.jsonl"))}
-        both = [(r, without[r["id"]]) for r in read_jsonl(path("with_execution", "results.jsonl"))
-                if r["id"] in without]
-        # first the problems that execution turns from wrong into right, then the others
-        pairs = sorted(both, key=lambda pair: not (pair[0]["correct"] and not pair[1]["correct"]))
-    if pairs:
-        parts.append("<h2>The same problems with and without execution (masked model)</h2>")
-    for with_exec, without_exec in pairs[:n_examples]:
-        columns = "".join(
-            f"<div><b>{label}</b> &middot; answer <code>{esc(r.get('pred'))}</code> "
-            f"{verdict_html(r['correct'])}{blocks_html(_assistant_blocks(r))}</div>"
-            for label, r in (("real execution", with_exec), ("execution withheld", without_exec)))
-        parts.append(f'<details class="problem" open><summary><b class="mono">'
-                     f"{esc(with_exec['id'])}</b> &middot; {esc(with_exec['question'])} &middot; "
-                     f"reference <code>{esc(with_exec['reference'])}</code></summary>"
-                     f'<div class="side">{columns}</div></details>')
-    files = [f for f in ("summary.md", "summary.json", "data/train.jsonl", "data/test.jsonl",
-                         "recipe/d1.jsonl", "recipe/initial/report.html",
-                         "recipe/final/report.html") if os.path.isfile(path(f))]
-    parts.append("<h2>Files</h2><p>" + " &middot; ".join(f'<a href="{f}">{f}</a>' for f in files)
-                 + "</p>")
-    return page("MathCoder tiny run", "\n".join(parts))
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -628,17 +460,11 @@ def main(argv=None):
     loss = commands.add_parser("loss", help="loss.svg of a train.py log.jsonl (also mid-run)")
     loss.add_argument("log", help="OUT/log.jsonl")
     loss.add_argument("--out", help="the .svg to write (default: loss.svg beside the log)")
-    tiny = commands.add_parser("tiny", help="rebuild OUT/report.html of a tiny_run.py folder")
-    tiny.add_argument("out_dir")
     args = parser.parse_args(argv)
     try:
-        if args.cmd == "loss":
-            folder = os.path.dirname(os.path.abspath(args.log))
-            target = args.out or os.path.join(folder, "loss.svg")
-            write_loss_svg(args.log, target)
-        else:
-            target = os.path.join(args.out_dir, "report.html")
-            atomic_write(target, tiny_run_page(args.out_dir))
+        folder = os.path.dirname(os.path.abspath(args.log))
+        target = args.out or os.path.join(folder, "loss.svg")
+        write_loss_svg(args.log, target)
         print(target)
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")

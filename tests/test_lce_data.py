@@ -1,8 +1,6 @@
-"""lce_data.py: which tokens carry loss, batching/packing, validation, the authors' format,
-LCE records of synthetic problems."""
+"""lce_data.py: which tokens carry loss, batching/packing, validation, the authors' format."""
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -321,52 +319,6 @@ def test_debug_result_errors_name_the_field(mutate, match):
 def test_official_test_files_parse():
     recs = D.read_jsonl_records(os.path.join(ROOT, "data", "eval", "SVAMP_test_post.jsonl"))
     assert len(recs) == 1000 and all(len(r["messages"]) == 2 for r in recs)
-
-
-# ---- LCE records of synthetic problems -----------------------------------------------------------
-def _reference_outputs(codes):
-    """Run each snippet in a fresh namespace of a separate Python process; its stdout."""
-    script = ("import io, json, sys, contextlib\nouts = []\nfor c in json.load(sys.stdin):\n"
-              "    buf = io.StringIO()\n    with contextlib.redirect_stdout(buf):\n        exec(c, {})\n"
-              "    outs.append(buf.getvalue())\nprint(json.dumps(outs))")
-    r = subprocess.run([sys.executable, "-c", script], input=json.dumps(codes), capture_output=True,
-                       text=True, check=True)
-    return json.loads(r.stdout)
-
-
-# {"id", "question", "answer", "code"}, as recipe.family_problems writes them; answers by hand
-PROBLEMS = [
-    {"id": "p0", "question": "A factory fills 123 boxes with 45 bottles each. How many bottles?",
-     "code": "bottles = 123 * 45\nprint(bottles)", "answer": "5535"},
-    {"id": "p1", "question": "A farm has 9876 apples, packed into bags of 37. How many are left over?",
-     "code": "apples = 9876\nleft = apples % 37\nprint(left)", "answer": "34"},
-    {"id": "p2", "question": "A shop has 25 packs of 16 pens. 18 are sold and 7 more arrive. The "
-     "pens are bundled in sets of 9. How many full sets are there?",
-     "code": "pens = 25 * 16\npens = pens - 18\npens = pens + 7\nsets = pens // 9\nprint(sets)",
-     "answer": "43"},
-]
-
-
-def test_synthetic_records_execute_the_code(tok):
-    recs = D.synthetic_records(PROBLEMS)                    # the real sandbox
-    ref = _reference_outputs([p["code"] for p in PROBLEMS])
-    for p, r, out in zip(PROBLEMS, recs, ref):
-        blocks = [(b["type"], b["content"]) for b in D.normalize_record(r)["messages"][2]["content"]]
-        assert [t for t, _ in blocks] == ["text", "code", "execution", "text"]
-        assert blocks[1][1] == p["code"]
-        assert blocks[2][1].strip() == out.strip() == p["answer"]       # what the code really prints
-        assert blocks[3][1] == f"The answer is \\boxed{{{p['answer']}}}."
-        assert r["messages"][1]["content"][0]["content"] == p["question"]
-        ids, labels = D.encode_example(r, tok, 512)
-        assert len(ids) < 200
-    import grader as ev
-    assert all(ev.extract_answer(D.serialize(r)) == p["answer"] for r, p in zip(recs, PROBLEMS))
-
-
-def test_synthetic_records_refuse_code_that_prints_a_wrong_answer():
-    p = PROBLEMS[:1]
-    with pytest.raises(RuntimeError, match=rf"{p[0]['id']}: code printed '7\\n'"):
-        D.synthetic_records(p, run_code=lambda code: "7\n")
 
 
 def test_cli_help_and_stats():

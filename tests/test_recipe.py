@@ -1,12 +1,12 @@
-"""recipe.py: the paper's data recipe (§2): interpolation prompts, the self-distillation filter,
-the synthetic stand-in for GPT-4 that tiny_run.py uses, and the teacher behind an OpenAI-compatible
-server (a stub on 127.0.0.1 plays it: tests/test_server.py)."""
+"""recipe.py: the paper's data recipe (§2): D0 from a teacher behind an OpenAI-compatible server (a
+stub on 127.0.0.1 plays it: tests/test_server.py), interpolation prompts, the self-distillation
+filter, and the synthetic stand-ins for GPT-4 Code Interpreter and GPT-4 that tiny_run.py uses.
+The teacher's plumbing (errors, resuming, the cache of replies): tests/test_teacher.py."""
 import contextlib
 import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -16,8 +16,12 @@ import lce_data
 import recipe
 import sandbox
 from plumbing.server_client import Server
-from test_server import KEY, StubServer
+from plumbing.teacher import TeachConfig
+from test_server import StubServer
 from tokenizer import Tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIX = os.path.join(ROOT, "tests", "fixtures")
 
 
 def test_interpolation_prompts():
@@ -124,7 +128,7 @@ def test_family_problems_split_and_determinism():
 
 def test_family_problems_make_valid_lce_records():
     problems = recipe.family_problems(8, seed=2)
-    records = lce_data.synthetic_records(problems, run_code=_printed)
+    records = recipe.synthetic_records(problems, run_code=_printed)
     for p, r in zip(problems, records):
         blocks = [(b["type"], b["content"]) for b in r["messages"][2]["content"]]
         assert blocks[1] == ("code", p["code"]) and blocks[2][1].strip() == _printed(p["code"])
@@ -132,9 +136,55 @@ def test_family_problems_make_valid_lce_records():
 
 
 # --------------------------------------------------------------------------------------------------
+# The stand-in for GPT-4 Code Interpreter: LCE records of synthetic problems, run in the sandbox
+def _reference_outputs(codes):
+    """Run each snippet in a fresh namespace of a separate Python process; its stdout."""
+    script = ("import io, json, sys, contextlib\nouts = []\nfor c in json.load(sys.stdin):\n"
+              "    buf = io.StringIO()\n    with contextlib.redirect_stdout(buf):\n        exec(c, {})\n"
+              "    outs.append(buf.getvalue())\nprint(json.dumps(outs))")
+    r = subprocess.run([sys.executable, "-c", script], input=json.dumps(codes), capture_output=True,
+                       text=True, check=True)
+    return json.loads(r.stdout)
+
+
+# {"id", "question", "answer", "code"}, as recipe.family_problems writes them; answers by hand
+PROBLEMS = [
+    {"id": "p0", "question": "A factory fills 123 boxes with 45 bottles each. How many bottles?",
+     "code": "bottles = 123 * 45\nprint(bottles)", "answer": "5535"},
+    {"id": "p1", "question": "A farm has 9876 apples, packed into bags of 37. How many are left over?",
+     "code": "apples = 9876\nleft = apples % 37\nprint(left)", "answer": "34"},
+    {"id": "p2", "question": "A shop has 25 packs of 16 pens. 18 are sold and 7 more arrive. The "
+     "pens are bundled in sets of 9. How many full sets are there?",
+     "code": "pens = 25 * 16\npens = pens - 18\npens = pens + 7\nsets = pens // 9\nprint(sets)",
+     "answer": "43"},
+]
+
+
+def test_synthetic_records_execute_the_code():
+    tok = Tokenizer(os.path.join(FIX, "tokenizer", "llama2-tokenizer.model"))
+    recs = recipe.synthetic_records(PROBLEMS)                    # the real sandbox
+    ref = _reference_outputs([p["code"] for p in PROBLEMS])
+    for p, r, out in zip(PROBLEMS, recs, ref):
+        blocks = [(b["type"], b["content"]) for b in lce_data.normalize_record(r)["messages"][2]["content"]]
+        assert [t for t, _ in blocks] == ["text", "code", "execution", "text"]
+        assert blocks[1][1] == p["code"]
+        assert blocks[2][1].strip() == out.strip() == p["answer"]       # what the code really prints
+        assert blocks[3][1] == f"The answer is \\boxed{{{p['answer']}}}."
+        assert r["messages"][1]["content"][0]["content"] == p["question"]
+        ids, labels = lce_data.encode_example(r, tok, 512)
+        assert len(ids) < 200
+    import grader as ev
+    assert all(ev.extract_answer(lce_data.serialize(r)) == p["answer"] for r, p in zip(recs, PROBLEMS))
+
+
+def test_synthetic_records_refuse_code_that_prints_a_wrong_answer():
+    p = PROBLEMS[:1]
+    with pytest.raises(RuntimeError, match=rf"{p[0]['id']}: code printed '7\\n'"):
+        recipe.synthetic_records(p, run_code=lambda code: "7\n")
+
+
+# --------------------------------------------------------------------------------------------------
 # The teacher behind an OpenAI-compatible chat endpoint: a stub server on 127.0.0.1 plays it
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIX = os.path.join(ROOT, "tests", "fixtures")
 SQUARES = "A square has side 12. What area do three such squares cover?"
 
 
@@ -158,7 +208,7 @@ def reply(content=None, calls=(), finish=None):
                          "finish_reason": finish or ("tool_calls" if calls else "stop")}]}
 
 
-def teacher(scripts):
+def scripted_teacher(scripts):
     """respond() for StubServer: the problem is found by its question; scripts[question] is a
     function (number of tool results so far, the request body) -> (status, reply)."""
     def respond(path, body):
@@ -186,8 +236,8 @@ def fast(url):
 def test_a_teacher_transcript_with_two_tool_calls_becomes_the_lce_record(tmp_path, pool):
     problems = [{"id": "sq-1", "question": SQUARES, "answer": "432"}]
     out = tmp_path / "d0.jsonl"
-    with StubServer(teacher({SQUARES: squares_teacher})) as stub:
-        counts = recipe.teach(fast(stub.url), recipe.TeachConfig("teacher"), problems, out,
+    with StubServer(scripted_teacher({SQUARES: squares_teacher})) as stub:
+        counts = recipe.teach(fast(stub.url), TeachConfig("teacher"), problems, out,
                               pool=pool)
     assert counts == {"kept": 1, "wrong": 0, "unfinished": 0, "failed": 0, "skipped": 0,
                       "problems": 1}
@@ -244,24 +294,24 @@ def test_wrong_answers_are_dropped_and_counted_and_samples_retry_them(tmp_path, 
     scripts = {SQUARES: wrong_then_right,
                cut: lambda n, body: (200, reply("1, 2, 3, 4,", finish="length"))}
     out = tmp_path / "d0.jsonl"
-    with StubServer(teacher(scripts)) as stub:
-        counts = recipe.teach(fast(stub.url), recipe.TeachConfig("t"), problems, out, pool=pool)
+    with StubServer(scripted_teacher(scripts)) as stub:
+        counts = recipe.teach(fast(stub.url), TeachConfig("t"), problems, out, pool=pool)
         assert counts == {"kept": 0, "wrong": 1, "unfinished": 1, "failed": 0, "skipped": 0,
                           "problems": 2}
         assert not out.read_text()                  # nothing kept
         # resume: with one sample each, both problems have had theirs: no request at all
         n = len(stub.requests)
-        counts = recipe.teach(fast(stub.url), recipe.TeachConfig("t"), problems, out, pool=pool)
+        counts = recipe.teach(fast(stub.url), TeachConfig("t"), problems, out, pool=pool)
         assert counts["skipped"] == 2 and len(stub.requests) == n
         # --samples 2: a second attempt at each, drawn with another seed; the right one is kept
-        counts = recipe.teach(fast(stub.url), recipe.TeachConfig("t"), problems, out,
+        counts = recipe.teach(fast(stub.url), TeachConfig("t"), problems, out,
                               samples=2, pool=pool)
         assert counts == {"kept": 1, "wrong": 0, "unfinished": 1, "failed": 0, "skipped": 0,
                           "problems": 2}
         assert {body["seed"] for _, _, body in stub.requests[n:]} == {1}
         # resume: "w" is kept, "u" has had its 2 samples
         n = len(stub.requests)
-        counts = recipe.teach(fast(stub.url), recipe.TeachConfig("t"), problems, out,
+        counts = recipe.teach(fast(stub.url), TeachConfig("t"), problems, out,
                               samples=2, pool=pool)
         assert counts["skipped"] == 2 and len(stub.requests) == n
     [record] = lce_data.read_jsonl_records(str(out))
@@ -273,53 +323,8 @@ def test_wrong_answers_are_dropped_and_counted_and_samples_retry_them(tmp_path, 
                                                                          (1, "length")]
 
 
-def test_server_errors_are_retried_reported_in_one_line_and_left_for_the_next_run(
-        tmp_path, pool, capsys, monkeypatch):
-    monkeypatch.setenv("STUB_KEY", KEY)
-    down = "A problem the server fails on."
-    problems = [{"id": "sq", "question": SQUARES, "answer": "432"},
-                {"id": "down", "question": down, "answer": "1"}]
-    # the server echoes the key in its error, as some do; it must reach no file and no log line
-    scripts = {SQUARES: squares_teacher,
-               down: lambda n, body: (500, {"error": f"internal error (key {KEY})"})}
-    out = tmp_path / "d0.jsonl"
-    with StubServer(teacher(scripts)) as stub:
-        counts = recipe.teach(fast(stub.url), recipe.TeachConfig("t"), problems, out,
-                              concurrency=2, pool=pool)
-        failing = [body for _, _, body in stub.requests if body["messages"][1]["content"] == down]
-    assert counts == {"kept": 1, "wrong": 0, "unfinished": 0, "failed": 1, "skipped": 0,
-                      "problems": 2}
-    assert len(failing) == 3                       # the first try and 2 retries
-    err = capsys.readouterr().err
-    [line] = [line for line in err.splitlines() if "down" in line]
-    assert line == (f"problem down: {stub.url}/v1/chat/completions answered HTTP 500 Internal "
-                    'Server Error: {"error": "internal error (key ***)"} (after 3 tries)')
-    # the failed problem logged no attempt: the next run asks again
-    assert {json.loads(line)["id"] for line in open(tmp_path / "d0.attempts.jsonl")} == {"sq"}
-    with StubServer(teacher({down: lambda n, body: (200, reply("\\boxed{1}"))})) as stub:
-        counts = recipe.teach(fast(stub.url), recipe.TeachConfig("t"), problems, out, pool=pool)
-    assert counts["kept"] == 1 and counts["skipped"] == 1 and len(stub.requests) == 1
-    # the key was sent (as the header) and appears in no file written
-    assert all(headers["Authorization"] == f"Bearer {KEY}" for _, headers, _ in stub.requests)
-    for path in tmp_path.iterdir():
-        assert KEY not in path.read_text()
-    assert KEY not in err
 
 
-def test_an_unreachable_teacher_stops_the_run_with_one_line(tmp_path):
-    with socket.socket() as s:              # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = tmp_path / "train.jsonl"
-    data.write_text(json.dumps({"id": "a", "question": "1+1?", "answer": "2"}) + "\n")
-    done = subprocess.run([sys.executable, "recipe.py", "teach", "--server",
-                           f"http://127.0.0.1:{port}", "--model", "t", "--data", str(data),
-                           "--out", str(tmp_path / "d0.jsonl"), "--retries", "0"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.splitlines()[-1] == (
-        f"error: problem a: server http://127.0.0.1:{port} unreachable ([Errno 111] Connection "
-        "refused) (after 1 tries)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,41 +334,8 @@ def first_test_question(name="GSM8K_test_post.jsonl"):
         return lce_data.message_text(json.loads(f.readline()), "user")
 
 
-def test_new_problems_never_repeat_a_test_question_nor_each_other():
-    janet = first_test_question()
-    assert janet.startswith("Janet’s ducks lay 16 eggs per day.")
-    tests = recipe.test_questions()
-    problems = [{"question": q} for q in [
-        "A new one: 3 boxes of 17 pens.",
-        "  " + janet.upper().replace(" ", "  ") + "  ",     # the test question, spaced and shouted
-        "a NEW one -- 3 boxes of 17 pens",                   # a repeat, punctuation aside
-        "Tom has 3 apples.",                                 # one of the seed examples
-        "?!",                                                # nothing left once normalised
-        "Another: 5 crates of 12 eggs."]]
-    kept, counts = recipe.keep_unseen(problems, tests, {recipe.normalized("Tom has 3 apples.")})
-    assert [p["question"] for p in kept] == ["A new one: 3 boxes of 17 pens.",
-                                             "Another: 5 crates of 12 eggs."]
-    assert counts == {"written": 6, "kept": 2, "in_test_set": 1, "repeat": 3}
-    # every test set of data/eval is read: a MATH question too
-    assert recipe.normalized(first_test_question("MATH_5_test_post.jsonl")) in tests
 
 
-def test_teacher_generator_asks_each_prompt_once_over_runs(tmp_path, capsys):
-    prompts = ["p0", "p1", "p2"]
-    answers = {"p0": (200, reply("New problem: zero")), "p1": (503, {"error": "busy"}),
-               "p2": (200, reply(" two "))}
-    cache = tmp_path / "new.replies.jsonl"
-    respond = lambda path, body: answers[body["messages"][0]["content"]]
-    with StubServer(respond) as stub:
-        generate = recipe.teacher_generator(fast(stub.url), "t", cache, concurrency=2)
-        assert generate(prompts) == ["New problem: zero", "", " two "]   # p1 failed: left out
-        assert len(stub.requests) == 2 + 3                 # p1: the first try and 2 retries
-        assert "prompt 1: " in capsys.readouterr().err
-        answers["p1"] = (200, reply("one"))
-        assert generate(prompts) == ["New problem: zero", "one", " two "]
-        assert len(stub.requests) == 6                     # only p1 was asked again
-    with pytest.raises(ValueError, match="other prompts"):   # a cache from other pairs
-        generate(["q0", "q1", "q2"])
 
 
 def test_interpolate_cli_with_a_served_teacher(tmp_path):
@@ -404,16 +376,6 @@ def test_interpolate_cli_with_a_served_teacher(tmp_path):
         p["prompt"] for p in prompts)
 
 
-def test_tool_calls_are_read_as_servers_send_them():
-    def as_sent(arguments, name="python"):
-        return {"id": "c", "type": "function", "function": {"name": name, "arguments": arguments}}
-    assert recipe.tool_code(as_sent('{"code": "x = 1"}')) == "x = 1"
-    assert recipe.tool_code(as_sent({"code": "x = 2"})) == "x = 2"      # already decoded
-    assert recipe.tool_code(as_sent("print(3)")) == "print(3)"          # bare code
-    assert recipe.tool_code(as_sent('{"code": "print(')) is None        # JSON cut short: not run
-    assert recipe.tool_code(as_sent('{"code": "x"}', name="browser")) is None
-    assert recipe.tool_code(as_sent('{"cmd": "x"}')) is None
-    assert recipe.tool_code({"type": "function"}) is None
 
 
 def test_distill_samples_k_times_with_their_own_seeds(monkeypatch):

@@ -26,12 +26,13 @@ LAYERS = [
     [P + "checkpoint", "tokenizer", P + "notebook", P + "html_views", P + "authors_grader",
      P + "answer_forms"],
     [P + "worker"],                                          # below sandbox.py: its processes
-    ["model", "sandbox", P + "normalisation", P + "train_log", P + "terminal"],
+    ["model", "sandbox", P + "normalisation", P + "train_log", P + "terminal", P + "tiny_report"],
     ["lce_data", "grader", P + "memory_plan", P + "train_checkpoint"],
     [P + "train_checks", P + "question_files", P + "result_files"],
     [P + "serving"],
     ["train", "infer"],
-    ["eval", P + "replay", "recipe"],
+    ["eval", P + "replay", P + "teacher"],
+    ["recipe"],
     ["tiny_run", P + "bench"],                               # the drivers
 ]
 LAYER = {name: depth for depth, names in enumerate(LAYERS) for name in names}
@@ -128,7 +129,7 @@ def _top_level_names(name):
     return names
 
 
-FILE_SUFFIXES = {"py", "md", "model", "pt", "json", "jsonl", "html", "svg"}  # tokenizer.model
+FILE_SUFFIXES = {"py", "md", "model", "pt", "json", "jsonl", "html", "svg", "png"}  # tokenizer.model
 
 
 def test_every_cited_module_name_exists():

@@ -8,7 +8,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["model.py", "tokenizer.py", "lce_data.py", "train.py", "sandbox.py", "infer.py",
            "eval.py", "tiny_run.py", "recipe.py",
-           "plumbing/bench.py", "plumbing/replay.py", "plumbing/html_views.py"]  # -m plumbing.x
+           "plumbing/bench.py", "plumbing/replay.py", "plumbing/html_views.py",
+           "plumbing/tiny_report.py"]  # run as python -m plumbing.x
 LIBRARIES = ["grader.py",                  # how an answer is graded, below eval.py and recipe.py
              "plumbing/__init__.py",       # what the folder holds: skip it on a first read
              "plumbing/notebook.py",       # below sandbox.py: what a cell shows (replay checks it)
@@ -32,7 +33,8 @@ LIBRARIES = ["grader.py",                  # how an answer is graded, below eval
              "plumbing/authors_grader.py",  # the authors' grader, rewritten: below grader.py
              "plumbing/latex_sympy.py",     # LaTeX -> SymPy under a time limit: below both graders
              "plumbing/normalisation.py",   # an answer's canonical string: below grader.py
-             "plumbing/answer_forms.py"]    # tuples, sets, relations, intervals: below grader.py
+             "plumbing/answer_forms.py",    # tuples, sets, relations, intervals: below grader.py
+             "plumbing/teacher.py"]         # recipe.py's teacher behind a server, its command line
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

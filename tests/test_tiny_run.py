@@ -4,8 +4,6 @@ what it says it keeps."""
 import json
 import os
 
-import pytest
-
 import lce_data
 import tiny_run
 from grader import extract_answer, is_equiv
@@ -135,16 +133,3 @@ def check_data_recipe(out, summary):
     assert r["n_test"] == len(held_out)
     assert "Data recipe" in open(os.path.join(out, "summary.md")).read()
 
-
-def test_rerun_reuses_nothing_stale(tmp_path):
-    out = tmp_path / "tiny"
-    tiny_run.fresh_dir(str(out))
-    (out / "stale.jsonl").write_text("old\n")
-    tiny_run.fresh_dir(str(out))              # a second run starts empty (but for its marker)
-    assert sorted(os.listdir(out)) == [tiny_run.MARKER]
-    foreign = tmp_path / "mine"
-    foreign.mkdir()
-    (foreign / "thesis.tex").write_text("precious")
-    with pytest.raises(SystemExit):           # a folder tiny_run.py did not make is never wiped
-        tiny_run.fresh_dir(str(foreign))
-    assert (foreign / "thesis.tex").read_text() == "precious"
