@@ -27,6 +27,7 @@ import time
 import lce_data
 from grader import verdicts
 from plumbing import html_views
+from plumbing.cli import from_flags
 from plumbing.result_files import math_table, record_parts, report_rows, write_summary
 from plumbing.server_client import ServerError
 from plumbing.storage import (append_jsonl, atomic_write, check_run, checkpoint_fingerprint,
@@ -223,7 +224,7 @@ def run(args):
     import infer                     # imported only when generating: scoring needs no model code
     from plumbing.parallel import init_ranks
     from sandbox import SandboxPool, default_isolation
-    cfg = infer.config_from_args(args)   # the generation flags (infer.add_model_args)
+    cfg = from_flags(infer.GenConfig, args)   # the generation flags (infer.add_model_args)
     problems = load_dataset(args.dataset, args.data_dir, args.subject, args.level)
     problems = problems[:args.limit or None]
     ranks = init_ranks(1 if args.server else args.tp)  # torchrun: W / tp replicas share problems

@@ -103,9 +103,9 @@ def model_text(solution):
     """The solution with its code and execution blocks cut out: what the model wrote in its own
     words, block by block. A \\boxed{} that the code printed is the interpreter's, not the model's
     answer (a solution whose last words are "I cannot tell" is not right because its code printed
-    a box). Read as infer.blocks_of reads ids: text outside any block is the model's; a block cut
+    a box). Read as lce_data.blocks_of reads ids: text outside any block is the model's; a block cut
     off at a limit keeps its type. `solution` may also be the blocks themselves, [(type, content),
-    ...] (infer.blocks_of, or a record's messages), where no look-alike marker that the code
+    ...] (lce_data.blocks_of, or a record's messages), where no look-alike marker that the code
     printed can pass for a real one."""
     if isinstance(solution, (list, tuple)):
         return "".join(f"<|text|>{content}<|endofblock|>" for kind, content in solution

@@ -314,6 +314,30 @@ def parse_assistant(solution: str) -> list[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------------------------------
+def blocks_of(tokenizer, ids) -> list[tuple[str, str]]:
+    """A solution's ids -> [(type, content), ...], split at the special ids the model read (text
+    that only looks like a special token, as code may print, stays text). Lenient, as generated
+    text can be: a block cut off keeps what it has; text outside any block is a text block."""
+    opens = {tokenizer.special[f"<|{kind}|>"]: kind for kind in ("text", "code", "execution")}
+    blocks, inside, run = [], False, []
+    for i in list(ids) + [None]:
+        if i is not None and i not in tokenizer.id_to_special:
+            run.append(i)
+            continue
+        text = tokenizer.decode(run) if run else ""
+        run = []
+        if text and not inside:
+            blocks.append(["text", ""])
+        if text:
+            blocks[-1][1] += text
+            inside = True
+        if i is not None:  # a block opens, or <|endofblock|>, <|endofmessage|>, a role closes it
+            inside = i in opens
+            if inside:
+                blocks.append([opens[i], ""])
+    return [tuple(b) for b in blocks]
+
+
 def dataset_stats(records, tokenizer, max_len=2048, seq_len=2048, train_on_execution=False) -> dict:
     examples, st = encode_records(records, tokenizer, max_len, train_on_execution,
                                   keep_no_loss=True)

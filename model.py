@@ -402,6 +402,13 @@ def save_pretrained(model: Transformer, path, max_shard_bytes: int = 5 * 10**9):
     checkpoint.write_hf(path, dataclasses.asdict(model.args), model.state_dict(), max_shard_bytes)
 
 
+def default_dtype(name: str | None, device) -> torch.dtype:
+    """--dtype as a torch dtype; None: bfloat16 on CUDA, float32 elsewhere."""
+    if name:
+        return getattr(torch, name)
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
 # ------------------------------------------------------------------------- greedy decoding, CLI
 @torch.no_grad()
 def greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:

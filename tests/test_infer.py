@@ -20,7 +20,8 @@ import lce_data
 import sandbox
 from infer import GenConfig
 from helpers import FIX, LLAMA_TOK, ROOT, CharTokenizer, Steered
-from model import ModelArgs, Transformer
+from model import ModelArgs, Transformer, default_dtype
+from plumbing.cli import from_flags
 from plumbing import terminal
 from tokenizer import Tokenizer
 
@@ -217,9 +218,9 @@ def test_generation_flags_come_from_genconfig(monkeypatch, capsys):
     """Every GenConfig field is a flag of infer.py and of eval.py run (one declaration), with
     GenConfig's defaults; the window defaults to what fits beside a round."""
     parser = argparse.ArgumentParser()
-    infer.add_generation_args(parser)
-    assert infer.config_from_args(parser.parse_args([])) == GenConfig()
-    cfg = infer.config_from_args(parser.parse_args(
+    infer.add_model_args(parser)
+    assert from_flags(GenConfig, parser.parse_args([])) == GenConfig()
+    cfg = from_flags(GenConfig, parser.parse_args(
         ["--max-new-tokens", "10", "--max-total-tokens", "80", "--no-execute", "--context", "stop",
          "--temperature", "0.5"]))
     assert cfg == GenConfig(max_new_tokens=10, max_total_tokens=80, max_prompt_tokens=70,
@@ -511,7 +512,7 @@ def test_execute_false_runs_nothing(tok, tmp_path):
 
 def test_blocks_of():
     tok = CharTokenizer()
-    blocks = lambda text: infer.blocks_of(tok, tok.encode(text))
+    blocks = lambda text: lce_data.blocks_of(tok, tok.encode(text))
     assert blocks("<|text|>a<|endofblock|>stray<|code|>b") == [
         ("text", "a"), ("text", "stray"), ("code", "b")]
     assert blocks("<|text|><|endofblock|><|execution|>x\ny<|endofblock|><|endofmessage|>") == [
@@ -636,8 +637,8 @@ def test_execution_output_is_data(tok, pool):
 def test_dtype_flag_is_honoured(tmp_path, tok, monkeypatch):
     """infer.py and eval.py run load the weights (and so make the KV cache) in --dtype; by
     default float32 on the CPU, bfloat16 on CUDA."""
-    assert infer.model_dtype(None, "cpu") == torch.float32
-    assert infer.model_dtype(None, "cuda") == infer.model_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert default_dtype(None, "cpu") == torch.float32
+    assert default_dtype(None, "cuda") == default_dtype("bfloat16", "cpu") == torch.bfloat16
     torch.manual_seed(0)
     ckpt = tmp_path / "ckpt"
     Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
