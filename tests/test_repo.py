@@ -153,3 +153,20 @@ def test_no_file_mentions_an_issue_number():
                 for n, line in enumerate(open(path, encoding="utf-8"), 1)
                 if re.search(r"\bissues? #?\d+", line, re.IGNORECASE)]
     assert not mentions
+
+
+def test_the_top_level_is_the_method_in_few_lines():
+    """A learner reads the top level to learn the method: each module readable in one sitting
+    (<= 500 lines), all of them in an afternoon (<= 4,000); what serves them lives in plumbing/."""
+    lines = {name: len(source(name).splitlines()) for name in TOP}
+    assert {name: n for name, n in lines.items() if n > 500} == {}
+    assert sum(lines.values()) <= 4000, lines
+
+
+def test_the_readme_names_every_module_and_stays_short():
+    """README.md: a line for each module (the top level in reading order, plumbing/ one line
+    each), in at most 150 lines."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    missing = [name for name in MODULES if f"`{name.replace('.', '/')}.py`" not in readme]
+    assert not missing
+    assert len(readme.splitlines()) <= 150
