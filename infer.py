@@ -47,7 +47,7 @@ import torch
 import lce_data
 import sandbox
 from lce_data import DEFAULT_SYSTEM
-from model import Transformer, default_dtype
+from model import Transformer, default_dtype, generate
 from plumbing.cli import add_flags, flag, from_flags
 from plumbing.parallel import follow, init_ranks
 from plumbing.question_files import add_file_args, check_file_run, solve_file
@@ -267,15 +267,8 @@ def solve_one(model, tokenizer, question: str, system: str = DEFAULT_SYSTEM,
         if isinstance(request, Execute):
             answer = run_code(session, request.code)
             continue
-        window, answer = request.window, []
-        cache = model.new_cache(1, len(window) + request.max_new)
-        logits = model(torch.tensor([window], device=device), cache=cache, last_only=True)
-        while True:
-            answer += sample(logits[:, -1], cfg.temperature, cfg.top_p, [generator]).tolist()
-            if answer[-1] in request.stops or len(answer) == request.max_new:
-                break
-            position = torch.tensor([[len(window) + len(answer) - 1]])
-            logits = model(torch.tensor([answer[-1:]], device=device), position, cache=cache)
+        answer = generate(model, request.window, request.max_new, request.stops,
+                          lambda logits: sample(logits, cfg.temperature, cfg.top_p, [generator]))
 
 
 # ----------------------------------------------------------- many problems: the batched engine

@@ -409,21 +409,22 @@ def default_dtype(name: str | None, device) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
-# ------------------------------------------------------------------------- greedy decoding, CLI
+# ------------------------------------------------------------------------ one continuation, CLI
 @torch.no_grad()
-def greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-    """Greedy continuation of one prompt with the KV cache (prefill once, then a token a step)."""
+def generate(model, prompt_ids: list[int], max_new_tokens: int, stops=(), pick=None) -> list[int]:
+    """Continue one prompt with the KV cache (prefill once, then a token a step) until a token in
+    `stops` or max_new_tokens. pick(logits [1, vocab]) -> the next token ([1]): greedy if None.
+    infer.solve_one decodes each block through it; infer.Engine is the batched form."""
     device = next(model.parameters()).device
     cache = model.new_cache(1, len(prompt_ids) + max_new_tokens)
     logits = model(torch.tensor([prompt_ids], device=device), cache=cache, last_only=True)
     out = []
-    for i in range(max_new_tokens):
-        out.append(int(logits[0, -1].argmax()))
-        if i + 1 == max_new_tokens:
-            break
-        position = torch.tensor([[len(prompt_ids) + i]])  # on the host: the cache plans from it
-        logits = model(torch.tensor([[out[-1]]], device=device), positions=position, cache=cache)
-    return out
+    while True:
+        out.append(int(pick(logits[:, -1]) if pick else logits[0, -1].argmax()))
+        if out[-1] in stops or len(out) == max_new_tokens:
+            return out
+        position = torch.tensor([[len(prompt_ids) + len(out) - 1]])  # on the host: the cache plans
+        logits = model(torch.tensor([out[-1:]], device=device), position, cache=cache)
 
 
 def main():
@@ -456,7 +457,7 @@ def main():
     if args.prompt_ids:
         prompt_ids = [int(x) for x in args.prompt_ids.split(",")]
         with ranks.lockstep(model) as leader:  # under TP: each call announced to the followers
-            print(greedy(leader, prompt_ids, args.max_new_tokens))
+            print(generate(leader, prompt_ids, args.max_new_tokens))
     if args.save:
         model.save_pretrained(args.save)
         print(f"saved to {args.save}")

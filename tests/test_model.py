@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import READ_BUCKET, KVCache, Linear, ModelArgs, Transformer, attention_mask, greedy
+from model import READ_BUCKET, KVCache, Linear, ModelArgs, Transformer, attention_mask, generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +45,7 @@ def test_logits_match_reference(models, name, layout):
 @pytest.mark.parametrize("name,layout", CASES)
 def test_greedy_with_cache_matches_reference(models, name, layout):
     e = expected(name)
-    assert greedy(models[name, layout], e["prompt_ids"][0].tolist(), 24) == e["greedy_ids"].tolist()
+    assert generate(models[name, layout], e["prompt_ids"][0].tolist(), 24) == e["greedy_ids"].tolist()
 
 
 def test_stored_dtype_kept_by_default():

@@ -122,7 +122,7 @@ def worker(work):
         seen[f"logits_{name}_{layout}"] = forward(m, e["input_ids"])
         if ranks.leader:
             with ranks.lockstep(m) as leader:
-                seen[f"greedy_{name}_{layout}"] = M.greedy(leader, e["prompt_ids"][0].tolist(), 24)
+                seen[f"greedy_{name}_{layout}"] = M.generate(leader, e["prompt_ids"][0].tolist(), 24)
         else:
             P.follow(m, group)
     torch.load = real_load
@@ -255,7 +255,7 @@ def test_tp2_logits_and_greedy_equal_one_process(launched, name, layout):
     """Each rank holds half the heads, half the FFN, half the embedding columns and vocabulary rows;
     after the all-reduces and all-gathers every rank has the one-process logits (within 1e-5), which
     are Hugging Face's (1e-4), and greedy decoding in lockstep gives Hugging Face's tokens."""
-    from model import greedy
+    from model import generate
     work, ranks = launched
     e = expected(name)
     one = one_process(checkpoint_dir(work, name, layout))
@@ -266,7 +266,7 @@ def test_tp2_logits_and_greedy_equal_one_process(launched, name, layout):
         assert tp.shape == ref.shape and (tp - ref).abs().max() < 1e-5
         assert (tp - e["logits"]).abs().max() < 1e-4
     assert ranks[0][f"greedy_{name}_{layout}"] == e["greedy_ids"].tolist()
-    assert greedy(one, e["prompt_ids"][0].tolist(), 24) == e["greedy_ids"].tolist()
+    assert generate(one, e["prompt_ids"][0].tolist(), 24) == e["greedy_ids"].tolist()
 
 
 def test_meta_shards_one_file_per_rank(launched):
@@ -296,12 +296,12 @@ def test_solve_tp2_runs_code_on_the_leader_only(launched):
 
 def test_model_cli_tp2_prints_the_one_process_continuation(launched):
     """`python model.py CKPT --tp 2 --dtype float32 --prompt-ids ...` under torchrun: rank 0 prints
-    the continuation one process computes (model.greedy, what `python model.py` prints); rank 1
+    the continuation one process computes (model.generate, what `python model.py` prints); rank 1
     prints nothing."""
-    from model import greedy
+    from model import generate
     _, ranks = launched
     one = one_process(FIX / "models" / "codellama-gqa" / "hf")
-    continuation = greedy(one, [int(t) for t in PROMPT_IDS.split(",")], 16)
+    continuation = generate(one, [int(t) for t in PROMPT_IDS.split(",")], 16)
     assert ranks[0]["model_cli"].splitlines()[-1] == str(continuation)
     assert "on each of 2 ranks (tensor parallel)" in ranks[0]["model_cli"]
     assert ranks[1]["model_cli"] == ""
