@@ -9,10 +9,10 @@ Execution output:
     <|endofmessage|><|assistant|><|text|>...<|endofblock|><|code|>...<|endofblock|><|execution|>...
     <|endofblock|><|text|>... \\boxed{42}<|endofblock|><|endofmessage|>
 
-The loss (docs/method.md §3) is on what the model must learn to WRITE: the assistant's text and code
-blocks (their opening token and <|endofblock|> included) and the final <|endofmessage|>. The system
-and user messages and every execution block (written by the interpreter at inference time) get
-label -100 (IGNORE).
+The loss (docs/method.md §3) is on what the model must learn to WRITE: the assistant's text and
+code blocks (their opening token and <|endofblock|> included) and the final <|endofmessage|>. The
+system and user messages and every execution block (written by the interpreter at inference time)
+get label -100 (IGNORE).
 
 Records come in the messages schema (MathCodeInstruct) or the authors' output format
 (`debug_result`); debug_result_messages is the one reader of the latter (eval.py and
