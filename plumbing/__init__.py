@@ -1,7 +1,7 @@
 """What serves the method, not the method itself: skip this folder on a first read.
 
 Files and formats
-  storage            files written whole (atomic), JSONL readers that name file and line, run records
+  storage            files written whole (atomic), JSONL read naming file and line, run records
   checkpoint         Meta and Hugging Face checkpoint layouts, read and written by hand
   train_checkpoint   train.py's sharded checkpoints, resume fingerprint and export
   train_log          train.py's config.json, log.jsonl, progress line and loss curve
