@@ -33,7 +33,7 @@ from plumbing.storage import atomic_write, read_json, write_json
 
 SPECIAL_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|text|>", "<|code|>",
                   "<|execution|>", "<|endofblock|>", "<|endofmessage|>"]
-# The one regex for the special strings (grader.py and infer.py use it too): its capturing group
+# The one regex for the special strings (grader.py and plumbing/terminal.py use it too): its group
 # keeps them in re.split's output, ["", "<|text|>", "Hi", "<|endofblock|>", ""]
 SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
 

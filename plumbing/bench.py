@@ -38,7 +38,6 @@ import infer
 import lce_data
 import model as M
 import sandbox
-import train
 from eval import load_dataset
 from plumbing.storage import atomic_write
 from tokenizer import Tokenizer
