@@ -349,7 +349,7 @@ def synthetic_interpolator(problems):
 def main(argv=None):
     args = teacher.parse_args(argv)          # the command line: plumbing/teacher.py
     if args.cmd == "teach":
-        problems = teacher.read_questions(args.data, need_answer=True)[:args.limit]
+        problems = teacher.read_problems(args.data, need_answer=True)[:args.limit]
         cfg = teacher.TeachConfig(args.model, args.temperature, args.max_tokens, args.max_calls,
                                   args.dataset)
         counts = teach(server_from_args(args), cfg, problems, args.out, args.samples,
@@ -357,8 +357,8 @@ def main(argv=None):
         print(json.dumps({"out": args.out, **counts}))
         return
     if args.cmd == "interpolate":
-        easy = teacher.read_questions(args.easy)
-        hard = teacher.read_questions(args.hard)
+        easy = teacher.read_problems(args.easy)
+        hard = teacher.read_problems(args.hard)
         cache = re.sub(r"(\.jsonl)?$", ".replies.jsonl", args.out, count=1)
         generate = teacher.teacher_generator(server_from_args(args), args.model, cache,
                                              args.temperature, args.max_tokens, args.concurrency)
@@ -373,7 +373,7 @@ def main(argv=None):
         questions = [p["question"] for p in new]
         out = args.d1
     else:
-        questions = [p["question"] for p in teacher.read_questions(args.problems)]
+        questions = [p["question"] for p in teacher.read_problems(args.problems)]
         out = args.out
     model, tokenizer = teacher.load_initial(args.initial, args.device)
     records, stats = distill(model, tokenizer, questions, args.k, args.distill_temperature)

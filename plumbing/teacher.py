@@ -10,7 +10,7 @@ the method itself (that is recipe.py: what is asked, and what is kept).
     rate and ETA (Progress), resumable (teach_all logs each attempt to OUT.attempts.jsonl,
     teacher_generator keeps each reply in a cache), a fatal server error stopping the run in one
     line;
-  * input and output: problems read from JSONL (read_questions), new problems checked against the
+  * input and output: problems read from JSONL (read_problems), new problems checked against the
     test sets of data/eval/ (keep_unseen), MathCoder-Initial loaded (load_initial), and the command
     line of `python recipe.py teach / interpolate / distill` (parse_args).
 """
@@ -113,7 +113,7 @@ def teacher_attempt(server, cfg, question, sample, run_code, what="problem") -> 
             messages.append({"role": "tool", "tool_call_id": call.get("id"), "content": output})
 
 
-def read_questions(path, need_answer=False) -> list[dict]:
+def read_problems(path, need_answer=False) -> list[dict]:
     """Problems from JSONL: {"id", "question"[, "answer"]}. The question is "question" or the user
     message's text (messages schema), the answer "answer" or ground_truth.answer, the id "id"
     (default: FILE:LINE)."""
