@@ -1,39 +1,73 @@
-"""Faster CPU kernels for the two products a decode step spends its time in: nothing here changes
-what is computed (tests/test_model.py checks both against plain references), only which kernel
-computes it on the CPU. On a GPU model.py runs torch's own (nn.Linear's product, SDPA's kernels).
-Measured on the 2-core AMD EPYC of BENCHMARKS.md (its decode section says what each gave). Linear
-calls a private torch op (torch.ops.mkldnn._linear_pointwise): where a torch lacks it, nn.Linear's.
+"""Faster CPU kernels for the products a decode step spends its time in: nothing here changes what
+is computed (tests/test_model.py checks each against a plain reference), only which kernel computes
+it on the CPU. On a GPU model.py runs torch's own (nn.Linear's product, SDPA's kernels). Measured
+on the 2-core AMD EPYC of BENCHMARKS.md (its decode section says what each gave): there MKL, torch's
+default for float32 products, ran these shapes at a fraction of the core's speed. Linear calls two
+private torch ops (torch.ops.mkldnn.*): where a torch lacks them, nn.Linear's product.
 """
+import functools
+
 import torch
 import torch.nn as nn
-
+import torch.nn.functional as F
 
 ONEDNN_LINEAR = (torch.backends.mkldnn.is_available()
-                 and hasattr(torch.ops.mkldnn, "_linear_pointwise"))  # (see Linear)
+                 and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+                 and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))  # (see Linear)
 
 
 class Linear(nn.Linear):
     """nn.Linear; on the CPU without autograd (decoding, float32), a large product goes through
-    oneDNN's AVX-512 matrix kernels instead of MKL's sgemm (torch's default there), with the weight
-    as it is: on the AMD EPYC of BENCHMARKS.md they ran the 32,008-row output layer 1.8x faster at
-    1 to 32 rows and a 512 x 1344 FFN weight 1.7x faster at 16 rows, but cost ~12 us more per call,
-    so small products (under 2^22 multiply-adds) stay with MKL."""
+    oneDNN's AVX-512 matrix kernels instead of MKL's, with the weight reordered once into oneDNN's
+    blocked layout (a second copy of it, remade whenever the weight changes: training steps and
+    in-place edits bump its version). On the AMD EPYC of BENCHMARKS.md that ran the 32,008-row
+    output layer ~2-3x faster at 1 to 64 rows, but costs ~12 us more per call, so small products
+    (under 2^22 multiply-adds) stay with MKL."""
 
     def forward(self, x):
         if (x.device.type == "cpu" and x.dtype == torch.float32 and ONEDNN_LINEAR
                 and self.bias is None and not torch.is_grad_enabled()
                 and x.numel() * self.out_features >= 1 << 22):
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise(x, self.blocked_weight(), None, "none", [],
+                                                      "")
         return super().forward(x)
+
+    def blocked_weight(self):
+        made_from = (self.weight.data_ptr(), self.weight._version)
+        if getattr(self, "blocked_from", None) != made_from:  # first use, or the weight changed
+            self.blocked = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 64)
+            self.blocked_from = made_from
+        return self.blocked
 
 
 def cpu_attention(q, k, v, mask):
     """softmax(q k^T / sqrt(head_dim) + mask) v, as SDPA's math, for a decode step's G queries per
-    KV head (q [B, kv_heads, G, head_dim]). The CPU's flash kernel is made for long query blocks:
-    with G = 2 it read a ragged decode step's cache ~10% slower than these two products (the
-    2-core AMD EPYC of BENCHMARKS.md). The scores [B, kv_heads, G, L] are small; softmax in
-    float32."""
+    KV head (q [B, kv_heads, G, head_dim]; k, v [B, kv_heads, L, head_dim], views of the cache).
+    The scores [B, kv_heads, G, L] are small; softmax in float32. Then each output is a weighted
+    sum of L rows of V: exactly what embedding_bag computes (mode "sum" with per-row weights), and
+    its kernel streams the rows at ~1.7x the speed of the batched product (torch.matmul, 2 rows
+    per KV head) on the AMD EPYC of BENCHMARKS.md. The CPU's flash kernel, made for long query
+    blocks, read the cache ~10% slower than the two products."""
     scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
     if mask is not None:
         scores += mask
-    return torch.matmul(torch.softmax(scores, -1, dtype=torch.float32).to(v.dtype), v)
+    probs = torch.softmax(scores, -1, dtype=torch.float32)
+    B, kv_heads, G, L = probs.shape
+    D = v.shape[-1]
+    if v.dtype != torch.float32 or v.stride(-1) != 1 or v.stride(-2) != D or any(
+            s % D for s in v.stride()[:2]):
+        return torch.matmul(probs.to(v.dtype), v)
+    # V's storage as a table of head_dim-wide rows: row (b, h, l) of v is row b*s0 + h*s1 + l
+    s0, s1 = v.stride(0) // D, v.stride(1) // D
+    table = v.as_strided(((B - 1) * s0 + (kv_heads - 1) * s1 + L, D), (D, 1), v.storage_offset())
+    rows = rows_of(B, kv_heads, G, L, s0, s1)                          # [B * kv_heads * G, L]
+    out = F.embedding_bag(rows, table, mode="sum", per_sample_weights=probs.view(-1, L))
+    return out.view(B, kv_heads, G, D)
+
+
+@functools.lru_cache(maxsize=8)  # the same for every layer of a step, and for 32 steps or so
+def rows_of(B: int, kv_heads: int, G: int, L: int, s0: int, s1: int):
+    """Which table rows each of the B * kv_heads * G queries sums: b*s0 + h*s1 + l, l < L."""
+    first = torch.arange(B)[:, None] * s0 + torch.arange(kv_heads) * s1    # (int64: the fast path)
+    rows = first[:, :, None, None] + torch.arange(L)
+    return rows.expand(B, kv_heads, G, L).reshape(-1, L)

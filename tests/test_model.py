@@ -468,6 +468,44 @@ def test_linear_when_decoding_on_the_cpu_equals_the_plain_product():
         torch.testing.assert_close(fast, layer(x).detach(), atol=1e-4, rtol=1e-5)
 
 
+def test_linear_follows_its_weight_when_it_changes():
+    """The oneDNN path keeps a reordered copy of the weight: an in-place edit (an optimizer step,
+    never_stopping's zeroed rows) or a new weight (load_state_dict) must be seen by the next call."""
+    torch.manual_seed(0)
+    layer = Linear(512, 4000, bias=False)
+    x = torch.randn(16, 512)
+    with torch.no_grad():
+        layer(x)                                                # the copy is made
+        layer.weight[7] = 0                                     # edited in place
+        torch.testing.assert_close(layer(x), x @ layer.weight.T, atol=1e-4, rtol=1e-5)
+        assert torch.all(layer(x)[:, 7] == 0)
+        layer.load_state_dict({"weight": torch.randn(4000, 512)}, assign=True)
+        torch.testing.assert_close(layer(x), x @ layer.weight.T, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_heads, n_kv_heads", [(4, 4), (8, 4)])
+def test_cpu_decode_attention_equals_softmax_of_scores_times_values(n_heads, n_kv_heads):
+    """cpu_kernels.cpu_attention (weighted sums of V's rows by embedding_bag) over views of a
+    cache with ragged rows equals softmax(q k^T / sqrt(d) + mask) v computed in float64."""
+    from plumbing.cpu_kernels import cpu_attention
+    torch.manual_seed(0)
+    rows, max_len, length, D = 5, 96, 40, 16
+    G = n_heads // n_kv_heads
+    cache_k = torch.randn(rows + 2, n_kv_heads, max_len, D)
+    cache_v = torch.randn(rows + 2, n_kv_heads, max_len, D)
+    k, v = cache_k[1:1 + rows, :, :length], cache_v[1:1 + rows, :, :length]  # rows 1..5, in place
+    q = torch.randn(rows, n_kv_heads, G, D)
+    ends = torch.tensor([40, 1, 17, 33, 25])
+    mask = torch.zeros(rows, 1, 1, length).masked_fill_(
+        torch.arange(length) >= ends[:, None, None, None], float("-inf"))
+    scores = q.double() @ k.double().transpose(-1, -2) / D ** 0.5 + mask.double()
+    expected = torch.softmax(scores, -1) @ v.double()
+    torch.testing.assert_close(cpu_attention(q, k, v, mask), expected.float(), atol=1e-5,
+                               rtol=1e-5)
+    bf16 = cpu_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask.bfloat16())  # matmul path
+    torch.testing.assert_close(bf16.float(), expected.float(), atol=5e-2, rtol=5e-2)
+
+
 def test_slots_read_past_a_rows_end_are_zeroed_before_use():
     """The cache is allocated without zeroing (it may hold NaN): a ragged decode step reads the
     shorter rows past their last slot (masked), which must then hold zeros, not what the
