@@ -2,8 +2,8 @@
 is computed (tests/test_model.py checks each against a plain reference), only which kernel computes
 it on the CPU. On a GPU model.py runs torch's own (nn.Linear's product, SDPA's kernels). Measured
 on the 2-core AMD EPYC of BENCHMARKS.md (its decode section says what each gave): there MKL, torch's
-default for float32 products, ran these shapes at a fraction of the core's speed. Linear calls two
-private torch ops (torch.ops.mkldnn.*): where a torch lacks them, nn.Linear's product.
+default for float32 products, ran these shapes at a fraction of the core's speed. Linear calls a
+private torch op (torch.ops.mkldnn._linear_pointwise): where a torch lacks it, nn.Linear's.
 """
 import functools
 
@@ -12,32 +12,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ONEDNN_LINEAR = (torch.backends.mkldnn.is_available()
-                 and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-                 and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))  # (see Linear)
+                 and hasattr(torch.ops.mkldnn, "_linear_pointwise"))  # (see Linear)
 
 
 class Linear(nn.Linear):
     """nn.Linear; on the CPU without autograd (decoding, float32), a large product goes through
-    oneDNN's AVX-512 matrix kernels instead of MKL's, with the weight reordered once into oneDNN's
-    blocked layout (a second copy of it, remade whenever the weight changes: training steps and
-    in-place edits bump its version). On the AMD EPYC of BENCHMARKS.md that ran the 32,008-row
-    output layer ~2-3x faster at 1 to 64 rows, but costs ~12 us more per call, so small products
-    (under 2^22 multiply-adds) stay with MKL."""
+    oneDNN's AVX-512 matrix kernels instead of MKL's sgemm, with the weight as it is: on the AMD
+    EPYC of BENCHMARKS.md they ran the 32,008-row output layer 1.8x faster at 1 to 32 rows and a
+    512 x 1344 FFN weight 1.7x faster at 16 rows, but cost ~12 us more per call, so small products
+    (under 2^22 multiply-adds) stay with MKL. (oneDNN's own blocked copy of the weight was ~1.1x
+    faster still, at the cost of a second copy of each large weight: not kept.)"""
 
     def forward(self, x):
         if (x.device.type == "cpu" and x.dtype == torch.float32 and ONEDNN_LINEAR
                 and self.bias is None and not torch.is_grad_enabled()
                 and x.numel() * self.out_features >= 1 << 22):
-            return torch.ops.mkldnn._linear_pointwise(x, self.blocked_weight(), None, "none", [],
-                                                      "")
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
         return super().forward(x)
-
-    def blocked_weight(self):
-        made_from = (self.weight.data_ptr(), self.weight._version)
-        if getattr(self, "blocked_from", None) != made_from:  # first use, or the weight changed
-            self.blocked = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 64)
-            self.blocked_from = made_from
-        return self.blocked
 
 
 def cpu_attention(q, k, v, mask):
@@ -45,9 +36,9 @@ def cpu_attention(q, k, v, mask):
     KV head (q [B, kv_heads, G, head_dim]; k, v [B, kv_heads, L, head_dim], views of the cache).
     The scores [B, kv_heads, G, L] are small; softmax in float32. Then each output is a weighted
     sum of L rows of V: exactly what embedding_bag computes (mode "sum" with per-row weights), and
-    its kernel streams the rows at ~1.7x the speed of the batched product (torch.matmul, 2 rows
-    per KV head) on the AMD EPYC of BENCHMARKS.md. The CPU's flash kernel, made for long query
-    blocks, read the cache ~10% slower than the two products."""
+    its kernel read them ~1.7x as fast as the batched product did (torch.matmul, 2 queries per KV
+    head: ~570 against ~340 us a layer in a batch-16 step) on the AMD EPYC of BENCHMARKS.md. The
+    CPU's flash kernel, made for long query blocks, read the cache ~10% slower than two products."""
     scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
     if mask is not None:
         scores += mask
@@ -65,7 +56,7 @@ def cpu_attention(q, k, v, mask):
     return out.view(B, kv_heads, G, D)
 
 
-@functools.lru_cache(maxsize=8)  # the same for every layer of a step, and for 32 steps or so
+@functools.lru_cache(maxsize=2)  # the same for every layer of a step, and for ~32 steps
 def rows_of(B: int, kv_heads: int, G: int, L: int, s0: int, s1: int):
     """Which table rows each of the B * kv_heads * G queries sums: b*s0 + h*s1 + l, l < L."""
     first = torch.arange(B)[:, None] * s0 + torch.arange(kv_heads) * s1    # (int64: the fast path)
