@@ -200,8 +200,8 @@ def grouped_attention(q, k, v, mask):
     mask None or additive [B, 1, T, L] (T = 1: a decode step). The G = n_heads / n_kv_heads query
     heads that share a KV head are read as G * T queries of that head: K and V are read once per
     KV head (no repeat), in a plain multi-head SDPA call. CUDA: with a mask the memory-efficient
-    kernel (flash takes none), without one (one row, one query each) flash. CPU, decode step: two
-    batched matrix products instead (cpu_attention)."""
+    kernel (flash takes none), without one (one row, one query each) flash. CPU, decode step: the
+    same math by other kernels (cpu_attention)."""
     B, T, H, D = q.shape
     kv_heads = k.shape[1]
     G = H // kv_heads
