@@ -82,13 +82,6 @@ def _read_tensor(f, truncated, offset, nbytes, shape, dtype, dim=None, start=0, 
     return out
 
 
-def write_safetensors(f, named_tensors):
-    """Write [(name, tensor)] to the open binary file f in the format read_safetensors reads."""
-    f.write(_safetensors_header([(name, list(t.shape), t.dtype) for name, t in named_tensors]))
-    for _, t in named_tensors:
-        f.write(t.detach().cpu().contiguous().view(torch.uint8).numpy())  # raw bytes, no extra copy
-
-
 def _safetensors_header(specs):
     """The length-prefixed JSON header for tensors [(name, shape, dtype)] stored back to back."""
     dtype_name = {dtype: name for name, dtype in _ST_DTYPES.items()}
