@@ -305,12 +305,18 @@ def _grade_authors(solution, reference, dataset):
     # a -correct file) hold a box only in code or execution output, and the `completion` of one of
     # them is the text of its last execution block. Reading text blocks only would change none of
     # the 4,347 verdicts, so nothing in the released runs says they ignored such a box: kept.
+    # A solution that ends in a code or execution block (it ran out of turns) was graded on that
+    # block, their script's `completion`, not on an earlier box: 13 of the 15 released solutions
+    # that do and have a box earlier (all 15 in -wrong files) hold that block as `completion`.
     if isinstance(solution, (list, tuple)):            # blocks: as the LCE string
         solution = "".join(f"<|{kind}|>{content}<|endofblock|>" for kind, content in solution)
-    completion = _first_box_of_last_boxed_block(str(solution))
+    pieces = SPECIAL_RE.split(str(solution))           # text, marker, text, ...
+    blocks = [(pieces[k - 1] if k else "<|text|>", pieces[k]) for k in range(0, len(pieces), 2)
+              if pieces[k].strip()]
+    cut_off = bool(blocks) and blocks[-1][0] in ("<|code|>", "<|execution|>")
+    completion = None if cut_off else _first_box_of_last_boxed_block(str(solution))
     if completion is None:
-        blocks = [b for b in SPECIAL_RE.split(str(solution))[::2] if b.strip()]
-        completion = blocks[-1] if blocks else ""
+        completion = blocks[-1][1] if blocks else ""
     pred = authors_grader.find_math_answer(completion)
     if dataset == "gsm8k":
         pred = re.sub(r"[a-zA-Z]", "", pred)   # their GSM8K rule: letters dropped

@@ -12,8 +12,8 @@ grader.py picks the text they read (their `completion`) and applies their GSM8K 
 this verdict beside its own stricter one. Their quirks are kept on purpose (they move the numbers);
 each is named where it happens. Deviations:
   * latex2sympy (not a dependency here) is replaced by latex_sympy.to_sympy, with latex2sympy's
-    thousands separators ("3,500") added; LaTeX it reads and ours does not (or the other way round)
-    can flip a verdict;
+    thousands separators ("3,500") and skipped spacing ("2600\\,") added; LaTeX it reads and ours
+    does not (or the other way round) can flip a verdict;
   * their tuple evaluation prints each element with Python's eval of SymPy's string; here an
     integer element prints as an int and any other as a float of SymPy's value;
   * answers over MAX_ANSWER_CHARS are compared as strings only (they would reach latex2sympy).
@@ -108,9 +108,14 @@ def find_math_answer(text):
     return _strip_units(_strip_string(answer))
 
 
+# LaTeX spacing, which latex2sympy's grammar skips: "2600\\," is 2600 (released GSM8K verdicts)
+_SPACING = re.compile(r"\\[,:;!]"
+                      r"|\\(?:q?quad|thinspace|medspace|thickspace|negthinspace)(?![a-zA-Z])")
+
+
 def _latex2sympy(s):
-    """latex2sympy's stand-in: our reader, plus its thousands separators."""
-    return timed(to_sympy, re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s))
+    """latex2sympy's stand-in: our reader, plus its thousands separators and skipped spacing."""
+    return timed(to_sympy, re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", _SPACING.sub("", s)))
 
 
 def _eval_tuple(s):
