@@ -224,6 +224,8 @@ def _scalar_equiv(a, b):
     number_a = _fast_number(a) if FAST_PATH else None
     number_b = _fast_number(b) if FAST_PATH else None
     if number_a and number_b:
+        if number_a[1] is None and number_b[1] is None:   # two exact numbers: equal when equal
+            return number_a[0] == number_b[0]
         scale = max(abs(number_a[0]), abs(number_b[0]))
         if scale > 10 ** 300:                         # beyond floats: equal only when exactly equal
             return number_a[0] == number_b[0]
@@ -242,7 +244,7 @@ def _close(diff, scale, places_a, places_b):
     places = min((p for p in (places_a, places_b) if p is not None), default=None)
     if diff == 0:
         return True
-    if places is None:                       # two exact forms that simplify() could not reconcile
+    if places is None:   # two irrational exact forms, evaluated: SymPy's rounding noise only
         return diff <= 1e-12 * max(1.0, scale)
     return diff <= 0.5 * 10.0 ** -places * (1 + 1e-9) and diff <= REL_TOL * scale
 
@@ -275,9 +277,12 @@ def _sympy_equal(a, b):
     if expr_a.free_symbols or expr_b.free_symbols:        # expressions: exact algebra only
         difference = expr_a - expr_b
         return sympy.expand(difference) == 0 or sympy.simplify(difference) == 0
+    difference = expr_a - expr_b
+    if places_a is None and places_b is None and difference.is_Rational:
+        return difference == 0       # exact arithmetic decided: 2^64 is not 2^64 - 1
     # numbers: evaluate to 30 digits instead of simplify() (much faster; exact forms agree to
     # ~1e-30), as SymPy Floats: 2^2005 must not overflow to inf and then "equal" everything
-    diff = abs(sympy.N(expr_a - expr_b, 30))
+    diff = abs(sympy.N(difference, 30))
     scale = max(abs(sympy.N(expr_a, 30)), abs(sympy.N(expr_b, 30)))
     return bool(_close(diff, scale, places_a, places_b))
 

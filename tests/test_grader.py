@@ -110,7 +110,7 @@ EQUAL = [
     ("\\text{Cost of each taco} = \\$0.90", "0.9"), ("\\text{Number of single rooms: 64}", "64"),
     ("\\text{(C)}", "C"), ("\\textbf{(C)}", "(C)"), ("\\text{(b)}", "B"),
     ("\\text{Navin}", "Navin"), ("-\\infty", "-\\infty"),
-    (42, 42.0),
+    (42, 42.0), ("2^{64}-1", "18446744073709551615"), ("10^{13}", "10000000000000"),
 ]
 
 UNEQUAL = [
@@ -124,6 +124,10 @@ UNEQUAL = [
     ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}2\\\\1\\end{pmatrix}"),
     ("\\begin{pmatrix}1&2\\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
     ("", "0"), (None, "1"), ("3", None), ("x = 3", "y = 4"), ("\\pm 2", "2"), ("1 \\pm 2", "3, 1"),
+    # exact values are equal only when equal, however large (no relative tolerance)
+    ("10000000000001", "10000000000000"), ("1000000000000", "999999999999"),
+    ("2^{64}", "18446744073709551615"), ("10^{13} + 1", "10^{13}"), ("10^{400}", "10^{400}+1"),
+    ("10^{20}\\sqrt{2} + 1", "10^{20}\\sqrt2"),
 ]
 
 
