@@ -38,7 +38,7 @@ Each data set's protocol, in both (checked against the released verdicts in data
     of the solution's last block that has one, taken whole ("\\boxed{65, 40}" against 65 is wrong);
   * GSM8K: letters are dropped from a plain answer, after its left-hand side ("x = 160" -> 160);
   * Mathematics: references may be lists "[3, 5]"; strict compares their items (a "[...]" answer
-    too).
+    too, and against a list a set "\\{...\\}" of one item or more).
   * GSM8K, SVAMP, MATH, minival: the last \\boxed{} (strict), the first box of the last block
     holding one (paper protocol, as the authors' extraction did).
 """
@@ -292,9 +292,12 @@ def _grade_strict(solution, reference, dataset):
     pred = extract_answer(solution, dataset)
     ref = str(reference)
     if dataset == "mathematics":   # references may be lists such as "[3, 5]"
-        ref = ref[1:-1] if ref.startswith("[") and ref.endswith("]") else ref
+        listed = ref.startswith("[") and ref.endswith("]")
+        ref = ref[1:-1] if listed else ref
         if pred and pred.startswith("[") and pred.endswith("]"):
             pred = pred[1:-1]
+        elif pred and listed:      # a set of the items, one or more: "\{11\}" against "[11]"
+            pred = re.sub(r"^(?:\\left)?\\\{(.*?)(?:\\right)?\\\}$", r"\1", pred, flags=re.S)
     if dataset == "gsm8k" and pred and "\\" not in pred:
         # answers are numbers: the authors drop letters; a left-hand side goes first ("x = 160")
         pred = re.sub(r"[a-zA-Z]", "", strip_lhs(pred.strip()))

@@ -371,3 +371,15 @@ def test_gsm8k_self_consistency():
     probs = E.load_dataset("GSM8K", DATA)
     assert len(probs) == 1319
     assert all(G.grade(p["solution"], p["answer"], "gsm8k")[1] for p in probs)
+
+
+def test_mathematics_a_set_of_the_listed_items():
+    """Mathematics references list items ("[11]", "[3, 5]": prime factors); a set of those items is
+    the answer whatever their number (a one-item set was read as a set against a number)."""
+    assert G.grade("\\boxed{\\{11\\}}", "[11]", "mathematics")[1]
+    assert G.grade("\\boxed{\\left\\{ 3, 5 \\right\\}}", "[3, 5]", "mathematics")[1]
+    assert G.grade("\\boxed{\\{3, 5\\}}", "[3, 5]", "mathematics")[1]
+    assert not G.grade("\\boxed{\\{11, 2\\}}", "[11]", "mathematics")[1]
+    assert not G.grade("\\boxed{\\{11\\}}", "[2]", "mathematics")[1]
+    assert not G.grade("\\boxed{\\{11\\}}", "11", "mathematics")[1]   # a number: a set is not it
+    assert not G.grade("\\boxed{\\{11\\}}", "[11]", "math")[1]         # no list references there
