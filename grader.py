@@ -140,6 +140,7 @@ def extract_answer(text, dataset=None):
     # the last box: "\boxed{x+11} or \boxed{11+x}" restates one answer (references cut so too)
     if spans:
         return _box(text, spans[-1])
+    text = SPECIAL_RE.sub("\n", text)          # the block markers end a sentence, not part of it
     m = re.findall(r"answer is[:\s]*(.+?)(?:\.?\s*$|\.\s|\n)", text, re.I | re.S)
     if m:
         return m[-1].strip().strip("$").strip()

@@ -38,6 +38,11 @@ EXTRACT = [
     ("<|text|>So \\boxed{16}.<|endofblock|><|code|>x<|endofblock|><|execution|>\\boxed{5}"
      "<|endofblock|><|text|>\\boxed{7} and \\boxed{9}<|endofblock|><|endofmessage|>",
      "simuleq", "7"),
+    # an LCE solution without a box: "the answer is" read in its text blocks, not up to a marker
+    ("<|text|>The answer is 7<|endofblock|><|endofmessage|>", None, "7"),
+    ("<|text|>So the answer is: $7$.<|endofblock|><|code|>print(8)<|endofblock|>", None, "7"),
+    ("<|text|>The answer is 7<|endofblock|><|text|>Checked.<|endofblock|>", None, "7"),
+    ("<|text|>She makes $18.\n#### 18<|endofblock|>", None, "18"),
 ]
 
 
