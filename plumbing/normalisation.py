@@ -121,6 +121,7 @@ _LABEL = re.compile("|".join([
     r"\\overline\{[A-Z]+\}", r"m?\\angle[A-Z]+"]))         # \overline{AB}, \angle ABC
 
 
+_CONSTANTS = ("\\pi", "\\infty")   # values, not names: "\\pi \\approx 3.14" names \\pi
 _ARITHMETIC = re.compile(r"(?:[\d\s.+\-*/()^{}]|\\(?:frac|sqrt|cdot|times|div))+")
 
 
@@ -149,9 +150,10 @@ def named_value(s):
     """The value an answer names, in a chain the last member: 'x = 3' -> '3', '(a,b)=(4,1)' ->
     '(4,1)', 'g(x)=2' -> '2', 'S_1:S_2=3:8' -> '3:8', 'x = 2+3 = 5' -> '5', 'x\\in[2,5)' ->
     '[2,5)'. An '\\approx' member is not the answer, the one before it is ('r = \\frac13 \\approx
-    0.33' -> '\\frac13'), unless that one is a name ('x \\approx 0.33' -> '0.33'). An equation
-    whose left side is not a name stays whole ('x - 2y + 3 = 0'); a list loses only a lone first
-    label ('x=1, x=2' -> '1, x=2': grader.is_equiv reads each item on its own)."""
+    0.33' -> '\\frac13'), unless that one is a name ('x \\approx 0.33' -> '0.33'; \\pi is a value:
+    '\\pi \\approx 3.14' -> '\\pi'). An equation whose left side is not a name stays whole
+    ('x - 2y + 3 = 0'); a list loses only a lone first label ('x=1, x=2' -> '1, x=2':
+    grader.is_equiv reads each item on its own)."""
     if "=" not in s and "\\approx" not in s and "\\in" not in s:
         return s
     if len(split_top(s, ",;")) > 1:   # "x = 8,000": a thousands separator or a list
@@ -167,7 +169,7 @@ def named_value(s):
     if members[1][0] == "=" and _ARITHMETIC.fullmatch(first):
         named = True                                   # "2 + 3 = 5": a computation, not an equation
     if len(members) == 2 and members[1][0] == "approx":
-        return members[1][1] if named else first
+        return members[1][1] if named and first not in _CONSTANTS else first
     return members[-1][1] if named or len(members) > 2 else s
 
 

@@ -44,6 +44,8 @@ NAMED = [
     ("x = 3", "3"), ("(a,b)=(4,1)", "(4,1)"), ("g(x)=2", "2"), ("|PQ|=2", "2"),
     ("S_1:S_2=3:8", "3:8"), ("x = 2+3 = 5", "5"), ("x\\in[2,5)", "[2,5)"),
     ("r = \\frac13 \\approx 0.33", "\\frac13"), ("x \\approx 0.33", "0.33"),
+    ("\\pi \\approx 3.14", "\\pi"), ("\\pi\\approx 3.14", "\\pi"),   # a constant, not a name
+    ("\\theta \\approx 0.52", "0.52"),
     ("2 + 3 = 5", "5"),                                  # a computation, not an equation
     ("x - 2y + 3 = 0", "x - 2y + 3 = 0"),                # not a name on the left: whole
     ("x^2 = 4", "x^2 = 4"),
