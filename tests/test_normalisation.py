@@ -62,3 +62,12 @@ def test_named_value(answer, want):
 def test_strip_lhs():
     assert strip_lhs("x=3") == "3" and strip_lhs("x\\in[2,5)") == "[2,5)"
     assert strip_lhs("2x=6") == "2x=6"                   # not a lone variable
+
+
+def test_a_scale_word_multiplies_unlike_a_unit():
+    """"million" after a number is a factor, not a unit word to drop."""
+    assert normal_form("1.5 million") == "1.5\\times10^{6}"
+    assert normal_form("\\$1.5\\text{ million}") == "1.5\\times10^{6}"
+    assert normal_form("2 \\text{ thousand dollars}") == "2\\times10^{3}"
+    assert normal_form("3 billion") == "3\\times10^{9}"
+    assert normal_form("5 thousandths") == "5"          # a unit word: dropped as before
