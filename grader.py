@@ -300,8 +300,11 @@ def _grade_strict(solution, reference, dataset):
         elif pred and listed:      # a set of the items, one or more: "\{11\}" against "[11]"
             pred = re.sub(r"^(?:\\left)?\\\{(.*?)(?:\\right)?\\\}$", r"\1", pred, flags=re.S)
     if dataset == "gsm8k" and pred and "\\" not in pred:
-        # answers are numbers: the authors drop letters; a left-hand side goes first ("x = 160")
-        pred = re.sub(r"[a-zA-Z]", "", strip_lhs(pred.strip()))
+        # answers are numbers: the authors drop letters; a left-hand side goes first ("x = 160").
+        # Words between numbers ("3 and 4", "1 hour 30 minutes") stay: several numbers, not 34
+        pred = strip_lhs(pred.strip())
+        if not re.search(r"\d[^a-zA-Z\d]*[a-zA-Z][^\d]*\d", pred):
+            pred = re.sub(r"[a-zA-Z]", "", pred)
     return pred, is_equiv(pred, ref)
 
 

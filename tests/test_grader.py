@@ -226,6 +226,12 @@ def test_grade_dataset_protocols():
     assert G.grade("\\boxed{[2, 7]}", "[2, 7]", "mathematics")[1]
     assert G.grade("#### the300", "300", "gsm8k")[1]               # authors drop letters for GSM8K
     assert G.grade("\\boxed{x = 160}", "160", "gsm8k") == ("160", True)   # the left side goes first
+    # words between numbers make several numbers, not one with its digits run together
+    assert not G.grade("\\boxed{3 and 4}", "34", "gsm8k")[1]
+    assert not G.grade("\\boxed{1 hour 30 minutes}", "130", "gsm8k")[1]
+    assert not G.grade("\\boxed{5 apples and 3 oranges}", "53", "gsm8k")[1]
+    assert G.grade("\\boxed{160 apples}", "160", "gsm8k") == ("160 ", True)
+    assert G.grade("\\boxed{x = 12 cm^2}", "12", "gsm8k")[1]
     assert G.grade("\\boxed{15} and \\boxed{9}", "15", "simuleq")[1]
     # elsewhere: the last answer counts
     assert not G.grade("\\boxed{15} and \\boxed{9}", "15", None)[1]
