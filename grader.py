@@ -245,8 +245,8 @@ def _close(diff, scale, places_a, places_b):
     places = min((p for p in (places_a, places_b) if p is not None), default=None)
     if diff == 0:
         return True
-    if places is None:   # two irrational exact forms, evaluated: SymPy's rounding noise only
-        return diff <= 1e-12 * max(1.0, scale)
+    if places is None:   # two irrational exact forms at 30 digits: equal ones differ by ~1e-160
+        return diff <= 1e-25 * max(1.0, scale)
     return diff <= 0.5 * 10.0 ** -places * (1 + 1e-9) and diff <= REL_TOL * scale
 
 
