@@ -312,11 +312,15 @@ def _grade_authors(solution, reference, dataset):
     # Their `completion`: the released verdicts were computed on an answer that an extraction step,
     # not in their public code, had pulled out of the solution; the first \boxed{} of the last
     # block that has one reproduces it (else the last block, which is what their public script's
-    # `completion` holds). Every block is read, code and execution output too, as their released
-    # runs show: of 4,347 released solutions, 2 (both in MathCoder-CL-13b_simuleq-wrong, none in
-    # a -correct file) hold a box only in code or execution output, and the `completion` of one of
-    # them is the text of its last execution block. Reading text blocks only would change none of
-    # the 4,347 verdicts, so nothing in the released runs says they ignored such a box: kept.
+    # `completion` holds). A known deviation, since the step is not public: our answer differs
+    # from the one read in their `completion` for 139 of the 4,347 released solutions (their step
+    # kept one value of several, dropped a \text{} label, joined or took the last of several
+    # boxes, with no rule that fits them all), and 25 verdicts differ for it.
+    # Every block is read, code and execution output too, as their released runs show: of 4,347
+    # released solutions, 2 (both in MathCoder-CL-13b_simuleq-wrong, none in a -correct file) hold
+    # a box only in code or execution output, and the `completion` of one of them is the text of
+    # its last execution block. Reading text blocks only would change none of the 4,347 verdicts,
+    # so nothing in the released runs says they ignored such a box: kept.
     # A solution that ends in a code or execution block (it ran out of turns) was graded on that
     # block, their script's `completion`, not on an earlier box: 13 of the 15 released solutions
     # that do and have a box earlier (all 15 in -wrong files) hold that block as `completion`.

@@ -17,6 +17,14 @@ each is named where it happens. Deviations:
   * their tuple evaluation prints each element with Python's eval of SymPy's string; here an
     integer element prints as an int and any other as a float of SymPy's value;
   * answers over MAX_ANSWER_CHARS are compared as strings only (they would reach latex2sympy).
+Released verdicts not reproduced, for that reason (5 of 4,347; the other differences come from
+grader.py's reconstruction of their `completion`):
+  * latex2sympy compares its expression trees as built: "-312*u" is not "-312u" for it (3 released
+    Mathematics verdicts wrong) while "52*f" is "52f"; ours compares evaluated expressions;
+  * their 1e-2 check evaluates SymPy's string with Python's eval inside is_equal, where `b` is a
+    local holding the reference: an answer read as the symbol b then equals any number ("(b)"
+    against -1 and 45.0: 2 released Mathematics verdicts correct). A SimulEq run's "b" against
+    77.4 is wrong, so the rule is not certain and not reproduced here.
 """
 import re
 
