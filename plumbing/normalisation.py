@@ -49,6 +49,14 @@ def apply_rule(rule, s):
 
 _DEGREES = _rule("degrees", ("circ", "°"), r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ", "",
                  "30^{\\circ}", "30")
+_POWER_OF_TEN = {"thousand": 3, "million": 6, "billion": 9, "trillion": 12}
+# a scale word is a factor, not a unit: "1.5 \\text{ million}" is 1.5 x 10^6 ("\\text{" reopened
+# for the words after it)
+_SCALE_WORDS = _rule("scale words after a number", ("thousand", "million", "billion", "trillion"),
+                     r"(\d)\s*(\\text\s*\{\s*)?(thousand|million|billion|trillion)s?\b",
+                     lambda m: (f"{m[1]}\\times10^{{{_POWER_OF_TEN[m[3]]}}}"
+                                + ("\\text{" if m[2] else "")),
+                     "1.5 million", "1.5\\times10^{6}")
 _TEXT_LABEL = _rule("a \\text{label} =", ("\\text",), r"^\\text\s*\{[^{}]*\}\s*=\s*", "",
                     "\\text{Cost of a taco} = 0.90", "0.90")
 _AND_OR = _rule("and / or between solutions", ("and", "or"),
@@ -70,8 +78,8 @@ _SUBSCRIPT = _rule("braces around a subscript", ("_{",), r"_\{(\w+)\}", r"_\1",
 # spaces go, except after a command ("\pi r"), marked by \0 first
 _COMMAND_SPACE = _rule("the space after a command", (" ",), r"(\\[a-zA-Z]+) +(?=[a-zA-Z])",
                        "\\1\0", "\\pi r", "\\pi\0r")
-RULES = [_DEGREES, _TEXT_LABEL, _AND_OR, _QUAD_ENDS, _QUAD, _LOST_SPACE, _NAME_COLON, _UNIT_WORDS,
-         _SUBSCRIPT, _COMMAND_SPACE]   # (all of them: tests check each example)
+RULES = [_SCALE_WORDS, _DEGREES, _TEXT_LABEL, _AND_OR, _QUAD_ENDS, _QUAD, _LOST_SPACE, _NAME_COLON,
+         _UNIT_WORDS, _SUBSCRIPT, _COMMAND_SPACE]   # (all of them: tests check each example)
 _TEXT_UNIT = re.compile(r"\\text\{[^{}]*\}(\^\{?\d\}?)?")
 _DIGIT = re.compile(r"\d")
 
@@ -82,7 +90,7 @@ def normal_form(s, drop_label=True):
     s = str(s).strip()
     for a, b in _DECORATION:
         s = s.replace(a, b)
-    s = apply_rule(_DEGREES, s)
+    s = apply_rule(_DEGREES, apply_rule(_SCALE_WORDS, s))
     for cmd in ("\\mathrm", "\\mathbf", "\\boldsymbol", "\\textbf"):
         s = _unwrap(s, cmd)
     s = apply_rule(_TEXT_LABEL, s)
@@ -121,6 +129,7 @@ _LABEL = re.compile("|".join([
     r"\\overline\{[A-Z]+\}", r"m?\\angle[A-Z]+"]))         # \overline{AB}, \angle ABC
 
 
+_CONSTANTS = ("\\pi", "\\infty")   # values, not names: "\\pi \\approx 3.14" names \\pi
 _ARITHMETIC = re.compile(r"(?:[\d\s.+\-*/()^{}]|\\(?:frac|sqrt|cdot|times|div))+")
 
 
@@ -149,9 +158,10 @@ def named_value(s):
     """The value an answer names, in a chain the last member: 'x = 3' -> '3', '(a,b)=(4,1)' ->
     '(4,1)', 'g(x)=2' -> '2', 'S_1:S_2=3:8' -> '3:8', 'x = 2+3 = 5' -> '5', 'x\\in[2,5)' ->
     '[2,5)'. An '\\approx' member is not the answer, the one before it is ('r = \\frac13 \\approx
-    0.33' -> '\\frac13'), unless that one is a name ('x \\approx 0.33' -> '0.33'). An equation
-    whose left side is not a name stays whole ('x - 2y + 3 = 0'); a list loses only a lone first
-    label ('x=1, x=2' -> '1, x=2': grader.is_equiv reads each item on its own)."""
+    0.33' -> '\\frac13'), unless that one is a name ('x \\approx 0.33' -> '0.33'; \\pi is a value:
+    '\\pi \\approx 3.14' -> '\\pi'). An equation whose left side is not a name stays whole
+    ('x - 2y + 3 = 0'); a list loses only a lone first label ('x=1, x=2' -> '1, x=2':
+    grader.is_equiv reads each item on its own)."""
     if "=" not in s and "\\approx" not in s and "\\in" not in s:
         return s
     if len(split_top(s, ",;")) > 1:   # "x = 8,000": a thousands separator or a list
@@ -167,7 +177,7 @@ def named_value(s):
     if members[1][0] == "=" and _ARITHMETIC.fullmatch(first):
         named = True                                   # "2 + 3 = 5": a computation, not an equation
     if len(members) == 2 and members[1][0] == "approx":
-        return members[1][1] if named else first
+        return members[1][1] if named and first not in _CONSTANTS else first
     return members[-1][1] if named or len(members) > 2 else s
 
 

@@ -49,3 +49,28 @@ def test_authors_equal():
     assert G.grade(sol, "65", "simuleq", protocol="authors") == ("65", True)
     assert G.grade("<|code|>x<|endofblock|><|execution|>42<|endofblock|>", "42",
                    protocol="authors")[1]
+
+
+def test_latex_spacing_is_skipped_as_latex2sympy_does():
+    """latex2sympy's grammar skips LaTeX spacing (\\, \\: \\; \\! \\quad \\qquad): their grader read
+    "\\boxed{2600 \\, \\text{g}}" as 2600 (released GSM8K verdict: correct)."""
+    assert A.find_math_answer("\\boxed{2600 \\, \\text{g}}") == "2600\\,"   # their extraction
+    for spaced in ("2600\\,", "2600\\;", "2\\!600", "2600\\quad", "2600\\qquad", "2600\\:"):
+        assert A.is_equal("2600", spaced), spaced
+    assert not A.is_equal("2600", "2601\\,")
+    assert not A.is_equal("2600", "\\quadrant")                          # not a spacing command
+    assert G.grade("So \\boxed{2600 \\, \\text{g}}.", "2600", "gsm8k", protocol="authors")[1]
+
+
+def test_a_solution_cut_off_after_its_code_is_graded_on_its_last_block():
+    """A solution that ends in a code or execution block (it ran out of turns) was graded by the
+    authors on that last block, their script's `completion`, not on a box of an earlier block: the
+    released GSM8K and SVAMP verdicts of such solutions are all wrong."""
+    cut = ("<|text|>So \\boxed{34}.<|endofblock|><|text|>Let me check.<|endofblock|>"
+           "<|code|>total<|endofblock|><|execution|>64<|endofblock|>")
+    assert G.grade(cut, "34", "gsm8k", protocol="authors") == ("64", False)
+    assert G.grade(cut, "64", "gsm8k", protocol="authors") == ("64", True)
+    assert G.grade(cut[:-len("<|execution|>64<|endofblock|>")], "34", protocol="authors")[0] \
+        == "total"
+    # a solution that ends in its own text keeps the first box of its last boxed block
+    assert G.grade(cut + "<|text|>Done.<|endofblock|>", "34", protocol="authors") == ("34", True)

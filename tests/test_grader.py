@@ -38,6 +38,11 @@ EXTRACT = [
     ("<|text|>So \\boxed{16}.<|endofblock|><|code|>x<|endofblock|><|execution|>\\boxed{5}"
      "<|endofblock|><|text|>\\boxed{7} and \\boxed{9}<|endofblock|><|endofmessage|>",
      "simuleq", "7"),
+    # an LCE solution without a box: "the answer is" read in its text blocks, not up to a marker
+    ("<|text|>The answer is 7<|endofblock|><|endofmessage|>", None, "7"),
+    ("<|text|>So the answer is: $7$.<|endofblock|><|code|>print(8)<|endofblock|>", None, "7"),
+    ("<|text|>The answer is 7<|endofblock|><|text|>Checked.<|endofblock|>", None, "7"),
+    ("<|text|>She makes $18.\n#### 18<|endofblock|>", None, "18"),
 ]
 
 
@@ -109,14 +114,16 @@ EQUAL = [
      "\\begin{pmatrix}\\frac{1}{2}\\\\\\frac12\\end{pmatrix}"),
     ("\\text{Cost of each taco} = \\$0.90", "0.9"), ("\\text{Number of single rooms: 64}", "64"),
     ("\\text{(C)}", "C"), ("\\textbf{(C)}", "(C)"), ("\\text{(b)}", "B"),
-    ("\\text{Navin}", "Navin"), ("-\\infty", "-\\infty"),
-    (42, 42.0),
+    ("\\text{Navin}", "Navin"), ("-\\infty", "-\\infty"), ("\\pi \\approx 3.14", "\\pi"),
+    ("1.5 \\text{ million}", "1500000"), ("\\$2 \\text{ million}", "2,000,000"),
+    (42, 42.0), ("2^{64}-1", "18446744073709551615"), ("10^{13}", "10000000000000"),
 ]
 
 UNEQUAL = [
     ("0.333", "\\frac13"), ("0.0417", "\\frac{1}{24}"), ("0.67", "\\frac23"), ("100.004", "100"),
     ("2", "2.1"),
-    ("3.14", "\\pi"), ("0.3", "0.333"), ("12", "13"), ("-5", "5"), ("\\frac{1}{2}", "\\frac{1}{3}"),
+    ("3.14", "\\pi"), ("\\pi \\approx 3.14", "3.14"), ("0.3", "0.333"), ("12", "13"), ("-5", "5"),
+    ("\\frac{1}{2}", "\\frac{1}{3}"), ("1.5 \\text{ million}", "1.5"), ("5 thousand", "5"),
     ("2\\sqrt{2}", "\\sqrt{2}"), ("6\\frac{1}{5}", "\\frac{6}{5}"), ("5\\%", "0.5"),
     ("1000", "1,001"),
     ("x+1", "x+2"), ("-\\infty", "\\infty"), ("A", "B"), ("(1,2)", "(2,1)"), ("[1,2]", "(1,2)"),
@@ -124,6 +131,10 @@ UNEQUAL = [
     ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}2\\\\1\\end{pmatrix}"),
     ("\\begin{pmatrix}1&2\\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
     ("", "0"), (None, "1"), ("3", None), ("x = 3", "y = 4"), ("\\pm 2", "2"), ("1 \\pm 2", "3, 1"),
+    # exact values are equal only when equal, however large (no relative tolerance)
+    ("10000000000001", "10000000000000"), ("1000000000000", "999999999999"),
+    ("2^{64}", "18446744073709551615"), ("10^{13} + 1", "10^{13}"), ("10^{400}", "10^{400}+1"),
+    ("10^{20}\\sqrt{2} + 1", "10^{20}\\sqrt2"), ("10^{20}\\sqrt{2} + \\sqrt{3}", "10^{20}\\sqrt2"),
 ]
 
 
@@ -215,6 +226,12 @@ def test_grade_dataset_protocols():
     assert G.grade("\\boxed{[2, 7]}", "[2, 7]", "mathematics")[1]
     assert G.grade("#### the300", "300", "gsm8k")[1]               # authors drop letters for GSM8K
     assert G.grade("\\boxed{x = 160}", "160", "gsm8k") == ("160", True)   # the left side goes first
+    # words between numbers make several numbers, not one with its digits run together
+    assert not G.grade("\\boxed{3 and 4}", "34", "gsm8k")[1]
+    assert not G.grade("\\boxed{1 hour 30 minutes}", "130", "gsm8k")[1]
+    assert not G.grade("\\boxed{5 apples and 3 oranges}", "53", "gsm8k")[1]
+    assert G.grade("\\boxed{160 apples}", "160", "gsm8k") == ("160 ", True)
+    assert G.grade("\\boxed{x = 12 cm^2}", "12", "gsm8k")[1]
     assert G.grade("\\boxed{15} and \\boxed{9}", "15", "simuleq")[1]
     # elsewhere: the last answer counts
     assert not G.grade("\\boxed{15} and \\boxed{9}", "15", None)[1]
@@ -367,3 +384,15 @@ def test_gsm8k_self_consistency():
     probs = E.load_dataset("GSM8K", DATA)
     assert len(probs) == 1319
     assert all(G.grade(p["solution"], p["answer"], "gsm8k")[1] for p in probs)
+
+
+def test_mathematics_a_set_of_the_listed_items():
+    """Mathematics references list items ("[11]", "[3, 5]": prime factors); a set of those items is
+    the answer whatever their number (a one-item set was read as a set against a number)."""
+    assert G.grade("\\boxed{\\{11\\}}", "[11]", "mathematics")[1]
+    assert G.grade("\\boxed{\\left\\{ 3, 5 \\right\\}}", "[3, 5]", "mathematics")[1]
+    assert G.grade("\\boxed{\\{3, 5\\}}", "[3, 5]", "mathematics")[1]
+    assert not G.grade("\\boxed{\\{11, 2\\}}", "[11]", "mathematics")[1]
+    assert not G.grade("\\boxed{\\{11\\}}", "[2]", "mathematics")[1]
+    assert not G.grade("\\boxed{\\{11\\}}", "11", "mathematics")[1]   # a number: a set is not it
+    assert not G.grade("\\boxed{\\{11\\}}", "[11]", "math")[1]         # no list references there

@@ -44,6 +44,8 @@ NAMED = [
     ("x = 3", "3"), ("(a,b)=(4,1)", "(4,1)"), ("g(x)=2", "2"), ("|PQ|=2", "2"),
     ("S_1:S_2=3:8", "3:8"), ("x = 2+3 = 5", "5"), ("x\\in[2,5)", "[2,5)"),
     ("r = \\frac13 \\approx 0.33", "\\frac13"), ("x \\approx 0.33", "0.33"),
+    ("\\pi \\approx 3.14", "\\pi"), ("\\pi\\approx 3.14", "\\pi"),   # a constant, not a name
+    ("\\theta \\approx 0.52", "0.52"),
     ("2 + 3 = 5", "5"),                                  # a computation, not an equation
     ("x - 2y + 3 = 0", "x - 2y + 3 = 0"),                # not a name on the left: whole
     ("x^2 = 4", "x^2 = 4"),
@@ -60,3 +62,12 @@ def test_named_value(answer, want):
 def test_strip_lhs():
     assert strip_lhs("x=3") == "3" and strip_lhs("x\\in[2,5)") == "[2,5)"
     assert strip_lhs("2x=6") == "2x=6"                   # not a lone variable
+
+
+def test_a_scale_word_multiplies_unlike_a_unit():
+    """"million" after a number is a factor, not a unit word to drop."""
+    assert normal_form("1.5 million") == "1.5\\times10^{6}"
+    assert normal_form("\\$1.5\\text{ million}") == "1.5\\times10^{6}"
+    assert normal_form("2 \\text{ thousand dollars}") == "2\\times10^{3}"
+    assert normal_form("3 billion") == "3\\times10^{9}"
+    assert normal_form("5 thousandths") == "5"          # a unit word: dropped as before
