@@ -50,9 +50,9 @@ OFFICIAL = os.path.join(ROOT, "data", "official_outs")
 
 def test_regrade_released_runs():
     """Every released solution (5 runs, 4,347 solutions, split by the official verdict), re-graded
-    by `eval.score`. Measured (2026-11-25), agreement with the official verdicts per file, strict /
-    paper protocol: GSM8K 99.8 / 99.4 and 98.7 / 99.1; SVAMP 99.9 / 99.9 and 99.7 / 99.7;
-    Mathematics 98.6 / 99.2 and 98.9 / 98.4; SimulEq CL-13B 97.1 / 98.1 and 98.0 / 98.5; SimulEq
+    by `eval.score`. Measured (2026-12-05), agreement with the official verdicts per file, strict /
+    paper protocol: GSM8K 99.8 / 100.0 and 98.7 / 100.0; SVAMP 99.9 / 99.9 and 99.7 / 100.0;
+    Mathematics 98.7 / 99.2 and 98.9 / 98.4; SimulEq CL-13B 97.1 / 98.1 and 98.0 / 98.5; SimulEq
     CL-7B 98.4 / 98.4 and 96.9 / 98.1 (correct file first). Strict's one file under 97%: 5 records
     where the released verdict read two boxes ("\\boxed{20} and \\boxed{160}") as one answer, which
     it does not for 35 alike records of the same runs, and 3 where the authors' unit list misses the
