@@ -29,13 +29,14 @@ picks one of three modes; sandbox.default_isolation() is the strongest this mach
       results included.
 
 In every mode the worker holds no capability and sets no_new_privs (no setuid program gives it
-more), and a Python audit hook (sys.addaudithook, _guard) refuses, through Python's own APIs,
-writes outside the work directory, signals to other processes and sockets: a guard rail against
-accidents, which ctypes, a shell or code that goes looking gets around. Not isolated: what "none"
-can read (everything you can); in "uid" the machine's process list and the network; the kernel's
-attack surface (no seccomp filter); CPU share. For hostile code at scale also put the whole program
-in a VM. Linux is the tested platform (/proc, rlimits, setuid, capabilities, mounts); macOS offers
-only "none".
+more), a seccomp filter refuses System V IPC and memfd_create (refuse_syscalls: objects that
+outlive a problem, memory that RLIMIT_AS does not count), and a Python audit hook
+(sys.addaudithook, _guard) refuses, through Python's own APIs, writes outside the work directory,
+signals to other processes and sockets: a guard rail against accidents, which ctypes, a shell or
+code that goes looking gets around. Not isolated: what "none" can read (everything you can); in
+"uid" the machine's process list and the network; the kernel's attack surface (the filter refuses
+only those calls); CPU share. For hostile code at scale also put the whole program in a VM. Linux
+is the tested platform (/proc, rlimits, setuid, capabilities, mounts); macOS offers only "none".
 
 Top to bottom: what a sandbox's root holds (root_mounts) and how it is made (bwrap_argv for
 "namespaces", enter_private_root for "uid"); which modes this machine offers (why_unavailable);
@@ -267,6 +268,43 @@ def drop_privileges(uid):
             or libc.prctl(47, 4, 0, 0, 0)     # PR_CAP_AMBIENT_CLEAR_ALL
             or libc.prctl(38, 1, 0, 0, 0)):   # PR_SET_NO_NEW_PRIVS
         raise OSError(ctypes.get_errno(), "sandbox: could not drop the worker's capabilities")
+    refuse_syscalls(libc)
+
+
+# Per machine: its seccomp architecture, the numbers of System V IPC's calls (shmget, shmat,
+# shmctl, shmdt, sem*, msg*: asm/unistd_64.h, asm-generic/unistd.h) and memfd_create's.
+_REFUSED = {"x86_64": (0xC000003E, (*range(29, 32), *range(64, 72), 220, 319)),
+            "aarch64": (0xC00000B7, (*range(186, 198), 279))}
+
+
+def refuse_syscalls(libc):
+    """A seccomp filter (for good, inherited by all it starts): every call of System V IPC (shared
+    memory, semaphores, message queues) and memfd_create fail with EPERM, and so does every call of
+    another ABI (32-bit, x32) that could reach them by other numbers. A System V object outlives
+    the process that made it: left by one problem, the next could read it; both hold memory that
+    RLIMIT_AS does not count. Other machines than _REFUSED's: no filter."""
+    arch, numbers = _REFUSED.get(os.uname().machine, (None, ()))
+    if arch is None:
+        return
+    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, ..|JGE|K, BPF_RET
+    allow, refuse = 0x7FFF0000, 0x00050000 | 1   # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    checks = [(jge, 0x40000000)] + [(jeq, number) for number in numbers]  # x32 has bit 30 set
+    program = [(load, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, refuse),  # seccomp_data.arch
+               (load, 0, 0, 0)]  # seccomp_data.nr
+    program += [(op, len(checks) - i, 0, k) for i, (op, k) in enumerate(checks)]  # -> refuse
+    program += [(ret, 0, 0, allow), (ret, 0, 0, refuse)]
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                    ("k", ctypes.c_uint32)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(Filter))]
+
+    filters = (Filter * len(program))(*program)
+    # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+    if libc.prctl(22, 2, ctypes.byref(Program(len(program), filters)), 0, 0):
+        raise OSError(ctypes.get_errno(), "sandbox: could not install the seccomp filter")
 
 
 @dataclasses.dataclass
@@ -363,26 +401,39 @@ def kill_all(spare, **which):
 def clear(top):
     """Empty directory `top` (kept) whatever code left in it: directories made read-only or
     unlistable are opened up first (where we own them), symlinks are removed, never followed.
-    Iterative (no recursion limit); best effort: what cannot go stays."""
+    It works one level below `top` at a time, by fd: a directory's entries are moved up into
+    `top`, then it goes. So no path grows long (a tree nested past PATH_MAX, made a level at a
+    time, goes too) and there is no recursion. Best effort: what cannot go stays."""
     with contextlib.suppress(OSError):
         os.chmod(top, 0o700)  # a work directory the code chmod-ed
-    stack, subdirs = [top], []
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:
-            continue
-        for entry in entries:
-            with contextlib.suppress(OSError):
-                if entry.is_dir(follow_symlinks=False):
-                    os.chmod(entry.path, 0o700)
-                    stack.append(entry.path)
-                    subdirs.append(entry.path)
-                else:
-                    os.unlink(entry.path)
-    for path in reversed(subdirs):  # deepest first
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
+    try:
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    moved = itertools.count()  # names for what moves up (taken ones fail, and get another)
+    try:
+        progress = True
+        while progress:  # each pass removes something, or it ends
+            progress = False
+            for entry in list(os.scandir(fd)):
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False):
+                        os.chmod(entry.name, 0o700, dir_fd=fd)
+                        sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                      dir_fd=fd)
+                        try:
+                            for inner in list(os.scandir(sub)):
+                                with contextlib.suppress(OSError):
+                                    os.rename(inner.name, f".moved-{next(moved)}",
+                                              src_dir_fd=sub, dst_dir_fd=fd)
+                        finally:
+                            os.close(sub)
+                        os.rmdir(entry.name, dir_fd=fd)
+                    else:
+                        os.unlink(entry.name, dir_fd=fd)
+                    progress = True
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------- what is left

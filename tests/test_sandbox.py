@@ -656,6 +656,28 @@ def test_nothing_survives_reset(sb):
     assert sb.run("open('f.txt', 'w').write('ok')\nopen('f.txt').read()") == "'ok'"
 
 
+def test_a_tree_deeper_than_path_max_does_not_survive_reset(sb):
+    """Directories nested past PATH_MAX (made one level at a time, by fd) cannot be reached by
+    path from the work directory; all of it goes all the same."""
+    sb.run("import os\nfd = os.open('.', os.O_RDONLY)\nfor _ in range(30):\n"
+           "    os.mkdir('d' * 200, dir_fd=fd)\n"
+           "    fd = os.open('d' * 200, os.O_RDONLY, dir_fd=fd)\n"
+           "os.close(os.open('secret', os.O_CREAT | os.O_WRONLY, dir_fd=fd))")
+    sb.reset()
+    assert sb.run("import os\nos.listdir('.')") == "[]"
+
+
+def test_system_v_ipc_is_refused(sb):
+    """Shared memory, message queues and semaphores of System V outlive their process (the next
+    problem could read them) and hold memory that RLIMIT_AS does not count; as does a memfd."""
+    out = sb.run("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                 "made = [libc.shmget(0x5EC, 4096, 0o1666), libc.msgget(0x5EC, 0o1666),"
+                 " libc.semget(0x5EC, 1, 0o1666)]\n"
+                 "try:\n    os.memfd_create('m')\nexcept PermissionError:\n    made.append(-1)\n"
+                 "made, ctypes.get_errno()")
+    assert out == "([-1, -1, -1, -1], 1)"  # EPERM
+
+
 def test_a_thread_left_running_ends_the_worker(sb):
     sb.run("import _thread, time\nleak = []\ndef spin():\n    while True:\n"
            "        leak.append(1)\n        time.sleep(0.01)\n_thread.start_new_thread(spin, ())")
