@@ -667,6 +667,31 @@ def test_a_tree_deeper_than_path_max_does_not_survive_reset(sb):
     assert sb.run("import os\nos.listdir('.')") == "[]"
 
 
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="clone's syscall number: x86_64")
+def test_siblings_left_as_zombies_do_not_reach_the_next_problem(sb):
+    """clone(CLONE_PARENT) makes children of the template, not of the worker; exited and not
+    reaped, they would count against the uid's process limit in every later problem."""
+    assert sb.run("import ctypes, os\nfor _ in range(40):\n"
+                  "    if ctypes.CDLL(None).syscall(56, 0x8000 | 17, 0, 0, 0, 0) == 0:\n"
+                  "        os._exit(0)") == EMPTY  # 56: clone; CLONE_PARENT | SIGCHLD
+    sb.reset()
+    assert sb.run("import subprocess\nsubprocess.run(['true']).returncode") == "0"
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="clone's syscall number: x86_64")
+def test_a_sibling_made_by_clone_parent_does_not_outlive_its_cell(sb):
+    if sb.isolation == "none":
+        pytest.skip("only a uid of its own lets the worker reach what is not its child")
+    pid = int(sb.run("import ctypes, time\n"
+                     "pid = ctypes.CDLL(None).syscall(56, 0x8000 | 17, 0, 0, 0, 0)\n"
+                     "if pid == 0:\n    while True:\n        time.sleep(0.1)\npid"))
+    assert pid > 0
+    deadline = time.time() + 5
+    while alive_in(sb, pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not alive_in(sb, pid)
+
+
 def test_system_v_ipc_is_refused(sb):
     """Shared memory, message queues and semaphores of System V outlive their process (the next
     problem could read them) and hold memory that RLIMIT_AS does not count; as does a memfd."""
