@@ -17,13 +17,13 @@ picks one of three modes; sandbox.default_isolation() is the strongest this mach
       only CAP_SETUID, CAP_SETGID and CAP_KILL, and the worker drops to a uid of its own with no
       capability at all. Without root, bwrap makes a user namespace and the worker keeps your
       uid: it could then kill its own template, which costs only its own Sandbox a cold start.
-  "uid"  (root on Linux) The template enters a mount namespace of its own and chroots into the
-      same kind of root (enter_private_root: the same root_mounts(), /dev's harmless nodes, the
-      machine's /proc, the work directory on a tmpfs); the worker drops to an unprivileged
-      uid/gid of its own (UID_BASE + a slot, no account needed) with no capability: it cannot
-      signal other processes, read the project, nor write outside its work directory (so it
-      leaves nothing in /tmp or /dev/shm). It sees all processes (their command lines too) and
-      has the network.
+  "uid"  (root on Linux) The template enters mount, IPC and network namespaces of its own (only
+      a loopback, down: no port of the machine is reached) and chroots into the same kind of
+      root (enter_private_root: the same root_mounts(), /dev's harmless nodes, the machine's
+      /proc, the work directory on a tmpfs); the worker drops to an unprivileged uid/gid of its
+      own (UID_BASE + a slot, no account needed) with no capability: it cannot signal other
+      processes, read the project, nor write outside its work directory (so it leaves nothing in
+      /tmp or /dev/shm). It sees all processes (their command lines too).
   "none"  The worker runs as you, with the limits of sandbox.py and the audit hook below, nothing
       more. Refused as root: root's code could signal, trace or overwrite anything, the run's own
       results included.
@@ -34,9 +34,9 @@ outlive a problem, memory that RLIMIT_AS does not count), and a Python audit hoo
 (sys.addaudithook, _guard) refuses, through Python's own APIs, writes outside the work directory,
 signals to other processes and sockets: a guard rail against accidents, which ctypes, a shell or
 code that goes looking gets around. Not isolated: what "none" can read (everything you can); in
-"uid" the machine's process list and the network; the kernel's attack surface (the filter refuses
-only those calls); CPU share. For hostile code at scale also put the whole program in a VM. Linux
-is the tested platform (/proc, rlimits, setuid, capabilities, mounts); macOS offers only "none".
+"uid" the machine's process list; the kernel's attack surface (the filter refuses only those
+calls); CPU share. For hostile code at scale also put the whole program in a VM. Linux is the
+tested platform (/proc, rlimits, setuid, capabilities, mounts); macOS offers only "none".
 
 Top to bottom: what a sandbox's root holds (root_mounts) and how it is made (bwrap_argv for
 "namespaces", enter_private_root for "uid"); which modes this machine offers (why_unavailable);
@@ -56,7 +56,8 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # WORKER
 # mount(2) and unshare(2) flags (linux/mount.h, linux/sched.h)
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
     1, 2, 4, 32, 4096, 16384, 1 << 18)
-CLONE_NEWNS = 0x20000
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWNET = 0x20000, 0x8000000, 0x40000000
+UNSHARE = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET  # uid mode: mounts, IPC, network of its own
 
 
 # ---------------------------------------------------------------------------------- the root
@@ -163,10 +164,11 @@ def bwrap_argv(workdir, disk_mb, preload=()):
 
 
 def enter_private_root(cfg):
-    """uid mode (root): what bwrap does in namespaces mode, by hand. A mount namespace of our own,
-    whose new root (a tmpfs on the host's empty work directory) holds only cfg["mounts"]
-    (root_mounts(), read-only), /dev's harmless nodes, the machine's /proc and the work directory
-    on a tmpfs of disk_mb; then chroot into it. Every worker forked from here lives in that root."""
+    """uid mode (root): what bwrap does in namespaces mode, by hand. Mount, IPC and network
+    namespaces of our own (the network: a loopback that is down); a new root (a tmpfs on the
+    host's empty work directory) that holds only cfg["mounts"] (root_mounts(), read-only), /dev's
+    harmless nodes, the machine's /proc and the work directory on a tmpfs of disk_mb; then chroot
+    into it. Every worker forked from here lives in that root."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                            ctypes.c_char_p]
@@ -185,8 +187,8 @@ def enter_private_root(cfg):
         mount(source, target, None, MS_BIND | MS_REC)
         mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags)
 
-    if libc.unshare(CLONE_NEWNS):
-        raise OSError(ctypes.get_errno(), "sandbox: unshare(CLONE_NEWNS)")
+    if libc.unshare(UNSHARE):
+        raise OSError(ctypes.get_errno(), "sandbox: unshare(CLONE_NEWNS | NEWIPC | NEWNET)")
     os.umask(0o022)  # the directories made above the binds: traversable by the worker
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount goes back to the host
     root, hidden = cfg["dir"], []
@@ -233,11 +235,11 @@ def why_unavailable():
                 why = f"bwrap cannot run here: {last_line}"
         root = sys.platform == "linux" and os.geteuid() == 0
         uid = None if root else "needs root on Linux"
-        if root:  # enter_private_root needs a mount namespace (a container may not allow one)
+        if root:  # enter_private_root needs namespaces (a container may not allow them)
             probe = subprocess.run([sys.executable, "-S", "-c", "import ctypes, sys; "
-                                    f"sys.exit(ctypes.CDLL(None).unshare({CLONE_NEWNS}))"],
+                                    f"sys.exit(ctypes.CDLL(None).unshare({UNSHARE}))"],
                                    capture_output=True, timeout=60)
-            uid = "no mount namespace (unshare failed)" if probe.returncode else None
+            uid = "no mount, IPC or network namespace (unshare)" if probe.returncode else None
         none = ("runs the model's code as root, which nothing would stop from signalling, tracing "
                 "or overwriting anything, the run's own results included" if root else None)
         _why_not.update(namespaces=why, uid=uid, none=none)

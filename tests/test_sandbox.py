@@ -378,6 +378,23 @@ def test_network_is_refused(mode):
         assert "PermissionError" in out and "network" in out
 
 
+def test_a_listener_of_the_parent_cannot_be_reached_from_below_python(sb):
+    """A program the cell starts has no audit hook; it reaches no port of this machine's."""
+    if sb.isolation == "none":
+        pytest.skip("'none' shares the network")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        out = sb.run(f"import socket, subprocess, sys\nprint(subprocess.run([sys.executable, '-c',"
+                     f" 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 2)'],"
+                     f" capture_output=True).returncode)")
+        assert out == "1"  # the connection failed
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):  # and nothing came
+            listener.accept()
+
+
 # ------------------------------------------------------------------------------ the parent is safe
 def test_worker_cannot_kill_the_parent(sb):
     out = sb.run(f"import os\nos.kill({os.getpid()}, 9)")  # this process, the Sandbox's owner
