@@ -720,6 +720,15 @@ def test_system_v_ipc_is_refused(sb):
     assert out == "([-1, -1, -1, -1], 1)"  # EPERM
 
 
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="add_key's syscall number: x86_64")
+def test_the_kernel_keyring_is_refused(sb):
+    """The uid's keyring outlives its processes: a key one problem added, the next would read."""
+    out = sb.run("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                 "key = libc.syscall(248, b'user', b'leak', b'x', 1, ctypes.c_int(-4))\n"
+                 "key, ctypes.get_errno()")
+    assert out == "(-1, 1)"  # add_key to the user keyring: EPERM
+
+
 def test_a_thread_left_running_ends_the_worker(sb):
     sb.run("import _thread, time\nleak = []\ndef spin():\n    while True:\n"
            "        leak.append(1)\n        time.sleep(0.01)\n_thread.start_new_thread(spin, ())")
