@@ -29,15 +29,15 @@ picks one of three modes; sandbox.default_isolation() is the strongest this mach
       results included.
 
 In every mode the worker holds no capability and sets no_new_privs (no setuid program gives it
-more), a seccomp filter refuses System V IPC, the kernel keyring and memfd_create
-(refuse_syscalls: objects that outlive a problem, memory that RLIMIT_AS does not count), and a
-Python audit hook (sys.addaudithook, _guard) refuses, through Python's own APIs, writes outside
-the work directory, signals to other processes and sockets: a guard rail against accidents, which
-ctypes, a shell or code that goes looking gets around. Not isolated: what "none" can read
-(everything you can); in "uid" the machine's process list; the kernel's attack surface (the
-filter refuses only those calls); CPU share. For hostile code at scale also put the whole program
-in a VM. Linux is the tested platform (/proc, rlimits, setuid, capabilities, mounts); macOS
-offers only "none".
+more), a seccomp filter refuses System V IPC, POSIX message queues, the kernel keyring and
+memfd_create (refuse_syscalls: objects that outlive a problem, memory that RLIMIT_AS does not
+count), and a Python audit hook (sys.addaudithook, _guard) refuses, through Python's own APIs,
+writes outside the work directory, signals to other processes and sockets: a guard rail against
+accidents, which ctypes, a shell or code that goes looking gets around. Not isolated: what "none"
+can read (everything you can); in "uid" the machine's process list; the kernel's attack surface
+(the filter refuses only those calls); CPU share. For hostile code at scale also put the whole
+program in a VM. Linux is the tested platform (/proc, rlimits, setuid, capabilities, mounts);
+macOS offers only "none".
 
 Top to bottom: what a sandbox's root holds (root_mounts) and how it is made (bwrap_argv for
 "namespaces", enter_private_root for "uid"); which modes this machine offers (why_unavailable);
@@ -274,20 +274,22 @@ def drop_privileges(uid):
     refuse_syscalls(libc)
 
 
-# Per machine: its seccomp architecture, the numbers of System V IPC's calls (shmget, shmat,
-# shmctl, shmdt, sem*, msg*: asm/unistd_64.h, asm-generic/unistd.h), of the kernel keyring's
-# (add_key, request_key, keyctl) and memfd_create's.
-_REFUSED = {"x86_64": (0xC000003E, (*range(29, 32), *range(64, 72), 220, *range(248, 251), 319)),
-            "aarch64": (0xC00000B7, (*range(186, 198), *range(217, 220), 279))}
+# Per machine: its seccomp architecture and the numbers (asm/unistd_64.h, asm-generic/unistd.h)
+# of System V IPC's calls (shmget, shmat, shmctl, shmdt, sem*, msg*), POSIX message queues'
+# (mq_*), the kernel keyring's (add_key, request_key, keyctl) and memfd_create.
+_REFUSED = {"x86_64": (0xC000003E, (*range(29, 32), *range(64, 72), 220, *range(240, 246),
+                                    *range(248, 251), 319)),
+            "aarch64": (0xC00000B7, (*range(180, 198), *range(217, 220), 279))}
 
 
 def refuse_syscalls(libc):
     """A seccomp filter (for good, inherited by all it starts): every call of System V IPC (shared
-    memory, semaphores, message queues), of the kernel keyring and memfd_create fail with EPERM,
-    and so does every call of another ABI (32-bit, x32) that could reach them by other numbers.
-    A System V object, or a key in the uid's keyring, outlives the process that made it: left by
-    one problem, the next could read it (its worker has the same uid); System V objects and a
-    memfd hold memory that RLIMIT_AS does not count. Other machines than _REFUSED's: no filter."""
+    memory, semaphores, message queues), of POSIX message queues, of the kernel keyring and
+    memfd_create fail with EPERM, and so does every call of another ABI (32-bit, x32) that could
+    reach them by other numbers. Their objects outlive the process that made them (in the IPC
+    namespace all of a Sandbox's workers share, or the uid's keyring): left by one problem, the
+    next could read them. IPC objects and a memfd hold memory that RLIMIT_AS does not count.
+    Other machines than _REFUSED's: no filter."""
     arch, numbers = _REFUSED.get(os.uname().machine, (None, ()))
     if arch is None:
         return

@@ -729,6 +729,16 @@ def test_the_kernel_keyring_is_refused(sb):
     assert out == "(-1, 1)"  # add_key to the user keyring: EPERM
 
 
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="mq_open's syscall number: x86_64")
+def test_posix_message_queues_are_refused(sb):
+    """A POSIX message queue lives in the IPC namespace, which all of a Sandbox's workers share:
+    one that a problem left, the next would read."""
+    out = sb.run("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                 "queue = libc.syscall(240, b'leak', os.O_CREAT | os.O_RDWR, 0o666, None)\n"
+                 "queue, ctypes.get_errno()")
+    assert out == "(-1, 1)"  # mq_open: EPERM
+
+
 def test_a_thread_left_running_ends_the_worker(sb):
     sb.run("import _thread, time\nleak = []\ndef spin():\n    while True:\n"
            "        leak.append(1)\n        time.sleep(0.01)\n_thread.start_new_thread(spin, ())")
