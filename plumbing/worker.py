@@ -60,7 +60,7 @@ def recv(fd, deadline=None, limit=1 << 30):
             return "bad"
     try:
         return json.loads(buf)  # two lines in one read ("forged\nreal\n") are not JSON: "bad"
-    except ValueError:
+    except (ValueError, RecursionError):  # (RecursionError: nested deeper than the stack allows)
         return "bad"
 
 

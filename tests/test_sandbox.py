@@ -790,6 +790,14 @@ def test_a_forged_reply_does_not_desynchronise(sb):
     assert sb.run("print('fifth')") == "fifth"
 
 
+def test_a_line_nested_too_deep_is_a_malformed_reply(sb):
+    """JSON nested deeper than the recursion limit: the parent's decoder raises RecursionError,
+    which must end as a malformed reply, not in the caller."""
+    out = sb.run(FIND_SOCKET + "os.write(fd, b'[' * 5000 + b'\\n')\ntime.sleep(0.2)")
+    assert "malformed reply" in out
+    assert sb.run("print('next')") == f"{RESTART_NOTE}\nnext"
+
+
 def test_pool_acquire_does_not_raise_for_the_last_problem():
     with SandboxPool(1, timeout=2, preload=()) as pool:
         sb = pool.acquire()
