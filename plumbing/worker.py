@@ -128,8 +128,9 @@ def call(server, request, budget, limit):
     except ConnectionError:  # BrokenPipeError, ConnectionResetError: the worker died
         return "eof"
     if isinstance(reply, dict) and reply.get("id") == request["id"] and isinstance(
-            reply.get("output"), str):
-        return dict(reply, restart=bool(reply.get("restart")))
+            reply.get("output"), str):  # the cell may have written it: text that encodes
+        output = reply["output"].encode("utf-8", "replace").decode()  # (no lone surrogate)
+        return dict(reply, output=output, restart=bool(reply.get("restart")))
     return "bad" if isinstance(reply, dict) else reply  # (a line the cell's code wrote)
 
 

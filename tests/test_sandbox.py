@@ -790,6 +790,18 @@ def test_a_forged_reply_does_not_desynchronise(sb):
     assert sb.run("print('fifth')") == "fifth"
 
 
+def test_a_forged_reply_is_valid_text(sb):
+    """A reply the cell wrote itself, with the awaited id, may say what it likes, but as text the
+    caller can encode: JSON's escapes can carry a lone surrogate, which no UTF-8 holds (and on
+    which a tokenizer raises)."""
+    out = sb.run(FIND_SOCKET + "f = sys._getframe()\n"
+                 "while not isinstance(f.f_locals.get('request'), dict):\n    f = f.f_back\n"
+                 "reply = {'id': f.f_locals['request'].get('id'), 'output': 'a \\ud800 b'}\n"
+                 "os.write(fd, json.dumps(reply).encode() + b'\\n')\ntime.sleep(0.2)")
+    assert out == "a ? b"
+    out.encode("utf-8")
+
+
 def test_a_line_nested_too_deep_is_a_malformed_reply(sb):
     """JSON nested deeper than the recursion limit: the parent's decoder raises RecursionError,
     which must end as a malformed reply, not in the caller."""
