@@ -417,12 +417,14 @@ def clear(top):
         fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return
-    moved = itertools.count()  # names for what moves up (taken ones fail, and get another)
+    moved = itertools.count()  # names for what moves up (one in use: replaced, or tried again)
     try:
         progress = True
         while progress:  # each pass removes something, or it ends
-            progress = False
-            for entry in list(os.scandir(fd)):
+            progress, entries = False, []
+            with contextlib.suppress(OSError):  # a listing that fails: what is there stays
+                entries = list(os.scandir(fd))
+            for entry in entries:
                 with contextlib.suppress(OSError):
                     if entry.is_dir(follow_symlinks=False):
                         os.chmod(entry.name, 0o700, dir_fd=fd)
