@@ -18,7 +18,8 @@ project, the parent and other problems (plumbing/isolation.py), within limits (L
             (notebook.TIMEOUT); the session goes on. Code that survives it (catches it, ignores
             signals, sits in C) is killed GRACE s later with every process it started, and the
             next call starts in a fresh worker, after RESTART_NOTE.
-  memory    RLIMIT_AS: MemoryError inside the cell, or the worker dies and restarts.
+  memory    RLIMIT_AS: MemoryError inside the cell, or the worker dies and restarts. Per
+            process: a cell that forks can hold up to max_procs times memory_mb (no cgroup).
   output    head and tail kept, "[... N characters cut ...]" between, cut in the worker.
   processes RLIMIT_NPROC, threads included, where the worker has a uid or a user namespace of its
             own (the kernel counts per uid). After each cell the processes it left are killed;

@@ -17,25 +17,27 @@ picks one of three modes; sandbox.default_isolation() is the strongest this mach
       only CAP_SETUID, CAP_SETGID and CAP_KILL, and the worker drops to a uid of its own with no
       capability at all. Without root, bwrap makes a user namespace and the worker keeps your
       uid: it could then kill its own template, which costs only its own Sandbox a cold start.
-  "uid"  (root on Linux) The template enters a mount namespace of its own and chroots into the
-      same kind of root (enter_private_root: the same root_mounts(), /dev's harmless nodes, the
-      machine's /proc, the work directory on a tmpfs); the worker drops to an unprivileged
-      uid/gid of its own (UID_BASE + a slot, no account needed) with no capability: it cannot
-      signal other processes, read the project, nor write outside its work directory (so it
-      leaves nothing in /tmp or /dev/shm). It sees all processes (their command lines too) and
-      has the network.
+  "uid"  (root on Linux) The template enters mount, IPC and network namespaces of its own (only
+      a loopback, down: no port of the machine is reached) and chroots into the same kind of
+      root (enter_private_root: the same root_mounts(), /dev's harmless nodes, the machine's
+      /proc, the work directory on a tmpfs); the worker drops to an unprivileged uid/gid of its
+      own (UID_BASE + a slot, no account needed) with no capability: it cannot signal other
+      processes, read the project, nor write outside its work directory (so it leaves nothing in
+      /tmp or /dev/shm). It sees all processes (their command lines too).
   "none"  The worker runs as you, with the limits of sandbox.py and the audit hook below, nothing
       more. Refused as root: root's code could signal, trace or overwrite anything, the run's own
       results included.
 
 In every mode the worker holds no capability and sets no_new_privs (no setuid program gives it
-more), and a Python audit hook (sys.addaudithook, _guard) refuses, through Python's own APIs,
+more), a seccomp filter refuses System V IPC, POSIX message queues, the kernel keyring and
+memfd_create (refuse_syscalls: objects that outlive a problem, memory that RLIMIT_AS does not
+count), and a Python audit hook (sys.addaudithook, _guard) refuses, through Python's own APIs,
 writes outside the work directory, signals to other processes and sockets: a guard rail against
 accidents, which ctypes, a shell or code that goes looking gets around. Not isolated: what "none"
-can read (everything you can); in "uid" the machine's process list and the network; the kernel's
-attack surface (no seccomp filter); CPU share. For hostile code at scale also put the whole program
-in a VM. Linux is the tested platform (/proc, rlimits, setuid, capabilities, mounts); macOS offers
-only "none".
+can read (everything you can); in "uid" the machine's process list; the kernel's attack surface
+(the filter refuses only those calls); CPU share. For hostile code at scale also put the whole
+program in a VM. Linux is the tested platform (/proc, rlimits, setuid, capabilities, mounts);
+macOS offers only "none".
 
 Top to bottom: what a sandbox's root holds (root_mounts) and how it is made (bwrap_argv for
 "namespaces", enter_private_root for "uid"); which modes this machine offers (why_unavailable);
@@ -55,7 +57,8 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # WORKER
 # mount(2) and unshare(2) flags (linux/mount.h, linux/sched.h)
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
     1, 2, 4, 32, 4096, 16384, 1 << 18)
-CLONE_NEWNS = 0x20000
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWNET = 0x20000, 0x8000000, 0x40000000
+UNSHARE = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET  # uid mode: mounts, IPC, network of its own
 
 
 # ---------------------------------------------------------------------------------- the root
@@ -162,10 +165,11 @@ def bwrap_argv(workdir, disk_mb, preload=()):
 
 
 def enter_private_root(cfg):
-    """uid mode (root): what bwrap does in namespaces mode, by hand. A mount namespace of our own,
-    whose new root (a tmpfs on the host's empty work directory) holds only cfg["mounts"]
-    (root_mounts(), read-only), /dev's harmless nodes, the machine's /proc and the work directory
-    on a tmpfs of disk_mb; then chroot into it. Every worker forked from here lives in that root."""
+    """uid mode (root): what bwrap does in namespaces mode, by hand. Mount, IPC and network
+    namespaces of our own (the network: a loopback that is down); a new root (a tmpfs on the
+    host's empty work directory) that holds only cfg["mounts"] (root_mounts(), read-only), /dev's
+    harmless nodes, the machine's /proc and the work directory on a tmpfs of disk_mb; then chroot
+    into it. Every worker forked from here lives in that root."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                            ctypes.c_char_p]
@@ -184,8 +188,8 @@ def enter_private_root(cfg):
         mount(source, target, None, MS_BIND | MS_REC)
         mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags)
 
-    if libc.unshare(CLONE_NEWNS):
-        raise OSError(ctypes.get_errno(), "sandbox: unshare(CLONE_NEWNS)")
+    if libc.unshare(UNSHARE):
+        raise OSError(ctypes.get_errno(), "sandbox: unshare(CLONE_NEWNS | NEWIPC | NEWNET)")
     os.umask(0o022)  # the directories made above the binds: traversable by the worker
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount goes back to the host
     root, hidden = cfg["dir"], []
@@ -232,11 +236,11 @@ def why_unavailable():
                 why = f"bwrap cannot run here: {last_line}"
         root = sys.platform == "linux" and os.geteuid() == 0
         uid = None if root else "needs root on Linux"
-        if root:  # enter_private_root needs a mount namespace (a container may not allow one)
+        if root:  # enter_private_root needs namespaces (a container may not allow them)
             probe = subprocess.run([sys.executable, "-S", "-c", "import ctypes, sys; "
-                                    f"sys.exit(ctypes.CDLL(None).unshare({CLONE_NEWNS}))"],
+                                    f"sys.exit(ctypes.CDLL(None).unshare({UNSHARE}))"],
                                    capture_output=True, timeout=60)
-            uid = "no mount namespace (unshare failed)" if probe.returncode else None
+            uid = "no mount, IPC or network namespace (unshare)" if probe.returncode else None
         none = ("runs the model's code as root, which nothing would stop from signalling, tracing "
                 "or overwriting anything, the run's own results included" if root else None)
         _why_not.update(namespaces=why, uid=uid, none=none)
@@ -267,6 +271,47 @@ def drop_privileges(uid):
             or libc.prctl(47, 4, 0, 0, 0)     # PR_CAP_AMBIENT_CLEAR_ALL
             or libc.prctl(38, 1, 0, 0, 0)):   # PR_SET_NO_NEW_PRIVS
         raise OSError(ctypes.get_errno(), "sandbox: could not drop the worker's capabilities")
+    refuse_syscalls(libc)
+
+
+# Per machine: its seccomp architecture and the numbers (asm/unistd_64.h, asm-generic/unistd.h)
+# of System V IPC's calls (shmget, shmat, shmctl, shmdt, sem*, msg*), POSIX message queues'
+# (mq_*), the kernel keyring's (add_key, request_key, keyctl) and memfd_create.
+_REFUSED = {"x86_64": (0xC000003E, (*range(29, 32), *range(64, 72), 220, *range(240, 246),
+                                    *range(248, 251), 319)),
+            "aarch64": (0xC00000B7, (*range(180, 198), *range(217, 220), 279))}
+
+
+def refuse_syscalls(libc):
+    """A seccomp filter (for good, inherited by all it starts): every call of System V IPC (shared
+    memory, semaphores, message queues), of POSIX message queues, of the kernel keyring and
+    memfd_create fail with EPERM, and so does every call of another ABI (32-bit, x32) that could
+    reach them by other numbers. Their objects outlive the process that made them (in the IPC
+    namespace all of a Sandbox's workers share, or the uid's keyring): left by one problem, the
+    next could read them. IPC objects and a memfd hold memory that RLIMIT_AS does not count.
+    Other machines than _REFUSED's: no filter."""
+    arch, numbers = _REFUSED.get(os.uname().machine, (None, ()))
+    if arch is None:
+        return
+    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, ..|JGE|K, BPF_RET
+    allow, refuse = 0x7FFF0000, 0x00050000 | 1   # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    checks = [(jge, 0x40000000)] + [(jeq, number) for number in numbers]  # x32 has bit 30 set
+    program = [(load, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, refuse),  # seccomp_data.arch
+               (load, 0, 0, 0)]  # seccomp_data.nr
+    program += [(op, len(checks) - i, 0, k) for i, (op, k) in enumerate(checks)]  # -> refuse
+    program += [(ret, 0, 0, allow), (ret, 0, 0, refuse)]
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                    ("k", ctypes.c_uint32)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(Filter))]
+
+    filters = (Filter * len(program))(*program)
+    # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+    if libc.prctl(22, 2, ctypes.byref(Program(len(program), filters)), 0, 0):
+        raise OSError(ctypes.get_errno(), "sandbox: could not install the seccomp filter")
 
 
 @dataclasses.dataclass
@@ -363,26 +408,41 @@ def kill_all(spare, **which):
 def clear(top):
     """Empty directory `top` (kept) whatever code left in it: directories made read-only or
     unlistable are opened up first (where we own them), symlinks are removed, never followed.
-    Iterative (no recursion limit); best effort: what cannot go stays."""
+    It works one level below `top` at a time, by fd: a directory's entries are moved up into
+    `top`, then it goes. So no path grows long (a tree nested past PATH_MAX, made a level at a
+    time, goes too) and there is no recursion. Best effort: what cannot go stays."""
     with contextlib.suppress(OSError):
         os.chmod(top, 0o700)  # a work directory the code chmod-ed
-    stack, subdirs = [top], []
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:
-            continue
-        for entry in entries:
-            with contextlib.suppress(OSError):
-                if entry.is_dir(follow_symlinks=False):
-                    os.chmod(entry.path, 0o700)
-                    stack.append(entry.path)
-                    subdirs.append(entry.path)
-                else:
-                    os.unlink(entry.path)
-    for path in reversed(subdirs):  # deepest first
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
+    try:
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    moved = itertools.count()  # names for what moves up (one in use: replaced, or tried again)
+    try:
+        progress = True
+        while progress:  # each pass removes something, or it ends
+            progress, entries = False, []
+            with contextlib.suppress(OSError):  # a listing that fails: what is there stays
+                entries = list(os.scandir(fd))
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False):
+                        os.chmod(entry.name, 0o700, dir_fd=fd)
+                        sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                      dir_fd=fd)
+                        try:
+                            for inner in list(os.scandir(sub)):
+                                with contextlib.suppress(OSError):
+                                    os.rename(inner.name, f".moved-{next(moved)}",
+                                              src_dir_fd=sub, dst_dir_fd=fd)
+                        finally:
+                            os.close(sub)
+                        os.rmdir(entry.name, dir_fd=fd)
+                    else:
+                        os.unlink(entry.name, dir_fd=fd)
+                    progress = True
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------- what is left

@@ -60,7 +60,7 @@ def recv(fd, deadline=None, limit=1 << 30):
             return "bad"
     try:
         return json.loads(buf)  # two lines in one read ("forged\nreal\n") are not JSON: "bad"
-    except ValueError:
+    except (ValueError, RecursionError):  # (RecursionError: nested deeper than the stack allows)
         return "bad"
 
 
@@ -128,8 +128,9 @@ def call(server, request, budget, limit):
     except ConnectionError:  # BrokenPipeError, ConnectionResetError: the worker died
         return "eof"
     if isinstance(reply, dict) and reply.get("id") == request["id"] and isinstance(
-            reply.get("output"), str):
-        return dict(reply, restart=bool(reply.get("restart")))
+            reply.get("output"), str):  # the cell may have written it: text that encodes
+        output = reply["output"].encode("utf-8", "replace").decode()  # (no lone surrogate)
+        return dict(reply, output=output, restart=bool(reply.get("restart")))
     return "bad" if isinstance(reply, dict) else reply  # (a line the cell's code wrote)
 
 
@@ -242,8 +243,10 @@ def template(cfg, run_cell):
 
 
 def _stop_worker(pid, cfg):
-    """Kill worker `pid` and every process it started; reap it. Its exit code (negative: the signal
-    that killed it)."""
+    """Kill worker `pid` and every process it started; reap it, and every other child of ours: a
+    cell can make one (clone(CLONE_PARENT)), and a zombie left unreaped would count against the
+    uid's process limit in every later problem. The worker's exit code (negative: the signal that
+    killed it)."""
     if cfg["isolation"] == "namespaces":  # our PID namespace holds bwrap's init, us, and what the
         os.kill(-1, signal.SIGKILL)        # worker started: -1 = all but init and us (setsid too)
     else:
@@ -252,7 +255,12 @@ def _stop_worker(pid, cfg):
         isolation.kill_all(pid, uid=cfg["uid"], pgrp=pid, ppid=pid)
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)  # its group, itself included
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    status = 0
+    with contextlib.suppress(ChildProcessError):
+        while True:  # all our children are being killed: wait for each
+            child, wait_status = os.waitpid(-1, 0)
+            status = wait_status if child == pid else status
+    return os.waitstatus_to_exitcode(status)
 
 
 # ---------------------------------------------------------------------------------- the worker
@@ -288,7 +296,9 @@ def _worker_main(cfg, conn, run_cell):
         if not (isinstance(request, dict) and request.get("op") == "run"):
             os._exit(0)  # the parent is gone (or the socket carries what no parent sends)
         output = run_cell(request["code"], namespace, kernel, cfg)
-        if _has_children():  # however they were started (ctypes' fork included)
+        # However they were started (ctypes' fork included). With a uid of its own, always: what
+        # clone(CLONE_PARENT) made is the template's child, not ours, but has our uid.
+        if uid is not None or _has_children():
             _kill_children(uid)
         # Threads still running could write into later cells: only a fresh worker stops them.
         send(conn, {"id": request["id"], "output": output, "restart": _threads_left()})
@@ -308,7 +318,7 @@ def _has_children():
 
 def _kill_children(uid):
     """Kill every process the cell started and left (with its own uid: even setsid() ones)."""
-    with isolation.trusted(), contextlib.suppress(ChildProcessError):
+    with isolation.trusted(), contextlib.suppress(ChildProcessError, ProcessLookupError):
         if uid:
             os.kill(-1, signal.SIGKILL)  # -1: every process this uid may signal, the sandbox's own
         else:  # our process group and our children (orphans come to us: we are a subreaper)

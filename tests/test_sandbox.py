@@ -378,6 +378,23 @@ def test_network_is_refused(mode):
         assert "PermissionError" in out and "network" in out
 
 
+def test_a_listener_of_the_parent_cannot_be_reached_from_below_python(sb):
+    """A program the cell starts has no audit hook; it reaches no port of this machine's."""
+    if sb.isolation == "none":
+        pytest.skip("'none' shares the network")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        out = sb.run(f"import socket, subprocess, sys\nprint(subprocess.run([sys.executable, '-c',"
+                     f" 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 2)'],"
+                     f" capture_output=True).returncode)")
+        assert out == "1"  # the connection failed
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):  # and nothing came
+            listener.accept()
+
+
 # ------------------------------------------------------------------------------ the parent is safe
 def test_worker_cannot_kill_the_parent(sb):
     out = sb.run(f"import os\nos.kill({os.getpid()}, 9)")  # this process, the Sandbox's owner
@@ -656,6 +673,72 @@ def test_nothing_survives_reset(sb):
     assert sb.run("open('f.txt', 'w').write('ok')\nopen('f.txt').read()") == "'ok'"
 
 
+def test_a_tree_deeper_than_path_max_does_not_survive_reset(sb):
+    """Directories nested past PATH_MAX (made one level at a time, by fd) cannot be reached by
+    path from the work directory; all of it goes all the same."""
+    sb.run("import os\nfd = os.open('.', os.O_RDONLY)\nfor _ in range(30):\n"
+           "    os.mkdir('d' * 200, dir_fd=fd)\n"
+           "    fd = os.open('d' * 200, os.O_RDONLY, dir_fd=fd)\n"
+           "os.close(os.open('secret', os.O_CREAT | os.O_WRONLY, dir_fd=fd))")
+    sb.reset()
+    assert sb.run("import os\nos.listdir('.')") == "[]"
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="clone's syscall number: x86_64")
+def test_siblings_left_as_zombies_do_not_reach_the_next_problem(sb):
+    """clone(CLONE_PARENT) makes children of the template, not of the worker; exited and not
+    reaped, they would count against the uid's process limit in every later problem."""
+    assert sb.run("import ctypes, os\nfor _ in range(40):\n"
+                  "    if ctypes.CDLL(None).syscall(56, 0x8000 | 17, 0, 0, 0, 0) == 0:\n"
+                  "        os._exit(0)") == EMPTY  # 56: clone; CLONE_PARENT | SIGCHLD
+    sb.reset()
+    assert sb.run("import subprocess\nsubprocess.run(['true']).returncode") == "0"
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="clone's syscall number: x86_64")
+def test_a_sibling_made_by_clone_parent_does_not_outlive_its_cell(sb):
+    if sb.isolation == "none":
+        pytest.skip("only a uid of its own lets the worker reach what is not its child")
+    pid = int(sb.run("import ctypes, time\n"
+                     "pid = ctypes.CDLL(None).syscall(56, 0x8000 | 17, 0, 0, 0, 0)\n"
+                     "if pid == 0:\n    while True:\n        time.sleep(0.1)\npid"))
+    assert pid > 0
+    deadline = time.time() + 5
+    while alive_in(sb, pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not alive_in(sb, pid)
+
+
+def test_system_v_ipc_is_refused(sb):
+    """Shared memory, message queues and semaphores of System V outlive their process (the next
+    problem could read them) and hold memory that RLIMIT_AS does not count; as does a memfd."""
+    out = sb.run("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                 "made = [libc.shmget(0x5EC, 4096, 0o1666), libc.msgget(0x5EC, 0o1666),"
+                 " libc.semget(0x5EC, 1, 0o1666)]\n"
+                 "try:\n    os.memfd_create('m')\nexcept PermissionError:\n    made.append(-1)\n"
+                 "made, ctypes.get_errno()")
+    assert out == "([-1, -1, -1, -1], 1)"  # EPERM
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="add_key's syscall number: x86_64")
+def test_the_kernel_keyring_is_refused(sb):
+    """The uid's keyring outlives its processes: a key one problem added, the next would read."""
+    out = sb.run("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                 "key = libc.syscall(248, b'user', b'leak', b'x', 1, ctypes.c_int(-4))\n"
+                 "key, ctypes.get_errno()")
+    assert out == "(-1, 1)"  # add_key to the user keyring: EPERM
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="mq_open's syscall number: x86_64")
+def test_posix_message_queues_are_refused(sb):
+    """A POSIX message queue lives in the IPC namespace, which all of a Sandbox's workers share:
+    one that a problem left, the next would read."""
+    out = sb.run("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                 "queue = libc.syscall(240, b'leak', os.O_CREAT | os.O_RDWR, 0o666, None)\n"
+                 "queue, ctypes.get_errno()")
+    assert out == "(-1, 1)"  # mq_open: EPERM
+
+
 def test_a_thread_left_running_ends_the_worker(sb):
     sb.run("import _thread, time\nleak = []\ndef spin():\n    while True:\n"
            "        leak.append(1)\n        time.sleep(0.01)\n_thread.start_new_thread(spin, ())")
@@ -705,6 +788,26 @@ def test_a_forged_reply_does_not_desynchronise(sb):
     sb.run(forge)
     sb.reset()  # does not raise, and the next problem starts clean
     assert sb.run("print('fifth')") == "fifth"
+
+
+def test_a_forged_reply_is_valid_text(sb):
+    """A reply the cell wrote itself, with the awaited id, may say what it likes, but as text the
+    caller can encode: JSON's escapes can carry a lone surrogate, which no UTF-8 holds (and on
+    which a tokenizer raises)."""
+    out = sb.run(FIND_SOCKET + "f = sys._getframe()\n"
+                 "while not isinstance(f.f_locals.get('request'), dict):\n    f = f.f_back\n"
+                 "reply = {'id': f.f_locals['request'].get('id'), 'output': 'a \\ud800 b'}\n"
+                 "os.write(fd, json.dumps(reply).encode() + b'\\n')\ntime.sleep(0.2)")
+    assert out == "a ? b"
+    out.encode("utf-8")
+
+
+def test_a_line_nested_too_deep_is_a_malformed_reply(sb):
+    """JSON nested deeper than the recursion limit: the parent's decoder raises RecursionError,
+    which must end as a malformed reply, not in the caller."""
+    out = sb.run(FIND_SOCKET + "os.write(fd, b'[' * 5000 + b'\\n')\ntime.sleep(0.2)")
+    assert "malformed reply" in out
+    assert sb.run("print('next')") == f"{RESTART_NOTE}\nnext"
 
 
 def test_pool_acquire_does_not_raise_for_the_last_problem():
