@@ -373,7 +373,7 @@ def test_bf16_compute_within_bf16_rounding_of_reference():
     e = expected("codellama-gqa")
     model = Transformer.from_pretrained(FIX / "codellama-gqa" / "hf", dtype=torch.bfloat16)
     with torch.no_grad():
-        logits = model(torch.tensor(e["input_ids"]))
+        logits = model(torch.as_tensor(e["input_ids"]))
     assert model.output.weight.dtype == torch.bfloat16 and logits.dtype == torch.float32
     err = (logits - e["logits"]).abs().max().item()
     assert 1e-3 < err < 0.03 * e["logits"].abs().max().item()   # really bf16 (not fp32), and close
