@@ -252,7 +252,9 @@ class Sandbox:
 
     def host_dir(self):
         """The work directory as this process reaches it, to hand the running code a file or see
-        what it wrote (in "namespaces" and "uid": through /proc/PID/root)."""
+        what it wrote (in "namespaces" and "uid": through /proc/PID/root). What is there is the
+        code's: an absolute symlink it made resolves against THIS process's root, so open its
+        files without following links (os.O_NOFOLLOW) before trusting what they hold."""
         with self._lock:
             return worker.host_dir(self._wait_ready())  # (then the template's root is in place)
 
