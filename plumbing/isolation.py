@@ -31,13 +31,13 @@ picks one of three modes; sandbox.default_isolation() is the strongest this mach
 In every mode the worker holds no capability and sets no_new_privs (no setuid program gives it
 more), a seccomp filter refuses System V IPC, POSIX message queues, the kernel keyring and
 memfd_create (refuse_syscalls: objects that outlive a problem, memory that RLIMIT_AS does not
-count), and a Python audit hook (sys.addaudithook, _guard) refuses, through Python's own APIs,
-writes outside the work directory, signals to other processes and sockets: a guard rail against
-accidents, which ctypes, a shell or code that goes looking gets around. Not isolated: what "none"
-can read (everything you can); in "uid" the machine's process list; the kernel's attack surface
-(the filter refuses only those calls); CPU share. For hostile code at scale also put the whole
-program in a VM. Linux is the tested platform (/proc, rlimits, setuid, capabilities, mounts);
-macOS offers only "none".
+count) and new user namespaces (inside one the code would hold every capability), and a Python
+audit hook (sys.addaudithook, _guard) refuses, through Python's own APIs, writes outside the work
+directory, signals to other processes and sockets: a guard rail against accidents, which ctypes,
+a shell or code that goes looking gets around. Not isolated: what "none" can read (everything
+you can); in "uid" the machine's process list; the kernel's attack surface (the filter refuses
+only those calls); CPU share. For hostile code at scale also put the whole program in a VM. Linux
+is the tested platform (/proc, rlimits, setuid, capabilities, mounts); macOS offers only "none".
 
 Top to bottom: what a sandbox's root holds (root_mounts) and how it is made (bwrap_argv for
 "namespaces", enter_private_root for "uid"); which modes this machine offers (why_unavailable);
@@ -274,12 +274,13 @@ def drop_privileges(uid):
     refuse_syscalls(libc)
 
 
-# Per machine: its seccomp architecture and the numbers (asm/unistd_64.h, asm-generic/unistd.h)
-# of System V IPC's calls (shmget, shmat, shmctl, shmdt, sem*, msg*), POSIX message queues'
-# (mq_*), the kernel keyring's (add_key, request_key, keyctl) and memfd_create.
+# Per machine: its seccomp architecture, the numbers (asm/unistd_64.h, asm-generic/unistd.h) of
+# System V IPC's calls (shm*, sem*, msg*), POSIX message queues' (mq_*), the kernel keyring's
+# (add_key, request_key, keyctl) and memfd_create; then clone, clone3 and unshare.
 _REFUSED = {"x86_64": (0xC000003E, (*range(29, 32), *range(64, 72), 220, *range(240, 246),
-                                    *range(248, 251), 319)),
-            "aarch64": (0xC00000B7, (*range(180, 198), *range(217, 220), 279))}
+                                    *range(248, 251), 319), (56, 435, 272)),
+            "aarch64": (0xC00000B7, (*range(180, 198), *range(217, 220), 279), (220, 435, 97))}
+CLONE_NEWUSER = 0x10000000
 
 
 def refuse_syscalls(libc):
@@ -289,17 +290,33 @@ def refuse_syscalls(libc):
     reach them by other numbers. Their objects outlive the process that made them (in the IPC
     namespace all of a Sandbox's workers share, or the uid's keyring): left by one problem, the
     next could read them. IPC objects and a memfd hold memory that RLIMIT_AS does not count.
+    A new user namespace (clone or unshare with CLONE_NEWUSER) is refused too: inside one the code
+    would hold every capability, and reach much more of the kernel. clone3 keeps its flags where
+    a filter cannot read them: it fails with ENOSYS, on which libc falls back to clone.
     Other machines than _REFUSED's: no filter."""
-    arch, numbers = _REFUSED.get(os.uname().machine, (None, ()))
-    if arch is None:
+    arch, numbers, (clone, clone3, unshare) = _REFUSED.get(os.uname().machine, (0, (), (0,) * 3))
+    if not arch:
         return
-    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, ..|JGE|K, BPF_RET
-    allow, refuse = 0x7FFF0000, 0x00050000 | 1   # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
-    checks = [(jge, 0x40000000)] + [(jeq, number) for number in numbers]  # x32 has bit 30 set
-    program = [(load, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, refuse),  # seccomp_data.arch
-               (load, 0, 0, 0)]  # seccomp_data.nr
-    program += [(op, len(checks) - i, 0, k) for i, (op, k) in enumerate(checks)]  # -> refuse
-    program += [(ret, 0, 0, allow), (ret, 0, 0, refuse)]
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|..|K, BPF_RET
+    allow, eperm, enosys = 0x7FFF0000, 0x00050001, 0x00050026  # SECCOMP_RET_ALLOW, _ERRNO | errno
+    # (op, k, the label to jump to when true; else the next), seccomp_data: nr at 0, arch at 4,
+    # args[0] at 16 (its low 32 bits: the flags)
+    code = [(ld, 4, None), (jeq, arch, "nr"), (ret, eperm, None),  # another ABI: nothing
+            "nr", (ld, 0, None), (jge, 0x40000000, "eperm"),    # x32: bit 30 set
+            *[(jeq, number, "eperm") for number in numbers],
+            (jeq, clone3, "enosys"), (jeq, clone, "flags"), (jeq, unshare, "flags"),
+            (ret, allow, None),
+            "flags", (ld, 16, None), (jset, CLONE_NEWUSER, "eperm"), (ret, allow, None),
+            "enosys", (ret, enosys, None), "eperm", (ret, eperm, None)]
+    at, steps = {}, []
+    for step in code:  # a label names the position of the step after it
+        if isinstance(step, str):
+            at[step] = len(steps)
+        else:
+            steps.append(step)
+    # a jump skips (at[label] - i - 1) steps when true (jt), none when false (jf)
+    program = [(op, at[label] - i - 1 if label else 0, 0, k)
+               for i, (op, k, label) in enumerate(steps)]
 
     class Filter(ctypes.Structure):
         _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),

@@ -739,6 +739,24 @@ def test_posix_message_queues_are_refused(sb):
     assert out == "(-1, 1)"  # mq_open: EPERM
 
 
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the syscall numbers: x86_64")
+def test_a_user_namespace_is_refused_and_processes_still_start(sb):
+    """In a user namespace of its own the code would hold every capability (it could then make a
+    mount namespace, say): unshare and clone with CLONE_NEWUSER are refused (EPERM), clone3 is
+    refused with ENOSYS, and libc still starts threads, forks and programs (through clone)."""
+    out = sb.run("import ctypes, os, subprocess, threading\n"
+                 "libc = ctypes.CDLL(None, use_errno=True)\n"
+                 "r = [libc.unshare(0x10000000), ctypes.get_errno()]\n"
+                 "r += [libc.unshare(0x20000), ctypes.get_errno()]\n"            # CLONE_NEWNS
+                 "r += [libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0), ctypes.get_errno()]\n"
+                 "r += [libc.syscall(435, (ctypes.c_uint64 * 11)(), 88), ctypes.get_errno()]\n"
+                 "r += [subprocess.run(['echo', 'hi'], capture_output=True, text=True).stdout]\n"
+                 "t = threading.Thread(target=lambda: r.append('thread'))\nt.start()\nt.join()\n"
+                 "pid = os.fork()\nif pid == 0:\n    os._exit(7)\n"
+                 "r.append(os.waitpid(pid, 0)[1] >> 8)\nr")
+    assert out == "[-1, 1, -1, 1, -1, 1, -1, 38, 'hi\\n', 'thread', 7]"
+
 def test_a_thread_left_running_ends_the_worker(sb):
     sb.run("import _thread, time\nleak = []\ndef spin():\n    while True:\n"
            "        leak.append(1)\n        time.sleep(0.01)\n_thread.start_new_thread(spin, ())")
