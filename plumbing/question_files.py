@@ -109,9 +109,14 @@ def solve_file(solver, model, tokenizer, args, cfg, pool, ranks):
     stats = sum((replica_stats for replica_stats, _ in replicas), Counter())
     seconds = max(replica_seconds for _, replica_seconds in replicas)
     storage.merge_parts(out_path, "index", range(len(records)))
-    summary = {"file": args.file, "out": out_path, "solved": stats["n"],
-               "seconds": round(seconds, 1), "problems_per_s": stats["n"] / max(seconds, 1e-9),
+    # the counts are of every result of these questions (a resumed run's too); the rates, this
+    # session's work
+    results = [r for r in storage.read_jsonl(out_path) if r["index"] < len(records)]
+    summary = {"file": args.file, "out": out_path, "solved": len(results),
+               "solved_now": stats["n"], "seconds": round(seconds, 1),
+               "problems_per_s": stats["n"] / max(seconds, 1e-9),
                "tokens_per_s": stats["tokens"] / max(seconds, 1e-9),
-               "mean_rounds": stats["rounds"] / max(stats["n"], 1), "executions": stats["exec"]}
+               "mean_rounds": sum(r["n_rounds"] for r in results) / max(len(results), 1),
+               "executions": sum(r["n_exec"] for r in results)}
     storage.write_json(out_path + ".summary.json", summary)
     print("\n" + json.dumps(summary), file=sys.stderr)

@@ -613,6 +613,32 @@ def test_file_resumes_only_the_same_question_file(tmp_path, tok, monkeypatch):
     assert [json.loads(x)["question"] for x in out.read_text().splitlines()] == ["5+5?", "6+6?"]
 
 
+def test_file_summary_counts_a_resumed_run_whole(tmp_path, tok, monkeypatch):
+    """A --file run stopped after one question and started again: OUT.summary.json counts every
+    result in OUT (as an uninterrupted run's summary does), not only the questions solved after
+    the restart; solved_now is this session's share."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / "ckpt"
+    Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
+                          hidden_dim=32)).save_pretrained(ckpt)
+    tok.save(ckpt)
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text('{"question": "1+1?"}\n{"question": "2+2?"}\n{"question": "3+3?"}\n')
+
+    def summary(out, *more):
+        monkeypatch.setattr(sys, "argv", [
+            "infer.py", "--model", str(ckpt), "--file", str(qfile), "--out", str(out),
+            "--no-execute", "--max-new-tokens", "3", "--max-rounds", "2", *more])
+        infer.main()
+        return json.loads((tmp_path / f"{out.name}.summary.json").read_text())
+    whole = summary(tmp_path / "whole.jsonl")
+    summary(tmp_path / "resumed.jsonl", "--limit", "1")       # stopped after the first question
+    resumed = summary(tmp_path / "resumed.jsonl")
+    assert whole["solved"] == resumed["solved"] == 3 and resumed["solved_now"] == 2
+    assert resumed["mean_rounds"] == whole["mean_rounds"]
+    assert (tmp_path / "resumed.jsonl").read_text() == (tmp_path / "whole.jsonl").read_text()
+
+
 def test_execution_output_is_data(tok, pool):
     """Code that prints special-token strings: its output goes to the model as plain text pieces
     (no special id inside the execution block), and the transcript has no text block the model did
