@@ -254,6 +254,25 @@ def test_cli_bad_input_names_file_and_line(tmp_path):
                                  "'role' (or 'type') and 'content'")
 
 
+def test_cli_mistyped_record_names_file_line_and_field(tmp_path):
+    """score and report: a line that is not an object, a ground_truth that is not an object, a
+    solution that is not a string: one error line naming the file, the line and the field (they
+    ended in a Python traceback)."""
+    good = '{"solution": "\\\\boxed{1}", "reference": "1"}\n'
+    bad = tmp_path / "results.jsonl"
+    cases = [('[1, 2]', ":2: expected a JSON object, got list"),
+             ('{"debug_result": [{"role": "user", "content": "Q"}], "ground_truth": "2"}',
+              ":2, field ground_truth: expected an object with 'answer', got str"),
+             ('{"solution": 5, "reference": "2"}', ":2, field solution: expected a string, got int")]
+    for line, message in cases:
+        bad.write_text(good + line + "\n")
+        for command in (["score", str(bad)], ["report", str(bad), "--dataset", "gsm8k",
+                                              "--out", str(tmp_path / "r.html")]):
+            with pytest.raises(SystemExit) as e:
+                E.main(command)
+            assert str(e.value.code) == f"error: {bad}{message}"
+
+
 def _tiny_checkpoint(path, seed=0):
     """A tiny random model with the Llama tokenizer, saved as a checkpoint folder."""
     import torch
