@@ -206,7 +206,7 @@ RUN_FILES = ("results.jsonl", "summary.json", "summary.md", "report.html")
 def run_identity(args, cfg):
     """What run.json records of `eval.py run`: the model (path, checkpoint files; or the served
     model's name and its tokenizer's files), the data set (name, files' content), the system
-    text (None: each record's own) and the generation config."""
+    text (None: each record's own), the generation config and --dtype (as infer.py --file)."""
     model = ({"served_model": args.served_model,   # not the URL: a server may move
               "tokenizer_files": checkpoint_fingerprint(args.tokenizer)} if args.server else
              {"model": os.path.abspath(args.model),
@@ -215,7 +215,8 @@ def run_identity(args, cfg):
             "data_files": {name: file_digest(os.path.join(args.data_dir, name))
                            for name in DATASETS[args.dataset.lower()]},
             "system": args.system,
-            "generation": {k: v for k, v in vars(cfg).items() if k != "batch_size"}}
+            "generation": {k: v for k, v in vars(cfg).items() if k != "batch_size"},
+            "dtype": args.dtype}   # bfloat16 weights give other answers than float32
 
 
 def run(args):

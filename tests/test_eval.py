@@ -326,8 +326,8 @@ def _ids(out):
 
 def test_run_resumes_only_the_same_run(tmp_path):
     """An --out holding another model's, data set's or generation's results is refused in one line
-    naming what differs (field: old vs new), and the results stay as they were; --limit and the
-    batch size may change; --force-new deletes the old results and starts over."""
+    naming what differs (field: old vs new; the weights' --dtype too), and the results stay as they
+    were; --limit and the batch size may change; --force-new deletes the old results and starts over."""
     a, b = _tiny_checkpoint(tmp_path / "a", seed=0), _tiny_checkpoint(tmp_path / "b", seed=1)
     out = tmp_path / "out"
     E.main(_run_args(a, out, "--limit", "3"))
@@ -343,7 +343,8 @@ def test_run_resumes_only_the_same_run(tmp_path):
                                           'data_files.SVAMP_test_post.jsonl: missing vs "'],
                (a, "--max-new-tokens", "3"): ["generation.max_new_tokens: 2 vs 3"],
                (a, "--temperature", "0.5"): ["generation.temperature: 0.0 vs 0.5"],
-               (a, "--system", ""): ['system: null vs ""']}
+               (a, "--system", ""): ['system: null vs ""'],
+               (a, "--dtype", "bfloat16"): ['dtype: null vs "bfloat16"']}   # other numbers
     for (model, *more), differences in refused.items():
         with pytest.raises(SystemExit) as e:
             E.main(_run_args(model, out, *more))
