@@ -687,6 +687,6 @@ def test_dtype_flag_is_honoured(tmp_path, tok, monkeypatch):
             infer.main()
         with pytest.raises(Loaded):
             E.main(["run", "--model", str(ckpt), "--dataset", "simuleq", "--limit", "1",
-                    "--out", str(tmp_path / "run"), "--device", "cpu",
+                    "--out", str(tmp_path / f"run-{dtype}"), "--device", "cpu",  # one per dtype
                     "--data-dir", str(ROOT / "data" / "eval"), *flag])
         assert seen[-2:] == [(dtype, dtype)] * 2
