@@ -242,6 +242,7 @@ def run(args):
     name = (args.server and args.served_model) or os.path.basename(os.path.normpath(checkpoint))
     # the prompt's system text: --system, else each record's own (the paper's, docs/method.md §4)
     system_of = {p["question"]: p["system"] for p in problems}
+    place = {p["question"]: k for k, p in enumerate(problems)}   # sampling: (seed, place)
 
     def system(question):
         if args.system is not None:
@@ -255,7 +256,7 @@ def run(args):
 
         def solve_fn(questions, on_result):  # a problem a server failed on: left for the next run
             return solver(model, tok, questions, [system(q) for q in questions], cfg=cfg,
-                          pool=pool, on_result=on_result)
+                          pool=pool, on_result=on_result, indices=[place[q] for q in questions])
         return run_loop(problems, args.out, solve_fn, args.dataset, model_name=name, info=info,
                         replica=ranks.replica, n_replicas=ranks.n_replicas, wait=ranks.wait_for_all,
                         finish=ranks.finish)

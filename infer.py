@@ -380,22 +380,26 @@ class Engine:
 
 @torch.no_grad()
 def solve(model, tokenizer, questions: list[str], system: str | list[str] = DEFAULT_SYSTEM,
-          cfg: GenConfig | None = None, pool=None, on_result=None, on_stream=None) -> list[dict]:
+          cfg: GenConfig | None = None, pool=None, on_result=None, on_stream=None,
+          indices: list[int] | None = None) -> list[dict]:
     """Every question's solution_steps on the batched Engine. system: every prompt's system text,
     or one per question. Returns one `result` per question, in order; on_result(index, result) as
     each finishes; on_stream(index, text) with each new piece of LCE text. pool: a
-    sandbox.SandboxPool (size >= cfg.batch_size for full overlap); made and closed here if None."""
+    sandbox.SandboxPool (size >= cfg.batch_size for full overlap); made and closed here if None.
+    indices: question i samples from generator (cfg.seed, indices[i]), its place in the whole
+    file, so a resumed run draws what an uninterrupted one drew (default: its place here)."""
     cfg = cfg or GenConfig()
     systems = [system] * len(questions) if isinstance(system, str) else list(system)
     if len(systems) != len(questions):
         raise ValueError(f"{len(systems)} system texts for {len(questions)} questions")
+    indices = list(range(len(questions))) if indices is None else list(indices)
     results = [None] * len(questions)
     device = next(model.parameters()).device
 
     def problem(i):
         show = on_stream and (lambda text: on_stream(i, text))
         steps = solution_steps(tokenizer, questions[i], systems[i], cfg, show)
-        return Problem(i, steps, sampling_generator(cfg.seed, i, device))
+        return Problem(i, steps, sampling_generator(cfg.seed, indices[i], device))
 
     def finished(i, outcome):
         results[i] = outcome

@@ -101,7 +101,7 @@ def solve_file(solver, model, tokenizer, args, cfg, pool, ranks):
                   f"ETA {(len(todo) - n) * seconds / n:.0f}s   ", end="", file=sys.stderr,
                   flush=True)
         solver(model, tokenizer, [records[i]["question"] for i in todo], systems, cfg=cfg,
-               pool=pool, on_result=on_result)
+               pool=pool, on_result=on_result, indices=todo)   # sampling: (seed, place in file)
     seconds = time.time() - start
     replicas = ranks.finish((stats, seconds))  # followers released; replica 0 sums up
     if ranks.replica != 0:

@@ -365,6 +365,19 @@ def test_run_resumes_only_the_same_run(tmp_path):
     assert (out / "results.jsonl").read_text() == (fresh / "results.jsonl").read_text()
 
 
+def test_run_resumed_with_sampling_draws_what_an_uninterrupted_run_draws(tmp_path):
+    """--temperature > 0: a problem draws from generator (seed, its place in the data set), so a
+    run stopped after one problem and resumed writes the same solutions as one run."""
+    a = _tiny_checkpoint(tmp_path / "a")
+    sampling = ["--temperature", "1", "--max-new-tokens", "6"]
+    E.main(_run_args(a, tmp_path / "whole", "--limit", "3", *sampling))
+    E.main(_run_args(a, tmp_path / "resumed", "--limit", "1", *sampling))
+    E.main(_run_args(a, tmp_path / "resumed", "--limit", "3", *sampling))
+    whole, resumed = [[json.loads(x)["solution"] for x in (out / "results.jsonl").read_text()
+                       .splitlines()] for out in (tmp_path / "whole", tmp_path / "resumed")]
+    assert resumed == whole and len(set(whole)) == 3
+
+
 def test_run_errors_name_the_file(tmp_path, monkeypatch):
     """A torn line inside the results being resumed names file and line; a full disk names the file
     being written; each is one line from the command line."""

@@ -639,6 +639,31 @@ def test_file_summary_counts_a_resumed_run_whole(tmp_path, tok, monkeypatch):
     assert (tmp_path / "resumed.jsonl").read_text() == (tmp_path / "whole.jsonl").read_text()
 
 
+def test_file_resumed_with_sampling_draws_what_an_uninterrupted_run_draws(tmp_path, tok,
+                                                                          monkeypatch):
+    """--temperature > 0: question i of the file draws from generator (seed, i), its place in the
+    file, so a run stopped after one question and started again writes the same samples as one
+    run (they were drawn by the place in what was left to solve)."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / "ckpt"
+    Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
+                          hidden_dim=32)).save_pretrained(ckpt)
+    tok.save(ckpt)
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(f'{{"question": "{k}+{k}?"}}\n' for k in range(4)))
+
+    def run(out, *more):
+        monkeypatch.setattr(sys, "argv", [
+            "infer.py", "--model", str(ckpt), "--file", str(qfile), "--out", str(tmp_path / out),
+            "--no-execute", "--max-new-tokens", "6", "--max-rounds", "1", "--temperature", "1",
+            *more])
+        infer.main()
+        return [json.loads(x)["solution"] for x in (tmp_path / out).read_text().splitlines()]
+    whole = run("whole.jsonl")
+    run("resumed.jsonl", "--limit", "1")
+    assert run("resumed.jsonl") == whole and len(set(whole)) == 4
+
+
 def test_execution_output_is_data(tok, pool):
     """Code that prints special-token strings: its output goes to the model as plain text pieces
     (no special id inside the execution block), and the transcript has no text block the model did
