@@ -106,7 +106,14 @@ def _summary_line(s):
 
 
 def score(path, dataset=None, out=None, data_dir=DATA_DIR):
-    """Re-grade every record of a results file; returns the summary dict."""
+    """Re-grade every record of a results file (or of a run folder's results.jsonl); returns the
+    summary dict."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "results.jsonl")
+    run_summary = os.path.join(os.path.dirname(path), "summary.json")
+    if dataset is None and os.path.basename(path) == "results.jsonl" and os.path.isfile(
+            run_summary):   # our run: its data set, as `report` reads it
+        dataset = read_json(run_summary).get("dataset")
     if dataset is None:   # guess from the file name (authors: SVAMP_test_result-...jsonl)
         base = os.path.basename(path).lower()
         dataset = next((d for d in DATASETS if base.startswith(d)), None)
@@ -291,9 +298,10 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", required=True)
     score_cmd = sub.add_parser("score", help="re-grade a results file (ours or the authors' "
                                "debug_result format)")
-    score_cmd.add_argument("results")
+    score_cmd.add_argument("results", help="a results JSONL (ours or the authors'), or a run "
+                           "folder (its results.jsonl)")
     score_cmd.add_argument("--dataset", help="gsm8k/math/svamp/mathematics/simuleq/minival "
-                           "(default: from file name)")
+                           "(default: the run's summary.json, else from file name)")
     score_cmd.add_argument("--out", help="write the re-graded records here (JSONL)")
     score_cmd.add_argument("--data-dir", default=DATA_DIR)
     report_cmd = sub.add_parser("report",

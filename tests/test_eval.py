@@ -273,6 +273,22 @@ def test_cli_mistyped_record_names_file_line_and_field(tmp_path):
             assert str(e.value.code) == f"error: {bad}{message}"
 
 
+def test_score_of_a_run_grades_under_its_data_set(tmp_path, capsys):
+    """eval.py score RUN/results.jsonl (or RUN): the protocol is the run's data set, read from its
+    summary.json as `report` does (results.jsonl names none); SimulEq takes the first box of the
+    last block that has one, so "\\boxed{16} then \\boxed{7}" against 7 is wrong there."""
+    run = tmp_path / "simuleq_run"
+    run.mkdir()
+    (run / "summary.json").write_text('{"dataset": "simuleq", "n": 1, "correct": 0}')
+    solution = "<|text|>\\boxed{16} then \\boxed{7}<|endofblock|><|endofmessage|>"
+    (run / "results.jsonl").write_text(json.dumps({"id": "1", "solution": solution,
+                                                   "reference": "7"}) + "\n")
+    for path in (run / "results.jsonl", run):
+        summary = E.score(str(path))
+        assert summary["dataset"] == "simuleq" and summary["correct"] == 0
+    assert E.score(str(run), dataset="gsm8k")["correct"] == 1       # --dataset still decides
+
+
 def _tiny_checkpoint(path, seed=0):
     """A tiny random model with the Llama tokenizer, saved as a checkpoint folder."""
     import torch
