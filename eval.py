@@ -82,10 +82,15 @@ def load_dataset(name, data_dir=DATA_DIR, subject=None, level=None):
                 item["subject"] = item["id"].split("/")[1]
                 item["level"] = _math_levels(data_dir).get(item["id"])
             out.append(item)
-    if subject:
-        out = [p for p in out if p.get("subject") == subject]
-    if level:
-        out = [p for p in out if p.get("level") == int(level)]
+    for field, value in (("subject", subject), ("level", level)):   # MATH only
+        if value is None:
+            continue
+        kept = [p for p in out if str(p.get(field)) == str(value)]
+        if not kept:   # a filter that selects nothing is a mistake, not an empty run
+            found = sorted({str(p[field]) for p in out if p.get(field) is not None})
+            raise ValueError(f"{name}: no problem has {field} {value!r} (there: "
+                             f"{', '.join(found) or f'none, {field} is MATH only'})")
+        out = kept
     return out
 
 # ------------------------------------------------------------------------------------------ scoring

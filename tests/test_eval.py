@@ -289,6 +289,20 @@ def test_score_of_a_run_grades_under_its_data_set(tmp_path, capsys):
     assert E.score(str(run), dataset="gsm8k")["correct"] == 1       # --dataset still decides
 
 
+def test_a_filter_that_selects_no_problem_is_refused():
+    """--subject / --level that select nothing (a typo, another case, a data set without them)
+    are an error naming what is there, not a run of 0 problems with a 0/0 summary."""
+    for name, subject, level, there in [("gsm8k", "algebra", None, "none, subject is MATH only"),
+                                        ("math", "Algebra", None, "algebra, counting_and_prob"),
+                                        ("math", None, 9, "1, 2, 3, 4, 5")]:
+        with pytest.raises(ValueError, match=f"{name}: no problem has "
+                                             f"{'subject' if subject else 'level'} .* \\(there: "
+                                             f"{there}"):
+            E.load_dataset(name, DATA, subject, level)
+    algebra_2 = E.load_dataset("math", DATA, "algebra", "2")
+    assert algebra_2 and {(p["subject"], p["level"]) for p in algebra_2} == {("algebra", 2)}
+
+
 def _tiny_checkpoint(path, seed=0):
     """A tiny random model with the Llama tokenizer, saved as a checkpoint folder."""
     import torch
