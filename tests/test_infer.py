@@ -664,6 +664,22 @@ def test_file_resumed_with_sampling_draws_what_an_uninterrupted_run_draws(tmp_pa
     assert run("resumed.jsonl") == whole and len(set(whole)) == 4
 
 
+def test_file_out_that_is_the_question_file_is_refused(tmp_path, tok, monkeypatch):
+    """--out naming the question file itself (./q.jsonl for q.jsonl) is refused before anything
+    is read or deleted: with --force-new it deleted the questions, then failed to read them."""
+    Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
+                          hidden_dim=32)).save_pretrained(tmp_path / "ckpt")
+    tok.save(tmp_path / "ckpt")
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text('{"question": "1+1?"}\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["infer.py", "--model", "ckpt", "--file",
+                                      "q.jsonl", "--out", "./q.jsonl", "--force-new"])
+    with pytest.raises(ValueError, match=r"--out \./q\.jsonl is the question file \(--file"):
+        infer.main()
+    assert qfile.read_text() == '{"question": "1+1?"}\n'
+
+
 def test_execution_output_is_data(tok, pool):
     """Code that prints special-token strings: its output goes to the model as plain text pieces
     (no special id inside the execution block), and the transcript has no text block the model did
