@@ -238,6 +238,8 @@ def run(args):
     from plumbing.parallel import init_ranks
     from sandbox import SandboxPool, default_isolation
     cfg = from_flags(infer.GenConfig, args)   # the generation flags (infer.add_model_args)
+    if args.limit < 0:                        # problems[:-1]: all but the last
+        raise ValueError(f"--limit must be >= 0 (0: all), not {args.limit}")
     problems = load_dataset(args.dataset, args.data_dir, args.subject, args.level)
     problems = problems[:args.limit or None]
     ranks = init_ranks(1 if args.server else args.tp)  # torchrun: W / tp replicas share problems

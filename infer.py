@@ -84,6 +84,10 @@ class GenConfig:
         if self.max_prompt_tokens is None:  # the authors' 1536 where a round fits beside it
             fits = self.max_total_tokens - self.max_new_tokens
             self.max_prompt_tokens = max(2, min(1536, fits))
+        if min(self.max_new_tokens, self.max_rounds) < 1 or self.temperature < 0 or not (
+                0 < self.top_p <= 1):
+            raise ValueError("GenConfig: need max_new_tokens >= 1, max_rounds >= 1, temperature "
+                             f">= 0, 0 < top_p <= 1 (got {self})")
         if self.context not in ("window", "stop"):
             raise ValueError(f"GenConfig: context must be 'window' or 'stop', not {self.context!r}")
         if not 2 <= self.max_prompt_tokens < self.max_total_tokens:
@@ -392,14 +396,13 @@ def solve(model, tokenizer, questions: list[str], system: str | list[str] = DEFA
     systems = [system] * len(questions) if isinstance(system, str) else list(system)
     if len(systems) != len(questions):
         raise ValueError(f"{len(systems)} system texts for {len(questions)} questions")
-    indices = list(range(len(questions))) if indices is None else list(indices)
     results = [None] * len(questions)
     device = next(model.parameters()).device
 
     def problem(i):
         show = on_stream and (lambda text: on_stream(i, text))
         steps = solution_steps(tokenizer, questions[i], systems[i], cfg, show)
-        return Problem(i, steps, sampling_generator(cfg.seed, indices[i], device))
+        return Problem(i, steps, sampling_generator(cfg.seed, indices[i] if indices else i, device))
 
     def finished(i, outcome):
         results[i] = outcome

@@ -55,6 +55,8 @@ def check_file_run(args, cfg, ranks):
     content, the system text and how to generate (--limit and --batch-size may change); another
     run's results in OUT are refused, naming what differs (--force-new deletes them)."""
     out_path = results_path(args)
+    if args.limit is not None and args.limit < 0:   # records[:-1] would drop the last question
+        raise ValueError(f"--limit must be >= 0, not {args.limit}")
     if os.path.realpath(out_path) == os.path.realpath(args.file):   # --force-new would delete it
         raise ValueError(f"--out {out_path} is the question file (--file {args.file})")
     identity = {**({"served_model": args.served_model,  # not the URL: a server may move

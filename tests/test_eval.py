@@ -303,6 +303,14 @@ def test_a_filter_that_selects_no_problem_is_refused():
     assert algebra_2 and {(p["subject"], p["level"]) for p in algebra_2} == {("algebra", 2)}
 
 
+def test_run_refuses_a_negative_limit(tmp_path):
+    """--limit -1 is refused (problems[:-1] ran every problem but the last)."""
+    with pytest.raises(SystemExit) as e:
+        E.main(_run_args(str(tmp_path / "no-model"), tmp_path / "out", "--limit", "-1"))
+    assert str(e.value.code) == "error: --limit must be >= 0 (0: all), not -1"
+    assert not (tmp_path / "out").exists()
+
+
 def _tiny_checkpoint(path, seed=0):
     """A tiny random model with the Llama tokenizer, saved as a checkpoint folder."""
     import torch

@@ -680,6 +680,28 @@ def test_file_out_that_is_the_question_file_is_refused(tmp_path, tok, monkeypatc
     assert qfile.read_text() == '{"question": "1+1?"}\n'
 
 
+def test_generation_flags_out_of_range_are_refused(tmp_path, tok, monkeypatch):
+    """GenConfig refuses values with no meaning (0 tokens or rounds, a negative temperature, a
+    top-p outside (0, 1]), and --limit refuses a negative count (it dropped the last question):
+    one error, not a traceback from deep in the loop (--max-rounds 0 raised UnboundLocalError)."""
+    for bad in [dict(max_new_tokens=0), dict(max_rounds=0), dict(temperature=-1.0),
+                dict(top_p=0.0), dict(top_p=1.5)]:
+        with pytest.raises(ValueError, match=r"GenConfig: need max_new_tokens >= 1, max_rounds"):
+            infer.GenConfig(**bad)
+    Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
+                          hidden_dim=32)).save_pretrained(tmp_path / "ckpt")
+    tok.save(tmp_path / "ckpt")
+    (tmp_path / "q.jsonl").write_text('{"question": "1+1?"}\n{"question": "2+2?"}\n')
+    for flags, message in [(["--max-rounds", "0"], "GenConfig: need"),
+                           (["--limit", "-1"], "--limit must be >= 0, not -1")]:
+        monkeypatch.setattr(sys, "argv", ["infer.py", "--model", str(tmp_path / "ckpt"),
+                                          "--file", str(tmp_path / "q.jsonl"), "--no-execute",
+                                          "--force-new", *flags])
+        with pytest.raises(ValueError, match=message):
+            infer.main()
+    assert not (tmp_path / "q.results.jsonl").exists()
+
+
 def test_execution_output_is_data(tok, pool):
     """Code that prints special-token strings: its output goes to the model as plain text pieces
     (no special id inside the execution block), and the transcript has no text block the model did
