@@ -407,6 +407,8 @@ def main(argv=None):
         questions = [p["question"] for p in new]
         out = args.d1
     else:
+        if os.path.realpath(args.out) == os.path.realpath(args.problems):   # D1 would replace it
+            raise ValueError(f"--out {args.out} is the --problems file")
         questions = [p["question"] for p in teacher.read_problems(args.problems)]
         out = args.out
     # the samples drawn so far beside OUT (resumable): only this run's (model, questions, sampling)

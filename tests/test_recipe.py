@@ -439,3 +439,24 @@ def test_distill_resumes_where_it_stopped(tmp_path, monkeypatch):
     calls.clear()
     distill("d1.jsonl", "--distill-temperature", "0.9", "--force-new")
     assert calls == [(0, [0, 1, 2]), (1, [0, 1, 2])]
+
+
+def test_distill_out_that_is_the_problems_file_is_refused(tmp_path, monkeypatch):
+    """distill --out naming its --problems file is refused before anything runs (D1 replaced the
+    problems at the end of the run)."""
+    problems = tmp_path / "new.jsonl"
+    problems.write_text('{"question": "a"}\n')
+    (tmp_path / "ckpt").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(recipe.teacher, "load_initial", lambda path, device: ("model", "tok"))
+
+    def fake_solve(model, tokenizer, questions, cfg, on_result=None, indices=None):
+        for t, q in enumerate(questions):
+            solution = _solution("7")
+            on_result(t, {"solution": solution, "messages": lce_data.make_record(
+                q, lce_data.parse_assistant(solution))["messages"]})
+    monkeypatch.setattr(recipe.infer, "solve", fake_solve)
+    with pytest.raises(ValueError, match=r"--out \./new\.jsonl is the --problems file"):
+        recipe.main(["distill", "--initial", "ckpt", "--problems", "new.jsonl", "--out",
+                     "./new.jsonl"])
+    assert problems.read_text() == '{"question": "a"}\n'
