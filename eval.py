@@ -82,10 +82,15 @@ def load_dataset(name, data_dir=DATA_DIR, subject=None, level=None):
                 item["subject"] = item["id"].split("/")[1]
                 item["level"] = _math_levels(data_dir).get(item["id"])
             out.append(item)
-    if subject:
-        out = [p for p in out if p.get("subject") == subject]
-    if level:
-        out = [p for p in out if p.get("level") == int(level)]
+    for field, value in (("subject", subject), ("level", level)):   # MATH only
+        if value is None:
+            continue
+        kept = [p for p in out if str(p.get(field)) == str(value)]
+        if not kept:   # a filter that selects nothing is a mistake, not an empty run
+            found = sorted({str(p[field]) for p in out if p.get(field) is not None})
+            raise ValueError(f"{name}: no problem has {field} {value!r} (there: "
+                             f"{', '.join(found) or f'none, {field} is MATH only'})")
+        out = kept
     return out
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -106,7 +111,14 @@ def _summary_line(s):
 
 
 def score(path, dataset=None, out=None, data_dir=DATA_DIR):
-    """Re-grade every record of a results file; returns the summary dict."""
+    """Re-grade every record of a results file (or of a run folder's results.jsonl); returns the
+    summary dict."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "results.jsonl")
+    run_summary = os.path.join(os.path.dirname(path), "summary.json")
+    if dataset is None and os.path.basename(path) == "results.jsonl" and os.path.isfile(
+            run_summary):   # our run: its data set, as `report` reads it
+        dataset = read_json(run_summary).get("dataset")
     if dataset is None:   # guess from the file name (authors: SVAMP_test_result-...jsonl)
         base = os.path.basename(path).lower()
         dataset = next((d for d in DATASETS if base.startswith(d)), None)
@@ -206,7 +218,7 @@ RUN_FILES = ("results.jsonl", "summary.json", "summary.md", "report.html")
 def run_identity(args, cfg):
     """What run.json records of `eval.py run`: the model (path, checkpoint files; or the served
     model's name and its tokenizer's files), the data set (name, files' content), the system
-    text (None: each record's own) and the generation config."""
+    text (None: each record's own), the generation config and --dtype (as infer.py --file)."""
     model = ({"served_model": args.served_model,   # not the URL: a server may move
               "tokenizer_files": checkpoint_fingerprint(args.tokenizer)} if args.server else
              {"model": os.path.abspath(args.model),
@@ -215,7 +227,8 @@ def run_identity(args, cfg):
             "data_files": {name: file_digest(os.path.join(args.data_dir, name))
                            for name in DATASETS[args.dataset.lower()]},
             "system": args.system,
-            "generation": {k: v for k, v in vars(cfg).items() if k != "batch_size"}}
+            "generation": {k: v for k, v in vars(cfg).items() if k != "batch_size"},
+            "dtype": args.dtype}   # bfloat16 weights give other answers than float32
 
 
 def run(args):
@@ -225,6 +238,8 @@ def run(args):
     from plumbing.parallel import init_ranks
     from sandbox import SandboxPool, default_isolation
     cfg = from_flags(infer.GenConfig, args)   # the generation flags (infer.add_model_args)
+    if args.limit < 0:                        # problems[:-1]: all but the last
+        raise ValueError(f"--limit must be >= 0 (0: all), not {args.limit}")
     problems = load_dataset(args.dataset, args.data_dir, args.subject, args.level)
     problems = problems[:args.limit or None]
     ranks = init_ranks(1 if args.server else args.tp)  # torchrun: W / tp replicas share problems
@@ -241,6 +256,7 @@ def run(args):
     name = (args.server and args.served_model) or os.path.basename(os.path.normpath(checkpoint))
     # the prompt's system text: --system, else each record's own (the paper's, docs/method.md §4)
     system_of = {p["question"]: p["system"] for p in problems}
+    place = {p["question"]: k for k, p in enumerate(problems)}   # sampling: (seed, place)
 
     def system(question):
         if args.system is not None:
@@ -254,7 +270,7 @@ def run(args):
 
         def solve_fn(questions, on_result):  # a problem a server failed on: left for the next run
             return solver(model, tok, questions, [system(q) for q in questions], cfg=cfg,
-                          pool=pool, on_result=on_result)
+                          pool=pool, on_result=on_result, indices=[place[q] for q in questions])
         return run_loop(problems, args.out, solve_fn, args.dataset, model_name=name, info=info,
                         replica=ranks.replica, n_replicas=ranks.n_replicas, wait=ranks.wait_for_all,
                         finish=ranks.finish)
@@ -289,9 +305,10 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", required=True)
     score_cmd = sub.add_parser("score", help="re-grade a results file (ours or the authors' "
                                "debug_result format)")
-    score_cmd.add_argument("results")
+    score_cmd.add_argument("results", help="a results JSONL (ours or the authors'), or a run "
+                           "folder (its results.jsonl)")
     score_cmd.add_argument("--dataset", help="gsm8k/math/svamp/mathematics/simuleq/minival "
-                           "(default: from file name)")
+                           "(default: the run's summary.json, else from file name)")
     score_cmd.add_argument("--out", help="write the re-graded records here (JSONL)")
     score_cmd.add_argument("--data-dir", default=DATA_DIR)
     report_cmd = sub.add_parser("report",

@@ -84,6 +84,10 @@ class GenConfig:
         if self.max_prompt_tokens is None:  # the authors' 1536 where a round fits beside it
             fits = self.max_total_tokens - self.max_new_tokens
             self.max_prompt_tokens = max(2, min(1536, fits))
+        if min(self.max_new_tokens, self.max_rounds) < 1 or self.temperature < 0 or not (
+                0 < self.top_p <= 1):
+            raise ValueError("GenConfig: need max_new_tokens >= 1, max_rounds >= 1, temperature "
+                             f">= 0, 0 < top_p <= 1 (got {self})")
         if self.context not in ("window", "stop"):
             raise ValueError(f"GenConfig: context must be 'window' or 'stop', not {self.context!r}")
         if not 2 <= self.max_prompt_tokens < self.max_total_tokens:
@@ -380,11 +384,14 @@ class Engine:
 
 @torch.no_grad()
 def solve(model, tokenizer, questions: list[str], system: str | list[str] = DEFAULT_SYSTEM,
-          cfg: GenConfig | None = None, pool=None, on_result=None, on_stream=None) -> list[dict]:
+          cfg: GenConfig | None = None, pool=None, on_result=None, on_stream=None,
+          indices: list[int] | None = None) -> list[dict]:
     """Every question's solution_steps on the batched Engine. system: every prompt's system text,
     or one per question. Returns one `result` per question, in order; on_result(index, result) as
     each finishes; on_stream(index, text) with each new piece of LCE text. pool: a
-    sandbox.SandboxPool (size >= cfg.batch_size for full overlap); made and closed here if None."""
+    sandbox.SandboxPool (size >= cfg.batch_size for full overlap); made and closed here if None.
+    indices: question i samples from generator (cfg.seed, indices[i]), its place in the whole
+    file, so a resumed run draws what an uninterrupted one drew (default: its place here)."""
     cfg = cfg or GenConfig()
     systems = [system] * len(questions) if isinstance(system, str) else list(system)
     if len(systems) != len(questions):
@@ -395,7 +402,7 @@ def solve(model, tokenizer, questions: list[str], system: str | list[str] = DEFA
     def problem(i):
         show = on_stream and (lambda text: on_stream(i, text))
         steps = solution_steps(tokenizer, questions[i], systems[i], cfg, show)
-        return Problem(i, steps, sampling_generator(cfg.seed, i, device))
+        return Problem(i, steps, sampling_generator(cfg.seed, indices[i] if indices else i, device))
 
     def finished(i, outcome):
         results[i] = outcome

@@ -28,10 +28,13 @@ calls, resumable runs, the command line; docs/serving.md):
 
 No test question of data/eval/ may enter the new problems (teacher.keep_unseen).
 """
+import hashlib
 import json
+import os
 import random
 import re
 import sys
+import time
 
 import grader
 import infer
@@ -140,17 +143,48 @@ def self_distill(questions, solve, k=3):
     return records, stats
 
 
-def distill(model, tokenizer, questions, k=3, temperature=0.7, seed=0, cfg=None):
+def distill(model, tokenizer, questions, k=3, temperature=0.7, seed=0, cfg=None,
+            samples_path=None):
     """Self-distillation (self_distill) with MathCoder-Initial, a local model
     (teacher.load_initial): k samples of every question at `temperature`, sample j drawn with
-    seed + j."""
+    seed + j. samples_path: each sample is appended there as it finishes ({"sample": j, "index":
+    i, "solution", "messages"}), and those already there are not drawn again: a run stopped and
+    started again goes on (question i draws from its own generator, so the samples are those of
+    an uninterrupted run). The caller checks that they are this run's (main: storage.check_run)."""
     base = cfg or infer.GenConfig()
+    done = {}
+    if samples_path and os.path.exists(samples_path):
+        storage.done_keys(samples_path, key="index")      # a torn last line (a crash) cut off
+        done = {(r["sample"], r["index"]): r for r in storage.read_jsonl(samples_path)}
 
     def solve(qs, j):
         sample_cfg = infer.GenConfig(**{**vars(base), "temperature": temperature,
                                         "seed": seed + j})
-        print(f"distill: sample {j + 1}/{k} of {len(qs)} questions", file=sys.stderr)
-        return infer.solve(model, tokenizer, qs, cfg=sample_cfg)
+        if samples_path is None:
+            print(f"distill: sample {j + 1}/{k} of {len(qs)} questions", file=sys.stderr)
+            return infer.solve(model, tokenizer, qs, cfg=sample_cfg)
+        todo = [i for i in range(len(qs)) if (j, i) not in done]
+        print(f"distill: sample {j + 1}/{k}: {len(qs) - len(todo)} of {len(qs)} questions "
+              f"in {samples_path}, solving {len(todo)}", file=sys.stderr)
+        start, finished = time.time(), []
+        with open(samples_path, "a", encoding="utf-8") as f:
+
+            def on_result(t, outcome):
+                finished.append(t)
+                done[j, todo[t]] = {"sample": j, "index": todo[t],
+                                    "solution": outcome["solution"],
+                                    "messages": outcome["messages"]}
+                storage.append_jsonl(f, done[j, todo[t]])
+                seconds = time.time() - start
+                n = len(finished)
+                print(f"\rdistill: sample {j + 1}/{k}  {n}/{len(todo)}  {n / seconds:.2f}/s  "
+                      f"ETA {(len(todo) - n) * seconds / n:.0f}s   ", end="", file=sys.stderr,
+                      flush=True)
+            if todo:
+                infer.solve(model, tokenizer, [qs[i] for i in todo], cfg=sample_cfg,
+                            on_result=on_result, indices=todo)
+                print(file=sys.stderr)
+        return [done[j, i] for i in range(len(qs))]
     return self_distill(questions, solve, k)
 
 
@@ -373,10 +407,20 @@ def main(argv=None):
         questions = [p["question"] for p in new]
         out = args.d1
     else:
+        if os.path.realpath(args.out) == os.path.realpath(args.problems):   # D1 would replace it
+            raise ValueError(f"--out {args.out} is the --problems file")
         questions = [p["question"] for p in teacher.read_problems(args.problems)]
         out = args.out
+    # the samples drawn so far beside OUT (resumable): only this run's (model, questions, sampling)
+    samples = re.sub(r"(\.jsonl)?$", ".samples.jsonl", out, count=1)
+    storage.check_run(samples + ".run.json", {
+        "initial": os.path.abspath(args.initial),
+        "initial_files": storage.checkpoint_fingerprint(args.initial),
+        "questions": hashlib.sha256(json.dumps(questions).encode()).hexdigest()[:16],
+        "temperature": args.distill_temperature}, [samples], args.force_new)
     model, tokenizer = teacher.load_initial(args.initial, args.device)
-    records, stats = distill(model, tokenizer, questions, args.k, args.distill_temperature)
+    records, stats = distill(model, tokenizer, questions, args.k, args.distill_temperature,
+                             samples_path=samples)
     storage.write_jsonl(out, records)
     print(json.dumps({"out": out, **stats}))
 

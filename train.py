@@ -370,7 +370,7 @@ def train(cfg: TrainConfig) -> dict:
     final = None if cfg.no_save else export_final(cfg.out, model, tokenizer, export_dtype(cfg),
                                                   rank)
     last = complete_checkpoints(saves)
-    result = dict(final_loss=losses[-1] if losses else None, losses=losses, steps=total,
+    result = dict(final_loss=losses[-1] if losses else log.last_loss, losses=losses, steps=total,
                   final=final, checkpoint=str(last[-1]) if last else None,
                   seconds=round(time.time() - log.t_start, 2))
     log.summary(result)

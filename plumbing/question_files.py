@@ -55,6 +55,10 @@ def check_file_run(args, cfg, ranks):
     content, the system text and how to generate (--limit and --batch-size may change); another
     run's results in OUT are refused, naming what differs (--force-new deletes them)."""
     out_path = results_path(args)
+    if args.limit is not None and args.limit < 0:   # records[:-1] would drop the last question
+        raise ValueError(f"--limit must be >= 0, not {args.limit}")
+    if os.path.realpath(out_path) == os.path.realpath(args.file):   # --force-new would delete it
+        raise ValueError(f"--out {out_path} is the question file (--file {args.file})")
     identity = {**({"served_model": args.served_model,  # not the URL: a server may move
                     "tokenizer_files": storage.checkpoint_fingerprint(args.tokenizer)}
                    if args.server else {"model": os.path.abspath(args.model),
@@ -101,7 +105,7 @@ def solve_file(solver, model, tokenizer, args, cfg, pool, ranks):
                   f"ETA {(len(todo) - n) * seconds / n:.0f}s   ", end="", file=sys.stderr,
                   flush=True)
         solver(model, tokenizer, [records[i]["question"] for i in todo], systems, cfg=cfg,
-               pool=pool, on_result=on_result)
+               pool=pool, on_result=on_result, indices=todo)   # sampling: (seed, place in file)
     seconds = time.time() - start
     replicas = ranks.finish((stats, seconds))  # followers released; replica 0 sums up
     if ranks.replica != 0:
@@ -109,9 +113,14 @@ def solve_file(solver, model, tokenizer, args, cfg, pool, ranks):
     stats = sum((replica_stats for replica_stats, _ in replicas), Counter())
     seconds = max(replica_seconds for _, replica_seconds in replicas)
     storage.merge_parts(out_path, "index", range(len(records)))
-    summary = {"file": args.file, "out": out_path, "solved": stats["n"],
-               "seconds": round(seconds, 1), "problems_per_s": stats["n"] / max(seconds, 1e-9),
+    # the counts are of every result of these questions (a resumed run's too); the rates, this
+    # session's work
+    results = [r for r in storage.read_jsonl(out_path) if r["index"] < len(records)]
+    summary = {"file": args.file, "out": out_path, "solved": len(results),
+               "solved_now": stats["n"], "seconds": round(seconds, 1),
+               "problems_per_s": stats["n"] / max(seconds, 1e-9),
                "tokens_per_s": stats["tokens"] / max(seconds, 1e-9),
-               "mean_rounds": stats["rounds"] / max(stats["n"], 1), "executions": stats["exec"]}
+               "mean_rounds": sum(r["n_rounds"] for r in results) / max(len(results), 1),
+               "executions": sum(r["n_exec"] for r in results)}
     storage.write_json(out_path + ".summary.json", summary)
     print("\n" + json.dumps(summary), file=sys.stderr)

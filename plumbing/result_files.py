@@ -13,17 +13,26 @@ def record_parts(rec, where):
     """(solution as an LCE string, reference, id) from our results or the authors' output format
     (`debug_result`, read by lce_data.debug_result_messages: a bad item is an error naming `where`
     and the field)."""
+    if not isinstance(rec, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    ground_truth = rec.get("ground_truth") or {}
+    if not isinstance(ground_truth, dict):
+        raise ValueError(f"{where}, field ground_truth: expected an object with 'answer', "
+                         f"got {type(ground_truth).__name__}")
     if "debug_result" in rec:
         turn = [block for message in lce_data.debug_result_messages(rec, where)
                 if message["role"] == "assistant" for block in message["content"]]
         solution = "".join(f"<|{b['type']}|>{b['content']}<|endofblock|>" for b in turn)
-        reference = (rec.get("ground_truth") or {}).get("answer")
+        reference = ground_truth.get("answer")
     else:
         solution = rec.get("solution")
-        reference = rec.get("reference", (rec.get("ground_truth") or {}).get("answer"))
+        reference = rec.get("reference", ground_truth.get("answer"))
     if solution is None or reference is None:
         raise ValueError(f"{where}: needs solution+reference (ours) or "
                          "debug_result+ground_truth.answer")
+    if not isinstance(solution, str):
+        raise ValueError(f"{where}, field solution: expected a string, "
+                         f"got {type(solution).__name__}")
     return solution, reference, rec.get("id")
 
 

@@ -111,7 +111,7 @@ def serve_one(server, tokenizer, steps, cfg, pool, run_code, index=0, prompt_as=
 
 
 def solve_served(server, tokenizer, steps, cfg, run_code, pool=None, on_result=None,
-                 concurrency=16, prompt_as="ids", served_model=None, names=None):
+                 concurrency=16, prompt_as="ids", served_model=None, names=None, indices=None):
     """infer.solve's contract with the model behind a server: serve_one for every problem's
     generator in `steps`, `concurrency` of them in flight. Returns one result per problem, in
     order; on_result(index, result) as each finishes. A problem the server failed on (after
@@ -129,7 +129,8 @@ def solve_served(server, tokenizer, steps, cfg, run_code, pool=None, on_result=N
             return
         what = names[i] if names else f"problem {i}"
         try:
-            results[i] = serve_one(server, tokenizer, steps[i], cfg, pool, run_code, i,
+            results[i] = serve_one(server, tokenizer, steps[i], cfg, pool, run_code,
+                                   i if indices is None else indices[i],   # the sampling seed's
                                    prompt_as, served_model, what)
         except ServerError as e:
             if e.fatal:
@@ -178,12 +179,13 @@ def served_solver(args, solution_steps, run_code, name_of=None):
         for i, record in enumerate(read_questions(args.file)[:args.limit]):
             name_of.setdefault(record["question"], i)
 
-    def solver(server, tokenizer, questions, system, cfg, pool, on_result=None, on_stream=None):
+    def solver(server, tokenizer, questions, system, cfg, pool, on_result=None, on_stream=None,
+               indices=None):
         if on_stream:   # no streaming from the server: a problem is shown whole when done
             on_result = lambda i, outcome: on_stream(i, outcome["solution"])
         systems = [system] * len(questions) if isinstance(system, str) else list(system)
         steps = [solution_steps(tokenizer, q, s, cfg) for q, s in zip(questions, systems)]
         names = [f"problem {(name_of or {}).get(q, i)}" for i, q in enumerate(questions)]
         return solve_served(server, tokenizer, steps, cfg, run_code, pool, on_result,
-                            args.concurrency, args.prompt_as, args.served_model, names)
+                            args.concurrency, args.prompt_as, args.served_model, names, indices)
     return solver

@@ -411,6 +411,8 @@ def parse_args(argv=None):
         p.add_argument("--k", type=int, default=3, help="samples per problem that must agree")
         p.add_argument("--distill-temperature", type=float, default=0.7)
         p.add_argument("--device", help="default: cuda when available, else cpu")
+        p.add_argument("--force-new", action="store_true", help="delete the samples drawn so far "
+                       "beside the D1 file (D1.samples.jsonl: resumes) and start over")
     i.add_argument("--d1", help="with --initial: where D1's records go")
     args = ap.parse_args(argv)
     if args.cmd == "interpolate" and bool(args.initial) != bool(args.d1):

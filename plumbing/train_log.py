@@ -6,6 +6,7 @@
     OUT/loss.svg      loss and learning rate per step, redrawn at each checkpoint
     OUT/summary.json  the final loss, the steps, where the model and the last checkpoint are
 """
+import json
 import os
 import time
 
@@ -31,8 +32,10 @@ class TrainLog:
     def begin(self, start: int, total: int, config: dict):
         """Write config.json; keep the first `start` lines of log.jsonl (a crash leaves lines past
         the checkpoint, the last one maybe torn in half, and those steps run again); start the
-        clock."""
+        clock. last_loss: the loss of the last step kept (the final loss of a run resumed at its
+        end, where no step runs again)."""
         self.start, self.total, self.t_start = start, total, time.time()
+        self.last_loss = None
         if self.rank == 0:
             write_json(os.path.join(self.out, "config.json"), config)
             kept = []
@@ -40,6 +43,8 @@ class TrainLog:
                 with open(self.path, encoding="utf-8") as f:
                     kept = f.readlines()[:start]
             atomic_write(self.path, "".join(kept))
+            if kept:
+                self.last_loss = json.loads(kept[-1])["loss"]
 
     def step(self, step: int, epoch: int, loss: float, lr: float, grad_norm: float, figures: dict,
              dt: float, log_every: int):

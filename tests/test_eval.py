@@ -254,6 +254,63 @@ def test_cli_bad_input_names_file_and_line(tmp_path):
                                  "'role' (or 'type') and 'content'")
 
 
+def test_cli_mistyped_record_names_file_line_and_field(tmp_path):
+    """score and report: a line that is not an object, a ground_truth that is not an object, a
+    solution that is not a string: one error line naming the file, the line and the field (they
+    ended in a Python traceback)."""
+    good = '{"solution": "\\\\boxed{1}", "reference": "1"}\n'
+    bad = tmp_path / "results.jsonl"
+    cases = [('[1, 2]', ":2: expected a JSON object, got list"),
+             ('{"debug_result": [{"role": "user", "content": "Q"}], "ground_truth": "2"}',
+              ":2, field ground_truth: expected an object with 'answer', got str"),
+             ('{"solution": 5, "reference": "2"}', ":2, field solution: expected a string, got int")]
+    for line, message in cases:
+        bad.write_text(good + line + "\n")
+        for command in (["score", str(bad)], ["report", str(bad), "--dataset", "gsm8k",
+                                              "--out", str(tmp_path / "r.html")]):
+            with pytest.raises(SystemExit) as e:
+                E.main(command)
+            assert str(e.value.code) == f"error: {bad}{message}"
+
+
+def test_score_of_a_run_grades_under_its_data_set(tmp_path, capsys):
+    """eval.py score RUN/results.jsonl (or RUN): the protocol is the run's data set, read from its
+    summary.json as `report` does (results.jsonl names none); SimulEq takes the first box of the
+    last block that has one, so "\\boxed{16} then \\boxed{7}" against 7 is wrong there."""
+    run = tmp_path / "simuleq_run"
+    run.mkdir()
+    (run / "summary.json").write_text('{"dataset": "simuleq", "n": 1, "correct": 0}')
+    solution = "<|text|>\\boxed{16} then \\boxed{7}<|endofblock|><|endofmessage|>"
+    (run / "results.jsonl").write_text(json.dumps({"id": "1", "solution": solution,
+                                                   "reference": "7"}) + "\n")
+    for path in (run / "results.jsonl", run):
+        summary = E.score(str(path))
+        assert summary["dataset"] == "simuleq" and summary["correct"] == 0
+    assert E.score(str(run), dataset="gsm8k")["correct"] == 1       # --dataset still decides
+
+
+def test_a_filter_that_selects_no_problem_is_refused():
+    """--subject / --level that select nothing (a typo, another case, a data set without them)
+    are an error naming what is there, not a run of 0 problems with a 0/0 summary."""
+    for name, subject, level, there in [("gsm8k", "algebra", None, "none, subject is MATH only"),
+                                        ("math", "Algebra", None, "algebra, counting_and_prob"),
+                                        ("math", None, 9, "1, 2, 3, 4, 5")]:
+        with pytest.raises(ValueError, match=f"{name}: no problem has "
+                                             f"{'subject' if subject else 'level'} .* \\(there: "
+                                             f"{there}"):
+            E.load_dataset(name, DATA, subject, level)
+    algebra_2 = E.load_dataset("math", DATA, "algebra", "2")
+    assert algebra_2 and {(p["subject"], p["level"]) for p in algebra_2} == {("algebra", 2)}
+
+
+def test_run_refuses_a_negative_limit(tmp_path):
+    """--limit -1 is refused (problems[:-1] ran every problem but the last)."""
+    with pytest.raises(SystemExit) as e:
+        E.main(_run_args(str(tmp_path / "no-model"), tmp_path / "out", "--limit", "-1"))
+    assert str(e.value.code) == "error: --limit must be >= 0 (0: all), not -1"
+    assert not (tmp_path / "out").exists()
+
+
 def _tiny_checkpoint(path, seed=0):
     """A tiny random model with the Llama tokenizer, saved as a checkpoint folder."""
     import torch
@@ -307,8 +364,8 @@ def _ids(out):
 
 def test_run_resumes_only_the_same_run(tmp_path):
     """An --out holding another model's, data set's or generation's results is refused in one line
-    naming what differs (field: old vs new), and the results stay as they were; --limit and the
-    batch size may change; --force-new deletes the old results and starts over."""
+    naming what differs (field: old vs new; the weights' --dtype too), and the results stay as they
+    were; --limit and the batch size may change; --force-new deletes the old results and starts over."""
     a, b = _tiny_checkpoint(tmp_path / "a", seed=0), _tiny_checkpoint(tmp_path / "b", seed=1)
     out = tmp_path / "out"
     E.main(_run_args(a, out, "--limit", "3"))
@@ -324,7 +381,8 @@ def test_run_resumes_only_the_same_run(tmp_path):
                                           'data_files.SVAMP_test_post.jsonl: missing vs "'],
                (a, "--max-new-tokens", "3"): ["generation.max_new_tokens: 2 vs 3"],
                (a, "--temperature", "0.5"): ["generation.temperature: 0.0 vs 0.5"],
-               (a, "--system", ""): ['system: null vs ""']}
+               (a, "--system", ""): ['system: null vs ""'],
+               (a, "--dtype", "bfloat16"): ['dtype: null vs "bfloat16"']}   # other numbers
     for (model, *more), differences in refused.items():
         with pytest.raises(SystemExit) as e:
             E.main(_run_args(model, out, *more))
@@ -343,6 +401,19 @@ def test_run_resumes_only_the_same_run(tmp_path):
     fresh = tmp_path / "fresh"                              # b's answers, not a's
     E.main(_run_args(b, fresh))
     assert (out / "results.jsonl").read_text() == (fresh / "results.jsonl").read_text()
+
+
+def test_run_resumed_with_sampling_draws_what_an_uninterrupted_run_draws(tmp_path):
+    """--temperature > 0: a problem draws from generator (seed, its place in the data set), so a
+    run stopped after one problem and resumed writes the same solutions as one run."""
+    a = _tiny_checkpoint(tmp_path / "a")
+    sampling = ["--temperature", "1", "--max-new-tokens", "6"]
+    E.main(_run_args(a, tmp_path / "whole", "--limit", "3", *sampling))
+    E.main(_run_args(a, tmp_path / "resumed", "--limit", "1", *sampling))
+    E.main(_run_args(a, tmp_path / "resumed", "--limit", "3", *sampling))
+    whole, resumed = [[json.loads(x)["solution"] for x in (out / "results.jsonl").read_text()
+                       .splitlines()] for out in (tmp_path / "whole", tmp_path / "resumed")]
+    assert resumed == whole and len(set(whole)) == 3
 
 
 def test_run_errors_name_the_file(tmp_path, monkeypatch):

@@ -613,6 +613,95 @@ def test_file_resumes_only_the_same_question_file(tmp_path, tok, monkeypatch):
     assert [json.loads(x)["question"] for x in out.read_text().splitlines()] == ["5+5?", "6+6?"]
 
 
+def test_file_summary_counts_a_resumed_run_whole(tmp_path, tok, monkeypatch):
+    """A --file run stopped after one question and started again: OUT.summary.json counts every
+    result in OUT (as an uninterrupted run's summary does), not only the questions solved after
+    the restart; solved_now is this session's share."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / "ckpt"
+    Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
+                          hidden_dim=32)).save_pretrained(ckpt)
+    tok.save(ckpt)
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text('{"question": "1+1?"}\n{"question": "2+2?"}\n{"question": "3+3?"}\n')
+
+    def summary(out, *more):
+        monkeypatch.setattr(sys, "argv", [
+            "infer.py", "--model", str(ckpt), "--file", str(qfile), "--out", str(out),
+            "--no-execute", "--max-new-tokens", "3", "--max-rounds", "2", *more])
+        infer.main()
+        return json.loads((tmp_path / f"{out.name}.summary.json").read_text())
+    whole = summary(tmp_path / "whole.jsonl")
+    summary(tmp_path / "resumed.jsonl", "--limit", "1")       # stopped after the first question
+    resumed = summary(tmp_path / "resumed.jsonl")
+    assert whole["solved"] == resumed["solved"] == 3 and resumed["solved_now"] == 2
+    assert resumed["mean_rounds"] == whole["mean_rounds"]
+    assert (tmp_path / "resumed.jsonl").read_text() == (tmp_path / "whole.jsonl").read_text()
+
+
+def test_file_resumed_with_sampling_draws_what_an_uninterrupted_run_draws(tmp_path, tok,
+                                                                          monkeypatch):
+    """--temperature > 0: question i of the file draws from generator (seed, i), its place in the
+    file, so a run stopped after one question and started again writes the same samples as one
+    run (they were drawn by the place in what was left to solve)."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / "ckpt"
+    Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
+                          hidden_dim=32)).save_pretrained(ckpt)
+    tok.save(ckpt)
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(f'{{"question": "{k}+{k}?"}}\n' for k in range(4)))
+
+    def run(out, *more):
+        monkeypatch.setattr(sys, "argv", [
+            "infer.py", "--model", str(ckpt), "--file", str(qfile), "--out", str(tmp_path / out),
+            "--no-execute", "--max-new-tokens", "6", "--max-rounds", "1", "--temperature", "1",
+            *more])
+        infer.main()
+        return [json.loads(x)["solution"] for x in (tmp_path / out).read_text().splitlines()]
+    whole = run("whole.jsonl")
+    run("resumed.jsonl", "--limit", "1")
+    assert run("resumed.jsonl") == whole and len(set(whole)) == 4
+
+
+def test_file_out_that_is_the_question_file_is_refused(tmp_path, tok, monkeypatch):
+    """--out naming the question file itself (./q.jsonl for q.jsonl) is refused before anything
+    is read or deleted: with --force-new it deleted the questions, then failed to read them."""
+    Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
+                          hidden_dim=32)).save_pretrained(tmp_path / "ckpt")
+    tok.save(tmp_path / "ckpt")
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text('{"question": "1+1?"}\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["infer.py", "--model", "ckpt", "--file",
+                                      "q.jsonl", "--out", "./q.jsonl", "--force-new"])
+    with pytest.raises(ValueError, match=r"--out \./q\.jsonl is the question file \(--file"):
+        infer.main()
+    assert qfile.read_text() == '{"question": "1+1?"}\n'
+
+
+def test_generation_flags_out_of_range_are_refused(tmp_path, tok, monkeypatch):
+    """GenConfig refuses values with no meaning (0 tokens or rounds, a negative temperature, a
+    top-p outside (0, 1]), and --limit refuses a negative count (it dropped the last question):
+    one error, not a traceback from deep in the loop (--max-rounds 0 raised UnboundLocalError)."""
+    for bad in [dict(max_new_tokens=0), dict(max_rounds=0), dict(temperature=-1.0),
+                dict(top_p=0.0), dict(top_p=1.5)]:
+        with pytest.raises(ValueError, match=r"GenConfig: need max_new_tokens >= 1, max_rounds"):
+            infer.GenConfig(**bad)
+    Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
+                          hidden_dim=32)).save_pretrained(tmp_path / "ckpt")
+    tok.save(tmp_path / "ckpt")
+    (tmp_path / "q.jsonl").write_text('{"question": "1+1?"}\n{"question": "2+2?"}\n')
+    for flags, message in [(["--max-rounds", "0"], "GenConfig: need"),
+                           (["--limit", "-1"], "--limit must be >= 0, not -1")]:
+        monkeypatch.setattr(sys, "argv", ["infer.py", "--model", str(tmp_path / "ckpt"),
+                                          "--file", str(tmp_path / "q.jsonl"), "--no-execute",
+                                          "--force-new", *flags])
+        with pytest.raises(ValueError, match=message):
+            infer.main()
+    assert not (tmp_path / "q.results.jsonl").exists()
+
+
 def test_execution_output_is_data(tok, pool):
     """Code that prints special-token strings: its output goes to the model as plain text pieces
     (no special id inside the execution block), and the transcript has no text block the model did
@@ -661,6 +750,6 @@ def test_dtype_flag_is_honoured(tmp_path, tok, monkeypatch):
             infer.main()
         with pytest.raises(Loaded):
             E.main(["run", "--model", str(ckpt), "--dataset", "simuleq", "--limit", "1",
-                    "--out", str(tmp_path / "run"), "--device", "cpu",
+                    "--out", str(tmp_path / f"run-{dtype}"), "--device", "cpu",  # one per dtype
                     "--data-dir", str(ROOT / "data" / "eval"), *flag])
         assert seen[-2:] == [(dtype, dtype)] * 2

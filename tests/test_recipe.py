@@ -393,3 +393,70 @@ def test_distill_samples_k_times_with_their_own_seeds(monkeypatch):
     assert seen == [(0.9, 5, 64), (0.9, 6, 64), (0.9, 7, 64)]
     assert stats["kept"] == 1 and stats["disagree"] == 1
     assert records[0]["ground_truth"] == {"answer": "7"}
+
+
+def test_distill_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """recipe.py distill killed mid-way (after 4 of its 2 x 3 samples are on disk), then the same
+    command again: only the 2 samples missing are drawn, each question with its own place in the
+    file (infer.solve's indices), and D1 is an uninterrupted run's. Another temperature is refused
+    (its samples would mix with these); --force-new starts over."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    monkeypatch.setattr(recipe.teacher, "load_initial", lambda path, device: ("model", "tok"))
+    problems = tmp_path / "new.jsonl"
+    problems.write_text('{"question": "a"}\n{"question": "b"}\n{"question": "c"}\n')
+    calls, budget = [], [4]
+
+    def fake_solve(model, tokenizer, questions, cfg, on_result=None, indices=None):
+        calls.append((cfg.seed, list(indices)))   # "c" answers by seed: the samples disagree
+        for t, (q, i) in enumerate(zip(questions, indices)):
+            if budget[0] == 0:
+                raise KeyboardInterrupt           # the process dies here
+            budget[0] -= 1
+            answer = str(cfg.seed) if q == "c" else str(i)
+            solution = _solution(answer)
+            messages = lce_data.make_record(q, lce_data.parse_assistant(solution))["messages"]
+            on_result(t, {"solution": solution, "messages": messages})
+    monkeypatch.setattr(recipe.infer, "solve", fake_solve)
+
+    def distill(out, *more):
+        recipe.main(["distill", "--initial", str(ckpt), "--problems", str(problems), "--out",
+                     str(tmp_path / out), "--k", "2", "--device", "cpu", *more])
+        return (tmp_path / out).read_text()
+    with pytest.raises(KeyboardInterrupt):
+        distill("d1.jsonl")
+    assert not (tmp_path / "d1.jsonl").exists()
+    calls.clear()
+    budget[0] = 100
+    resumed = distill("d1.jsonl")
+    assert calls == [(1, [1, 2])]                 # sample 1 of "b" and "c": the 2 missing
+    assert resumed == distill("whole.jsonl")
+    assert [json.loads(x)["ground_truth"] for x in resumed.splitlines()] == [
+        {"answer": "0"}, {"answer": "1"}]
+    with pytest.raises(ValueError, match=r"\(temperature: 0.7 vs 0.9\)"):
+        distill("d1.jsonl", "--distill-temperature", "0.9")
+    calls.clear()
+    distill("d1.jsonl", "--distill-temperature", "0.9", "--force-new")
+    assert calls == [(0, [0, 1, 2]), (1, [0, 1, 2])]
+
+
+def test_distill_out_that_is_the_problems_file_is_refused(tmp_path, monkeypatch):
+    """distill --out naming its --problems file is refused before anything runs (D1 replaced the
+    problems at the end of the run)."""
+    problems = tmp_path / "new.jsonl"
+    problems.write_text('{"question": "a"}\n')
+    (tmp_path / "ckpt").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(recipe.teacher, "load_initial", lambda path, device: ("model", "tok"))
+
+    def fake_solve(model, tokenizer, questions, cfg, on_result=None, indices=None):
+        for t, q in enumerate(questions):
+            solution = _solution("7")
+            on_result(t, {"solution": solution, "messages": lce_data.make_record(
+                q, lce_data.parse_assistant(solution))["messages"]})
+    monkeypatch.setattr(recipe.infer, "solve", fake_solve)
+    with pytest.raises(ValueError, match=r"--out \./new\.jsonl is the --problems file"):
+        recipe.main(["distill", "--initial", "ckpt", "--problems", "new.jsonl", "--out",
+                     "./new.jsonl"])
+    assert problems.read_text() == '{"question": "a"}\n'

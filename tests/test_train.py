@@ -273,6 +273,19 @@ def test_kill_and_resume_equals_uninterrupted(tiny, full_run):
     assert list(checkpoints(out)) == [12] and os.path.isdir(out / "final")
 
 
+def test_resume_of_a_finished_run_keeps_its_final_loss(tiny):
+    """--resume where the run had already ended (its last step checkpointed): no step runs again,
+    and the result and summary.json still give the run's final loss (it became null)."""
+    d, tok = tiny
+    cfg = config(d, tok, "finished", epochs=1)
+    first = train.train(cfg)
+    again = train.train(dataclasses.replace(cfg, resume=True))
+    assert again["losses"] == [] and log_losses(cfg.out)[-1]["step"] == first["steps"]
+    summary = json.loads((d / "finished" / "summary.json").read_text())
+    assert again["final_loss"] == summary["final_loss"] == pytest.approx(first["final_loss"],
+                                                                         abs=1e-6)
+
+
 @pytest.fixture(scope="module")
 def fsdp_killed(tiny):
     """torchrun --nproc_per_node=2 (gloo, FSDP2), rank 0 SIGKILLed after step 6 (torchrun then
