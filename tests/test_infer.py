@@ -527,17 +527,21 @@ def test_renderer_plain():
     assert out.getvalue() == "Hi\n\n```python\nprint(1)\n```\n```output\n1\n```\n"
 
 
+def tiny_checkpoint(path, tok, vocab_size=None):
+    """A random dim-16 Llama saved at `path` with the tokenizer: what infer.py --model loads."""
+    torch.manual_seed(0)
+    Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=vocab_size or tok.vocab_size,
+                          hidden_dim=32)).save_pretrained(path)
+    tok.save(path)
+    return path
+
+
 def test_cli(tmp_path, tok):
     """--help, and --file on a tiny random checkpoint: one JSON line per question, messages
     schema."""
     shown = subprocess.run([sys.executable, "infer.py", "--help"], cwd=ROOT, capture_output=True)
     assert shown.returncode == 0
-    torch.manual_seed(0)
-    m = Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
-                              hidden_dim=32))
-    ckpt = tmp_path / "ckpt"
-    m.save_pretrained(ckpt)
-    tok.save(ckpt)
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", tok)
     qfile = tmp_path / "q.jsonl"
     own = [{"role": "system", "content": [{"type": "text", "content": "Be brief."}]},
            {"role": "user", "content": [{"type": "text", "content": "3+3?"}]}]
@@ -569,10 +573,7 @@ def test_a_checkpoint_smaller_than_its_tokenizer_is_refused(tmp_path, tok, monke
     """infer.py and eval.py run load the model through infer.open_model: a checkpoint whose
     vocabulary lacks some of its tokenizer's ids (the 8 LCE tokens never added) is refused with
     one line naming it, before anything is generated."""
-    m = Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=32000, hidden_dim=32))
-    ckpt = tmp_path / "ckpt"
-    m.save_pretrained(ckpt)
-    tok.save(ckpt)                                            # 32,008 ids
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", tok, vocab_size=32000)   # tokenizer: 32,008 ids
     monkeypatch.setattr(sys, "argv", ["infer.py", "--model", str(ckpt), "--no-execute", "1+1?"])
     with pytest.raises(ValueError, match=f"{re.escape(str(ckpt))}: model vocab 32000 < "
                                          "tokenizer vocab 32008"):
@@ -582,11 +583,7 @@ def test_a_checkpoint_smaller_than_its_tokenizer_is_refused(tmp_path, tok, monke
 def test_file_resumes_only_the_same_question_file(tmp_path, tok, monkeypatch):
     """--file into results of another question file is refused in one line naming what differs;
     --force-new starts over with the new file's questions."""
-    torch.manual_seed(0)
-    ckpt = tmp_path / "ckpt"
-    Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
-                          hidden_dim=32)).save_pretrained(ckpt)
-    tok.save(ckpt)
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", tok)
     first, second = tmp_path / "q1.jsonl", tmp_path / "q2.jsonl"
     first.write_text('{"question": "1+1?"}\n{"question": "2+2?"}\n')
     second.write_text('{"question": "5+5?"}\n{"question": "6+6?"}\n')
@@ -617,11 +614,7 @@ def test_file_summary_counts_a_resumed_run_whole(tmp_path, tok, monkeypatch):
     """A --file run stopped after one question and started again: OUT.summary.json counts every
     result in OUT (as an uninterrupted run's summary does), not only the questions solved after
     the restart; solved_now is this session's share."""
-    torch.manual_seed(0)
-    ckpt = tmp_path / "ckpt"
-    Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
-                          hidden_dim=32)).save_pretrained(ckpt)
-    tok.save(ckpt)
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", tok)
     qfile = tmp_path / "q.jsonl"
     qfile.write_text('{"question": "1+1?"}\n{"question": "2+2?"}\n{"question": "3+3?"}\n')
 
@@ -644,11 +637,7 @@ def test_file_resumed_with_sampling_draws_what_an_uninterrupted_run_draws(tmp_pa
     """--temperature > 0: question i of the file draws from generator (seed, i), its place in the
     file, so a run stopped after one question and started again writes the same samples as one
     run (they were drawn by the place in what was left to solve)."""
-    torch.manual_seed(0)
-    ckpt = tmp_path / "ckpt"
-    Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
-                          hidden_dim=32)).save_pretrained(ckpt)
-    tok.save(ckpt)
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", tok)
     qfile = tmp_path / "q.jsonl"
     qfile.write_text("".join(f'{{"question": "{k}+{k}?"}}\n' for k in range(4)))
 
@@ -667,9 +656,7 @@ def test_file_resumed_with_sampling_draws_what_an_uninterrupted_run_draws(tmp_pa
 def test_file_out_that_is_the_question_file_is_refused(tmp_path, tok, monkeypatch):
     """--out naming the question file itself (./q.jsonl for q.jsonl) is refused before anything
     is read or deleted: with --force-new it deleted the questions, then failed to read them."""
-    Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
-                          hidden_dim=32)).save_pretrained(tmp_path / "ckpt")
-    tok.save(tmp_path / "ckpt")
+    tiny_checkpoint(tmp_path / "ckpt", tok)
     qfile = tmp_path / "q.jsonl"
     qfile.write_text('{"question": "1+1?"}\n')
     monkeypatch.chdir(tmp_path)
@@ -688,9 +675,7 @@ def test_generation_flags_out_of_range_are_refused(tmp_path, tok, monkeypatch):
                 dict(top_p=0.0), dict(top_p=1.5)]:
         with pytest.raises(ValueError, match=r"GenConfig: need max_new_tokens >= 1, max_rounds"):
             infer.GenConfig(**bad)
-    Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
-                          hidden_dim=32)).save_pretrained(tmp_path / "ckpt")
-    tok.save(tmp_path / "ckpt")
+    tiny_checkpoint(tmp_path / "ckpt", tok)
     (tmp_path / "q.jsonl").write_text('{"question": "1+1?"}\n{"question": "2+2?"}\n')
     for flags, message in [(["--max-rounds", "0"], "GenConfig: need"),
                            (["--limit", "-1"], "--limit must be >= 0, not -1")]:
@@ -728,11 +713,7 @@ def test_dtype_flag_is_honoured(tmp_path, tok, monkeypatch):
     default float32 on the CPU, bfloat16 on CUDA."""
     assert default_dtype(None, "cpu") == torch.float32
     assert default_dtype(None, "cuda") == default_dtype("bfloat16", "cpu") == torch.bfloat16
-    torch.manual_seed(0)
-    ckpt = tmp_path / "ckpt"
-    Transformer(ModelArgs(dim=16, n_layers=1, n_heads=2, vocab_size=tok.vocab_size,
-                          hidden_dim=32)).save_pretrained(ckpt)
-    tok.save(ckpt)
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", tok)
     seen = []
 
     class Loaded(Exception):
